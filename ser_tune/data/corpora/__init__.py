@@ -1,0 +1,1 @@
+"""One module per corpus; each scans a folder into records (path, label, speaker, metadata) and skips."""

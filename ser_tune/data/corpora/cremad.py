@@ -1,0 +1,74 @@
+"""CREMA-D: AudioWAV/1001_DFA_ANG_XX.wav = actor_sentence_emotion_level; genders from VideoDemographics.csv."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import CorpusError
+from .common import Scan, existing_folder, label_for, wav_files
+
+NAME = re.compile(r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<code>[A-Z]{3})_(?P<level>[A-Z]{1,2})$")
+
+# "X" occurs once in the real corpus (1040_ITH_SAD_X.wav) and means the same as "XX".
+LEVEL = {"LO": "low", "MD": "medium", "HI": "high", "XX": "unspecified", "X": "unspecified"}
+DEMOGRAPHICS = "VideoDemographics.csv"
+
+
+def find_demographics(root: Path) -> Path | None:
+    """VideoDemographics.csv next to AudioWAV: in root, its parent, or anywhere below root."""
+    for folder in (root, root.parent):
+        if (folder / DEMOGRAPHICS).is_file():
+            return folder / DEMOGRAPHICS
+    found = sorted(root.rglob(DEMOGRAPHICS))
+    return found[0] if found else None
+
+
+def read_genders(path: Path) -> dict[str, str]:
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise CorpusError(f"{path}: cannot read CREMA-D demographics ({err})") from None
+    for column in ("ActorID", "Sex"):
+        if column not in table.columns:
+            raise CorpusError(f"{path}: missing column '{column}'")
+    sex = {"male": "m", "female": "f", "m": "m", "f": "f"}
+    return {str(actor).strip(): sex.get(str(s).strip().lower())
+            for actor, s in zip(table["ActorID"], table["Sex"]) if isinstance(actor, str)}
+
+
+def scan(root: Path, view: str | None) -> Scan:
+    existing_folder(root, "CREMA-D")
+    files = wav_files(root)
+    demographics = find_demographics(root)
+    genders = read_genders(demographics) if demographics else {}
+    result = Scan()
+    matched = 0
+    for path in files:
+        m = NAME.match(path.stem)
+        if m is None:
+            result.skip(path, "not a CREMA-D file name (expected e.g. 1001_DFA_ANG_XX.wav)")
+            continue
+        matched += 1
+        if m["level"] not in LEVEL:
+            result.skip(path, f"unknown CREMA-D emotion level '{m['level']}'")
+            continue
+        found = label_for(m["code"], "cremad", view, "CREMA-D emotion code")
+        if isinstance(found, str):
+            result.skip(path, found)
+            continue
+        native, label = found
+        result.records.append({
+            "path": str(path.resolve()),
+            "label": label,
+            "speaker": m["actor"],
+            "gender": genders.get(m["actor"]),
+            "intensity": LEVEL[m["level"]],
+            "text": m["sentence"],
+            "original_label": native,
+        })
+    if matched == 0:
+        raise CorpusError(f"{root}: no CREMA-D files found ({len(files)} .wav files, none named "
+                          f"like 1001_DFA_ANG_XX.wav)")
+    return result

@@ -1,0 +1,303 @@
+"""Train/val/test splits of a corpus table: speaker-independent (default), random, or speaker folds.
+
+A Split assigns every table row to "train", "val" or "test"; it is saved by clip path so that a
+study reproduces on the same files.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+PARTS = ("train", "val", "test")
+KINDS = ("speaker", "random", "fold")
+_CANDIDATES = 256      # random speaker assignments scored per speaker split
+_TOLERANCE = 0.02      # assignments scoring within this of the best count as equally good
+
+
+@dataclass
+class Split:
+    kind: str                    # "speaker" | "random" | "fold"
+    assignment: pd.Series        # index = table index, values in {"train", "val", "test"}
+    seed: int
+    speaker_dependent: bool      # True only for kind == "random"; reports must name it
+    params: dict = field(default_factory=dict)   # the make_split spec that rebuilds this split
+
+    def _rows(self, table: pd.DataFrame, name: str) -> pd.Index:
+        if name not in PARTS:
+            raise DataError(f"split part: unknown part '{name}' (parts: {', '.join(PARTS)})")
+        if not self.assignment.index.equals(table.index):
+            raise DataError("split: its index does not match the table's (was it made from another table?)")
+        return self.assignment.index[self.assignment.to_numpy() == name]
+
+    def part(self, table: pd.DataFrame, name: str) -> pd.DataFrame:
+        return table.loc[self._rows(table, name)]
+
+    def speakers(self, table: pd.DataFrame, name: str) -> list[str]:
+        return sorted(table.loc[self._rows(table, name), "speaker"].astype(str).unique().tolist())
+
+    def counts(self) -> dict[str, int]:
+        return {p: int((self.assignment == p).sum()) for p in PARTS}
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, **self.params}
+
+    def to_dict(self, table: pd.DataFrame) -> dict:
+        _need_columns(table, ("path", "speaker"))
+        return {
+            "kind": self.kind,
+            "seed": int(self.seed),
+            "speaker_dependent": bool(self.speaker_dependent),
+            "spec": self.spec(),
+            "counts": self.counts(),
+            "speakers": {p: self.speakers(table, p) for p in PARTS},
+            "parts": {p: table.loc[self._rows(table, p), "path"].astype(str).tolist() for p in PARTS},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, table: pd.DataFrame) -> "Split":
+        for key in ("kind", "seed", "speaker_dependent", "parts"):
+            if key not in d:
+                raise DataError(f"split: missing field '{key}'")
+        if d["kind"] not in KINDS:
+            raise DataError(f"split.kind: unknown kind '{d['kind']}' (kinds: {', '.join(KINDS)})")
+        _need_columns(table, ("path",))
+        part_of = {}
+        for part, paths in d["parts"].items():
+            if part not in PARTS:
+                raise DataError(f"split.parts: unknown part '{part}'")
+            part_of.update((str(p), part) for p in paths)
+        assignment = table["path"].astype(str).map(part_of)
+        if assignment.isna().any() or len(part_of) != len(table):
+            # The data may have moved: fall back to file names when they identify clips uniquely.
+            names = table["path"].map(lambda p: Path(p).name)
+            by_name = {Path(p).name: part for p, part in part_of.items()}
+            if names.is_unique and len(by_name) == len(part_of):
+                assignment = names.map(by_name)
+        missing = table.loc[assignment.isna(), "path"]
+        if len(missing):
+            raise DataError(f"split: {len(missing)} clips of the table are not in the saved split "
+                            f"(e.g. {missing.iloc[0]})")
+        if len(part_of) != len(table):
+            raise DataError(f"split: the saved split has {len(part_of)} clips, the table {len(table)}")
+        return cls(kind=d["kind"], assignment=assignment.astype(object).rename("part"),
+                   seed=int(d["seed"]), speaker_dependent=bool(d["speaker_dependent"]),
+                   params={k: v for k, v in d.get("spec", {}).items() if k != "kind"})
+
+    def save(self, path, table: pd.DataFrame) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(table), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path, table: pd.DataFrame) -> "Split":
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{path}: split file not found") from None
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: unreadable split file ({err})") from None
+        try:
+            return cls.from_dict(d, table)
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
+
+
+def _need_columns(table: pd.DataFrame, columns) -> None:
+    if not isinstance(table, pd.DataFrame):
+        raise DataError(f"table: expected a pandas DataFrame, got {type(table).__name__}")
+    for column in columns:
+        if column not in table.columns:
+            raise DataError(f"table: missing column '{column}'")
+    if table.empty:
+        raise DataError("table: no clips to split")
+
+
+def _seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed: must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def _speaker_count(value, n_speakers: int, name: str) -> int:
+    """An int is a number of speakers, a float in (0, 1) a fraction of them (at least 1)."""
+    if isinstance(value, bool):
+        raise DataError(f"{name}: must be an int (speakers) or a float fraction, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        if value < 1:
+            raise DataError(f"{name}: must be >= 1 speaker, got {value}")
+        return int(value)
+    if isinstance(value, float) and 0 < value < 1:
+        return max(1, int(round(value * n_speakers)))
+    raise DataError(f"{name}: must be an int >= 1 or a fraction in (0, 1), got {value!r}")
+
+
+def _assignment(table: pd.DataFrame, speaker_part: dict[str, str]) -> pd.Series:
+    return table["speaker"].astype(str).map(speaker_part).astype(object).rename("part")
+
+
+def _speaker_genders(table: pd.DataFrame, speakers: list[str]) -> np.ndarray | None:
+    """1.0 female / 0.0 male / NaN unknown per speaker; None when gender cannot guide the split."""
+    if "gender" not in table.columns:
+        return None
+    first = table.assign(speaker=table["speaker"].astype(str)).drop_duplicates("speaker").set_index("speaker")
+    g = first.loc[speakers, "gender"].map({"f": 1.0, "m": 0.0}).astype(float).to_numpy()
+    known = g[~np.isnan(g)]
+    return g if known.size and 0 < known.mean() < 1 else None
+
+
+def _score(parts: dict[str, np.ndarray], counts: np.ndarray, genders: np.ndarray | None) -> float:
+    """Lower is better: label distributions close to the whole table's, genders balanced."""
+    overall = counts.sum(axis=0) / counts.sum()
+    score = 0.0
+    for name, members in parts.items():
+        if members.size == 0:
+            continue
+        c = counts[members].sum(axis=0)
+        weight = 0.5 if name == "train" else 1.0
+        score += weight * 0.5 * np.abs(c / max(c.sum(), 1) - overall).sum()
+        if name != "train":
+            score += 0.5 * np.count_nonzero((c == 0) & (overall > 0))   # a label missing from a part
+            if genders is not None:
+                g = genders[members]
+                g = g[~np.isnan(g)]
+                ideal = g.size * np.nanmean(genders)
+                score += max(0.0, abs(g.sum() - ideal) - 0.5)
+    return score
+
+
+def speaker_split(table: pd.DataFrame, *, val_speakers: int | float = 0.2, test_speakers: int | float = 0.2,
+                  seed: int = 0) -> Split:
+    """Disjoint speakers in train / val / test, stratified by label (and gender) as far as speakers allow.
+
+    Scores _CANDIDATES seeded random speaker assignments by how far each part's label distribution
+    is from the whole table's, plus gender imbalance, and picks (seeded) among the best ones.
+    """
+    _need_columns(table, ("speaker", "label"))
+    seed = _seed(seed)
+    speakers = sorted(table["speaker"].astype(str).unique().tolist())
+    n = len(speakers)
+    n_val = _speaker_count(val_speakers, n, "val_speakers")
+    n_test = _speaker_count(test_speakers, n, "test_speakers")
+    if n_val + n_test > n - 1:
+        raise DataError(f"speaker split: {n} speakers cannot give {n_val} val + {n_test} test speakers "
+                        f"and still leave one for training")
+    labels = sorted(table["label"].astype(str).unique().tolist())
+    counts = (pd.crosstab(table["speaker"].astype(str), table["label"].astype(str))
+              .reindex(index=speakers, columns=labels, fill_value=0).to_numpy(dtype=float))
+    genders = _speaker_genders(table, speakers)
+
+    rng = np.random.default_rng(seed)
+    candidates, scores = [], []
+    for _ in range(_CANDIDATES):
+        order = rng.permutation(n)
+        parts = {"test": np.sort(order[:n_test]), "val": np.sort(order[n_test:n_test + n_val]),
+                 "train": np.sort(order[n_test + n_val:])}
+        candidates.append(parts)
+        scores.append(_score(parts, counts, genders))
+    scores = np.array(scores)
+    good = np.flatnonzero(scores <= scores.min() + _TOLERANCE)
+    chosen = candidates[int(good[rng.integers(good.size)])]
+    speaker_part = {speakers[i]: name for name, members in chosen.items() for i in members}
+    return Split(kind="speaker", assignment=_assignment(table, speaker_part), seed=seed,
+                 speaker_dependent=False,
+                 params={"val_speakers": val_speakers, "test_speakers": test_speakers, "seed": seed})
+
+
+def random_split(table: pd.DataFrame, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 seed: int = 0) -> Split:
+    """Clip-level split stratified by label: speakers appear in several parts (speaker-dependent)."""
+    _need_columns(table, ("label",))
+    seed = _seed(seed)
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise DataError(f"{name}: must be a fraction in [0, 1), got {value!r}")
+    if val_fraction + test_fraction >= 1:
+        raise DataError(f"val_fraction + test_fraction: must be < 1, got {val_fraction + test_fraction}")
+    rng = np.random.default_rng(seed)
+    assignment = pd.Series("train", index=table.index, dtype=object, name="part")
+    for _, rows in table.groupby(table["label"].astype(str), sort=True):
+        index = rows.index.to_numpy()[rng.permutation(len(rows))]
+        n_test = int(round(test_fraction * len(index)))
+        n_val = min(int(round(val_fraction * len(index))), len(index) - n_test - 1)
+        assignment[index[:n_test]] = "test"
+        assignment[index[n_test:n_test + max(n_val, 0)]] = "val"
+    return Split(kind="random", assignment=assignment, seed=seed, speaker_dependent=True,
+                 params={"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed})
+
+
+def leave_speakers_out_folds(table: pd.DataFrame, *, k: int = 5, seed: int = 0, val_speakers: int = 1) -> list[Split]:
+    """k speaker folds: each speaker is in exactly one test fold; genders are dealt evenly over folds.
+
+    Fold i validates on val_speakers speakers drawn first from fold i+1 (so each speaker validates
+    about once) and trains on the rest.
+    """
+    _need_columns(table, ("speaker",))
+    seed = _seed(seed)
+    speakers = sorted(table["speaker"].astype(str).unique().tolist())
+    n = len(speakers)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= n:
+        raise DataError(f"k: must be an integer in 2..{n} (the number of speakers), got {k!r}")
+    if isinstance(val_speakers, bool) or not isinstance(val_speakers, (int, np.integer)) or val_speakers < 0:
+        raise DataError(f"val_speakers: must be an integer >= 0, got {val_speakers!r}")
+    rng = np.random.default_rng(seed)
+    genders = _speaker_genders(table, speakers)
+    groups = [np.arange(n)] if genders is None else [
+        np.flatnonzero(genders == 1.0), np.flatnonzero(genders == 0.0), np.flatnonzero(np.isnan(genders))]
+    order = np.concatenate([g[rng.permutation(g.size)] for g in groups])
+    folds = [order[i::k] for i in range(k)]
+    largest = max(f.size for f in folds)
+    if val_speakers > n - largest - 1:
+        raise DataError(f"val_speakers: {val_speakers} is too many for {n} speakers in {k} folds "
+                        f"(at most {n - largest - 1})")
+    splits = []
+    for i, test in enumerate(folds):
+        following = [folds[(i + j) % k] for j in range(1, k)]
+        pool = np.concatenate([f[rng.permutation(f.size)] for f in following])
+        val = pool[:val_speakers]
+        speaker_part = {s: "train" for s in speakers}
+        speaker_part.update({speakers[j]: "test" for j in test})
+        speaker_part.update({speakers[j]: "val" for j in val})
+        splits.append(Split(kind="fold", assignment=_assignment(table, speaker_part), seed=seed,
+                            speaker_dependent=False,
+                            params={"k": int(k), "fold": i, "val_speakers": int(val_speakers), "seed": seed}))
+    return splits
+
+
+_SPEC_KEYS = {
+    "speaker": {"val_speakers", "test_speakers", "seed"},
+    "random": {"val_fraction", "test_fraction", "seed"},
+    "fold": {"k", "fold", "val_speakers", "seed"},
+}
+
+
+def make_split(table: pd.DataFrame, spec: dict) -> Split:
+    """Build a split from a spec: {"kind": "speaker"|"random"|"fold", ...that function's kwargs}.
+
+    For "fold", spec["fold"] (default 0) picks one of the k folds.
+    """
+    if not isinstance(spec, dict):
+        raise DataError(f"split: expected a mapping with 'kind', got {type(spec).__name__}")
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in KINDS:
+        raise DataError(f"split.kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+    unknown = sorted(set(spec) - _SPEC_KEYS[kind])
+    if unknown:
+        raise DataError(f"split.{unknown[0]}: not a setting of a '{kind}' split "
+                        f"(settings: {', '.join(sorted(_SPEC_KEYS[kind]))})")
+    if kind == "speaker":
+        return speaker_split(table, **spec)
+    if kind == "random":
+        return random_split(table, **spec)
+    fold = spec.pop("fold", 0)
+    folds = leave_speakers_out_folds(table, **spec)
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < len(folds):
+        raise DataError(f"split.fold: must be an integer in 0..{len(folds) - 1}, got {fold!r}")
+    return folds[int(fold)]

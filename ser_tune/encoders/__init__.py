@@ -1,0 +1,69 @@
+"""Speech encoders behind one interface (see ``base.SpeechEncoder``), chosen by a spec string:
+
+- ``hf:<hub id or folder>``: Hugging Face Whisper / wav2vec2 / HuBERT / WavLM / data2vec-audio;
+- ``speechbrain:<hub id or folder>``: a SpeechBrain model wrapping a wav2vec2-family encoder;
+- ``tiny-<family>``: a small randomly initialised model of the same class (tests, quickstart).
+"""
+from __future__ import annotations
+
+from .base import EncoderError, SpeechEncoder, lengths_to_mask
+from .tiny import TINY_FAMILIES
+
+SPEC_FORMS = "'hf:<hub id or folder>', 'speechbrain:<hub id or folder>' or " + ", ".join(
+    f"'tiny-{f}'" for f in TINY_FAMILIES)
+
+
+def check_spec(spec: str) -> str:
+    """Validate a spec's form without loading anything (for config checks)."""
+    if not isinstance(spec, str) or not spec:
+        raise EncoderError(f"encoder spec must be a non-empty string, one of {SPEC_FORMS}")
+    if spec.startswith(("hf:", "speechbrain:")):
+        if not spec.split(":", 1)[1]:
+            raise EncoderError(f"encoder spec '{spec}' names no model")
+        return spec
+    if spec.startswith("tiny-"):
+        if spec[5:] not in TINY_FAMILIES:
+            raise EncoderError(f"unknown encoder '{spec}'; tiny encoders: "
+                               + ", ".join(f"tiny-{f}" for f in TINY_FAMILIES))
+        return spec
+    raise EncoderError(f"unknown encoder '{spec}'; use {SPEC_FORMS}")
+
+
+def spec_fingerprint(spec: str) -> str:
+    """Identify an encoder's weights without loading it (cache keys; a head-only trial never loads it).
+
+    A local folder is identified by its files' names, sizes and modification times; a hub id or
+    tiny spec by its text (tiny weights come from a fixed seed).
+    """
+    import hashlib
+    from pathlib import Path
+
+    digest = hashlib.sha256(spec.encode())
+    source = spec.split(":", 1)[1] if ":" in spec else ""
+    folder = Path(source).expanduser() if source else None
+    if folder is not None and folder.is_dir():
+        digest.update(str(folder.resolve()).encode())
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                digest.update(f"{f.relative_to(folder)}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_encoder(spec: str) -> SpeechEncoder:
+    """Load an encoder in eval mode with every parameter frozen (training unfreezes what it trains)."""
+    check_spec(spec)
+    if spec.startswith("hf:"):
+        from .hf import load_hf_encoder
+
+        return load_hf_encoder(spec[3:], spec)
+    if spec.startswith("speechbrain:"):
+        from .speechbrain import load_speechbrain_encoder
+
+        return load_speechbrain_encoder(spec[len("speechbrain:"):], spec)
+    from .tiny import load_tiny_encoder
+
+    return load_tiny_encoder(spec[5:])
+
+
+__all__ = ["EncoderError", "SpeechEncoder", "load_encoder", "check_spec", "spec_fingerprint", "lengths_to_mask", "TINY_FAMILIES"]

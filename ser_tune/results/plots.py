@@ -1,0 +1,257 @@
+"""PNG plots of one or several studies.
+
+Figures are drawn on matplotlib's ``Figure`` with the Agg canvas directly, never through
+pyplot, so making a report does not change the backend of the process that calls it.
+Each function returns ``PlotResult``: the file written, or why the plot was skipped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter
+
+from . import timing
+from .study import Study
+from .tables import best_trial, config_columns
+
+LOG_SCALE_SETTINGS = ("cfg_lr", "cfg_head_lr", "cfg_learning_rate", "cfg_weight_decay")
+
+
+@dataclass(frozen=True)
+class PlotResult:
+    title: str
+    path: Path | None = None       # None when skipped
+    skipped: str = ""              # why it was skipped
+
+
+def _series_label(study: Study, strategy: str, several: bool) -> str:
+    return f"{study.name}: {strategy}" if several else strategy
+
+
+def _metric_label(studies: list[Study]) -> str:
+    metrics = {s.metric for s in studies}
+    return metrics.pop() if len(metrics) == 1 else "validation metric"
+
+
+def _running_best(values: pd.Series, mode: str) -> pd.Series:
+    best = values.cummin() if mode == "min" else values.cummax()
+    return best.ffill()
+
+
+def _draw_thresholds(ax, thresholds) -> None:
+    for threshold in thresholds:
+        ax.axhline(threshold, linestyle="--", color="grey", linewidth=1)
+        ax.annotate(f"{threshold:g}", xy=(1.0, threshold), xycoords=("axes fraction", "data"),
+                    xytext=(2, 0), textcoords="offset points", va="center", fontsize=8, color="grey")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+def plot_best_so_far(studies: list[Study], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
+    """Running best validation metric against wall-clock and against trial index."""
+    several = len(studies) > 1
+    return [_plot_best_vs_time(studies, thresholds, out_dir / "best_vs_time.png", several),
+            _plot_best_vs_trials(studies, thresholds, out_dir / "best_vs_trials.png", several)]
+
+
+def _plot_best_vs_time(studies, thresholds, path, several) -> PlotResult:
+    title = "Best-so-far validation metric against wall-clock"
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    drawn = 0
+    for study in studies:
+        for strategy in study.strategies:
+            reports = timing.usable_reports(study, strategy)
+            if reports.empty:
+                continue
+            seconds = reports["timestamp"] - timing.strategy_started_at(study, strategy)
+            best = _running_best(reports[study.metric].reset_index(drop=True), study.mode)
+            ax.step(seconds.to_numpy(), best.to_numpy(), where="post", marker=".",
+                    label=_series_label(study, strategy, several))
+            drawn += 1
+    if not drawn:
+        return PlotResult(title, skipped="no epoch reports with a validation metric (epochs.csv empty)")
+    _draw_thresholds(ax, thresholds)
+    ax.set_xlabel("seconds since the strategy started")
+    ax.set_ylabel(f"best {_metric_label(studies)} so far")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return PlotResult(title, _save(fig, path))
+
+
+def _plot_best_vs_trials(studies, thresholds, path, several) -> PlotResult:
+    title = "Best-so-far validation metric against trial index"
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    drawn = 0
+    for study in studies:
+        for strategy in study.strategies:
+            trials = study.strategy_trials(strategy)
+            # ERROR trials take a place in the order but add no value.
+            values = trials[study.metric].where(trials["status"] != "ERROR")
+            if values.notna().sum() == 0:
+                continue
+            best = _running_best(values.reset_index(drop=True), study.mode)
+            ax.step(trials["trial_index"].to_numpy(), best.to_numpy(), where="post", marker="o",
+                    label=_series_label(study, strategy, several))
+            drawn += 1
+    if not drawn:
+        return PlotResult(title, skipped="no trial has a validation metric")
+    _draw_thresholds(ax, thresholds)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial index (order of start within the strategy)")
+    ax.set_ylabel(f"best {_metric_label(studies)} so far")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return PlotResult(title, _save(fig, path))
+
+
+def plot_hyperparameters(studies: list[Study], out_dir: Path) -> PlotResult:
+    """One panel per cfg_ setting: each trial's value against its validation metric."""
+    title = "Hyper-parameters against validation metric"
+    columns = list(dict.fromkeys(c for s in studies for c in config_columns(s)))
+    if not columns:
+        return PlotResult(title, skipped="trials.csv has no cfg_ columns (nothing was searched)")
+    if not any(s.trials[s.metric].notna().any() for s in studies):
+        return PlotResult(title, skipped="no trial has a validation metric")
+    several = len(studies) > 1
+    ncols = min(3, len(columns))
+    nrows = -(-len(columns) // ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows))
+    for panel, column in enumerate(columns):
+        ax = fig.add_subplot(nrows, ncols, panel + 1)
+        categories = _categories(studies, column)
+        for study in studies:
+            if column not in study.trials.columns:
+                continue
+            for strategy in study.strategies:
+                trials = study.strategy_trials(strategy)
+                # ERROR trials left no usable model: left out, as everywhere else.
+                trials = trials[(trials["status"] != "ERROR") & trials[study.metric].notna()
+                                & trials[column].notna()]
+                if trials.empty:
+                    continue
+                x = _positions(trials[column], categories)
+                ax.scatter(x, trials[study.metric], s=22, alpha=0.8,
+                           label=_series_label(study, strategy, several))
+        if categories:
+            ax.set_xticks(range(len(categories)), categories, fontsize=8)
+        elif column in LOG_SCALE_SETTINGS and _all_positive(studies, column):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
+        elif _all_integral(studies, column):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(column[len("cfg_"):])
+        ax.set_ylabel(_metric_label(studies))
+        ax.grid(alpha=0.3)
+        if panel == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return PlotResult(title, _save(fig, out_dir / "hyperparameters.png"))
+
+
+def _categories(studies, column) -> list[str]:
+    """Text settings (e.g. unfreeze="top:2") become categories; numbers stay numeric."""
+    values = pd.concat([s.trials[column] for s in studies if column in s.trials.columns]).dropna()
+    if pd.to_numeric(values, errors="coerce").notna().all():
+        return []
+    return sorted({str(v) for v in values})
+
+
+def _positions(values: pd.Series, categories: list[str]):
+    if categories:
+        return [categories.index(str(v)) for v in values]
+    return pd.to_numeric(values).to_numpy(dtype=float)
+
+
+def _all_positive(studies, column) -> bool:
+    values = pd.concat([pd.to_numeric(s.trials[column], errors="coerce")
+                        for s in studies if column in s.trials.columns]).dropna()
+    return bool(len(values)) and bool((values > 0).all())
+
+
+def _all_integral(studies, column) -> bool:
+    values = pd.concat([pd.to_numeric(s.trials[column], errors="coerce")
+                        for s in studies if column in s.trials.columns]).dropna()
+    return bool(len(values)) and bool((values == values.round()).all())
+
+
+def overall_best(studies: list[Study]) -> tuple[Study, pd.Series] | None:
+    """Best non-ERROR trial across all strategies (and studies; first study's mode decides)."""
+    found = [(s, t) for s in studies if (t := best_trial(s)) is not None]
+    if not found:
+        return None
+    sign = 1.0 if studies[0].mode == "min" else -1.0
+    return min(found, key=lambda pair: sign * float(pair[1][pair[0].metric]))
+
+
+def parse_confusion(study: Study, trial: pd.Series) -> tuple[np.ndarray | None, str]:
+    """The trial's test confusion matrix, or None and why it cannot be used."""
+    text = trial.get("test_confusion")
+    if text is None or pd.isna(text) or not str(text).strip():
+        return None, "the best trial has no test_confusion in trials.csv"
+    try:
+        matrix = np.array(json.loads(text), dtype=float)
+    except (json.JSONDecodeError, ValueError, TypeError):
+        return None, f"test_confusion of trial {trial['trial_id']} is not a JSON matrix"
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        return None, f"test_confusion of trial {trial['trial_id']} is not a square matrix"
+    if study.labels and len(study.labels) != matrix.shape[0]:
+        return None, (f"test_confusion of trial {trial['trial_id']} has {matrix.shape[0]} classes "
+                      f"but study.json labels has {len(study.labels)}")
+    return matrix, ""
+
+
+def plot_confusion(studies: list[Study], out_dir: Path) -> PlotResult:
+    """Test-speaker confusion matrix of the overall best trial, rows normalised for colour."""
+    title = "Confusion matrix of the best model on the test speakers"
+    best = overall_best(studies)
+    if best is None:
+        return PlotResult(title, skipped="no completed trial has a validation metric")
+    study, trial = best
+    matrix, why = parse_confusion(study, trial)
+    if matrix is None:
+        return PlotResult(title, skipped=why)
+    labels = study.labels or [str(i) for i in range(matrix.shape[0])]
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
+    size = 1.6 + 0.75 * len(labels)
+    fig = Figure(figsize=(size + 1.2, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    for row in range(matrix.shape[0]):
+        for col in range(matrix.shape[1]):
+            ax.text(col, row, f"{int(matrix[row, col])}", ha="center", va="center", fontsize=8,
+                    color="white" if shares[row, col] > 0.5 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{title}\n({study.name}: {trial['strategy']} trial {trial['trial_id']})", fontsize=9)
+    return PlotResult(title, _save(fig, out_dir / "confusion.png"))
+
+
+PLOT_FILES = ("best_vs_time.png", "best_vs_trials.png", "hyperparameters.png", "confusion.png")
+
+
+def make_plots(studies: list[Study], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
+    out_dir = Path(out_dir)
+    for name in PLOT_FILES:  # a plot skipped now must not leave an earlier run's file behind
+        (out_dir / name).unlink(missing_ok=True)
+    return [*plot_best_so_far(studies, thresholds, out_dir), plot_hyperparameters(studies, out_dir),
+            plot_confusion(studies, out_dir)]

@@ -1,0 +1,247 @@
+"""report.md + summary.json + plots/*.png for one study or several compared together."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .plots import PlotResult, make_plots, overall_best
+from .study import Study, test_column
+from .tables import as_studies, compare, summary_json, trial_config
+
+TIMING_DEFINITIONS = """\
+- **Shared encode**: the frozen encoder layers' features are extracted once for the whole study,
+  before any strategy starts (`encode_seconds` in study.json). It is *not* inside any strategy's
+  wall-clock; the "incl. shared encode" column adds it.
+- **Wall-clock to reach** a threshold: timestamp of the first epoch report (epochs.csv, in time
+  order) of a non-ERROR trial of the strategy whose validation metric reaches the threshold, minus
+  the strategy's start (study.json `strategies.*.started_at`). It includes everything the strategy
+  did: model loading, per-trial encoder passes, training, validation and Ray scheduling overhead.
+- **Cumulative trial time to reach** (the reference paper's measure: trial time summed, model
+  loading excluded): at that crossing time t*, the sum over the strategy's trials that had started
+  by t* of Ray's `time_total_s` at each trial's last report at or before t* (a trial that had not
+  reported yet counts t* minus its start), minus the trial's `load_seconds` once it had finished
+  loading (a trial still loading at t* counts 0). It includes each trial's own encoder passes
+  (layers it fine-tunes, `encode_seconds` in trials.csv), training and validation; it excludes
+  model loading, the shared encode, and time between a trial's last report and t*.
+- **Trials to reach**: start order (`trial_index` + 1) of the trial whose report first reached it.
+- **Censored**: a threshold never reached is shown as "not reached in N trials / T min" (N trials
+  started, T the strategy's wall-clock); in summary.json and the tables its values are null.
+- **ERROR trials** count as time spent but never as reaching a threshold or as the best model.
+- **Trial time (sum)**: `time_total_s` summed over the strategy's trials (model loading included);
+  **load** and **per-trial encode** are the sums of `load_seconds` and `encode_seconds`.
+- **Ray overhead** = wall-clock - trial time (sum) / concurrency, where concurrency is the most
+  trials seen running at once (from `started_at`/`finished_at`); it is the time trial slots stood
+  idle: Ray scheduling, search-algorithm suggestions, trial start-up and shut-down.
+- **{metric} per minute** = best validation {metric} / strategy wall-clock in minutes.
+- A strategy not `done` (running or interrupted) has partial figures; its wall-clock ends at its
+  last observed event.
+"""
+
+PLOT_WORDS = {"best_vs_time.png": "best so far against wall-clock",
+              "best_vs_trials.png": "best so far against trial index",
+              "hyperparameters.png": "hyper-parameters", "confusion.png": "confusion matrix"}
+
+
+def write_report(study_dir, *, thresholds=None, others: list = (), out_dir=None) -> Path:
+    """Write report.md, summary.json and plots/*.png into out_dir (default: study_dir).
+
+    ``others`` are further study folders compared in the same report.
+    """
+    studies = as_studies([study_dir, *others])
+    out = Path(out_dir) if out_dir is not None else studies[0].dir
+    out.mkdir(parents=True, exist_ok=True)
+    tables = compare(studies, thresholds)
+    drawn_thresholds = sorted(set(tables["thresholds"]["threshold"])) or (thresholds or [])
+    plots = make_plots(studies, drawn_thresholds, out / "plots")
+    (out / "summary.json").write_text(json.dumps(summary_json(studies, thresholds), indent=2) + "\n")
+    path = out / "report.md"
+    path.write_text(render_report(studies, tables, plots, out))
+    return path
+
+
+def render_report(studies: list[Study], tables: dict, plots: list[PlotResult], out: Path) -> str:
+    several = len(studies) > 1
+    metric = studies[0].metric
+    title = (f"ser_tune comparison: {', '.join(s.name for s in studies)}" if several
+             else f"ser_tune study: {studies[0].name}")
+    parts = [f"# {title}\n"]
+    for study in studies:
+        parts.append(_setup_section(study, several))
+    parts.append("## Strategy comparison\n")
+    parts.append(_comparison_table(tables["strategies"], several))
+    parts.append(f"\nThe test column is the test-speaker score of the trial with the best {metric}; "
+                 f"the test speakers were never seen by the search.\n")
+    parts.append("## Time to threshold\n")
+    parts.append(_threshold_table(tables["thresholds"], several))
+    parts.append("\n## What the times include\n")
+    parts.append(TIMING_DEFINITIONS.format(metric=_short(metric)))
+    parts.append("\n## Plots\n")
+    for plot in plots:
+        if plot.path is not None:
+            link = plot.path.relative_to(out).as_posix()
+            parts.append(f"### {plot.title}\n\n![{PLOT_WORDS.get(plot.path.name, plot.title)}]({link})\n")
+        else:
+            parts.append(f"### {plot.title}\n\nPlot skipped: {plot.skipped}.\n")
+    parts.append("## Best configuration\n")
+    parts.append(_best_section(studies))
+    return "\n".join(parts)
+
+
+def _setup_section(study: Study, several: bool) -> str:
+    meta = study.meta
+    lines = [f"## Setup{': ' + study.name if several else ''}\n"]
+    corpus = meta.get("corpus") or {}
+    if corpus:
+        labels = corpus.get("labels") or {}
+        counts = ", ".join(f"{k} {v}" for k, v in labels.items())
+        lines.append(f"- Corpus: **{corpus.get('name', '?')}** ({corpus.get('files', '?')} files, "
+                     f"{corpus.get('speakers', '?')} speakers, root `{corpus.get('root', '?')}`)"
+                     + (f"; labels: {counts}" if counts else ""))
+        if corpus.get("synthetic"):
+            lines.append("- **SYNTHETIC stand-in corpus: figures are not comparable to real corpora.**")
+    else:
+        lines.append("- Corpus: not recorded in study.json")
+    split = meta.get("split") or {}
+    if split:
+        counts = split.get("counts") or {}
+        lines.append(f"- Split: {split.get('kind', '?')} (train {counts.get('train', '?')} / "
+                     f"val {counts.get('val', '?')} / test {counts.get('test', '?')} files)")
+        for part in ("train", "val", "test"):
+            speakers = split.get(f"{part}_speakers")
+            if speakers:
+                lines.append(f"  - {part} speakers: {', '.join(map(str, speakers))}")
+        if split.get("speaker_dependent"):
+            lines.append("- **SPEAKER-DEPENDENT split (speakers appear in train and test, as in the "
+                         "reference paper's code): test BCA is optimistic.**")
+    encoder = meta.get("encoder") or {}
+    if encoder:
+        lines.append(f"- Encoder: `{encoder.get('spec', '?')}` ({encoder.get('family', '?')}, "
+                     f"{encoder.get('num_layers', '?')} layers, hidden size {encoder.get('hidden_size', '?')})")
+    machine = meta.get("machine") or {}
+    if machine:
+        lines.append(f"- Machine: {machine.get('hostname', '?')}, {machine.get('cpus', '?')} CPUs, "
+                     f"{machine.get('nodes', 1)} node(s); {machine.get('platform', '')}; "
+                     f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')}, "
+                     f"Ray {machine.get('ray', '?')}")
+    experiment = meta.get("experiment") or {}
+    budget = experiment.get("budget") or {}
+    resources = experiment.get("resources") or {}
+    lines.append(f"- Objective: {study.metric} ({study.mode}); thresholds: "
+                 f"{', '.join(f'{t:g}' for t in study.thresholds)}")
+    if budget:
+        lines.append(f"- Budget per strategy: {budget.get('trials', 'no limit on')} trials, "
+                     f"{budget.get('minutes') or 'no limit on'} minutes; "
+                     f"{resources.get('cpus_per_trial', '?')} CPU(s) per trial")
+    lines.append(f"- Shared frozen-feature extraction (once, before all strategies): "
+                 f"{_seconds(study.encode_seconds)}")
+    lines.append("- Strategies:")
+    for strategy in study.strategies:
+        info = study.strategy_meta(strategy)
+        warmup = info.get("warmup")
+        detail = [f"budget {info['budget']} trials" if info.get("budget") is not None else None,
+                  f"{warmup} random warm-up trial{'' if warmup == 1 else 's'}" if warmup is not None else None,
+                  f"status {info.get('status', 'unknown')}"]
+        notes = f" — {info['notes']}" if info.get("notes") else ""
+        partial = " (**partial results**)" if info.get("status") in ("running", "interrupted") else ""
+        lines.append(f"  - `{strategy}`: {', '.join(d for d in detail if d)}{notes}{partial}")
+    if (study.dir / "best_model").is_dir():
+        lines.append(f"- Best model exported to `{study.dir / 'best_model'}`")
+    return "\n".join(lines) + "\n"
+
+
+def _comparison_table(frame: pd.DataFrame, several: bool) -> str:
+    if frame.empty:
+        return "No strategy has run yet.\n"
+    metrics = set(frame["metric"])
+    one_metric = len(metrics) == 1
+    rows = []
+    for row in frame.to_dict("records"):
+        best_val = _number(row["best_val"]) + ("" if one_metric else f" ({row['metric']})")
+        rows.append(([row["study"]] if several else []) + [
+            row["strategy"], row["status"], str(row["trials"]), str(row["errors"]),
+            best_val, _config_text(row["best_config"]),
+            _number(row["best_test"]), _seconds(row["wall_clock_seconds"]),
+            _seconds(row["trial_seconds"]), _seconds(row["load_seconds"]),
+            _seconds(row["trial_encode_seconds"]), str(row["concurrency"]),
+            _seconds(row["overhead_seconds"]), _number(row["per_minute"], 4)])
+    header = (["Study"] if several else []) + [
+        "Strategy", "Status", "Trials done", "Errors",
+        f"Best {next(iter(metrics))}" if one_metric else "Best val", "Best config",
+        f"{test_column(next(iter(metrics)))} of best trial" if one_metric else "Test of best trial", "Wall-clock", "Trial time (sum)", "Load (sum)",
+        "Per-trial encode (sum)", "Concurrency", "Ray overhead",
+        f"{_short(next(iter(metrics)))} per minute" if one_metric else "Best val per minute"]
+    return markdown_table(header, rows)
+
+
+def _threshold_table(frame: pd.DataFrame, several: bool) -> str:
+    if frame.empty:
+        return "No thresholds to report.\n"
+    rows = []
+    for row in frame.to_dict("records"):
+        if row["reached"]:
+            cells = [_seconds(row["seconds_to"]), _seconds(row["seconds_to_incl_encode"]),
+                     _seconds(row["trial_seconds_to"]), str(int(row["trials_to"])),
+                     f"trial {row['crossing_trial_id']} epoch {int(row['crossing_epoch'])}: "
+                     f"{_number(row['crossing_value'])}"]
+        else:
+            censored = (f"not reached in {row['trials_started']} trials / "
+                        f"{_minutes(row['wall_clock_seconds'])} min")
+            cells = [censored, "censored", "censored", "censored", "—"]
+        rows.append(([row["study"]] if several else []) + [row["strategy"], f"{row['threshold']:g}"] + cells)
+    header = (["Study"] if several else []) + [
+        "Strategy", "Threshold", "Wall-clock to reach", "incl. shared encode",
+        "Cumulative trial time to reach", "Trials to reach", "Reached by"]
+    return markdown_table(header, rows)
+
+
+def _best_section(studies: list[Study]) -> str:
+    best = overall_best(studies)
+    if best is None:
+        return "No completed trial has a validation metric yet.\n"
+    study, trial = best
+    test_value = trial.get(study.test_metric)
+    where = f"study {study.name}, " if len(studies) > 1 else ""
+    lines = [f"- Best trial overall: {where}strategy `{trial['strategy']}`, trial `{trial['trial_id']}` "
+             f"(index {int(trial['trial_index'])}, best epoch {_number(trial.get('best_epoch'), 0)})",
+             f"- Validation metric ({study.metric}): {_number(trial[study.metric])}",
+             f"- Test metric ({study.test_metric}) on the test speakers: {_number(test_value)}"
+             + (f"; test accuracy {_number(trial.get('test_accuracy'))}"
+                if not pd.isna(trial.get("test_accuracy")) else ""),
+             f"- Config: {_config_text(trial_config(study, trial)) or '(nothing searched)'}"]
+    if not pd.isna(trial.get("trainable_params")):
+        total = trial.get("total_params")
+        lines.append(f"- Trainable parameters: {int(trial['trainable_params']):,}"
+                     + (f" of {int(total):,}" if not pd.isna(total) else ""))
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)]) + "\n"
+
+
+def _config_text(config: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    return f"{float(value):.{digits}f}"
+
+
+def _minutes(seconds) -> str:
+    return "?" if seconds is None or pd.isna(seconds) else f"{float(seconds) / 60:.1f}"
+
+
+def _seconds(seconds) -> str:
+    if seconds is None or pd.isna(seconds):
+        return "—"
+    return f"{float(seconds):.1f} s ({float(seconds) / 60:.1f} min)"
+
+
+def _short(metric: str) -> str:
+    return metric[4:] if metric.startswith("val_") else metric

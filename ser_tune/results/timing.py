@@ -1,0 +1,145 @@
+"""Time-to-threshold and time accounting of one strategy.
+
+Definitions (also printed in the report, see ``report.TIMING_DEFINITIONS``):
+- A crossing is the first epochs.csv report, in timestamp order, of a non-ERROR trial of the
+  strategy whose validation metric is at least the threshold (at most, for mode "min").
+  ERROR trials left no usable model, so their reports never count as reaching a threshold;
+  their time still counts as spent.
+- seconds_to: crossing timestamp minus the strategy's started_at (study wall-clock).
+- trial_seconds_to (the reference paper's measure): at the crossing time t*, the sum over the
+  strategy's trials that had started by t* of Ray's time_total_s at the trial's last report at or
+  before t* (a trial with no report by t* counts t* - started_at), minus the trial's load_seconds
+  once it had finished loading (a trial with no report whose elapsed time is under its
+  load_seconds was still loading and counts 0).
+- trials_to: trial_index of the crossing trial + 1.
+A threshold never reached is censored: every value is NaN and ``reached`` is False.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .study import Study
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Crossing:
+    threshold: float
+    reached: bool
+    timestamp: float = NAN
+    trial_id: str | None = None
+    epoch: float = NAN
+    value: float = NAN
+    seconds_to: float = NAN
+    trial_seconds_to: float = NAN
+    trials_to: float = NAN
+
+
+def strategy_started_at(study: Study, strategy: str) -> float:
+    """study.json's started_at of the strategy; else its earliest trial start or report."""
+    given = study.strategy_meta(strategy).get("started_at")
+    if given is not None:
+        return float(given)
+    candidates = [study.strategy_trials(strategy)["started_at"].min(),
+                  study.strategy_epochs(strategy)["timestamp"].min(), study.meta.get("started_at")]
+    return _first_known(candidates)
+
+
+def strategy_finished_at(study: Study, strategy: str) -> float:
+    """study.json's finished_at of the strategy; while running or interrupted, its last observed event."""
+    given = study.strategy_meta(strategy).get("finished_at")
+    if given is not None:
+        return float(given)
+    trials = study.strategy_trials(strategy)
+    observed = [trials["finished_at"].max(), trials["started_at"].max(),
+                study.strategy_epochs(strategy)["timestamp"].max()]
+    observed = [float(t) for t in observed if t is not None and not pd.isna(t)]
+    return max(observed) if observed else NAN
+
+
+def strategy_wall_clock(study: Study, strategy: str) -> float:
+    return strategy_finished_at(study, strategy) - strategy_started_at(study, strategy)
+
+
+def usable_reports(study: Study, strategy: str) -> pd.DataFrame:
+    """Reports of the strategy's non-ERROR trials that have a metric value, in timestamp order."""
+    trials = study.strategy_trials(strategy)
+    usable = trials.loc[trials["status"] != "ERROR", ["trial_id", "trial_index"]]
+    reports = study.strategy_epochs(strategy).merge(usable, on="trial_id", how="inner")
+    reports = reports.dropna(subset=[study.metric, "timestamp"])
+    # Stable order: time, then start order and epoch for reports stamped in the same instant.
+    return reports.sort_values(["timestamp", "trial_index", "epoch"], kind="mergesort")
+
+
+def first_crossing(study: Study, strategy: str, threshold: float) -> Crossing:
+    reports = usable_reports(study, strategy)
+    reached = [study.is_better_or_equal(v, threshold) for v in reports[study.metric]]
+    hits = reports[np.array(reached, dtype=bool)] if len(reports) else reports
+    if hits.empty:
+        return Crossing(threshold=float(threshold), reached=False)
+    hit = hits.iloc[0]
+    t_star = float(hit["timestamp"])
+    return Crossing(
+        threshold=float(threshold), reached=True, timestamp=t_star, trial_id=str(hit["trial_id"]),
+        epoch=float(hit["epoch"]), value=float(hit[study.metric]),
+        seconds_to=t_star - strategy_started_at(study, strategy),
+        trial_seconds_to=cumulative_trial_seconds(study.strategy_trials(strategy),
+                                                  study.strategy_epochs(strategy), t_star),
+        trials_to=float(hit["trial_index"]) + 1)
+
+
+def cumulative_trial_seconds(trials: pd.DataFrame, epochs: pd.DataFrame, t_star: float) -> float:
+    """Trial time summed over one strategy's trials up to t*, model loading excluded."""
+    total = 0.0
+    for trial in trials.itertuples(index=False):
+        reports = epochs[(epochs["trial_id"] == trial.trial_id) & (epochs["timestamp"] <= t_star)]
+        started = trial.started_at
+        load = 0.0 if pd.isna(trial.load_seconds) else float(trial.load_seconds)
+        if len(reports):
+            last = reports.sort_values("timestamp", kind="mergesort").iloc[-1]
+            elapsed = last["time_total_s"]
+            if pd.isna(elapsed):  # no Ray time at that report: fall back to the clock
+                elapsed = float(last["timestamp"]) - started if not pd.isna(started) else 0.0
+            total += max(0.0, float(elapsed) - load)  # a trial that reported has finished loading
+        elif not pd.isna(started) and started <= t_star:
+            elapsed = t_star - float(started)
+            total += elapsed - load if elapsed >= load else 0.0  # still loading: nothing counted
+    return total
+
+
+def trial_seconds(trial: pd.Series, trial_epochs: pd.DataFrame) -> float:
+    """A trial's whole Ray time: time_total_s, else its last report's, else finished - started."""
+    if not pd.isna(trial.get("time_total_s")):
+        return float(trial["time_total_s"])
+    reported = trial_epochs["time_total_s"].dropna() if len(trial_epochs) else pd.Series(dtype=float)
+    if len(reported):
+        return float(reported.max())
+    if not pd.isna(trial.get("finished_at")) and not pd.isna(trial.get("started_at")):
+        return float(trial["finished_at"]) - float(trial["started_at"])
+    return 0.0
+
+
+def peak_concurrency(starts, ends) -> int:
+    """Most trials running at once; intervals that only touch do not overlap."""
+    events = []
+    for start, end in zip(starts, ends):
+        if pd.isna(start) or pd.isna(end):
+            continue
+        events += [(float(start), 1), (float(end), -1)]
+    running = peak = 0
+    for _, change in sorted(events):  # at equal times -1 sorts before +1
+        running += change
+        peak = max(peak, running)
+    return max(peak, 1)
+
+
+def _first_known(values) -> float:
+    for value in values:
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            return float(value)
+    return NAN

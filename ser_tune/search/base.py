@@ -1,0 +1,110 @@
+"""The contract every search strategy meets: build a :class:`SearchPlan` for Ray Tune.
+
+A strategy is constructed with the space, the trial budget and a seed, and does all
+its seeding there; ``plan()`` returns what the launcher hands to ``tune.Tuner``::
+
+    plan = make_plan("tpe", space, budget=15, seed=0)
+    tuner = tune.Tuner(trainable, param_space={**fixed_settings, **plan.param_space},
+                       tune_config=tune.TuneConfig(search_alg=plan.searcher,
+                                                   num_samples=plan.num_samples,
+                                                   metric="val_bca", mode="max"))
+    # in the trainable: settings = TrialSettings.from_config(plan.decode(config))
+
+Every trial runs its full epochs: no strategy here uses a trial scheduler.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from ser_tune.search.space import Param, parse_space
+
+
+class StrategyError(ValueError):
+    """Bad arguments to a search strategy (unknown name, budget, warm-up, mode)."""
+
+
+@dataclass
+class SearchPlan:
+    strategy: str
+    searcher: object | None          # TuneConfig(search_alg=...)
+    param_space: dict                # Tuner(param_space=...), fixed settings merged by the launcher
+    num_samples: int                 # TuneConfig(num_samples=...)
+    warmup: int                      # random warm-up trials before the model guides the search
+    decode: Callable[[dict], dict]   # raw Ray config -> trial settings values
+    notes: str                       # one line for the report
+
+
+class Strategy(Protocol):
+    name: str
+
+    def __init__(self, space: dict[str, Param], *, budget: int, seed: int, metric: str = "val_bca",
+                 mode: str = "max", max_concurrent: int = 1, warmup: int | None = None,
+                 grid: dict | None = None): ...
+
+    def plan(self) -> SearchPlan: ...
+
+
+def default_warmup(budget: int) -> int:
+    """Random warm-up sized to the budget: 30 % (at least 2), always leaving one guided trial.
+
+    Ray's defaults (HyperOptSearch 20, BayesOptSearch 10 random trials) would make a
+    15-trial study pure random search.
+    """
+    return max(1, min(max(2, math.floor(0.3 * budget + 0.5)), budget - 1))
+
+
+def native(value: Any) -> Any:
+    """numpy scalars -> Python scalars, so configs stay JSON-able."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def native_config(config: dict) -> dict:
+    """The decode of strategies that sample settings directly: only numpy -> Python scalars."""
+    return {key: native(value) for key, value in config.items()}
+
+
+class StrategyBase:
+    """Argument checks shared by every strategy; subclasses implement ``plan()``."""
+
+    name = "base"
+    model_based = True   # needs at least one random warm-up trial to fit its model
+
+    def __init__(self, space: dict[str, Param], *, budget: int, seed: int, metric: str = "val_bca",
+                 mode: str = "max", max_concurrent: int = 1, warmup: int | None = None,
+                 grid: dict | None = None):
+        if not isinstance(budget, Integral) or isinstance(budget, bool) or budget < 1:
+            raise StrategyError(f"{self.name}: budget must be a positive integer (got {budget!r})")
+        if not isinstance(seed, Integral) or isinstance(seed, bool):
+            raise StrategyError(f"{self.name}: seed must be an integer (got {seed!r})")
+        if mode not in ("max", "min"):
+            raise StrategyError(f"{self.name}: mode must be 'max' or 'min' (got {mode!r})")
+        if not isinstance(metric, str) or not metric:
+            raise StrategyError(f"{self.name}: metric must be a non-empty string (got {metric!r})")
+        if not isinstance(max_concurrent, Integral) or isinstance(max_concurrent, bool) or max_concurrent < 1:
+            raise StrategyError(f"{self.name}: max_concurrent must be a positive integer (got {max_concurrent!r})")
+        if warmup is not None:
+            low = 1 if self.model_based else 0
+            if not isinstance(warmup, Integral) or isinstance(warmup, bool) or not low <= warmup <= budget:
+                raise StrategyError(f"{self.name}: warmup must be an integer in [{low}, budget={budget}] "
+                                    f"(got {warmup!r})")
+        self.space = parse_space(space) if space is not None else None
+        self.budget = int(budget)
+        self.seed = int(seed)
+        self.metric = metric
+        self.mode = mode
+        self.max_concurrent = int(max_concurrent)
+        self.warmup = int(warmup) if warmup is not None else default_warmup(self.budget)
+        self.grid = grid
+
+    def _require_space(self) -> dict[str, Param]:
+        if not self.space:
+            raise StrategyError(f"{self.name}: needs a search space")
+        return self.space
+
+    def plan(self) -> SearchPlan:
+        raise NotImplementedError

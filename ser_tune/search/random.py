@@ -1,0 +1,34 @@
+"""``random``: independent random sampling of the space (Ray Tune's BasicVariantGenerator).
+
+The baseline every model-based strategy must beat at the same budget. Every trial is
+random, so ``warmup`` equals the budget.
+
+>>> from ser_tune.search.space import paper_space
+>>> plan = RandomStrategy(paper_space(), budget=15, seed=0, max_concurrent=2).plan()
+>>> plan.num_samples, plan.warmup, plan.searcher.max_concurrent
+(15, 15, 2)
+"""
+from __future__ import annotations
+
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from ser_tune.search.base import SearchPlan, StrategyBase, native_config
+from ser_tune.search.space import to_tune_space
+
+
+class RandomStrategy(StrategyBase):
+    name = "random"
+    model_based = False
+
+    def plan(self) -> SearchPlan:
+        # BasicVariantGenerator ignores TuneConfig(max_concurrent_trials): it takes its own limit.
+        searcher = BasicVariantGenerator(random_state=self.seed, max_concurrent=self.max_concurrent)
+        return SearchPlan(
+            strategy=self.name,
+            searcher=searcher,
+            param_space=to_tune_space(self._require_space()),
+            num_samples=self.budget,
+            warmup=self.budget,
+            decode=native_config,
+            notes=f"random search, {self.budget} random trials",
+        )

@@ -1,0 +1,85 @@
+"""The Ray Tune trainable: a plain function that runs one fine-tuning and reports every epoch.
+
+Everything a trial needs but does not search over travels in a ``StudyContext`` (via
+``tune.with_parameters``, so the table goes through Ray's object store once).
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from ..data import AudioStore
+from ..encoders import SpeechEncoder, load_encoder
+from .finetune import SAMPLE_RATE, FineTuner, TrialData
+from .settings import TrialSettings
+
+
+@dataclass
+class StudyContext:
+    table: pd.DataFrame
+    assignment: pd.Series
+    labels: list[str]
+    encoder_spec: str
+    cache_root: str
+    fixed: dict = field(default_factory=dict)          # trial settings the search does not vary
+    cpus_per_trial: int = 1
+    decode: Callable[[dict], dict] | None = None        # raw searcher config -> settings (gp's float relaxation)
+
+    def settings_for(self, config: dict) -> TrialSettings:
+        values = dict(self.fixed)
+        values.update(self.decode(config) if self.decode is not None else config)
+        return TrialSettings.from_config(values)
+
+
+# Per worker process: decoded audio and pristine encoders survive across trials when Ray reuses
+# the actor, so a study decodes each file once and loads each encoder once per process.
+_AUDIO: dict[int, AudioStore] = {}
+_ENCODERS: dict[str, SpeechEncoder] = {}
+
+
+def _encoder_copy(spec: str) -> SpeechEncoder:
+    if spec not in _ENCODERS:
+        _ENCODERS[spec] = load_encoder(spec)
+    return copy.deepcopy(_ENCODERS[spec])  # trials change weights in place; keep the original clean
+
+
+def set_threads(cpus: int) -> None:
+    """torch ignores Ray's CPU limit; match intra-op threads to the trial's CPUs."""
+    torch.set_num_threads(max(1, int(cpus)))
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # can only be set once per process, before any parallel work
+        pass
+
+
+def run_trial(config: dict, context: StudyContext) -> None:
+    from ray import tune
+
+    set_threads(context.cpus_per_trial)
+    settings = context.settings_for(config)
+    audio = _AUDIO.setdefault(SAMPLE_RATE, AudioStore(SAMPLE_RATE))
+    data = TrialData.from_table(context.table, context.assignment, context.labels, audio=audio)
+    tuner = FineTuner(settings, data, encoder_spec=context.encoder_spec, cache_root=context.cache_root,
+                      encoder_loader=_encoder_copy)
+    resume = tune.get_checkpoint()
+    work = Path(tempfile.mkdtemp(prefix="ser_tune_trial_"))
+    searched = {f"cfg_{k}": v for k, v in settings.to_dict().items() if k in config}
+
+    def report(metrics: dict) -> None:
+        tune.report(dict(metrics, **searched), checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    try:
+        if resume is not None:
+            with resume.as_directory() as resume_dir:
+                tuner.run(report=report, checkpoint_dir=work, resume_dir=resume_dir)
+        else:
+            tuner.run(report=report, checkpoint_dir=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # Ray has copied every reported checkpoint into storage

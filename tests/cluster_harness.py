@@ -298,7 +298,10 @@ class LoopbackRayCluster:
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self._kill_inside(proc)
-            stdout, stderr = proc.communicate(timeout=15)
+            try:
+                stdout, stderr = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:  # a daemon still holds the pipes; give up on the output
+                stdout, stderr = "", "(output unavailable: pipes still held after kill)"
             result = CommandResult(argv, -9, stdout, stderr, time.monotonic() - started)
             raise ClusterHarnessError(f"timed out after {timeout_s}s: {result.describe()}")
         result = CommandResult(argv, proc.returncode, stdout, stderr, time.monotonic() - started)

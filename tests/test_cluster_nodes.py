@@ -235,6 +235,7 @@ def test_study_survives_losing_the_worker_node(cluster, tmp_path):
     assert proc.returncode == 0, (tmp_path / "driver.err").read_text()[-3000:]
 
     summary = json.loads(out.read_text())
+    print(f"[fault] {summary}")
     trials = {t["x"]: t for t in summary["trials"]}
     # The whole budget completed, every trial to its last step, none reported as failed.
     assert sorted(trials) == [1, 2, 3, 4]

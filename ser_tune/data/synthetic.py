@@ -35,7 +35,7 @@ FIRST_SPEAKER = 21
 LETTER = {"anger": "W", "boredom": "L", "disgust": "E", "fear": "A",
           "happiness": "F", "neutral": "N", "sadness": "T"}
 TEXTS = ("a01", "a02", "a04", "a05", "a07", "b01", "b02", "b03", "b09", "b10")   # EmoDB's ten texts
-INTENSITY_SCALE = {"normal": 0.9, "strong": 1.2}   # how far a clip departs from neutral
+INTENSITY_SCALE = {"normal": 1.2, "strong": 1.5}   # how far a clip departs from neutral
 
 # Male reference formants (Hz) of five vowels; a speaker scales them by its vocal-tract factor.
 VOWELS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240],
@@ -62,12 +62,12 @@ class Profile:
 
 
 PROFILES = {
-    "neutral":   Profile(1.00, 3.0, "fall", 4.4, 0.0, .006, .03, .80, .55, .05, 0.0, (3.0, 3.0, 3.0)),
-    "anger":     Profile(1.30, 7.0, "fall", 5.3, 8.0, .010, .05, .45, .35, .02, 0.0, (4.4, 1.6, 4.2)),
-    "happiness": Profile(1.38, 10.0, "rise", 5.0, 4.0, .008, .04, .72, .55, .10, 0.0, (3.9, 4.4, 3.5)),
-    "fear":      Profile(1.60, 5.0, "hump", 6.5, 1.0, .030, .08, .78, .62, .20, 1.0, (4.1, 1.8, 1.7)),
+    "neutral":   Profile(1.00, 3.0, "fall", 4.4, 0.0, .006, .03, .78, .52, .05, 0.0, (3.0, 3.0, 3.0)),
+    "anger":     Profile(1.30, 7.0, "fall", 5.4, 9.0, .010, .05, .42, .34, .02, 0.0, (4.4, 1.6, 4.2)),
+    "happiness": Profile(1.30, 10.0, "rise", 4.8, 3.0, .008, .04, .70, .50, .08, 0.0, (3.9, 4.4, 3.5)),
+    "fear":      Profile(1.65, 5.0, "hump", 6.8, 0.0, .030, .08, .80, .65, .25, 1.2, (4.1, 1.8, 1.7)),
     "sadness":   Profile(0.86, 2.0, "fall", 2.6, -9.0, .012, .05, .92, .72, .30, 0.3, (1.8, 1.6, 2.0)),
-    "boredom":   Profile(0.92, 0.8, "flat", 3.4, -3.0, .006, .03, .85, .60, .06, 0.0, (1.7, 2.6, 2.6)),
+    "boredom":   Profile(0.92, 0.8, "flat", 3.2, -4.0, .006, .03, .88, .64, .08, 0.0, (1.7, 2.6, 2.6)),
     "disgust":   Profile(0.84, 5.0, "hump", 3.0, 1.0, .050, .15, .60, .42, .04, 0.0, (3.0, 1.8, 3.4)),
 }
 _NUMERIC = ("f0", "f0_range", "rate", "energy_db", "jitter", "shimmer", "tilt", "open_q", "breath", "tremor")
@@ -97,7 +97,7 @@ def _speakers(seed: int, n: int) -> list[Speaker]:
             number=FIRST_SPEAKER + i, gender=gender,
             f0=float(rng.normal(205, 18) if female else rng.normal(115, 12)),
             tract=float(rng.normal(1.16, 0.04) if female else rng.normal(1.0, 0.04)),
-            expressiveness=float(rng.uniform(0.85, 1.15)),
+            expressiveness=float(rng.uniform(0.9, 1.1)),
             level_db=float(rng.normal(0, 1.5)),
             rate=float(rng.uniform(0.88, 1.12)),
             tilt=float(rng.normal(0, 0.04)),
@@ -118,8 +118,8 @@ def _clip_profile(emotion: str, speaker: Speaker, intensity: str, rng: np.random
     p["energy_db"] += float(rng.normal(0, 1.5))
     p["jitter"] *= float(rng.uniform(0.6, 1.4))
     p["shimmer"] *= float(rng.uniform(0.6, 1.4))
-    p["tilt"] = float(np.clip(p["tilt"] + speaker.tilt + rng.normal(0, 0.04), 0.3, 0.97))
-    p["open_q"] = float(np.clip(p["open_q"] + rng.normal(0, 0.04), 0.3, 0.8))
+    p["tilt"] = float(np.clip(p["tilt"] + speaker.tilt + rng.normal(0, 0.025), 0.3, 0.97))
+    p["open_q"] = float(np.clip(p["open_q"] + rng.normal(0, 0.03), 0.3, 0.8))
     p["breath"] = max(0.0, p["breath"] * float(rng.uniform(0.6, 1.4)) + speaker.breath)
     # The contour is the emotion's usual one, but not always.
     contours = ("fall", "rise", "flat", "hump")

@@ -73,7 +73,7 @@ class TunedModel:
         """Per-layer pooled features (1, L+1, D) of one waveform at ``sample_rate``, cropped to max_length."""
         if self.max_length is not None:
             wave = wave[: int(round(self.max_length * self.sample_rate))]
-        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]
+        x = torch.from_numpy(np.array(wave, dtype=np.float32))[None]
         states, mask = self.encoder(x, torch.tensor([x.shape[1]]))
         return torch.stack([masked_mean(h, mask) for h in states], dim=1)
 

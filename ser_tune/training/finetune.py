@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,7 +248,7 @@ class FineTuner:
         stats = self.cache.stats if self.cache is not None else None
         return {"load_seconds": self.seconds["load"], "encode_seconds": self.seconds["encode"],
                 "train_seconds": self.seconds["train"], "cache_hits": stats.hits if stats else 0,
-                "cache_misses": stats.misses if stats else 0, "node": socket.gethostname()}
+                "cache_misses": stats.misses if stats else 0}
 
     @staticmethod
     def _trainable_encoder_params(encoder: SpeechEncoder, boundary: int, top_k) -> dict[str, nn.Parameter]:
@@ -282,7 +281,7 @@ class FineTuner:
         if feats is not None and boundary is None:
             return torch.from_numpy(feats.pooled[idx])
         if feats is not None:
-            frames = [torch.from_numpy(np.asarray(feats.frames_of(boundary, int(i)))) for i in idx]
+            frames = [torch.from_numpy(np.array(feats.frames_of(boundary, int(i)))) for i in idx]
             lengths = torch.tensor([f.shape[0] for f in frames])
             hidden = nn.utils.rnn.pad_sequence(frames, batch_first=True)
             mask = torch.arange(hidden.shape[1])[None] < lengths[:, None]

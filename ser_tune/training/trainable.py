@@ -70,7 +70,10 @@ def run_trial(config: dict, context: StudyContext) -> None:
                       encoder_loader=_encoder_copy)
     resume = tune.get_checkpoint()
     work = Path(tempfile.mkdtemp(prefix="ser_tune_trial_"))
-    searched = {f"cfg_{k}": v for k, v in settings.to_dict().items() if k in config}
+    # The searched settings as the trial really used them (gp's floats decoded), and where it ran.
+    varied = context.decode(config) if context.decode is not None else config
+    searched = {f"cfg_{k}": v for k, v in settings.to_dict().items() if k in varied}
+    searched["node"] = _node_name()
 
     def report(metrics: dict) -> None:
         tune.report(dict(metrics, **searched), checkpoint=tune.Checkpoint.from_directory(str(work)))
@@ -83,3 +86,10 @@ def run_trial(config: dict, context: StudyContext) -> None:
             tuner.run(report=report, checkpoint_dir=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # Ray has copied every reported checkpoint into storage
+
+
+def _node_name() -> str:
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return f"{ray.util.get_node_ip_address()}/{ctx.get_node_id()[:8]}"

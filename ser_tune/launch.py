@@ -1,0 +1,185 @@
+"""``python -m ser_tune.launch [CONFIG]``: run a hyper-parameter study, one Ray Tune Tuner per strategy.
+
+With no CONFIG it runs the quickstart (synthetic corpus, tiny encoder, two strategies).
+The study folder is printed first; Ray's trial table shows progress; the strategy
+comparison and the report's path come at the end (with ``--json``, one JSON object last).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  python -m ser_tune.launch                                   # quickstart on the embedded synthetic corpus
+  python -m ser_tune.launch experiments/emodb.yaml --strategies tpe gp --trials 15
+  python -m ser_tune.launch experiments/emodb.yaml --address auto   # on a running Ray cluster
+  python -m ser_tune.launch experiments/emodb.yaml --resume         # continue the latest interrupted study
+"""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ser_tune.launch", description=__doc__.splitlines()[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="experiment YAML (default: the quickstart)")
+    p.add_argument("--strategies", nargs="+", metavar="NAME", help="subset/override: tpe gp skopt grid random")
+    p.add_argument("--trials", type=int, help="trial budget per strategy")
+    p.add_argument("--minutes", type=float, help="optional time budget per strategy")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs each trial gets (torch threads follow)")
+    p.add_argument("--concurrency", type=int, help="max concurrent trials per strategy")
+    p.add_argument("--address", help="join a running Ray cluster: 'auto' or HOST:PORT")
+    p.add_argument("--storage", help="folder of study folders (shared by every node on a cluster)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="STUDY_DIR",
+                   help="continue an interrupted study (default: the latest of this experiment)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true", help="end with one JSON object")
+    return p.parse_args(argv)
+
+
+def _fail(message: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def load(args):
+    from .config import ConfigError, default_experiment, experiment_from_dict, load_experiment
+
+    try:
+        exp = load_experiment(args.config) if args.config else default_experiment()
+        overrides = {}
+        if args.strategies:
+            overrides["strategies"] = args.strategies
+        if args.trials is not None:
+            overrides["budget.trials"] = args.trials
+        if args.minutes is not None:
+            overrides["budget.minutes"] = args.minutes
+        if args.cpus_per_trial is not None:
+            overrides["resources.cpus_per_trial"] = args.cpus_per_trial
+        if args.concurrency is not None:
+            overrides["concurrency"] = args.concurrency
+        if args.storage:
+            overrides["storage"] = args.storage
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        if not overrides:
+            return exp
+        raw = exp.to_dict()
+        for dotted, value in overrides.items():
+            node = raw
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        return experiment_from_dict(raw, source=exp.source)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def start_ray(address: str | None, quiet: bool) -> tuple[float, float, str | None, int]:
+    """Start a local Ray (dashboard on 127.0.0.1) or join a cluster; returns (total CPUs, largest node CPUs,
+    dashboard URL, nodes)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled") if address is None else None
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
+    if address:
+        context = ray.init(address=address, **kwargs)
+    else:
+        context = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in nodes]
+    url = getattr(context, "dashboard_url", None)
+    return float(sum(cpus)), float(max(cpus) if cpus else 0), (f"http://{url}" if url else None), len(nodes)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    exp = load(args)
+    from .data import DataError
+    from .encoders import EncoderError
+    from .study import Study, StudyError
+
+    out = sys.stderr if args.json else sys.stdout
+    try:
+        if args.resume:
+            study = Study.latest(exp) if args.resume == "latest" else Study.open(Path(args.resume), exp)
+        else:
+            study = Study.create(exp)
+        print(f"study folder: {study.dir}", file=out, flush=True)
+        study.prepare_data()
+    except (DataError, StudyError, ValueError) as exc:
+        _fail(str(exc))
+
+    total_cpus, node_cpus, dashboard, nodes = start_ray(args.address, quiet=args.json)
+    if exp.resources.cpus_per_trial > node_cpus:
+        _fail(f"resources.cpus_per_trial = {exp.resources.cpus_per_trial:g} but the largest node has "
+              f"{node_cpus:g} CPUs; no trial could ever start")
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}", file=out, flush=True)
+    study.meta["machine"]["nodes"] = nodes
+    study.meta["machine"]["cluster_cpus"] = total_cpus
+    try:
+        seconds = study.encode_once()
+    except (EncoderError, DataError) as exc:
+        _fail(str(exc))
+    print(f"shared encode (frozen features, once per study): {seconds:.1f} s", file=out, flush=True)
+
+    verbose = 0 if args.json else 1
+    for strategy in exp.strategies:
+        if study.meta["strategies"].get(strategy, {}).get("status") == "done":
+            print(f"strategy {strategy}: already done, skipped", file=out, flush=True)
+            continue
+        print(f"strategy {strategy}: {exp.budget.trials} trials", file=out, flush=True)
+        study.run_strategy(strategy, cpus_available=total_cpus, verbose=verbose)
+
+    import time
+
+    study.meta["finished_at"] = time.time()
+    study.save_meta()
+    study.export_best()
+    from .results import summary_json, write_report
+
+    report = write_report(study.dir)
+    summary = summary_json([study.dir])
+    print_comparison(summary, out)
+    print(f"report: {report}", file=out)
+    if args.json:
+        print(json.dumps(launch_json(summary, study), default=str))
+    return 0
+
+
+def launch_json(summary: dict, study) -> dict:
+    """The --json object: per strategy trials, best_val_bca, best_config, seconds_to_0.9, and study_dir."""
+    entry = summary["studies"][0]
+    strategies = {}
+    for name, s in entry["strategies"].items():
+        row = dict(s)
+        row["seconds_to_0.9"] = (s.get("seconds_to") or {}).get("0.9")
+        strategies[name] = row
+    return {"study_dir": str(study.dir), "strategies": strategies,
+            "best_model": study.meta.get("best_model", {}).get("path")}
+
+
+def print_comparison(summary: dict, out) -> None:
+    entry = summary["studies"][0]
+    print("\nstrategy comparison (validation speakers guide the search; test speakers never seen by it):", file=out)
+    header = f"{'strategy':10} {'trials':>6} {'best val':>9} {'test':>6}  time to 0.9 (wall-clock)"
+    print(header, file=out)
+    for name, s in entry["strategies"].items():
+        val = s.get("best_val_bca")
+        test = s.get("test_bca")
+        t = (s.get("seconds_to") or {}).get("0.9")
+        reached = f"{t:.1f} s" if t is not None else f"not reached in {s.get('trials')} trials"
+        print(f"{name:10} {s.get('trials', 0):>6} {_fmt(val):>9} {_fmt(test):>6}  {reached}", file=out)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

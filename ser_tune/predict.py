@@ -1,0 +1,59 @@
+"""``python -m ser_tune.predict MODEL_DIR FILE.wav [FILE.wav ...]``: the emotion of each file.
+
+Any sample rate or channel count; a missing or unreadable file gets a clear message and the
+other files are still predicted (exit code 1 when any file failed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def predict_files(model, paths) -> list[dict]:
+    from .data import AudioError, load_audio
+
+    rows = []
+    for path in paths:
+        try:
+            wave = load_audio(path, model.sample_rate)
+        except AudioError as exc:
+            rows.append({"file": str(path), "error": str(exc)})
+            continue
+        probs = model.predict_proba(wave)
+        rows.append({"file": str(path), "emotion": model.labels[int(probs.argmax())],
+                     "probabilities": {label: float(p) for label, p in zip(model.labels, probs)}})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ser_tune.predict", description=__doc__.splitlines()[0])
+    p.add_argument("model_dir", help="an exported model folder (a study's best_model/ or train --export)")
+    p.add_argument("files", nargs="+", help="audio files")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    from .encoders import EncoderError
+    from .training.export import ModelFolderError, load_model
+    from .training.trainable import set_threads
+
+    set_threads(2)
+    try:
+        model = load_model(args.model_dir)
+    except (ModelFolderError, EncoderError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = predict_files(model, args.files)
+    if args.json:
+        print(json.dumps({"model": args.model_dir, "labels": model.labels, "predictions": rows}))
+    else:
+        for row in rows:
+            if "error" in row:
+                print(f"{row['file']}: error: {row['error']}", file=sys.stderr)
+                continue
+            top = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+            print(f"{row['file']}: {row['emotion']}  (" + ", ".join(f"{k} {v:.2f}" for k, v in top) + ")")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -66,6 +66,7 @@ def load(args):
         if not overrides:
             return exp
         raw = exp.to_dict()
+        raw.pop("source", None)
         for dotted, value in overrides.items():
             node = raw
             *parents, leaf = dotted.split(".")
@@ -83,8 +84,10 @@ def start_ray(address: str | None, quiet: bool) -> tuple[float, float, str | Non
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled") if address is None else None
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Keeping one checkpoint per trial forces an experiment snapshot per epoch; that is intended
+    # (resume loses nothing), so Ray's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
     if address:
         context = ray.init(address=address, **kwargs)

@@ -226,15 +226,15 @@ class Study:
                 row[key] = metrics.get(key)
             if metrics.get("test_confusion") is not None:
                 row["test_confusion"] = json.dumps(metrics["test_confusion"])
-            if not frame.empty and "timestamp" in frame:
-                ts = frame["timestamp"].astype(float)
+            if not frame.empty and "reported_at" in frame:
+                ts = frame["reported_at"].astype(float)  # ours: sub-second; Ray's "timestamp" is whole seconds
                 tt = frame["time_total_s"].astype(float) if "time_total_s" in frame else ts - ts.iloc[0]
                 row["started_at"] = float(ts.iloc[0] - tt.iloc[0])
                 row["finished_at"] = float(ts.iloc[-1])
                 for _, r in frame.iterrows():
                     epochs.append({"strategy": strategy, "trial_id": trial_id, "epoch": r.get("epoch"),
                                    "val_bca": r.get("val_bca"), "epoch_val_bca": r.get("epoch_val_bca"),
-                                   "train_loss": r.get("train_loss"), "timestamp": float(r["timestamp"]),
+                                   "train_loss": r.get("train_loss"), "timestamp": float(r["reported_at"]),
                                    "time_total_s": float(r.get("time_total_s", np.nan))})
             if result.checkpoint is not None and not result.error:
                 row["checkpoint"] = result.checkpoint.path
@@ -282,11 +282,13 @@ def _candidates(exp: Experiment, name: str, default):
 
 
 def _trial_index(trial_id: str, dirname: str) -> int:
-    # Ray's trial ids end in a zero-padded creation counter: "3f2a1_00004".
-    for text in (str(trial_id), dirname):
-        tail = text.rsplit("_", 1)[-1]
-        if tail.isdigit():
-            return int(tail)
+    """0-based creation order: Ray names a trial's folder "<trainable>_<trial_id>_<counter>_<config>",
+    with the counter starting at 1."""
+    parts = dirname.split("_")
+    if trial_id in parts:
+        at = parts.index(trial_id) + 1
+        if at < len(parts) and parts[at].isdigit():
+            return int(parts[at]) - 1
     return -1
 
 

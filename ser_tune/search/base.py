@@ -20,6 +20,7 @@ from numbers import Integral
 from typing import Any, Callable, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ser_tune.search.space import Param, parse_space
 
@@ -56,6 +57,15 @@ def default_warmup(budget: int) -> int:
     15-trial study pure random search.
     """
     return max(1, min(max(2, math.floor(0.3 * budget + 0.5)), budget - 1))
+
+
+def one_blas_thread():
+    """Context for a searcher's GP fitting and acquisition search in the driver process.
+
+    Its matrices are tiny (one row per trial), so multi-threaded BLAS only adds overhead; on a
+    busy 2-core machine OpenBLAS threads made a 12-trial GP search 4-5x slower.
+    """
+    return threadpool_limits(limits=1)
 
 
 def native(value: Any) -> Any:

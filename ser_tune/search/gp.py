@@ -45,7 +45,7 @@ from ray.tune.search.bayesopt import BayesOptSearch
 from ray.tune.search.bayesopt.bayesopt_search import _dict_hash
 from ray.tune.search.searcher import Searcher
 
-from ser_tune.search.base import SearchPlan, StrategyBase, native
+from ser_tune.search.base import SearchPlan, StrategyBase, native, one_blas_thread
 from ser_tune.search.space import Param
 
 _SUFFIX = {"loguniform": "__log10", "int": "__relaxed", "choice": "__index", "uniform": ""}
@@ -128,7 +128,8 @@ class BudgetBayesOptSearch(BayesOptSearch):
             self.register_analysis(self._analysis)
 
     def suggest(self, trial_id: str):
-        config = super().suggest(trial_id)
+        with one_blas_thread():   # the GP is fitted and its acquisition maximised here
+            config = super().suggest(trial_id)
         return config if config is Searcher.FINISHED or config is None else {
             key: native(value) for key, value in config.items()}
 

@@ -3,8 +3,9 @@
 The grid is a mapping name -> list of values (default: :func:`~ser_tune.search.space.default_grid`
 of the space, which is :func:`~ser_tune.search.space.paper_grid` for the paper's space).
 
-Order: BasicVariantGenerator's nested-loop order, the FIRST parameter varying fastest
-(:func:`~ser_tune.search.space.grid_points`). A grid no larger than the budget runs whole
+Order: BasicVariantGenerator's nested-loop order over the parameter names sorted
+alphabetically, the first name varying fastest (:func:`~ser_tune.search.space.grid_points`);
+for the paper grid: lr fastest, then max_length, num_epochs, unfreeze_epoch slowest. A grid no larger than the budget runs whole
 (``num_samples=1``, so fewer trials than the budget when it is smaller). A larger grid
 runs only its first ``budget`` points in that order: they are handed to the generator as
 ``points_to_evaluate``, each replacing one of ``budget`` samples.
@@ -44,7 +45,7 @@ class GridStrategy(StrategyBase):
             first = grid_points(grid)[:self.budget]
             searcher = BasicVariantGenerator(points_to_evaluate=first, max_concurrent=self.max_concurrent)
             num_samples = self.budget
-            notes = f"grid search, first {self.budget} of {size} points (first parameter varies fastest)"
+            notes = f"grid search, first {self.budget} of {size} points in Ray's grid order"
         return SearchPlan(
             strategy=self.name,
             searcher=searcher,

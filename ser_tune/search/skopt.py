@@ -38,7 +38,7 @@ from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quan
 from ray.tune.search.variant_generator import parse_spec_vars
 from ray.tune.utils.util import unflatten_dict
 
-from ser_tune.search.base import SearchPlan, StrategyBase, native, native_config
+from ser_tune.search.base import SearchPlan, StrategyBase, native, native_config, one_blas_thread
 from ser_tune.search.space import to_tune_space
 
 
@@ -107,7 +107,8 @@ class SkoptSearcher(Searcher):
             raise RuntimeError("SkoptSearcher has no search space: pass a param_space to the Tuner")
         if not self._metric or not self._mode:
             raise RuntimeError("SkoptSearcher needs metric and mode (pass them to TuneConfig)")
-        point = self._ask()
+        with one_blas_thread():
+            point = self._ask()
         self._pending[trial_id] = point
         return unflatten_dict({name: native(v) for name, v in zip(self._names, point)})
 
@@ -122,7 +123,8 @@ class SkoptSearcher(Searcher):
             return
         if not math.isfinite(value):
             return
-        self._opt.tell(point, -value if self._mode == "max" else value)
+        with one_blas_thread():   # tell() fits the GP and picks the next point
+            self._opt.tell(point, -value if self._mode == "max" else value)
 
     # -- asking while trials are pending ------------------------------------------------
     def _ask(self) -> list:

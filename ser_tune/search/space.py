@@ -16,13 +16,13 @@ Param(name='num_epochs', kind='int', low=1, high=4, values=())
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
 from ray import tune
+from ray.tune.search.variant_generator import generate_variants
 
 from ser_tune.training.settings import TrialSettings
 
@@ -225,8 +225,7 @@ def grid_size(grid: dict[str, list]) -> int:
 
 
 def grid_points(grid: dict[str, list]) -> list[dict]:
-    """Every grid point in the order Ray Tune's BasicVariantGenerator runs them:
-    the FIRST parameter varies fastest, the last slowest."""
+    """Every grid point in the order Ray Tune's BasicVariantGenerator runs them: nested loops
+    over the parameter names in alphabetical order, the first name varying fastest."""
     names = list(grid)
-    return [dict(zip(names, reversed(combo)))
-            for combo in itertools.product(*(grid[n] for n in reversed(names)))]
+    return [{name: spec[name] for name in names} for _, spec in generate_variants(to_grid_space(grid))]

@@ -211,7 +211,7 @@ class FineTuner:
                                   "encoder_trained": unfrozen}}
             self.seconds["train"] += time.perf_counter() - t0
             row = {"epoch": epoch + 1, "epoch_val_bca": epoch_bca, "val_bca": best["val_bca"],
-                   "best_epoch": best["epoch"], "train_loss": float(np.mean(losses)), "timestamp": time.time(),
+                   "best_epoch": best["epoch"], "train_loss": float(np.mean(losses)), "reported_at": time.time(),
                    "encoder_trained": unfrozen}
             history.append(row)
             if checkpoint_dir is not None:

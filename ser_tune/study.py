@@ -284,6 +284,9 @@ def _candidates(exp: Experiment, name: str, default):
 def _trial_index(trial_id: str, dirname: str) -> int:
     """0-based creation order: Ray names a trial's folder "<trainable>_<trial_id>_<counter>_<config>",
     with the counter starting at 1."""
+    tail = str(trial_id).rsplit("_", 1)
+    if len(tail) == 2 and tail[1].isdigit():  # BasicVariantGenerator's ids: "<prefix>_<counter from 0>"
+        return int(tail[1])
     parts = dirname.split("_")
     if trial_id in parts:
         at = parts.index(trial_id) + 1

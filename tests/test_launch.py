@@ -1,0 +1,147 @@
+"""The main job end to end: every strategy on the synthetic corpus, exact budgets, resume, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp_path: Path, **changes) -> Path:
+    raw = {
+        "name": "t",
+        "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"), "options": {"clips_per_cell": 2}},
+        "split": {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0},
+        "encoder": "tiny-whisper",
+        "trial": {"unfreeze": "none", "max_length": 1.0, "batch_size": 16},
+        "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 3]}},
+        "grid": {"lr": [1e-3, 1e-2], "num_epochs": [1, 3]},
+        "strategies": ["tpe", "gp", "skopt", "grid", "random"],
+        "budget": {"trials": 3},
+        "resources": {"cpus_per_trial": 1},
+        "seed": 0,
+        "storage": str(tmp_path / "studies"),
+        "objective": {"metric": "val_bca", "mode": "max"},
+    }
+    for key, value in changes.items():
+        raw[key] = value
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _launch(*args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, "-m", "ser_tune.launch", *map(str, args)], cwd=REPO, text=True,
+                          capture_output=True, timeout=timeout, **kwargs)
+
+
+def test_every_strategy_spends_exactly_its_budget(tmp_path):
+    run = _launch(_config(tmp_path), "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    study = Path(out["study_dir"])
+    assert run.stderr.splitlines()[0] == f"study folder: {study}"      # printed first
+    trials = pd.read_csv(study / "trials.csv")
+    for strategy in ["tpe", "gp", "skopt", "grid", "random"]:
+        rows = trials[trials.strategy == strategy]
+        assert len(rows) == 3 and (rows.status == "TERMINATED").all(), strategy
+        assert rows.val_bca.between(0, 1).all() and rows.test_bca.between(0, 1).all()
+        s = out["strategies"][strategy]
+        assert s["trials"] == 3
+        assert s["best_val_bca"] == pytest.approx(rows.val_bca.max())
+        assert "seconds_to_0.9" in s and "best_config" in s
+    # gp's relaxed floats are decoded before the trial: integer epochs in the recorded config
+    gp = trials[trials.strategy == "gp"]
+    assert (gp.cfg_num_epochs == gp.cfg_num_epochs.round()).all()
+    # grid: the first 3 points of the grid, in order
+    grid = trials[trials.strategy == "grid"].sort_values("trial_index")
+    assert list(zip(grid.cfg_lr, grid.cfg_num_epochs)) == [(1e-3, 1), (1e-2, 1), (1e-3, 3)] or \
+        list(zip(grid.cfg_lr, grid.cfg_num_epochs)) == [(1e-3, 1), (1e-3, 3), (1e-2, 1)]
+    meta = json.loads((study / "study.json").read_text())
+    assert meta["split"]["speaker_dependent"] is False
+    assert not set(meta["split"]["test_speakers"]) & set(meta["split"]["train_speakers"] + meta["split"]["val_speakers"])
+    assert meta["strategies"]["tpe"]["warmup"] >= 1
+    assert (study / "report.md").exists() and (study / "best_model" / "model.json").exists()
+    predict = subprocess.run([sys.executable, "-m", "ser_tune.predict", study / "best_model",
+                              next((tmp_path / "corpus").glob("*.wav")), "--json"],
+                             cwd=REPO, text=True, capture_output=True, timeout=120)
+    assert predict.returncode == 0, predict.stderr
+    assert json.loads(predict.stdout)["predictions"][0]["emotion"] in meta["labels"]
+
+
+def test_diverging_trial_is_an_error_and_the_study_goes_on(tmp_path):
+    cfg = _config(tmp_path, strategies=["grid"], space={"lr": {"choice": [1e-3, 1e30]}},
+                  grid={"lr": [1e-3, 1e30]}, trial={"unfreeze": "none", "max_length": 1.0, "num_epochs": 2,
+                                                    "head_lr_scale": 1.0})
+    run = _launch(cfg, "--trials", 2, "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    study = Path(json.loads(run.stdout.strip().splitlines()[-1])["study_dir"])
+    trials = pd.read_csv(study / "trials.csv").sort_values("cfg_lr" if "cfg_lr" in pd.read_csv(study / "trials.csv") else "trial_index")
+    assert sorted(trials.status) == ["ERROR", "TERMINATED"]
+    error = trials[trials.status == "ERROR"].error.iloc[0]
+    assert "loss became" in error
+
+
+def test_killed_study_resumes_to_the_full_budget(tmp_path):
+    cfg = _config(tmp_path, strategies=["tpe", "random"], budget={"trials": 4},
+                  space={"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [6, 8]}})
+    proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    study = None
+    done_before: set[str] = set()
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            found = list((tmp_path / "studies").glob("t-*/tpe/run_trial_*/result.json"))
+            finished = {p.parent.name for p in found if '"test_bca"' in p.read_text()}
+            if len(finished) >= 2:
+                study = found[0].parents[2]
+                done_before = finished
+                break
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)   # the driver and the Ray it started die mid-study
+        proc.wait(timeout=60)
+    assert study is not None, "no trial finished in time"
+    time.sleep(2)
+    run = _launch(cfg, "--resume", study, "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    trials = pd.read_csv(study / "trials.csv")
+    for strategy in ["tpe", "random"]:
+        rows = trials[trials.strategy == strategy]
+        assert len(rows) == 4 and (rows.status == "TERMINATED").all(), rows
+        assert rows.trial_id.is_unique
+    # the trials that had finished before the kill were kept, not run again
+    tpe_dirs = {p.name for p in (study / "tpe").glob("run_trial_*")}
+    assert done_before <= tpe_dirs and len(tpe_dirs) == 4
+    for name in done_before:
+        lines = (study / "tpe" / name / "result.json").read_text().strip().splitlines()
+        assert [json.loads(l)["epoch"] for l in lines] == sorted({json.loads(l)["epoch"] for l in lines})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"strategies": ["tpe", "bogus"]}, "bogus"),
+    ({"encoder": "bert-base"}, "bert-base"),
+    ({"space": {"lr": {"loguniform": [1e-2, 1e-5]}}}, "space.lr"),
+    ({"space": {"num_epochs": {"int": ["one", 3]}}}, "space.num_epochs"),
+    ({"corpus": {"name": "emodb", "root": "/nonexistent/emodb"}}, "/nonexistent/emodb"),
+    ({"resources": {"cpus_per_trial": 64}}, "cpus_per_trial"),
+])
+def test_bad_input_is_one_clear_line_before_any_trial(tmp_path, change, message):
+    run = _launch(_config(tmp_path, **change), timeout=180)
+    assert run.returncode == 2
+    errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert not list((tmp_path / "studies").glob("*/*/run_trial_*"))

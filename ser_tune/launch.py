@@ -170,14 +170,18 @@ def launch_json(summary: dict, study) -> dict:
 def print_comparison(summary: dict, out) -> None:
     entry = summary["studies"][0]
     print("\nstrategy comparison (validation speakers guide the search; test speakers never seen by it):", file=out)
-    header = f"{'strategy':10} {'trials':>6} {'best val':>9} {'test':>6}  time to 0.9 (wall-clock)"
+    metric = entry.get("metric", "val_bca")
+    test_key = "test_" + metric[4:]
+    thresholds = entry.get("thresholds") or [0.9]
+    top = max(thresholds)
+    header = f"{'strategy':10} {'trials':>6} {'best ' + metric:>14} {test_key:>9}  time to {top:g} (wall-clock)"
     print(header, file=out)
     for name, s in entry["strategies"].items():
-        val = s.get("best_val_bca")
-        test = s.get("test_bca")
-        t = (s.get("seconds_to") or {}).get("0.9")
+        val = s.get("best_" + metric)
+        test = s.get(test_key)
+        t = (s.get("seconds_to") or {}).get(f"{top:g}")
         reached = f"{t:.1f} s" if t is not None else f"not reached in {s.get('trials')} trials"
-        print(f"{name:10} {s.get('trials', 0):>6} {_fmt(val):>9} {_fmt(test):>6}  {reached}", file=out)
+        print(f"{name:10} {s.get('trials', 0):>6} {_fmt(val):>14} {_fmt(test):>9}  {reached}", file=out)
 
 
 def _fmt(value) -> str:

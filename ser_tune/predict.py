@@ -20,9 +20,7 @@ def predict_files(model, paths) -> list[dict]:
         except AudioError as exc:
             rows.append({"file": str(path), "error": str(exc)})
             continue
-        probs = model.predict_proba(wave)
-        rows.append({"file": str(path), "emotion": model.labels[int(probs.argmax())],
-                     "probabilities": {label: float(p) for label, p in zip(model.labels, probs)}})
+        rows.append({"file": str(path), **model.predict(wave)})
     return rows
 
 
@@ -50,8 +48,13 @@ def main(argv=None) -> int:
             if "error" in row:
                 print(f"{row['file']}: error: {row['error']}", file=sys.stderr)
                 continue
-            top = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])[:3]
-            print(f"{row['file']}: {row['emotion']}  (" + ", ".join(f"{k} {v:.2f}" for k, v in top) + ")")
+            parts = []
+            if "emotion" in row:
+                top = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+                parts.append(f"{row['emotion']}  (" + ", ".join(f"{k} {v:.2f}" for k, v in top) + ")")
+            if "dimensions" in row:
+                parts.append("  ".join(f"{k} {v:.2f}" for k, v in row["dimensions"].items()))
+            print(f"{row['file']}: " + "   ".join(parts))
     return 1 if any("error" in r for r in rows) else 0
 
 

@@ -115,6 +115,12 @@ class Study:
                 "encode_seconds": 0.0,
                 "strategies": {},
             }
+            dims = [d for d in ("arousal", "valence", "dominance") if d in table and table[d].notna().any()]
+            if dims:
+                labelled = table[dims].notna().all(axis=1).to_numpy()
+                self.meta["corpus"]["dimensions_labelled"] = {
+                    p: {"labelled": int(labelled[(self.split.assignment == p).to_numpy()].sum()),
+                        "files": int((self.split.assignment == p).sum())} for p in ("train", "val", "test")}
             self.save_meta()
 
     # --- shared encode ------------------------------------------------------------------
@@ -169,7 +175,8 @@ class Study:
                          grid=exp.grid)
         table = self.corpus.table
         context = StudyContext(table=table, assignment=self.split.assignment, labels=self.meta["labels"],
-                               encoder_spec=exp.encoder, cache_root=str(self.cache_root), fixed=dict(exp.trial),
+                               encoder_spec=exp.encoder, cache_root=str(self.cache_root),
+                               fixed={"objective": exp.objective.metric, **dict(exp.trial)},
                                cpus_per_trial=int(max(1, round(cpus))), decode=plan.decode)
         resources = {"cpu": cpus}
         if exp.resources.memory_gb:
@@ -220,10 +227,13 @@ class Study:
             for key, value in metrics.items():
                 if key.startswith("cfg_"):
                     row[key] = value
-            for key in ("val_bca", "best_epoch", "test_bca", "test_accuracy", "time_total_s", "load_seconds",
-                        "encode_seconds", "train_seconds", "trainable_params", "total_params", "node",
-                        "cache_hits", "cache_misses"):
+            for key in ("best_epoch", "time_total_s", "load_seconds", "encode_seconds", "train_seconds",
+                        "trainable_params", "total_params", "node", "cache_hits", "cache_misses"):
                 row[key] = metrics.get(key)
+            for key, value in metrics.items():  # every validation and test metric (bca, ccc, ccc_<dim>, ...)
+                if key.startswith(("val_", "test_")) and key != "test_confusion":
+                    row[key] = value
+            row.setdefault(self.experiment.objective.metric, None)
             if metrics.get("test_confusion") is not None:
                 row["test_confusion"] = json.dumps(metrics["test_confusion"])
             if not frame.empty and "reported_at" in frame:
@@ -231,9 +241,10 @@ class Study:
                 tt = frame["time_total_s"].astype(float) if "time_total_s" in frame else ts - ts.iloc[0]
                 row["started_at"] = float(ts.iloc[0] - tt.iloc[0])
                 row["finished_at"] = float(ts.iloc[-1])
+                metric_columns = [c for c in frame.columns if c.startswith(("val_", "epoch_val_"))]
                 for _, r in frame.iterrows():
                     epochs.append({"strategy": strategy, "trial_id": trial_id, "epoch": r.get("epoch"),
-                                   "val_bca": r.get("val_bca"), "epoch_val_bca": r.get("epoch_val_bca"),
+                                   **{c: r.get(c) for c in metric_columns},
                                    "train_loss": r.get("train_loss"), "timestamp": float(r["reported_at"]),
                                    "time_total_s": float(r.get("time_total_s", np.nan))})
             if result.checkpoint is not None and not result.error:

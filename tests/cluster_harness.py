@@ -23,7 +23,8 @@ Example::
         cluster.kill_worker()
 
 This file is also the namespace's init process (``--namespace-init``) and the in-namespace
-helper for killing a node and listing nodes, so it imports only the standard library.
+helper for killing a node, listing nodes, HTTP requests to the dashboard and holding a node's
+CPU, so it imports only the standard library (Ray only inside ``--hold-cpu``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -126,6 +128,21 @@ def _children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             children.append(int(entry))
     return children
+
+
+class CpuHold:
+    """A CPU held by :meth:`LoopbackRayCluster.hold_cpu`; :meth:`release` frees it."""
+
+    def __init__(self, proc: subprocess.Popen, release_file: Path):
+        self._proc = proc
+        self._release_file = release_file
+
+    def release(self, timeout_s: float = 30) -> None:
+        self._release_file.touch()
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:  # the cluster's stop() kills it with the namespace
+            pass
 
 
 class LoopbackRayCluster:
@@ -337,6 +354,38 @@ class LoopbackRayCluster:
         )
         return json.loads(result.stdout.strip().splitlines()[-1])
 
+    def hold_cpu(self, node_resource: str = HEAD_RESOURCE, *, timeout_s: float = 60) -> "CpuHold":
+        """Keep one CPU of a node busy (a placeholder Ray task pinned by the node's custom resource).
+
+        Returns once the task runs, so the scheduler can place nothing else there until
+        :meth:`CpuHold.release`; tests use it to decide which node gets the first trial.
+        """
+        folder = Path(tempfile.mkdtemp(prefix="hold-", dir=self._require_started()))
+        held, release = folder / "held", folder / "release"
+        proc = self.popen(
+            [sys.executable, __file__, "--hold-cpu", self.gcs_address, node_resource, str(held), str(release)],
+            stdout_path=folder / "out", stderr_path=folder / "err",
+        )
+        deadline = time.monotonic() + timeout_s
+        while not held.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                release.touch()
+                raise ClusterHarnessError(
+                    f"could not hold a CPU with resource {node_resource} within {timeout_s}s:\n"
+                    f"{(folder / 'err').read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+        return CpuHold(proc, release)
+
+    def dashboard_get(self, path: str, *, with_token: bool = True, timeout_s: float = 30) -> tuple[int, object]:
+        """GET ``path`` from the head's dashboard inside the namespace: (HTTP status, parsed JSON body or None)."""
+        args = [sys.executable, __file__, "--http-get", f"{self.dashboard_url}{path}"]
+        if not with_token:
+            args.append("--no-token")
+        result = self.run(args, timeout_s=timeout_s, check=True)
+        answer = json.loads(result.stdout.strip().splitlines()[-1])
+        return answer["status"], answer["body"]
+
     def wait_for_alive_nodes(self, count: int, *, timeout_s: float) -> list[dict]:
         deadline = time.monotonic() + timeout_s
         nodes: list[dict] = []
@@ -500,6 +549,38 @@ def _alive_nodes(dashboard_url: str) -> list[dict]:
     ]
 
 
+def _http_get(url: str, with_token: bool) -> dict:
+    """One GET, with ``Authorization: Bearer <token>`` from RAY_AUTH_TOKEN_PATH unless told not to."""
+    headers = {}
+    if with_token:
+        headers["Authorization"] = f"Bearer {Path(os.environ['RAY_AUTH_TOKEN_PATH']).read_text().strip()}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code, "body": None}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = raw.decode(errors="replace")[:2000]
+    return {"status": status, "body": body}
+
+
+def _hold_cpu(address: str, node_resource: str, held_file: str, release_file: str) -> None:
+    """Driver: run one 1-CPU task on the node with ``node_resource`` until ``release_file`` exists."""
+    import ray  # only this entry point needs Ray; the harness itself stays standard-library only
+
+    @ray.remote(num_cpus=1, resources={node_resource: 1})
+    def hold() -> None:
+        Path(held_file).touch()
+        while not Path(release_file).exists():
+            time.sleep(0.1)
+
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    ray.get(hold.remote())
+
+
 def _main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "--namespace-init":
         _namespace_init(argv[1])
@@ -507,9 +588,13 @@ def _main(argv: list[str]) -> int:
         print(json.dumps(_kill_node(argv[1])))
     elif len(argv) == 2 and argv[0] == "--alive-nodes":
         print(json.dumps(_alive_nodes(argv[1])))
+    elif len(argv) == 5 and argv[0] == "--hold-cpu":
+        _hold_cpu(*argv[1:])
+    elif len(argv) in (2, 3) and argv[0] == "--http-get" and argv[2:] in ([], ["--no-token"]):
+        print(json.dumps(_http_get(argv[1], with_token=argv[2:] != ["--no-token"])))
     else:
-        print(f"usage: {Path(__file__).name} --namespace-init FILE | --kill-node-ip IP | --alive-nodes URL",
-              file=sys.stderr)
+        print(f"usage: {Path(__file__).name} --namespace-init FILE | --kill-node-ip IP | --alive-nodes URL"
+              " | --http-get URL [--no-token] | --hold-cpu GCS RESOURCE HELD_FILE RELEASE_FILE", file=sys.stderr)
         return 2
     return 0
 

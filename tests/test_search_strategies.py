@@ -175,6 +175,22 @@ def test_gp_spends_the_budget_when_its_suggestions_repeat():
     assert len(drive(plan, 12, concurrency=2, value=lambda s: 0.5)) == 12
 
 
+def test_gp_replaces_failed_warmup_trials():
+    # Stock BayesOptSearch waits forever for the result of a failed warm-up trial.
+    plan = make_plan("gp", SPACE, budget=6, seed=0, warmup=2, max_concurrent=2)
+    searcher = plan.searcher
+    searcher.set_search_properties("val_bca", "max", plan.param_space)
+    assert searcher.suggest("a") and searcher.suggest("b")
+    searcher.on_trial_complete("a", None, error=True)
+    searcher.on_trial_complete("b", {"other_metric": 1.0})     # no val_bca: not told, counts as failed
+    c, d = searcher.suggest("c"), searcher.suggest("d")        # two new random warm-up trials
+    assert c and d and c != d
+    for trial_id, config in (("c", c), ("d", d)):
+        searcher.on_trial_complete(trial_id, {"val_bca": objective(plan.decode(config))})
+    assert len(searcher.searcher.optimizer.space) == 2          # the GP has both warm-up results
+    assert searcher.suggest("e")
+
+
 # -- the searchers maximise ---------------------------------------------------------------
 
 @pytest.mark.parametrize("strategy, budget", [("tpe", 20), ("gp", 12), ("skopt", 12)])

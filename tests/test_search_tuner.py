@@ -1,9 +1,10 @@
 """Every strategy end to end through a real ray.tune.Tuner with a cheap function trainable."""
 import math
+import sys
 
 import pytest
 import ray
-from ray import tune
+from ray import cloudpickle, tune
 
 from ser_tune.search import make_plan
 from ser_tune.search.space import grid_points, paper_space
@@ -23,7 +24,10 @@ def ray_session():
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # Ray workers cannot import this test module: ship the trainable (and objective) by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     ray.shutdown()
 
 

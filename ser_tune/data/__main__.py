@@ -73,7 +73,10 @@ def main(argv=None) -> int:
         sys.stderr.write(f"error: {err}\n")
         return 2
     summary = corpus.summary()
-    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    try:
+        print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    except BrokenPipeError:   # e.g. piped into `head`
+        sys.stderr.close()
     return 0
 
 

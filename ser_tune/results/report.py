@@ -101,6 +101,11 @@ def _setup_section(study: Study, several: bool) -> str:
                      + (f"; labels: {counts}" if counts else ""))
         if corpus.get("synthetic"):
             lines.append("- **SYNTHETIC stand-in corpus: figures are not comparable to real corpora.**")
+        dims = corpus.get("dimensions_labelled")
+        if dims:
+            lines.append("- Dimensional labels (arousal/valence/dominance): "
+                         + ", ".join(f"{part} {d['labelled']} of {d['files']} clips" for part, d in dims.items())
+                         + "; clips without them are excluded from CCC and its loss")
     else:
         lines.append("- Corpus: not recorded in study.json")
     split = meta.get("split") or {}

@@ -24,6 +24,8 @@ warm-up, ``patience`` is the budget, and :class:`BudgetBayesOptSearch` replaces 
 acquisition maximum that repeats an earlier suggestion (already run, or still running
 under concurrency, where the GP has no new data) with a random point; stock
 BayesOptSearch would skip it and, after ``patience`` repeats, end the study early.
+It also replaces a failed warm-up trial with another random one (stock BayesOptSearch
+waits for the failed trial's result forever) and ignores results without the metric.
 
 >>> from ser_tune.search.space import paper_space
 >>> plan = GPStrategy(paper_space(), budget=15, seed=0).plan()
@@ -126,6 +128,16 @@ class BudgetBayesOptSearch(BayesOptSearch):
             allow_duplicate_points=True, seen=self._config_counter, precision=self.repeat_float_precision)
         if self._analysis is not None:
             self.register_analysis(self._analysis)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        known = trial_id in self._live_trial_mapping
+        failed = error or not result or self.metric not in result
+        warming_up = len(self._buffered_trial_results) < self.random_search_trials
+        super().on_trial_complete(trial_id, result=None if failed else result, error=failed)
+        if known and failed and warming_up and self._total_random_search_trials > 0:
+            # A failed warm-up trial never reaches the warm-up buffer; without another random
+            # trial in its place the search would wait for it forever.
+            self._total_random_search_trials -= 1
 
     def suggest(self, trial_id: str):
         with one_blas_thread():   # the GP is fitted and its acquisition maximised here

@@ -77,9 +77,36 @@ class TunedModel:
         states, mask = self.encoder(x, torch.tensor([x.shape[1]]))
         return torch.stack([masked_mean(h, mask) for h in states], dim=1)
 
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels) if self.meta.get("task", "categories") in ("categories", "both") else 0
+
+    @property
+    def dimensions(self) -> list[str]:
+        return list(self.meta.get("dimensions") or [])
+
     @torch.no_grad()
     def predict_proba(self, wave: np.ndarray) -> np.ndarray:
-        return torch.softmax(self.head(self.embed(wave)), -1)[0].numpy()
+        if not self.n_classes:
+            raise ModelFolderError("this model predicts dimensions only, not emotion categories")
+        return torch.softmax(self.head(self.embed(wave))[:, : self.n_classes], -1)[0].numpy()
+
+    @torch.no_grad()
+    def predict(self, wave: np.ndarray) -> dict:
+        """{"emotion", "probabilities"} for categories and {"dimensions": {name: value}} (the corpus's
+        own scale, e.g. 1-5) for dimensional models."""
+        out = self.head(self.embed(wave))[0].numpy()
+        result: dict = {}
+        if self.n_classes:
+            probs = np.exp(out[: self.n_classes] - out[: self.n_classes].max())
+            probs /= probs.sum()
+            result["emotion"] = self.labels[int(probs.argmax())]
+            result["probabilities"] = {label: float(p) for label, p in zip(self.labels, probs)}
+        if self.dimensions:
+            z = out[self.n_classes:]
+            mean, std = np.array(self.meta["dimension_mean"]), np.array(self.meta["dimension_std"])
+            result["dimensions"] = {name: float(v) for name, v in zip(self.dimensions, z * std + mean)}
+        return result
 
 
 def load_model(folder: str | Path) -> TunedModel:
@@ -98,7 +125,8 @@ def load_model(folder: str | Path) -> TunedModel:
             raise ModelFolderError(f"{folder}: fine-tuned weights {sorted(missing)[:3]} do not fit encoder {meta['encoder']}")
         encoder.load_state_dict(weights["encoder"], strict=False)
     s = TrialSettings.from_config(meta["settings"])
-    head = EmotionHead(meta["num_states"], meta["hidden_size"], len(meta["labels"]), layer=s.layer, kind=s.head,
+    outputs = (len(meta["labels"]) if s.uses_categories else 0) + len(meta.get("dimensions") or [])
+    head = EmotionHead(meta["num_states"], meta["hidden_size"], outputs, layer=s.layer, kind=s.head,
                        hidden=s.head_hidden, dropout=s.dropout)
     head.load_state_dict(weights["head"])
     head.eval()

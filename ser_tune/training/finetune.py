@@ -26,10 +26,11 @@ from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
 from .export import save_model
 from .head import EmotionHead, masked_mean
-from .metrics import bca, confusion
+from .metrics import bca, ccc, ccc_loss, confusion
 from .settings import TrialSettings
 
 SAMPLE_RATE = 16000  # every supported encoder family consumes 16 kHz audio
+DIMENSIONS = ("arousal", "valence", "dominance")
 
 
 class TrialError(RuntimeError):
@@ -45,6 +46,15 @@ class TrialData:
     labels: list[str]
     parts: dict[str, np.ndarray]
     audio: AudioStore = field(repr=False)
+    # Continuous attributes (arousal, valence, dominance; NaN where a clip has none), when the corpus has them.
+    dims: np.ndarray | None = field(default=None, repr=False)
+    dim_names: tuple[str, ...] = ()
+
+    def labelled_dims(self, part: str) -> int:
+        """Clips of a part with every dimensional label (the others are excluded from CCC and its loss)."""
+        if self.dims is None:
+            return 0
+        return int(np.isfinite(self.dims[self.parts[part]]).all(1).sum())
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, assignment: pd.Series, labels: list[str] | None = None,
@@ -58,9 +68,11 @@ class TrialData:
         for p in ("train", "val"):
             if not len(parts[p]):
                 raise TrialError(f"the split has no '{p}' clips")
+        dim_names = tuple(d for d in DIMENSIONS if d in table and table[d].notna().any())
+        dims = table[list(dim_names)].to_numpy(np.float32) if dim_names else None
         return cls(paths=[str(p) for p in table["path"]], durations=table["duration"].to_numpy(float),
                    y=table["label"].map(index).to_numpy(np.int64), labels=labels, parts=parts,
-                   audio=audio or AudioStore(SAMPLE_RATE))
+                   audio=audio or AudioStore(SAMPLE_RATE), dims=dims, dim_names=dim_names)
 
 
 @dataclass
@@ -80,6 +92,8 @@ class TrialResult:
     test_predictions: np.ndarray | None = field(default=None, repr=False)
     num_states: int = 0
     hidden_size: int = 0
+    val_metrics: dict = field(default_factory=dict)    # every validation metric at the best epoch
+    test_metrics: dict = field(default_factory=dict)   # every test metric of the best epoch's model
 
     def metrics(self) -> dict:
         return {"val_bca": self.val_bca, "best_epoch": self.best_epoch, "test_bca": self.test_bca,
@@ -92,6 +106,7 @@ class FineTuner:
     def __init__(self, settings: TrialSettings, data: TrialData, *, encoder_spec: str,
                  cache_root: str | Path | None = None,
                  encoder_loader: Callable[[str], SpeechEncoder] = load_encoder):
+        settings.validate()  # also settles the default objective for the task
         self.s = settings
         self.data = data
         self.spec = encoder_spec
@@ -145,7 +160,9 @@ class FineTuner:
             boundary = 0 if top_k is None else num_layers - min(top_k, num_layers)
         encoder = self._load_encoder() if (s.encoder_trains or feats is None) else None
 
-        head = EmotionHead(num_states, dim, len(self.data.labels), layer=s.layer, kind=s.head,
+        n_classes = len(self.data.labels) if s.uses_categories else 0
+        self._prepare_dimensions()
+        head = EmotionHead(num_states, dim, n_classes + len(self._dim_names), layer=s.layer, kind=s.head,
                            hidden=s.head_hidden, dropout=s.dropout)
         trained = self._trainable_encoder_params(encoder, boundary, top_k) if encoder is not None and s.encoder_trains else {}
         head_lr = s.head_lr if s.head_lr is not None else s.lr * s.head_lr_scale
@@ -159,15 +176,10 @@ class FineTuner:
         warmup = max(1, int(total * s.warmup_fraction))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        weights = None
-        if s.class_weighted:
-            counts = np.bincount(self.data.y[train_idx], minlength=len(self.data.labels)).astype(np.float64)
-            weights = torch.tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0),
-                                   dtype=torch.float32)
-        loss_fn = nn.CrossEntropyLoss(weight=weights)
+        loss_fn = self._loss_function(train_idx, n_classes)
 
         history: list[dict] = []
-        best = {"val_bca": -1.0, "epoch": 0, "state": None}
+        best = {"score": -math.inf, "epoch": 0, "state": None, "metrics": {}}
         first_epoch = 0
         if resume_dir is not None and (Path(resume_dir) / "state.pt").exists():
             ck = torch.load(Path(resume_dir) / "state.pt", weights_only=False)
@@ -192,7 +204,9 @@ class FineTuner:
             for b in range(0, len(order), s.batch_size):
                 idx = order[b: b + s.batch_size]
                 pooled = self._pooled(idx, feats, encoder, boundary if unfrozen else None, grad=unfrozen)
-                loss = loss_fn(head(pooled), torch.from_numpy(self.data.y[idx]))
+                loss = loss_fn(head(pooled), idx)
+                if loss is None:  # no labelled clip in this batch (dimensions missing)
+                    continue
                 if not torch.isfinite(loss):
                     raise TrialError(f"loss became {loss.item()} at epoch {epoch + 1} (lr={s.lr:g}); trial stopped")
                 optimizer.zero_grad(set_to_none=True)
@@ -202,24 +216,26 @@ class FineTuner:
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
-            val_pred, _ = self._predict(self.data.parts["val"], head, feats, encoder, boundary if unfrozen else None)
-            epoch_bca = bca(self.data.y[self.data.parts["val"]], val_pred)
-            if epoch_bca > best["val_bca"]:
-                best = {"val_bca": epoch_bca, "epoch": epoch + 1,
+            outputs = self._outputs(self.data.parts["val"], head, feats, encoder, boundary if unfrozen else None)
+            metrics = self._metrics(self.data.parts["val"], outputs, n_classes, prefix="val_")
+            score = metrics[s.objective]
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch + 1, "metrics": metrics,
                         "state": {"head": copy.deepcopy(head.state_dict()),
                                   "encoder": {n: p.detach().clone() for n, p in trained.items()},
                                   "encoder_trained": unfrozen}}
             self.seconds["train"] += time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "epoch_val_bca": epoch_bca, "val_bca": best["val_bca"],
-                   "best_epoch": best["epoch"], "train_loss": float(np.mean(losses)), "reported_at": time.time(),
-                   "encoder_trained": unfrozen}
+            # Each metric at the best epoch so far (the model a trial keeps), and this epoch's own values.
+            row = {"epoch": epoch + 1, **best["metrics"], **{f"epoch_{k}": v for k, v in metrics.items()},
+                   "best_epoch": best["epoch"], "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "reported_at": time.time(), "encoder_trained": unfrozen}
             history.append(row)
             if checkpoint_dir is not None:
                 self._save_checkpoint(checkpoint_dir, head, trained, optimizer, schedule, history, best, epoch + 1, rng)
             if report is not None and epoch + 1 < s.num_epochs:
                 report(dict(row, **self._timing()))
 
-        result = self._finish(head, trained, feats, encoder, boundary, best, history)
+        result = self._finish(head, trained, feats, encoder, boundary, best, history, n_classes)
         result.num_states, result.hidden_size = num_states, dim
         if checkpoint_dir is not None:
             # The trial's last checkpoint becomes its best model in the export format; training state
@@ -227,16 +243,78 @@ class FineTuner:
             self.export(result, Path(checkpoint_dir) / "model")
             (Path(checkpoint_dir) / "state.pt").unlink(missing_ok=True)
         if report is not None:
-            report(dict(history[-1], **self._timing(), test_bca=result.test_bca, test_accuracy=result.test_accuracy,
-                        test_confusion=result.test_confusion, trainable_params=result.trainable_params,
-                        total_params=result.total_params))
+            final = {k: v for k, v in result.test_metrics.items()}
+            report(dict(history[-1], **self._timing(), **final, test_confusion=result.test_confusion,
+                        trainable_params=result.trainable_params, total_params=result.total_params))
         return result
+
+    # --- targets ----------------------------------------------------------------------------
+    def _prepare_dimensions(self) -> None:
+        """Dimensional targets standardised with the training clips' statistics (CCC is unchanged by
+        applying the same affine map to prediction and target, so metrics are computed in this space)."""
+        self._dim_names: tuple[str, ...] = ()
+        if not self.s.uses_dimensions:
+            return
+        if self.data.dims is None:
+            raise TrialError(f"task '{self.s.task}' needs arousal/valence/dominance columns; the corpus has none")
+        if self.data.labelled_dims("train") == 0 or self.data.labelled_dims("val") == 0:
+            raise TrialError("no clip of the train or validation speakers has dimensional labels")
+        train = self.data.dims[self.data.parts["train"]]
+        self._dim_names = self.data.dim_names
+        self._dim_mean = np.nanmean(train, 0)
+        self._dim_std = np.nanstd(train, 0) + 1e-6
+        self._dims_z = (self.data.dims - self._dim_mean) / self._dim_std
+
+    def _loss_function(self, train_idx, n_classes: int):
+        s = self.s
+        ce = None
+        if n_classes:
+            weights = None
+            if s.class_weighted:
+                counts = np.bincount(self.data.y[train_idx], minlength=n_classes).astype(np.float64)
+                weights = torch.tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0),
+                                       dtype=torch.float32)
+            ce = nn.CrossEntropyLoss(weight=weights)
+
+        def loss(out: torch.Tensor, idx) -> torch.Tensor | None:
+            total = None
+            if ce is not None:
+                total = ce(out[:, :n_classes], torch.from_numpy(self.data.y[idx]))
+            if self._dim_names:
+                target = torch.from_numpy(self._dims_z[idx].astype(np.float32))
+                keep = torch.isfinite(target).all(1)
+                if int(keep.sum()) >= 2:
+                    pred = out[keep, n_classes:]
+                    part = ccc_loss(pred, target[keep]) if s.dimension_loss == "ccc" else \
+                        nn.functional.mse_loss(pred, target[keep])
+                    part = part * (s.dimension_weight if ce is not None else 1.0)
+                    total = part if total is None else total + part
+            return total
+
+        return loss
+
+    def _metrics(self, idx, out: np.ndarray, n_classes: int, prefix: str) -> dict:
+        metrics = {}
+        if n_classes:
+            pred = out[:, :n_classes].argmax(1)
+            metrics[f"{prefix}bca"] = bca(self.data.y[idx], pred)
+        if self._dim_names:
+            target = self._dims_z[idx]
+            keep = np.isfinite(target).all(1)
+            values = [ccc(out[keep, n_classes + j], target[keep, j]) if keep.sum() >= 2 else float("nan")
+                      for j in range(len(self._dim_names))]
+            for name, v in zip(self._dim_names, values):
+                metrics[f"{prefix}ccc_{name}"] = v
+            metrics[f"{prefix}ccc"] = float(np.nanmean(values)) if keep.sum() >= 2 else float("nan")
+        return metrics
 
     def export(self, result: "TrialResult", folder: str | Path) -> Path:
         return save_model(folder, state=result.state, encoder_spec=self.spec, labels=self.data.labels,
                           settings=self.s.to_dict(), num_states=result.num_states, hidden_size=result.hidden_size,
-                          metrics={"val_bca": result.val_bca, "best_epoch": result.best_epoch,
-                                   "test_bca": result.test_bca, "test_accuracy": result.test_accuracy})
+                          metrics={"best_epoch": result.best_epoch, **result.val_metrics, **result.test_metrics},
+                          extra={"task": self.s.task, "dimensions": list(self._dim_names),
+                                 "dimension_mean": getattr(self, "_dim_mean", np.zeros(0)).tolist(),
+                                 "dimension_std": getattr(self, "_dim_std", np.zeros(0)).tolist()})
 
     def _boundary(self, top_k: int | None) -> int:
         if top_k is None:
@@ -304,42 +382,47 @@ class FineTuner:
         return torch.stack([masked_mean(h, mask) for h in states], dim=1)
 
     @torch.no_grad()
-    def _predict(self, idx, head, feats, encoder, boundary):
+    def _outputs(self, idx, head, feats, encoder, boundary) -> np.ndarray:
+        """Raw head outputs (class logits, then standardised dimensions) for clips ``idx``."""
         head.eval()
         self._set_encoder_mode(encoder, boundary, train=False)
-        probs = []
+        outs = []
         batch = max(self.s.batch_size, 32)
-        for b in range(0, len(idx), batch):
-            part = idx[b: b + batch]
-            probs.append(torch.softmax(head(self._pooled(part, feats, encoder, boundary, grad=False)), -1))
-        p = torch.cat(probs).numpy() if probs else np.zeros((0, len(self.data.labels)))
-        return p.argmax(1), p
+        with torch.no_grad():
+            for b in range(0, len(idx), batch):
+                part = idx[b: b + batch]
+                outs.append(head(self._pooled(part, feats, encoder, boundary, grad=False)))
+        return torch.cat(outs).numpy() if outs else np.zeros((0, head.classifier_outputs))
 
-    def _finish(self, head, trained, feats, encoder, boundary, best, history) -> TrialResult:
+    def _finish(self, head, trained, feats, encoder, boundary, best, history, n_classes) -> TrialResult:
         state = best["state"]
         head.load_state_dict(state["head"])
         for name, p in trained.items():
             p.data.copy_(state["encoder"][name])
         live_boundary = boundary if state["encoder_trained"] else None
         test_idx = self.data.parts["test"]
-        test_bca = test_acc = test_conf = preds = None
+        test_metrics, test_conf, preds = {}, None, None
         if len(test_idx):
             t0 = time.perf_counter()
-            preds, _ = self._predict(test_idx, head, feats, encoder, live_boundary)
-            y = self.data.y[test_idx]
-            test_bca, test_acc = bca(y, preds), float((preds == y).mean())
-            test_conf = confusion(y, preds, len(self.data.labels))
+            out = self._outputs(test_idx, head, feats, encoder, live_boundary)
+            test_metrics = self._metrics(test_idx, out, n_classes, prefix="test_")
+            if n_classes:
+                preds = out[:, :n_classes].argmax(1)
+                y = self.data.y[test_idx]
+                test_metrics["test_accuracy"] = float((preds == y).mean())
+                test_conf = confusion(y, preds, n_classes)
             self.seconds["train"] += time.perf_counter() - t0
         n_train = sum(p.numel() for p in head.parameters()) + sum(p.numel() for p in trained.values())
         n_total = sum(p.numel() for p in head.parameters()) + (
             sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0)
         export_state = {"head": state["head"], "encoder": state["encoder"] if state["encoder_trained"] else {}}
         cache_stats = {"hits": self.cache.stats.hits, "misses": self.cache.stats.misses} if self.cache else {}
-        return TrialResult(val_bca=best["val_bca"], best_epoch=best["epoch"], test_bca=test_bca,
-                           test_accuracy=test_acc, test_confusion=test_conf, history=history,
+        return TrialResult(val_bca=best["metrics"].get("val_bca"), best_epoch=best["epoch"],
+                           test_bca=test_metrics.get("test_bca"), test_accuracy=test_metrics.get("test_accuracy"),
+                           test_confusion=test_conf, history=history,
                            seconds=dict(self.seconds), cache=cache_stats, trainable_params=n_train,
                            total_params=n_total, state=export_state, settings=self.s.to_dict(),
-                           test_predictions=preds)
+                           test_predictions=preds, val_metrics=dict(best["metrics"]), test_metrics=test_metrics)
 
     @staticmethod
     def _save_checkpoint(folder, head, trained, optimizer, schedule, history, best, epoch, rng):

@@ -17,7 +17,7 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class EmotionHead(nn.Module):
-    def __init__(self, num_states: int, dim: int, num_classes: int, *, layer: str | int = "weighted",
+    def __init__(self, num_states: int, dim: int, num_outputs: int, *, layer: str | int = "weighted",
                  kind: str = "linear", hidden: int = 256, dropout: float = 0.1):
         super().__init__()
         self.num_states = num_states
@@ -33,9 +33,10 @@ class EmotionHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         if kind == "mlp":
             self.classifier = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                            nn.Linear(hidden, num_classes))
+                                            nn.Linear(hidden, num_outputs))
         else:
-            self.classifier = nn.Linear(dim, num_classes)
+            self.classifier = nn.Linear(dim, num_outputs)
+        self.classifier_outputs = num_outputs
 
     def layer_weights(self) -> torch.Tensor:
         if self.layer == "weighted":

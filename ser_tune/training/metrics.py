@@ -28,3 +28,13 @@ def ccc(x, y) -> float:
     cov = ((x - mx) * (y - my)).mean()
     denom = vx + vy + (mx - my) ** 2
     return float(2 * cov / denom) if denom > 0 else 0.0
+
+
+def ccc_loss(pred, target):
+    """1 - CCC per column, averaged: the differentiable loss for dimensional targets (torch tensors)."""
+    import torch
+
+    mp, mt = pred.mean(0), target.mean(0)
+    vp, vt = pred.var(0, unbiased=False), target.var(0, unbiased=False)
+    cov = ((pred - mp) * (target - mt)).mean(0)
+    return (1 - 2 * cov / (vp + vt + (mp - mt) ** 2 + 1e-8)).mean()

@@ -41,6 +41,14 @@ class TrialSettings:
     # Encode frozen layers once and reuse them ("cache"), or re-encode every clip every epoch
     # as the reference code did ("naive"); the benchmark compares the two.
     features: str = "cache"
+    # What the head predicts: emotion "categories", continuous "dimensions" (arousal, valence,
+    # dominance), or "both" (multi-task, the dimensional loss weighted by dimension_weight).
+    task: str = "categories"
+    dimension_loss: str = "ccc"      # "ccc" (1 - concordance correlation) or "mse"
+    dimension_weight: float = 1.0
+    # The per-epoch metric that picks the best epoch (the study's objective); None: val_bca when the
+    # task has categories, else val_ccc.
+    objective: str | None = None
     # Parameter-efficient fine-tuning (see ser_tune.training.peft); "none" = plain weights.
     peft: str = "none"
     lora_rank: int = 8
@@ -78,7 +86,7 @@ class TrialSettings:
             except (TypeError, ValueError):
                 raise SettingsError(f"trial setting '{name}' must be an integer, got {value!r}") from None
         for name in ("lr", "head_lr_scale", "dropout", "weight_decay", "grad_clip", "warmup_fraction",
-                     "lora_alpha"):
+                     "lora_alpha", "dimension_weight"):
             value = getattr(self, name)
             try:
                 setattr(self, name, float(value))
@@ -117,6 +125,19 @@ class TrialSettings:
             raise bad("batch_size", "must be >= 1")
         if not 0 <= self.dropout < 1:
             raise bad("dropout", "must be in [0, 1)")
+        if self.task not in ("categories", "dimensions", "both"):
+            raise bad("task", "must be 'categories', 'dimensions' or 'both'")
+        if self.dimension_loss not in ("ccc", "mse"):
+            raise bad("dimension_loss", "must be 'ccc' or 'mse'")
+        if self.objective is None:
+            self.objective = "val_bca" if self.uses_categories else "val_ccc"
+        wants_dims = self.objective.startswith("val_ccc")
+        if self.objective != "val_bca" and not wants_dims:
+            raise bad("objective", "must be val_bca, val_ccc or val_ccc_<dimension>")
+        if wants_dims and self.task == "categories":
+            raise bad("objective", "a CCC objective needs task 'dimensions' or 'both'")
+        if self.objective == "val_bca" and self.task == "dimensions":
+            raise bad("objective", "val_bca needs task 'categories' or 'both'")
         if self.peft not in ("none", "lora", "adapter", "lora+adapter"):
             raise bad("peft", "must be 'none', 'lora', 'adapter' or 'lora+adapter'")
 
@@ -128,6 +149,14 @@ class TrialSettings:
         if self.unfreeze == "all":
             return None
         return int(self.unfreeze[4:])
+
+    @property
+    def uses_categories(self) -> bool:
+        return self.task in ("categories", "both")
+
+    @property
+    def uses_dimensions(self) -> bool:
+        return self.task in ("dimensions", "both")
 
     @property
     def encoder_trains(self) -> bool:

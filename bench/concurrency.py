@@ -1,0 +1,184 @@
+"""Issue 10: two concurrent 1-CPU trials vs one 2-CPU trial at a time, and peak memory per trial.
+
+    python bench/concurrency.py [--trials 4] [--num-epochs 3] [--unfreeze-epoch 1] [--synthetic] [--out FILE]
+
+Both ways run the same trial config (a ``top:1`` trial, so the top encoder layer really trains)
+from one warm feature cache, side by side in one run:
+
+- concurrent: two processes with 1 torch thread each, each running trials/2 trials;
+- sequential: one process with 2 torch threads running all the trials one after another.
+
+Each process loads its data and encoder first (not timed), waits at a barrier, then runs its
+trials; throughput = trials / (last end - first start) in trials per hour. Peak memory per trial
+process is its ``ru_maxrss`` (resident set high-water mark: Python, torch, the encoder, the audio
+and the cached features), with the resident size before its first trial for comparison.
+Real EmoDB + Whisper-base when ../shared has them, the synthetic corpus + tiny Whisper otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import multiprocessing as mp
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import RESULTS, BenchError, Run, bench_data, print_table  # noqa: E402
+
+FIXED = {"unfreeze": "top:1", "head": "mlp", "head_lr_scale": 30, "lr": 1e-3, "seed": 0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=4, help="trials per way, an even number (default 4)")
+    p.add_argument("--num-epochs", type=int, default=3, help="num_epochs of the trial (default 3)")
+    p.add_argument("--unfreeze-epoch", type=int, default=1, help="unfreeze_epoch of the trial (default 1)")
+    p.add_argument("--synthetic", action="store_true", help="use the synthetic corpus + tiny encoder even if ../shared has data")
+    p.add_argument("--out", help="JSON output (default bench/results/concurrency.json, or _synthetic.json)")
+    args = p.parse_args(argv)
+    if args.trials < 2 or args.trials % 2:
+        raise BenchError(f"--trials must be an even number >= 2 (got {args.trials})")
+    if not 0 <= args.unfreeze_epoch < args.num_epochs:
+        raise BenchError(f"--unfreeze-epoch must be in [0, --num-epochs) (got {args.unfreeze_epoch})")
+    return args
+
+
+def _rss_mib() -> float:
+    """Current resident set size of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _prepare(force_synthetic: bool):
+    """Data, warm audio and a loaded encoder, as a long-lived Ray worker would hold them."""
+    from ser_tune.data import AudioStore
+    from ser_tune.encoders import load_encoder
+    from ser_tune.training.finetune import SAMPLE_RATE, TrialData
+
+    data = bench_data(force_synthetic=force_synthetic)
+    audio = AudioStore(SAMPLE_RATE)
+    trial_data = TrialData.from_table(data.table, data.assignment, data.labels, audio=audio)
+    for path in trial_data.paths:
+        audio.get(path)
+    return data, trial_data, load_encoder(data.encoder_spec)
+
+
+def worker(threads: int, n_trials: int, settings: dict, cache_root: str, force_synthetic: bool, barrier, results):
+    """One trial process: set up, wait for the others, run ``n_trials`` trials, report times and memory."""
+    from ser_tune.training.finetune import FineTuner
+    from ser_tune.training.settings import TrialSettings
+    from ser_tune.training.trainable import set_threads
+
+    set_threads(threads)
+    data, trial_data, encoder = _prepare(force_synthetic)
+    rss_before = _rss_mib()
+    barrier.wait()
+    start = time.time()
+    seconds, val = [], []
+    for _ in range(n_trials):
+        t0 = time.perf_counter()
+        tuner = FineTuner(TrialSettings.from_config(settings), trial_data, encoder_spec=data.encoder_spec,
+                          cache_root=cache_root, encoder_loader=lambda spec: copy.deepcopy(encoder))
+        result = tuner.run()
+        seconds.append(time.perf_counter() - t0)
+        val.append(result.val_bca)
+    end = time.time()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    results.put({"threads": threads, "start": start, "end": end, "trial_seconds": seconds, "val_bca": val,
+                 "rss_before_trials_mib": rss_before, "peak_rss_mib": usage.ru_maxrss / 1024,
+                 "cpu_seconds": usage.ru_utime + usage.ru_stime})
+
+
+def run_way(ctx, processes: int, threads: int, trials_each: int, settings: dict, cache_root: str,
+            force_synthetic: bool) -> dict:
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(threads, trials_each, settings, cache_root, force_synthetic,
+                                              barrier, results)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    reports = [results.get(timeout=3600) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        if proc.exitcode != 0:
+            raise BenchError(f"a trial process exited {proc.exitcode}")
+    wall = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+    trials = processes * trials_each
+    all_seconds = [s for r in reports for s in r["trial_seconds"]]
+    return {"processes": processes, "threads_per_process": threads, "trials": trials, "wall_seconds": wall,
+            "trials_per_hour": trials / wall * 3600, "trial_seconds": all_seconds,
+            "mean_trial_seconds": sum(all_seconds) / len(all_seconds),
+            "peak_rss_mib_per_process": [r["peak_rss_mib"] for r in reports],
+            "rss_before_trials_mib_per_process": [r["rss_before_trials_mib"] for r in reports],
+            "val_bca": [v for r in reports for v in r["val_bca"]]}
+
+
+def encode_cache(cache_root: str, settings: dict, force_synthetic: bool) -> float:
+    """Fill the feature cache once (the study's shared encode), so neither way pays for it; returns
+    the encode seconds."""
+    from ser_tune.training.finetune import FineTuner
+    from ser_tune.training.settings import TrialSettings
+
+    data, trial_data, encoder = _prepare(force_synthetic)
+    warm = dict(settings, num_epochs=1, unfreeze_epoch=0)  # needs the same pooled features and frames
+    tuner = FineTuner(TrialSettings.from_config(warm), trial_data, encoder_spec=data.encoder_spec,
+                      cache_root=cache_root, encoder_loader=lambda spec: encoder)
+    return tuner.run().seconds["encode"]
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+        run = Run("concurrency", argv)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = dict(FIXED, num_epochs=args.num_epochs, unfreeze_epoch=args.unfreeze_epoch)
+    ctx = mp.get_context("spawn")  # fresh interpreters: no torch thread pool inherited through fork
+    cache_root = tempfile.mkdtemp(prefix="ser_tune_bench_cache_")
+    try:
+        data = bench_data(force_synthetic=args.synthetic)
+        print(f"data: {data.description}", flush=True)
+        print(f"trial: {settings}", flush=True)
+        warm_seconds = encode_cache(cache_root, settings, args.synthetic)
+        print(f"feature cache filled (one-off encode): {warm_seconds:.1f} s", flush=True)
+        sequential = run_way(ctx, 1, 2, args.trials, settings, cache_root, args.synthetic)
+        print(f"sequential, 1 process x 2 threads: {sequential['trials']} trials in {sequential['wall_seconds']:.1f} s",
+              flush=True)
+        concurrent = run_way(ctx, 2, 1, args.trials // 2, settings, cache_root, args.synthetic)
+        print(f"concurrent, 2 processes x 1 thread: {concurrent['trials']} trials in "
+              f"{concurrent['wall_seconds']:.1f} s", flush=True)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(cache_root, ignore_errors=True)
+    ratio = concurrent["trials_per_hour"] / sequential["trials_per_hour"]
+    figures = {"data": data.description, "real_data": data.real, "encoder": data.encoder_spec, "trial": settings,
+               "encode_once_seconds": warm_seconds,
+               "sequential_2cpu": sequential, "concurrent_2x1cpu": concurrent,
+               "throughput_ratio_concurrent_over_sequential": ratio,
+               "peak_rss_mib_per_trial_process": max(concurrent["peak_rss_mib_per_process"]
+                                                     + sequential["peak_rss_mib_per_process"])}
+    print()
+    print(f"concurrency, {data.description}; trial {settings}")
+    print_table([
+        {"way": f"{w['processes']} process(es) x {w['threads_per_process']} thread(s)", "trials": w["trials"],
+         "wall": f"{w['wall_seconds']:.1f} s", "mean trial": f"{w['mean_trial_seconds']:.1f} s",
+         "trials / hour": f"{w['trials_per_hour']:.0f}",
+         "peak RSS / process": ", ".join(f"{m:.0f} MiB" for m in w["peak_rss_mib_per_process"]),
+         "RSS before trials": ", ".join(f"{m:.0f} MiB" for m in w["rss_before_trials_mib_per_process"])}
+        for w in (sequential, concurrent)],
+        ["way", "trials", "wall", "mean trial", "trials / hour", "peak RSS / process", "RSS before trials"])
+    print(f"throughput ratio, 2 concurrent 1-CPU trials / 1 sequential 2-CPU trial: {ratio:.2f}x")
+    run.finish(figures, args.out or RESULTS / ("concurrency.json" if data.real else "concurrency_synthetic.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

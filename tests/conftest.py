@@ -1,0 +1,31 @@
+"""Shared fixtures: the synthetic corpus (generated once per session) and the real EmoDB when present."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ser_tune.data import generate_synthetic, load_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+EMODB_ROOT = SHARED / "data" / "emodb"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Folder holding the default synthetic corpus (seed 0: 8 speakers x 7 emotions x 4 clips)."""
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(synthetic_root):
+    return load_corpus("synthetic", synthetic_root)
+
+
+@pytest.fixture(scope="session")
+def emodb_root() -> Path:
+    """The real EmoDB copy at ../shared/data/emodb; skips the test when it is absent."""
+    if not EMODB_ROOT.is_dir() or not any(EMODB_ROOT.glob("*.wav")):
+        pytest.skip(f"real EmoDB not found at {EMODB_ROOT}")
+    return EMODB_ROOT

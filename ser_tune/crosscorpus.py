@@ -177,19 +177,21 @@ def _encoder_fine_tuned(model, original) -> bool:
 
 
 # --- heads -------------------------------------------------------------------------------------
-def _predict_head(head, feats: np.ndarray, batch: int = 256) -> np.ndarray:
+def _predict_head(head, feats: np.ndarray, n_classes: int, batch: int = 256) -> np.ndarray:
+    """Class indices; a multi-task head's outputs are the class logits first, then dimensions."""
     import torch
 
     head.eval()
     out = []
     with torch.no_grad():
         for b in range(0, len(feats), batch):
-            out.append(head(torch.from_numpy(feats[b: b + batch])).argmax(-1).numpy())
+            out.append(head(torch.from_numpy(feats[b: b + batch]))[:, :n_classes].argmax(-1).numpy())
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def _random_head(model, seed: int):
-    """An untrained head of the tuned model's kind, initialised from ``seed`` (global RNG untouched).
+    """An untrained head of the tuned model's kind (class outputs only), initialised from ``seed``
+    (global RNG untouched).
 
     Its normalisation holds no statistics yet (mean 0, variance 1), so it sees the raw features.
     """
@@ -232,7 +234,11 @@ def _study_source(model_meta: dict) -> dict | None:
     study = model_meta.get("study")
     if not study or not (Path(study) / "study.json").is_file():
         return None
-    meta = json.loads((Path(study) / "study.json").read_text())
+    path = Path(study) / "study.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CrossCorpusError(f"{path}: unreadable study file ({err})") from None
     corpus = meta.get("corpus") or {}
     if not corpus.get("name") or not corpus.get("root"):
         return None
@@ -319,8 +325,8 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
 
     ``source`` is the corpus the frozen-feature baseline trains on: {name, root, label_map} (all
     its clips) or {study: STUDY_DIR} (that study's corpus, train split and feature cache);
-    default: the model's study when model.json names one. ``cache_root``: where original-encoder features are
-    cached (default: the study's feature cache, else a temporary folder). With ``out_dir``,
+    default: the model's study when model.json names one. ``cache_root``: where original-encoder
+    features are cached (default: the study's feature cache, else a temporary folder). With ``out_dir``,
     writes crosscorpus.json, crosscorpus.md, one confusion PNG and one predictions CSV per target.
     Returns the result dict; each target entry also holds ``predictions`` (one dict per clip used).
     """
@@ -341,6 +347,9 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
     except (ModelFolderError, OSError, KeyError) as err:
         raise CrossCorpusError(f"{model_dir}: cannot load the model ({err})") from None
     labels = list(model.labels)
+    if not getattr(model, "n_classes", len(labels)):
+        raise CrossCorpusError(f"{model_dir}: this model predicts emotion dimensions only, not categories; "
+                               "cross-corpus evaluation needs categories")
     mapper = LabelMapper(labels)
     notes = []
     if source is None:
@@ -404,7 +413,7 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
         return entry
     index = {l: i for i, l in enumerate(labels)}
     y = used["model_label"].map(index).to_numpy(np.int64)
-    tuned = _predict_head(model.head, feats)
+    tuned = _predict_head(model.head, feats, len(labels))
     entry.update(scores(y, tuned, len(labels)))
 
     predictions = pd.DataFrame({"path": used["path"].astype(str), "speaker": used["speaker"].astype(str),
@@ -412,7 +421,7 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
                                 "predicted": [labels[i] for i in tuned]})
     random_scores = []
     for s in seeds:
-        pred = _predict_head(_random_head(model, s), feats)
+        pred = _predict_head(_random_head(model, s), feats, len(labels))
         predictions[f"random_head_s{s}"] = [labels[i] for i in pred]
         random_scores.append(scores(y, pred, len(labels)))
     bcas = [r["bca"] for r in random_scores]
@@ -617,7 +626,7 @@ def main(argv=None) -> int:
 
     if not args.targets:
         return fail("give at least one target: --corpus NAME --root DIR")
-    for i, t in enumerate(args.targets):
+    for t in args.targets:
         if t["root"] is None:
             return fail(f"--corpus {t['name']}: no --root given")
     source = None

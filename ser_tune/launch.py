@@ -144,6 +144,14 @@ def main(argv=None) -> int:
     study.meta["finished_at"] = time.time()
     study.save_meta()
     study.export_best()
+    if exp.crosscorpus:
+        from .crosscorpus import CrossCorpusError, run_for_study
+
+        try:
+            run_for_study(study.dir, exp.crosscorpus, seed=exp.seed)
+            print(f"cross-corpus evaluation: {study.dir / 'crosscorpus.md'}", file=out)
+        except (CrossCorpusError, DataError, EncoderError) as exc:  # the study's own results stay intact
+            print(f"cross-corpus evaluation skipped: {exc}", file=out)
     from .results import summary_json, write_report
 
     report = write_report(study.dir)

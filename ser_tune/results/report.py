@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -86,6 +87,13 @@ def render_report(studies: list[Study], tables: dict, plots: list[PlotResult], o
             parts.append(f"### {plot.title}\n\nPlot skipped: {plot.skipped}.\n")
     parts.append("## Best configuration\n")
     parts.append(_best_section(studies))
+    for study in studies:  # written by ser_tune.crosscorpus when the experiment lists target corpora
+        cross = study.dir / "crosscorpus.md"
+        if cross.exists():
+            parts.append(f"## Cross-corpus evaluation{': ' + study.name if several else ''}\n")
+            prefix = "" if cross.parent.resolve() == out.resolve() else os.path.relpath(cross.parent, out) + "/"
+            body = cross.read_text().split("\n", 1)[-1]   # drop its own title
+            parts.append(body.replace("](crosscorpus_", f"]({prefix}crosscorpus_"))
     return "\n".join(parts)
 
 

@@ -78,21 +78,36 @@ def load(args):
         _fail(str(exc))
 
 
+class JoinError(RuntimeError):
+    """The cluster named by --address (or RAY_ADDRESS) could not be joined."""
+
+
 def start_ray(address: str | None, quiet: bool) -> tuple[float, float, str | None, int]:
     """Start a local Ray (dashboard on 127.0.0.1) or join a cluster; returns (total CPUs, largest node CPUs,
     dashboard URL, nodes)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled") if address is None else None
+    if address is None:
+        address = os.environ.get("RAY_ADDRESS") or None   # a `ray job submit` driver: join that cluster
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray, dashboard on 127.0.0.1 only
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Keeping one checkpoint per trial forces an experiment snapshot per epoch; that is intended
     # (resume loses nothing), so Ray's warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
     if address:
-        context = ray.init(address=address, **kwargs)
+        try:
+            context = ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as exc:
+            chain = f"{exc} {exc.__cause__}"
+            hint = ("the cluster requires its auth token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH "
+                    "(or RAY_AUTH_TOKEN) to the nodes' token") if "InvalidAuthToken" in chain \
+                else str(exc).splitlines()[0]
+            raise JoinError(f"cannot join the Ray cluster at {address}: {hint}") from None
     else:
-        context = ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
+                           dashboard_host="127.0.0.1", **kwargs)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in nodes]
     url = getattr(context, "dashboard_url", None)
@@ -117,7 +132,14 @@ def main(argv=None) -> int:
     except (DataError, StudyError, ValueError) as exc:
         _fail(str(exc))
 
-    total_cpus, node_cpus, dashboard, nodes = start_ray(args.address, quiet=args.json)
+    try:
+        total_cpus, node_cpus, dashboard, nodes = start_ray(args.address, quiet=args.json)
+    except JoinError as exc:
+        if not args.resume and not any(study.dir.glob("*/")):  # leave no empty study behind
+            import shutil
+
+            shutil.rmtree(study.dir, ignore_errors=True)
+        _fail(str(exc))
     if exp.resources.cpus_per_trial > node_cpus:
         _fail(f"resources.cpus_per_trial = {exp.resources.cpus_per_trial:g} but the largest node has "
               f"{node_cpus:g} CPUs; no trial could ever start")

@@ -8,8 +8,10 @@ storage, and the feature cache under it (``<storage>/_feature_cache``) is shared
 Each node has one CPU and each trial takes one, so two concurrent trials are placed on different
 nodes. Ray Tune reuses a finished trial's actor for the next pending trial, though, and drops a
 pending trial's actor that has not come up yet: if a trial ends before the other node's actor has
-started (seconds on a loaded 2-core machine), every trial lands on one node. The studies are
-therefore grid searches whose first trials are long. Needs unshare/nsenter/ip and the right to create namespaces (root); skips with the reason otherwise.
+started (10-15 s on a loaded 2-core machine), every trial lands on one node. The studies are
+therefore grid searches whose first trials are long enough to cover that, and the fault test
+holds the head's CPU (LoopbackRayCluster.hold_cpu) to put its trials on the worker.
+Needs unshare/nsenter/ip and the right to create namespaces (root); skips with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -119,9 +121,9 @@ def _wait_for(condition, proc, err: Path, what: str, timeout_s: float):
 
 def test_launch_study_runs_on_both_nodes(cluster, tmp_path):
     storage = tmp_path / "storage"
-    # Trials 0 and 1 (400 epochs, ~15 s warm, more cold) start together, one per node, and outlast
+    # Trials 0 and 1 (300 epochs, ~12 s warm, more cold) start together, one per node, and outlast
     # either node's actor start; trials 2 and 3 (40 epochs) follow on whichever node frees first.
-    config = _experiment(tmp_path, {"lr": [1e-3, 3e-3], "num_epochs": [400, 40]})
+    config = _experiment(tmp_path, {"lr": [1e-3, 3e-3], "num_epochs": [300, 40]})
     run = cluster.run(_launch_args(cluster, config, storage), cwd=REPO, timeout_s=170)
     print(f"[timing] {BUDGET}-trial launch study on 2 nodes: {run.duration_s:.1f}s")
     assert run.returncode == 0, run.describe()
@@ -150,9 +152,9 @@ def test_launch_study_runs_on_both_nodes(cluster, tmp_path):
 def test_launch_study_survives_losing_the_worker_node(cluster, tmp_path):
     storage = tmp_path / "storage"
     started = time.monotonic()
-    # Trials 0 and 1 (40 epochs) then 2 and 3 (200 epochs, ~8 s warm). The head's CPU is held until
+    # Trials 0 and 1 (40 epochs) then 2 and 3 (150 epochs, ~6 s warm). The head's CPU is held until
     # the kill, so every trial runs on the worker: 0 and 1 complete there, 2 is cut off mid-way.
-    config = _experiment(tmp_path, {"lr": [1e-3, 3e-3], "num_epochs": [40, 200]})
+    config = _experiment(tmp_path, {"lr": [1e-3, 3e-3], "num_epochs": [40, 150]})
     hold = cluster.hold_cpu(HEAD_RESOURCE)
     out, err = tmp_path / "launch.out", tmp_path / "launch.err"
     proc = cluster.popen(_launch_args(cluster, config, storage), stdout_path=out, stderr_path=err, cwd=REPO)
@@ -166,7 +168,7 @@ def test_launch_study_survives_losing_the_worker_node(cluster, tmp_path):
 
     try:
         try:
-            victim = _wait_for(long_trial_running_on_worker, proc, err, "200-epoch trial on the worker",
+            victim = _wait_for(long_trial_running_on_worker, proc, err, "150-epoch trial on the worker",
                                timeout_s=150)
             finished_before_kill = [d.name for d in victim.parent.glob("run_trial_*")
                                     if any("test_bca" in line for line in _result_lines(d))]

@@ -40,7 +40,7 @@ import yaml
 
 from ser_tune.data.corpus import CORPORA
 from ser_tune.data.labels import check_view
-from ser_tune.search import STRATEGIES
+from ser_tune.search import STRATEGY_NAMES
 from ser_tune.search.space import (Param, SpaceError, default_grid, paper_space, parse_grid, parse_space,
                                    space_to_raw)
 from ser_tune.training.settings import TrialSettings
@@ -285,10 +285,10 @@ def _strategies(c: _Checker, raw: Any) -> list[str]:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list) or not raw:
-        raise c.fail(f"strategies must be a non-empty list from {', '.join(STRATEGIES)} (got {raw!r})")
+        raise c.fail(f"strategies must be a non-empty list from {', '.join(STRATEGY_NAMES)} (got {raw!r})")
     for i, name in enumerate(raw):
-        if name not in STRATEGIES:
-            raise c.fail(f"strategies[{i}]: unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+        if name not in STRATEGY_NAMES:
+            raise c.fail(f"strategies[{i}]: unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
     if len(set(raw)) != len(raw):
         raise c.fail(f"strategies: a strategy is listed twice ({raw!r})")
     return list(raw)

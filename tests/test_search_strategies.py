@@ -13,8 +13,8 @@ from ray.tune.search.hyperopt import HyperOptSearch
 
 import ser_tune.search
 from ser_tune.search import STRATEGIES, StrategyError, default_warmup, make_plan
-from ser_tune.search import base, gp, grid, random, skopt, tpe
-from ser_tune.search.gp import RelaxedDecoder
+from ser_tune.search import base, gp, grid, random, relax, skopt, tpe
+from ser_tune.search.relax import RelaxedDecoder
 from ser_tune.search.skopt import SkoptSearcher
 from ser_tune.search.space import SpaceError, paper_space, parse_space
 from ser_tune.training.settings import SettingsError, TrialSettings
@@ -37,15 +37,19 @@ def random_median() -> float:
                             for _ in range(4000)]))
 
 
-def drive(plan, n: int, *, concurrency: int = 1, mode: str = "max", value=objective) -> list[tuple[dict, float]]:
+def drive(plan, n: int, *, concurrency: int = 1, mode: str = "max", value=objective,
+          polls: int = 1) -> list[tuple[dict, float]]:
     """Run n trials of `value` through the plan's searcher as Tune's controller would."""
     searcher = plan.searcher
     assert searcher.set_search_properties("val_bca", mode, plan.param_space)
     done, pending, asked = [], [], 0
     while len(done) < n:
         while len(pending) < concurrency and asked < n:
-            config = searcher.suggest(f"t{asked}")
-            assert config != Searcher.FINISHED, f"{plan.strategy} ended the study after {asked} of {n} trials"
+            for _ in range(polls):   # Tune's controller asks again and again while trials run
+                config = searcher.suggest(f"t{asked}")
+                assert config != Searcher.FINISHED, f"{plan.strategy} ended the study after {asked} of {n} trials"
+                if config is not None:
+                    break
             if config is None:   # waiting for results (e.g. the end of a warm-up)
                 assert pending, f"{plan.strategy} suggested nothing with no trial running"
                 break
@@ -169,10 +173,19 @@ def test_gp_decoded_configs_are_valid_settings():
         TrialSettings.from_config(settings)
 
 
-def test_gp_spends_the_budget_when_its_suggestions_repeat():
-    # A flat objective makes the GP's argmax repeat; stock BayesOptSearch would stop the study.
+def test_gp_suggests_fresh_points_while_trials_run():
+    # With no new result the GP's argmax repeats; stock BayesOptSearch answers None to each repeat
+    # and, polled by Tune while trials run, ends the study after `patience` repeats.
+    plan = make_plan("gp", parse_space({"num_epochs": {"int": [1, 3]}}), budget=12, seed=0, max_concurrent=4)
+    drive(plan, 4, value=lambda s: float(s["num_epochs"]))
+    asked = [plan.searcher.suggest(f"p{i}") for i in range(3)]   # all pending together
+    assert all(asked)
+    assert len({round(c["num_epochs__relaxed"], 5) for c in asked}) == 3
+
+
+def test_gp_spends_the_budget_under_concurrency():
     plan = make_plan("gp", parse_space({"num_epochs": {"int": [1, 3]}}), budget=12, seed=0, max_concurrent=2)
-    assert len(drive(plan, 12, concurrency=2, value=lambda s: 0.5)) == 12
+    assert len(drive(plan, 12, concurrency=2, value=lambda s: float(s["num_epochs"]), polls=30)) == 12
 
 
 def test_gp_replaces_failed_warmup_trials():
@@ -203,8 +216,8 @@ def test_searchers_find_the_maximum(strategy, budget):
 
 def test_gp_minimises_only_when_asked():
     # The reference code's GP-BO minimised BCA by a sign slip; mode="min" must look the other way.
-    maximised = drive(make_plan("gp", SPACE, budget=10, seed=0, mode="max"), 10, mode="max")
-    minimised = drive(make_plan("gp", SPACE, budget=10, seed=0, mode="min"), 10, mode="min")
+    maximised = drive(make_plan("gp", SPACE, budget=8, seed=0, mode="max"), 8, mode="max")
+    minimised = drive(make_plan("gp", SPACE, budget=8, seed=0, mode="min"), 8, mode="min")
     guided_max = [v for _, v in maximised[2:]]   # after the 2 random warm-up trials
     guided_min = [v for _, v in minimised[2:]]
     assert np.mean(guided_max) > random_median() > np.mean(guided_min)
@@ -260,17 +273,17 @@ def test_skopt_save_restore_round_trip(tmp_path):
     assert len(restored._opt.yi) == 4
 
 
-def test_skopt_restores_through_tunes_checkpoint_dir(tmp_path):
+@pytest.mark.parametrize("strategy", ["tpe", "gp", "skopt"])
+def test_searchers_restore_through_tunes_checkpoint_dir(strategy, tmp_path):
     # Tuner.restore goes through save_to_dir / restore_from_dir on the ConcurrencyLimiter.
-    plan = make_plan("skopt", SPACE, budget=6, seed=0)
+    plan = make_plan(strategy, SPACE, budget=6, seed=0)
     drive(plan, 3)
     plan.searcher.save_to_dir(str(tmp_path))
-    fresh = make_plan("skopt", SPACE, budget=6, seed=0).searcher
+    fresh = make_plan(strategy, SPACE, budget=6, seed=1).searcher
     fresh.restore_from_dir(str(tmp_path))
-    assert len(fresh.searcher._opt.yi) == 3
     assert fresh.searcher.suggest("n") == plan.searcher.searcher.suggest("n")
 
 
 def test_module_doctests():
-    for module in (ser_tune.search, base, gp, grid, random, skopt, tpe):
+    for module in (ser_tune.search, base, gp, grid, random, relax, skopt, tpe):
         assert doctest.testmod(module).failed == 0, module.__name__

@@ -10,6 +10,9 @@ from ser_tune.search import make_plan
 from ser_tune.search.space import grid_points, paper_space
 from ser_tune.training.settings import TrialSettings
 
+# One Ray start for the module (20-30 s on a busy 2-core machine), then a few seconds per Tuner run.
+pytestmark = pytest.mark.slow
+
 SPACE = paper_space()
 
 

@@ -1,23 +1,11 @@
 """``gp``: Gaussian-process Bayesian optimisation (bayesian-optimization) through Ray Tune's BayesOptSearch.
 
 BayesOptSearch only searches floats, so the space is relaxed to floats and every trial
-config is decoded back (:class:`RelaxedDecoder`). A relaxed parameter gets a new name, so
-an undecoded config is refused by ``TrialSettings.from_config`` instead of silently used:
-
-======================  ===============================  ==================================
-kind                    searched float                   decoded value
-======================  ===============================  ==================================
-loguniform [lo, hi]     ``<name>__log10`` in             ``10 ** x``
-                        [log10 lo, log10 hi]
-int [lo, hi]            ``<name>__relaxed`` in           nearest integer, clamped to
-                        [lo - 0.5, hi + 0.5]             [lo, hi]
-choice (n values)       ``<name>__index`` in             ``values[nearest index]``,
-                        [-0.5, n - 0.5]                  clamped to [0, n - 1]
-uniform [lo, hi]        ``<name>`` unchanged             ``x``
-======================  ===============================  ==================================
-
-Every integer and option owns an interval of width 1, so each is equally likely under
-random warm-up. The GP sees the relaxed floats, so two trials may decode to the same settings.
+config is decoded back (:mod:`ser_tune.search.relax`: ints -> uniform [low-0.5, high+0.5]
+rounded to the nearest integer; choices -> an index float in [-0.5, n-0.5] rounded to the
+nearest index; loguniform -> uniform over log10, then 10**x). Relaxed parameters are
+renamed (``lr__log10``, ``num_epochs__relaxed``, ``max_length__index``) so an undecoded
+config is refused by ``TrialSettings.from_config`` instead of silently used.
 
 To spend the whole budget: ``random_search_steps`` (Ray's default 10) is the budget-sized
 warm-up, ``patience`` is the budget, and :class:`BudgetBayesOptSearch` replaces an
@@ -37,10 +25,7 @@ waits for the failed trial's result forever) and ignores results without the met
 """
 from __future__ import annotations
 
-import math
-
 from bayes_opt import BayesianOptimization
-from ray import tune
 from ray.tune.result import DEFAULT_METRIC
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.bayesopt import BayesOptSearch
@@ -48,58 +33,7 @@ from ray.tune.search.bayesopt.bayesopt_search import _dict_hash
 from ray.tune.search.searcher import Searcher
 
 from ser_tune.search.base import SearchPlan, StrategyBase, native, one_blas_thread
-from ser_tune.search.space import Param
-
-_SUFFIX = {"loguniform": "__log10", "int": "__relaxed", "choice": "__index", "uniform": ""}
-
-
-def relaxed_name(param: Param) -> str:
-    return param.name + _SUFFIX[param.kind]
-
-
-def relax_space(space: dict[str, Param]) -> dict:
-    """Tune uniform domains over the relaxed floats (see the module table)."""
-    out = {}
-    for p in space.values():
-        if p.kind == "loguniform":
-            low, high = math.log10(p.low), math.log10(p.high)
-        elif p.kind == "int":
-            low, high = p.low - 0.5, p.high + 0.5
-        elif p.kind == "choice":
-            low, high = -0.5, len(p.values) - 0.5
-        else:
-            low, high = p.low, p.high
-        out[relaxed_name(p)] = tune.uniform(low, high)
-    return out
-
-
-def _nearest(x: float, low: int, high: int) -> int:
-    # floor(x + 0.5), not round(): Python rounds halves to even, which skews the intervals.
-    return min(high, max(low, int(math.floor(float(x) + 0.5))))
-
-
-class RelaxedDecoder:
-    """Raw Ray config (relaxed floats) -> trial settings values; other keys pass through."""
-
-    def __init__(self, space: dict[str, Param]):
-        self.space = dict(space)
-
-    def decode_value(self, p: Param, x: float):
-        if p.kind == "loguniform":
-            return min(p.high, max(p.low, 10.0 ** float(x)))
-        if p.kind == "int":
-            return _nearest(x, int(p.low), int(p.high))
-        if p.kind == "choice":
-            return p.values[_nearest(x, 0, len(p.values) - 1)]
-        return float(x)
-
-    def __call__(self, config: dict) -> dict:
-        relaxed = {relaxed_name(p): p for p in self.space.values()}
-        out = {key: native(value) for key, value in config.items() if key not in relaxed}
-        for key, p in relaxed.items():
-            if key in config:
-                out[p.name] = self.decode_value(p, config[key])
-        return out
+from ser_tune.search.relax import RelaxedDecoder, relax_space
 
 
 class _FreshPointOptimizer(BayesianOptimization):
@@ -142,7 +76,7 @@ class BudgetBayesOptSearch(BayesOptSearch):
     def suggest(self, trial_id: str):
         with one_blas_thread():   # the GP is fitted and its acquisition maximised here
             config = super().suggest(trial_id)
-        return config if config is Searcher.FINISHED or config is None else {
+        return config if config in (None, Searcher.FINISHED) else {
             key: native(value) for key, value in config.items()}
 
 

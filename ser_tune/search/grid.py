@@ -5,7 +5,8 @@ of the space, which is :func:`~ser_tune.search.space.paper_grid` for the paper's
 
 Order: BasicVariantGenerator's nested-loop order over the parameter names sorted
 alphabetically, the first name varying fastest (:func:`~ser_tune.search.space.grid_points`);
-for the paper grid: lr fastest, then max_length, num_epochs, unfreeze_epoch slowest. A grid no larger than the budget runs whole
+for the paper grid: lr fastest, then max_length, num_epochs, unfreeze_epoch slowest, so
+its first 15 points all train for 1 epoch. A grid no larger than the budget runs whole
 (``num_samples=1``, so fewer trials than the budget when it is smaller). A larger grid
 runs only its first ``budget`` points in that order: they are handed to the generator as
 ``points_to_evaluate``, each replacing one of ``budget`` samples.

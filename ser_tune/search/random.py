@@ -1,7 +1,7 @@
 """``random``: independent random sampling of the space (Ray Tune's BasicVariantGenerator).
 
 The baseline every model-based strategy must beat at the same budget. Every trial is
-random, so ``warmup`` equals the budget.
+random, so the plan's ``warmup`` equals the budget (a ``warmup`` argument is ignored).
 
 >>> from ser_tune.search.space import paper_space
 >>> plan = RandomStrategy(paper_space(), budget=15, seed=0, max_concurrent=2).plan()

@@ -5,11 +5,13 @@ Unlike ``gp`` it needs no relaxation: loguniform is ``Real(prior="log-uniform")`
 ``Integer`` and choices ``Categorical``.
 
 - skopt minimises, so a "max" metric is told negated.
-- Concurrency: ``Optimizer.ask()`` repeats the same point until told a result, so a
-  suggestion made while others are pending comes from a copy of the optimizer that was
-  told each pending point with a pessimistic lie (the worst value seen: "constant liar",
-  cl_max), which steers it away from them; a point that still repeats is replaced by a
-  random one.
+- Concurrency: once the model is fitted, ``Optimizer.ask()`` repeats the same point until
+  told a result, so a suggestion made while others are pending comes from a copy of the
+  optimizer that was told each pending point with a pessimistic lie (the worst value
+  seen: "constant liar", cl_max), which steers it away from them; a point that still
+  repeats is replaced by a random one. Before the warm-up results are in, every
+  suggestion is random (as with hyperopt), so under concurrency a few more trials than
+  ``warmup`` may be random.
 - Failed trials and results without the metric (or NaN) are not told.
 - ``save``/``restore`` pickle the whole state so ``Tuner.restore`` resumes the search.
 
@@ -128,8 +130,8 @@ class SkoptSearcher(Searcher):
 
     # -- asking while trials are pending ------------------------------------------------
     def _ask(self) -> list:
-        if not self._pending:
-            point = self._opt.ask()
+        if not self._pending or len(self._opt.Xi) < self._opt.n_initial_points_:
+            point = self._opt.ask()   # no model yet: each ask draws a new random point
         else:
             liar = self._opt.copy(random_state=self._rng.randint(0, 2**31 - 1))
             lie = max(self._opt.yi) if self._opt.yi else 0.0

@@ -29,3 +29,10 @@ def emodb_root() -> Path:
     if not EMODB_ROOT.is_dir() or not any(EMODB_ROOT.glob("*.wav")):
         pytest.skip(f"real EmoDB not found at {EMODB_ROOT}")
     return EMODB_ROOT
+
+
+@pytest.fixture(scope="session")
+def feature_cache_root(tmp_path_factory) -> Path:
+    """One feature cache for the session: tests that do not inspect cache misses share encoded features,
+    as the trials of a study do."""
+    return tmp_path_factory.mktemp("feature_cache")

@@ -42,10 +42,10 @@ def data(synthetic_root):
     return TrialData.from_table(table, split.assignment)
 
 
-def test_regression_head_learns_dimensions(data, tmp_path):
+def test_regression_head_learns_dimensions(data, tmp_path, feature_cache_root):
     s = TrialSettings(task="dimensions", objective="val_ccc", lr=1e-2, num_epochs=10, unfreeze="none",
                       max_length=2.0)
-    tuner = FineTuner(s, data, encoder_spec="tiny-whisper", cache_root=tmp_path)
+    tuner = FineTuner(s, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
     r = tuner.run()
     assert r.val_metrics["val_ccc"] > 0.3
     assert set(r.test_metrics) >= {"test_ccc", "test_ccc_arousal", "test_ccc_valence", "test_ccc_dominance"}
@@ -56,10 +56,10 @@ def test_regression_head_learns_dimensions(data, tmp_path):
     assert 0 < out["dimensions"]["arousal"] < 6   # back on the corpus's 1-5 scale
 
 
-def test_multitask_reports_bca_and_ccc(data, tmp_path):
+def test_multitask_reports_bca_and_ccc(data, feature_cache_root):
     s = TrialSettings(task="both", objective="val_bca", lr=1e-2, num_epochs=4, unfreeze="none", max_length=2.0,
                       dimension_loss="mse")
-    r = FineTuner(s, data, encoder_spec="tiny-whisper", cache_root=tmp_path).run()
+    r = FineTuner(s, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root).run()
     assert {"val_bca", "val_ccc"} <= set(r.val_metrics)
     assert {"test_bca", "test_ccc"} <= set(r.test_metrics)
     assert r.history[-1]["epoch_val_ccc"] == pytest.approx(r.history[-1]["epoch_val_ccc"])

@@ -52,9 +52,9 @@ class CountingEncoder:
         return enc
 
 
-def test_head_trial_ends_well_above_chance(data, tmp_path):
+def test_head_trial_ends_well_above_chance(data, feature_cache_root):
     settings = TrialSettings(lr=1e-2, num_epochs=15, unfreeze="none", max_length=2.0)
-    result = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path).run()
+    result = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root).run()
     chance = 1 / len(data.labels)
     assert result.val_bca > 2 * chance
     assert result.test_bca > 1.5 * chance
@@ -76,11 +76,11 @@ def test_second_trial_with_same_max_length_never_runs_the_frozen_encoder(data, t
     assert r3.cache["hits"] == 1
 
 
-def test_top_k_trial_runs_only_its_top_layers(data, tmp_path):
+def test_top_k_trial_runs_only_its_top_layers(data, feature_cache_root):
     settings = TrialSettings(lr=1e-3, num_epochs=3, unfreeze_epoch=1, unfreeze="top:1", max_length=2.0)
-    FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path).run()  # fills the cache
+    FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root).run()  # fills the cache
     counter = CountingEncoder()
-    result = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path,
+    result = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root,
                        encoder_loader=counter).run()
     assert result.cache == {"hits": 1, "misses": 0}
     assert counter.embed_calls == 0                      # the frozen bottom never ran
@@ -97,18 +97,20 @@ def test_naive_path_reencodes_every_epoch(data, tmp_path):
     assert result.cache == {}
 
 
-def test_cache_and_naive_agree_on_frozen_features(data, tmp_path):
-    """The cached path is an optimisation, not another model: same settings, same predictions."""
-    common = dict(lr=5e-3, num_epochs=2, unfreeze="none", max_length=2.0, batch_size=16)
-    cached = FineTuner(TrialSettings(**common), data, encoder_spec="tiny-wav2vec2", cache_root=tmp_path).run()
+def test_cache_and_naive_agree_on_frozen_features(data, feature_cache_root):
+    """The cached path is an optimisation, not another model: same settings, same predictions.
+    With 1 s crops every clip has the same length, so no padding enters wav2vec2's group norm on
+    either path and the two must agree exactly."""
+    common = dict(lr=5e-3, num_epochs=2, unfreeze="none", max_length=1.0, batch_size=16)
+    cached = FineTuner(TrialSettings(**common), data, encoder_spec="tiny-wav2vec2", cache_root=feature_cache_root).run()
     naive = FineTuner(TrialSettings(**common, features="naive"), data, encoder_spec="tiny-wav2vec2").run()
-    # Padding inside naive batches changes wav2vec2's group norm a little; predictions still agree closely.
-    assert abs(cached.val_bca - naive.val_bca) < 0.15
+    assert cached.val_bca == pytest.approx(naive.val_bca)
+    assert cached.test_predictions.tolist() == naive.test_predictions.tolist()
 
 
-def test_nan_loss_is_a_clear_trial_error(data, tmp_path):
+def test_nan_loss_is_a_clear_trial_error(data, feature_cache_root):
     settings = TrialSettings(lr=1e-3, num_epochs=2, unfreeze="none", max_length=2.0)
-    tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path)
+    tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
     original = torch.nn.CrossEntropyLoss.forward
     try:
         torch.nn.CrossEntropyLoss.forward = lambda self, a, b: original(self, a, b) * float("nan")
@@ -118,9 +120,9 @@ def test_nan_loss_is_a_clear_trial_error(data, tmp_path):
         torch.nn.CrossEntropyLoss.forward = original
 
 
-def test_checkpoint_resume_continues_from_last_epoch(data, tmp_path):
+def test_checkpoint_resume_continues_from_last_epoch(data, tmp_path, feature_cache_root):
     settings = TrialSettings(lr=1e-2, num_epochs=4, unfreeze="none", max_length=2.0)
-    full = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path / "c").run()
+    full = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root).run()
 
     class Stop(Exception):
         pass
@@ -131,19 +133,19 @@ def test_checkpoint_resume_continues_from_last_epoch(data, tmp_path):
 
     ck = tmp_path / "ck"
     with pytest.raises(Stop):
-        FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path / "c").run(
+        FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root).run(
             report=stop_after_two, checkpoint_dir=ck)
     seen = []
-    resumed = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path / "c").run(
+    resumed = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root).run(
         report=lambda m: seen.append(m["epoch"]), resume_dir=ck)
     assert seen == [3, 4]
     assert resumed.val_bca == pytest.approx(full.val_bca)
     assert [h["train_loss"] for h in resumed.history] == pytest.approx([h["train_loss"] for h in full.history])
 
 
-def test_export_and_reload_reproduce_test_predictions(data, tmp_path):
+def test_export_and_reload_reproduce_test_predictions(data, tmp_path, feature_cache_root):
     settings = TrialSettings(lr=3e-3, num_epochs=3, unfreeze_epoch=1, unfreeze="top:1", max_length=2.0)
-    tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path)
+    tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
     result = tuner.run()
     folder = tuner.export(result, tmp_path / "model")
     meta = json.loads((folder / "model.json").read_text())
@@ -169,8 +171,9 @@ def test_real_whisper_base_on_real_emodb(tmp_path):
     if not (emodb.is_dir() and whisper.is_dir()):
         pytest.skip("needs ../shared/data/emodb and ../shared/models/whisper-base-encoder")
     corpus = load_corpus("emodb", emodb)
-    split = speaker_split(corpus.table, val_speakers=2, test_speakers=2, seed=0)
-    data = TrialData.from_table(corpus.table, split.assignment)
+    table = corpus.table[corpus.table.speaker.isin(["03", "08", "09", "10", "11", "12"])].reset_index(drop=True)
+    split = speaker_split(table, val_speakers=1, test_speakers=1, seed=0)   # six speakers keep it short
+    data = TrialData.from_table(table, split.assignment)
     settings = TrialSettings(lr=1e-3, num_epochs=3, unfreeze="none", max_length=2.0)
     result = FineTuner(settings, data, encoder_spec=f"hf:{whisper}", cache_root=tmp_path).run()
     assert result.val_bca > 0.5 and result.test_bca > 0.5   # chance is 1/7

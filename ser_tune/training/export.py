@@ -1,8 +1,8 @@
 """The one folder format of a tuned model, read by predict and cross-corpus evaluation.
 
-``model.json`` (encoder spec, labels, settings, preprocessing, metrics) and ``weights.pt``
-(head weights and the encoder weights that fine-tuning changed; the rest is the encoder
-spec's own weights, loaded from its source).
+``model.json`` (encoder spec, labels, settings, preprocessing, metrics, and the PEFT plan when
+LoRA/adapters were injected) and ``weights.pt`` (head weights and the encoder weights that
+fine-tuning changed or added; the rest is the encoder spec's own weights, loaded from its source).
 """
 from __future__ import annotations
 
@@ -119,6 +119,14 @@ def load_model(folder: str | Path) -> TunedModel:
         raise ModelFolderError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
     weights = torch.load(folder / "weights.pt", weights_only=False)
     encoder = load_encoder(meta["encoder"])
+    if meta.get("peft"):  # inject the same PEFT modules the trial trained before loading their weights
+        from .peft import PeftError, PeftPlan, apply_peft
+
+        try:
+            apply_peft(encoder, PeftPlan.from_dict(meta["peft"]))
+        except PeftError as err:
+            raise ModelFolderError(f"{meta_path}: peft: {err}") from None
+        encoder.requires_grad_(False)
     if weights["encoder"]:
         missing = set(weights["encoder"]) - {n for n, _ in encoder.named_parameters()}
         if missing:

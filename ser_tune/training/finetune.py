@@ -6,6 +6,8 @@ feature cache, so head epochs cost only the head and top-k epochs run only the t
 with ``features: naive`` every epoch re-encodes every clip (the reference code's way), kept
 for the benchmark. Each epoch reports validation BCA; the best epoch's model is evaluated once
 on the test speakers at the end.
+With ``peft`` (LoRA, bottleneck adapters; see ``peft.py``) the same top layers get new modules
+instead: only those and the head train, the pretrained weights stay as they are.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,7 @@ from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
 from .export import save_model
 from .head import EmotionHead, masked_mean
 from .metrics import bca, ccc, ccc_loss, confusion
+from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
 from .settings import TrialSettings
 
 SAMPLE_RATE = 16000  # every supported encoder family consumes 16 kHz audio
@@ -107,6 +110,8 @@ class FineTuner:
                  cache_root: str | Path | None = None,
                  encoder_loader: Callable[[str], SpeechEncoder] = load_encoder):
         settings.validate()  # also settles the default objective for the task
+        if settings.peft != "none":
+            check_peft_settings(settings)  # before any encoding: a bad lora_targets fails at once
         self.s = settings
         self.data = data
         self.spec = encoder_spec
@@ -115,6 +120,7 @@ class FineTuner:
         self.seconds = {"load": 0.0, "encode": 0.0, "train": 0.0}
         self.max_length = effective_max_length(settings.max_length, data.durations)
         self.cache = None
+        self._peft: PeftPlan | None = None
         if settings.features == "cache":
             if cache_root is None:
                 raise TrialError("features: cache needs a cache folder")
@@ -138,7 +144,11 @@ class FineTuner:
 
     # --- the run ---------------------------------------------------------------------------
     def run(self, report: Callable[[dict], None] | None = None, checkpoint_dir: str | Path | None = None,
-            resume_dir: str | Path | None = None) -> TrialResult:
+            resume_dir: str | Path | None = None, *, init_state: dict | None = None,
+            freeze: Sequence[str] = ()) -> TrialResult:
+        """Train and evaluate. ``init_state`` ({"encoder": {name: tensor}, "head": state dict or None},
+        e.g. another trial's ``result.state``) starts from those weights; ``freeze`` keeps groups of
+        them fixed ("lora", "adapter", "head"; see ``peft.start_from``)."""
         s = self.s
         torch.manual_seed(s.seed)
         rng = np.random.default_rng(s.seed)
@@ -164,11 +174,26 @@ class FineTuner:
         self._prepare_dimensions()
         head = EmotionHead(num_states, dim, n_classes + len(self._dim_names), layer=s.layer, kind=s.head,
                            hidden=s.head_hidden, dropout=s.dropout)
-        trained = self._trainable_encoder_params(encoder, boundary, top_k) if encoder is not None and s.encoder_trains else {}
+        trained = {}
+        if encoder is not None and s.encoder_trains:
+            if s.peft != "none":  # PEFT modules on the layers that train; their original weights stay frozen
+                self._peft = PeftPlan.from_settings(s, boundary)
+                trained = apply_peft(encoder, self._peft)
+            else:
+                trained = self._trainable_encoder_params(encoder, boundary, top_k)
+        fixed: dict[str, nn.Parameter] = {}
+        if init_state is not None:
+            trained, fixed = start_from(init_state, encoder=encoder if s.encoder_trains else None, head=head,
+                                        trained=trained, freeze=freeze)
+        # Encoder weights that differ from the pretrained ones from the start: the cache's pooled
+        # features of the trained layers no longer hold, so those layers always run live.
+        self._live_from_start = bool(init_state is not None and init_state.get("encoder"))
         head_lr = s.head_lr if s.head_lr is not None else s.lr * s.head_lr_scale
-        groups = [{"params": list(head.parameters()), "lr": head_lr}]
+        groups = [{"params": list(head.parameters()), "lr": head_lr}] if "head" not in freeze else []
         if trained:
             groups.append({"params": list(trained.values()), "lr": s.lr})
+        if not groups:
+            raise TrialError("nothing to train: the head is frozen and no encoder parameter trains")
         optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
         train_idx = self.data.parts["train"]
         steps_per_epoch = math.ceil(len(train_idx) / s.batch_size)
@@ -195,6 +220,7 @@ class FineTuner:
         for epoch in range(first_epoch, s.num_epochs):
             t0 = time.perf_counter()
             unfrozen = s.encoder_trains and epoch >= s.unfreeze_epoch
+            live = boundary if (unfrozen or self._live_from_start) else None
             for p in trained.values():
                 p.requires_grad_(unfrozen)
             head.train()
@@ -203,7 +229,7 @@ class FineTuner:
             losses = []
             for b in range(0, len(order), s.batch_size):
                 idx = order[b: b + s.batch_size]
-                pooled = self._pooled(idx, feats, encoder, boundary if unfrozen else None, grad=unfrozen)
+                pooled = self._pooled(idx, feats, encoder, live, grad=unfrozen)
                 loss = loss_fn(head(pooled), idx)
                 if loss is None:  # no labelled clip in this batch (dimensions missing)
                     continue
@@ -216,7 +242,7 @@ class FineTuner:
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
-            outputs = self._outputs(self.data.parts["val"], head, feats, encoder, boundary if unfrozen else None)
+            outputs = self._outputs(self.data.parts["val"], head, feats, encoder, live)
             metrics = self._metrics(self.data.parts["val"], outputs, n_classes, prefix="val_")
             score = metrics[s.objective]
             if score > best["score"]:
@@ -235,7 +261,7 @@ class FineTuner:
             if report is not None and epoch + 1 < s.num_epochs:
                 report(dict(row, **self._timing()))
 
-        result = self._finish(head, trained, feats, encoder, boundary, best, history, n_classes)
+        result = self._finish(head, trained, feats, encoder, boundary, best, history, n_classes, fixed)
         result.num_states, result.hidden_size = num_states, dim
         if checkpoint_dir is not None:
             # The trial's last checkpoint becomes its best model in the export format; training state
@@ -313,6 +339,7 @@ class FineTuner:
                           settings=self.s.to_dict(), num_states=result.num_states, hidden_size=result.hidden_size,
                           metrics={"best_epoch": result.best_epoch, **result.val_metrics, **result.test_metrics},
                           extra={"task": self.s.task, "dimensions": list(self._dim_names),
+                                 "peft": self._peft.to_dict() if self._peft is not None else None,
                                  "dimension_mean": getattr(self, "_dim_mean", np.zeros(0)).tolist(),
                                  "dimension_std": getattr(self, "_dim_std", np.zeros(0)).tolist()})
 
@@ -394,12 +421,14 @@ class FineTuner:
                 outs.append(head(self._pooled(part, feats, encoder, boundary, grad=False)))
         return torch.cat(outs).numpy() if outs else np.zeros((0, head.classifier_outputs))
 
-    def _finish(self, head, trained, feats, encoder, boundary, best, history, n_classes) -> TrialResult:
+    def _finish(self, head, trained, feats, encoder, boundary, best, history, n_classes, fixed=None) -> TrialResult:
         state = best["state"]
         head.load_state_dict(state["head"])
         for name, p in trained.items():
             p.data.copy_(state["encoder"][name])
-        live_boundary = boundary if state["encoder_trained"] else None
+        # With PEFT the encoder weights are always exported: small, and the model folder re-injects them.
+        changed = state["encoder_trained"] or self._live_from_start or self._peft is not None
+        live_boundary = boundary if (state["encoder_trained"] or self._live_from_start) else None
         test_idx = self.data.parts["test"]
         test_metrics, test_conf, preds = {}, None, None
         if len(test_idx):
@@ -412,10 +441,11 @@ class FineTuner:
                 test_metrics["test_accuracy"] = float((preds == y).mean())
                 test_conf = confusion(y, preds, n_classes)
             self.seconds["train"] += time.perf_counter() - t0
-        n_train = sum(p.numel() for p in head.parameters()) + sum(p.numel() for p in trained.values())
+        n_train = sum(p.numel() for p in head.parameters() if p.requires_grad) + sum(p.numel() for p in trained.values())
         n_total = sum(p.numel() for p in head.parameters()) + (
             sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0)
-        export_state = {"head": state["head"], "encoder": state["encoder"] if state["encoder_trained"] else {}}
+        encoder_state = {**{n: p.detach().clone() for n, p in (fixed or {}).items()}, **state["encoder"]}
+        export_state = {"head": state["head"], "encoder": encoder_state if changed else {}}
         cache_stats = {"hits": self.cache.stats.hits, "misses": self.cache.stats.misses} if self.cache else {}
         return TrialResult(val_bca=best["metrics"].get("val_bca"), best_epoch=best["epoch"],
                            test_bca=test_metrics.get("test_bca"), test_accuracy=test_metrics.get("test_accuracy"),

@@ -87,6 +87,11 @@ def render_report(studies: list[Study], tables: dict, plots: list[PlotResult], o
             parts.append(f"### {plot.title}\n\nPlot skipped: {plot.skipped}.\n")
     parts.append("## Best configuration\n")
     parts.append(_best_section(studies))
+    for study in studies:
+        modes = _modes_section(study)
+        if modes:
+            parts.append(f"## Fine-tuning modes{': ' + study.name if several else ''}\n")
+            parts.append(modes)
     for study in studies:  # written by ser_tune.crosscorpus when the experiment lists target corpora
         cross = study.dir / "crosscorpus.md"
         if cross.exists():
@@ -95,6 +100,25 @@ def render_report(studies: list[Study], tables: dict, plots: list[PlotResult], o
             body = cross.read_text().split("\n", 1)[-1]   # drop its own title
             parts.append(body.replace("](crosscorpus_", f"]({prefix}crosscorpus_"))
     return "\n".join(parts)
+
+
+def _modes_section(study: Study) -> str:
+    """BCA against trainable parameters and seconds per trial, per fine-tuning mode (frozen, top-k,
+    full, LoRA, adapters), when the trials recorded their parameter counts."""
+    if study.trials.empty or "trainable_params" not in study.trials or study.metric != "val_bca":
+        return ""
+    from ..training.peft import peft_summary
+
+    table = peft_summary(study.trials, fixed=(study.meta.get("experiment") or {}).get("trial"))
+    if table.empty:
+        return ""
+    lines = ["| Mode | Trials | Mean val BCA | Best val BCA | Mean test BCA | Trainable params | Share | s / trial |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in table.to_dict("records"):
+        lines.append(f"| {r['mode']} | {r['trials']} | {r['val_bca_mean']:.3f} | {r['val_bca_best']:.3f} | "
+                     f"{r['test_bca_mean']:.3f} | {r['trainable_params']:,.0f} | {r['trainable_share']:.2%} | "
+                     f"{r['seconds_per_trial']:.1f} |")
+    return "\n".join(lines) + "\n\nHead-only trials never load the encoder, so their share is of the head alone.\n"
 
 
 def _setup_section(study: Study, several: bool) -> str:

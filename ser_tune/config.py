@@ -260,9 +260,10 @@ def _split(c: _Checker, raw: Any) -> dict:
 
 
 def _encoder(c: _Checker, raw: Any) -> str:
-    from ser_tune.encoders import check_spec   # late: the encoders package imports torch
+    from ser_tune.encoders import resolve_spec   # late: the encoders package imports torch
     try:
-        return check_spec(raw)
+        # a local folder is resolved like corpus.root: next to the YAML first, then the working directory
+        return resolve_spec(raw, [c.source.parent] if c.source is not None else [])
     except ValueError as err:
         raise c.fail(f"encoder: {err}") from None
 

@@ -63,7 +63,9 @@ def main(argv=None) -> int:
         split = make_split(corpus.table, spec)
         data = TrialData.from_table(corpus.table, split.assignment)
         start = time.perf_counter()
-        tuner = FineTuner(settings, data, encoder_spec=args.encoder, cache_root=args.cache)
+        from .encoders import resolve_spec
+
+        tuner = FineTuner(settings, data, encoder_spec=resolve_spec(args.encoder), cache_root=args.cache)
         result = tuner.run(report=None if args.json else _print_epoch)
         seconds = time.perf_counter() - start
         exported = str(tuner.export(result, args.export)) if args.export else None

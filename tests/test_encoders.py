@@ -133,3 +133,15 @@ def test_fingerprint_follows_folder_contents(tmp_path):
     before = spec_fingerprint(f"hf:{tmp_path / 'm'}")
     (tmp_path / "m" / "extra.txt").write_text("changed")
     assert spec_fingerprint(f"hf:{tmp_path / 'm'}") != before
+
+
+def test_relative_folder_specs_become_absolute(tmp_path, monkeypatch):
+    """Ray workers run in other working directories: a folder spec must name the same folder there."""
+    from ser_tune.encoders import resolve_spec
+
+    (tmp_path / "models" / "enc").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_spec("hf:models/enc") == f"hf:{tmp_path / 'models' / 'enc'}"
+    assert resolve_spec("hf:enc", [tmp_path / "models"]) == f"hf:{tmp_path / 'models' / 'enc'}"
+    assert resolve_spec("hf:facebook/wav2vec2-base") == "hf:facebook/wav2vec2-base"   # a hub id stays
+    assert resolve_spec("tiny-hubert") == "tiny-hubert"

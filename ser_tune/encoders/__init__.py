@@ -29,6 +29,26 @@ def check_spec(spec: str) -> str:
     raise EncoderError(f"unknown encoder '{spec}'; use {SPEC_FORMS}")
 
 
+def resolve_spec(spec: str, bases=()) -> str:
+    """Make a local-folder spec absolute (looked up in ``bases``, then the working directory), so the
+    same spec names the same folder in every Ray worker, whatever its working directory. Hub ids
+    and tiny specs are returned as they are."""
+    from pathlib import Path
+
+    check_spec(spec)
+    if not spec.startswith(("hf:", "speechbrain:")):
+        return spec
+    prefix, source = spec.split(":", 1)
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        return f"{prefix}:{path}"
+    for base in [*bases, Path.cwd()]:
+        candidate = Path(base) / path
+        if candidate.exists():
+            return f"{prefix}:{candidate.resolve()}"
+    return spec
+
+
 def spec_fingerprint(spec: str) -> str:
     """Identify an encoder's weights without loading it (cache keys; a head-only trial never loads it).
 
@@ -66,4 +86,4 @@ def load_encoder(spec: str) -> SpeechEncoder:
     return load_tiny_encoder(spec[5:])
 
 
-__all__ = ["EncoderError", "SpeechEncoder", "load_encoder", "check_spec", "spec_fingerprint", "lengths_to_mask", "TINY_FAMILIES"]
+__all__ = ["EncoderError", "SpeechEncoder", "load_encoder", "check_spec", "resolve_spec", "spec_fingerprint", "lengths_to_mask", "TINY_FAMILIES"]

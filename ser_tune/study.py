@@ -189,8 +189,11 @@ class Study:
         self.save_meta()
         path = self.dir / strategy
         if path.exists() and tune.Tuner.can_restore(str(path)):
+            # A trial cut off by the kill may have been recorded as errored in the last snapshot:
+            # resume errored trials from their last epoch checkpoint too (a genuinely failing trial
+            # fails again and stays recorded as an error).
             tuner = tune.Tuner.restore(str(path), trainable, param_space=plan.param_space,
-                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
+                                       resume_unfinished=True, resume_errored=True, restart_errored=False)
         else:
             tuner = tune.Tuner(
                 trainable, param_space=plan.param_space,

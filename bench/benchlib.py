@@ -184,3 +184,28 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
+def profile_call(fn, *, top: int = 15, sort: str = "cumulative"):
+    """Run ``fn()`` under cProfile; returns (its result, the ``top`` functions by ``sort`` as dicts)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    result = profiler.runcall(fn)
+    stats = pstats.Stats(profiler)
+    stats.sort_stats(sort)
+    rows = []
+    for func in stats.fcn_list[:top]:
+        calls, primitive, tottime, cumtime, _ = stats.stats[func]
+        filename, line, name = func
+        where = f"{Path(filename).name}:{line}" if line else filename
+        rows.append({"function": f"{where}({name})", "calls": calls, "tottime_s": round(tottime, 3),
+                     "cumtime_s": round(cumtime, 3)})
+    return result, rows
+
+
+def print_profile(title: str, rows: list[dict]) -> None:
+    print(title)
+    print_table([{k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows],
+                ["cumtime_s", "tottime_s", "calls", "function"])

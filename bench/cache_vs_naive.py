@@ -1,6 +1,6 @@
 """Issue 3: seconds per epoch and per trial with the feature cache vs the naive path, side by side.
 
-    python bench/cache_vs_naive.py [--threads 2] [--epochs 3] [--synthetic] [--out FILE]
+    python bench/cache_vs_naive.py [--threads 2] [--epochs 3] [--profile N] [--synthetic] [--out FILE]
 
 One process, one corpus, one encoder, the same hyper-parameters for both paths:
 
@@ -29,7 +29,8 @@ import shutil
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import RESULTS, BenchError, Run, bench_data, fmt_seconds, print_table  # noqa: E402
+from benchlib import (RESULTS, BenchError, Run, bench_data, fmt_seconds, print_profile, print_table,  # noqa: E402
+                      profile_call)
 
 TARGET_TRIAL_RATIO = 10.0
 # The fixed trial settings of experiments/emodb.yaml (the headline study).
@@ -44,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="trial learning rate (default 1e-3)")
     p.add_argument("--trial-epochs", type=int, default=5, help="num_epochs of the whole-trial comparison (default 5)")
     p.add_argument("--unfreeze-epoch", type=int, default=3, help="unfreeze_epoch of the whole trial (default 3)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="then run the cached trial again under cProfile and list its top N functions")
     p.add_argument("--synthetic", action="store_true", help="use the synthetic corpus + tiny encoder even if ../shared has data")
     p.add_argument("--out", help="JSON output (default bench/results/cache_vs_naive.json, or _synthetic.json)")
     args = p.parse_args(argv)
@@ -91,10 +94,10 @@ class Bench:
         cache = FeatureCache(self.cache_root, self.data.encoder_spec, spec_fingerprint(self.data.encoder_spec),
                              lambda: self.encoder)
         paths = self.trial_data.paths
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         cache.get(paths, lambda i: crop(self.audio.get(paths[i]), max_length, SAMPLE_RATE), max_length, [boundary])
         seconds = time.perf_counter() - start
-        return {"seconds": seconds, "clips": len(paths), "boundary": boundary, "misses": cache.stats.misses,
+        return {"seconds": seconds, "cpu_seconds": time.process_time() - cpu, "clips": len(paths), "boundary": boundary, "misses": cache.stats.misses,
                 "max_length": max_length}
 
     def run(self, features: str, **settings) -> dict:
@@ -160,6 +163,7 @@ def main(argv=None) -> int:
               f"naive {top['naive_median_epoch_seconds']:.2f} s, ratio {top['ratio']:.1f}x", flush=True)
         shape = {"num_epochs": args.trial_epochs, "unfreeze_epoch": args.unfreeze_epoch}
         cached, naive = bench.run("cache", **shape), bench.run("naive", **shape)
+        profile = profile_call(lambda: bench.run("cache", **shape), top=args.profile)[1] if args.profile else None
     finally:
         bench.close()
     trial = {
@@ -181,11 +185,13 @@ def main(argv=None) -> int:
         "threads": args.threads, "epochs_per_path": args.epochs,
         "encoder_load_seconds": bench.load_seconds, "audio_decode_seconds": bench.decode_seconds,
         "encode_once": encode, "head_only": head, "top1": top, "trial": trial,
+        "profile_cached_trial": profile,
         "target_trial_ratio": TARGET_TRIAL_RATIO, "trial_target_met": trial["ratio"] >= TARGET_TRIAL_RATIO,
     }
     print()
     print(f"cache vs naive, {bench.data.description}, {args.threads} torch threads")
-    print(f"one-off encode (cache, once per study): {encode['seconds']:.1f} s for {encode['clips']} clips")
+    print(f"one-off encode (cache, once per study): {encode['seconds']:.1f} s ({encode['cpu_seconds']:.1f} CPU-s) "
+          f"for {encode['clips']} clips")
     rows = [
         ("(a) head-only epoch (median)", head["cached_median_epoch_seconds"], head["naive_median_epoch_seconds"],
          head["cached_median_epoch_cpu_seconds"], head["naive_median_epoch_cpu_seconds"]),
@@ -202,6 +208,8 @@ def main(argv=None) -> int:
                 ["what", "cached wall", "naive wall", "wall ratio", "cached CPU", "naive CPU", "CPU ratio"])
     print(f"validation BCA of the trial: cached {trial['cached_val_bca']:.3f}, naive {trial['naive_val_bca']:.3f}")
     print(f"trial ratio target >= {TARGET_TRIAL_RATIO:g}x: {'met' if figures['trial_target_met'] else 'NOT met'}")
+    if profile:
+        print_profile("\nwhere the cached trial's time goes (cProfile, top by cumulative time):", profile)
     default = "cache_vs_naive.json" if bench.data.real else "cache_vs_naive_synthetic.json"
 
     run.finish(figures, args.out or RESULTS / default)

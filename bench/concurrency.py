@@ -1,15 +1,17 @@
 """Issue 10: two concurrent 1-CPU trials vs one 2-CPU trial at a time, and peak memory per trial.
 
-    python bench/concurrency.py [--trials 4] [--num-epochs 3] [--unfreeze-epoch 1] [--synthetic] [--out FILE]
+    python bench/concurrency.py [--trials 4] [--rounds 2] [--num-epochs 3] [--unfreeze-epoch 1] [--synthetic] [--out FILE]
 
 Both ways run the same trial config (a ``top:1`` trial, so the top encoder layer really trains)
 from one warm feature cache, side by side in one run:
 
 - concurrent: two processes with 1 torch thread each, each running trials/2 trials;
-- sequential: one process with 2 torch threads running all the trials one after another.
+- sequential: one process with 2 torch threads running all the trials one after another;
 
-Each process loads its data and encoder first (not timed), waits at a barrier, then runs its
-trials; throughput = trials / (last end - first start) in trials per hour. Peak memory per trial
+alternating, for ``--rounds`` rounds (load from other work on the machine then hits both alike).
+
+Each process loads its data and encoder and runs one untimed 1-epoch warm-up trial first (a
+long-lived Ray worker is warm too), waits at a barrier, then runs its trials; throughput = trials / (last end - first start) in trials per hour. Peak memory per trial
 process is its ``ru_maxrss`` (resident set high-water mark: Python, torch, the encoder, the audio
 and the cached features), with the resident size before its first trial for comparison.
 Real EmoDB + Whisper-base when ../shared has them, the synthetic corpus + tiny Whisper otherwise.
@@ -21,13 +23,14 @@ import copy
 import multiprocessing as mp
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import RESULTS, BenchError, Run, bench_data, print_table  # noqa: E402
+from benchlib import RESULTS, BenchError, Run, bench_data, load_average, print_table  # noqa: E402
 
 FIXED = {"unfreeze": "top:1", "head": "mlp", "head_lr_scale": 30, "lr": 1e-3, "seed": 0}
 
@@ -37,11 +40,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=4, help="trials per way, an even number (default 4)")
     p.add_argument("--num-epochs", type=int, default=3, help="num_epochs of the trial (default 3)")
     p.add_argument("--unfreeze-epoch", type=int, default=1, help="unfreeze_epoch of the trial (default 1)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of both ways (default 2)")
     p.add_argument("--synthetic", action="store_true", help="use the synthetic corpus + tiny encoder even if ../shared has data")
     p.add_argument("--out", help="JSON output (default bench/results/concurrency.json, or _synthetic.json)")
     args = p.parse_args(argv)
     if args.trials < 2 or args.trials % 2:
         raise BenchError(f"--trials must be an even number >= 2 (got {args.trials})")
+    if args.rounds < 1:
+        raise BenchError(f"--rounds must be >= 1 (got {args.rounds})")
     if not 0 <= args.unfreeze_epoch < args.num_epochs:
         raise BenchError(f"--unfreeze-epoch must be in [0, --num-epochs) (got {args.unfreeze_epoch})")
     return args
@@ -77,22 +83,28 @@ def worker(threads: int, n_trials: int, settings: dict, cache_root: str, force_s
 
     set_threads(threads)
     data, trial_data, encoder = _prepare(force_synthetic)
+
+    def trial(config: dict):
+        tuner = FineTuner(TrialSettings.from_config(config), trial_data, encoder_spec=data.encoder_spec,
+                          cache_root=cache_root, encoder_loader=lambda spec: copy.deepcopy(encoder))
+        return tuner.run()
+
+    # One untimed 1-epoch trial first: a long-lived Ray worker has paid torch's first-use costs already.
+    trial(dict(settings, num_epochs=1, unfreeze_epoch=0))
     rss_before = _rss_mib()
     barrier.wait()
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     seconds, val = [], []
     for _ in range(n_trials):
         t0 = time.perf_counter()
-        tuner = FineTuner(TrialSettings.from_config(settings), trial_data, encoder_spec=data.encoder_spec,
-                          cache_root=cache_root, encoder_loader=lambda spec: copy.deepcopy(encoder))
-        result = tuner.run()
+        result = trial(settings)
         seconds.append(time.perf_counter() - t0)
         val.append(result.val_bca)
     end = time.time()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     results.put({"threads": threads, "start": start, "end": end, "trial_seconds": seconds, "val_bca": val,
                  "rss_before_trials_mib": rss_before, "peak_rss_mib": usage.ru_maxrss / 1024,
-                 "cpu_seconds": usage.ru_utime + usage.ru_stime})
+                 "trial_cpu_seconds": time.process_time() - cpu_start})
 
 
 def run_way(ctx, processes: int, threads: int, trials_each: int, settings: dict, cache_root: str,
@@ -113,6 +125,7 @@ def run_way(ctx, processes: int, threads: int, trials_each: int, settings: dict,
     return {"processes": processes, "threads_per_process": threads, "trials": trials, "wall_seconds": wall,
             "trials_per_hour": trials / wall * 3600, "trial_seconds": all_seconds,
             "mean_trial_seconds": sum(all_seconds) / len(all_seconds),
+            "cpu_seconds_per_trial": sum(r["trial_cpu_seconds"] for r in reports) / trials,
             "peak_rss_mib_per_process": [r["peak_rss_mib"] for r in reports],
             "rss_before_trials_mib_per_process": [r["rss_before_trials_mib"] for r in reports],
             "val_bca": [v for r in reports for v in r["val_bca"]]}
@@ -147,35 +160,43 @@ def main(argv=None) -> int:
         print(f"trial: {settings}", flush=True)
         warm_seconds = encode_cache(cache_root, settings, args.synthetic)
         print(f"feature cache filled (one-off encode): {warm_seconds:.1f} s", flush=True)
-        sequential = run_way(ctx, 1, 2, args.trials, settings, cache_root, args.synthetic)
-        print(f"sequential, 1 process x 2 threads: {sequential['trials']} trials in {sequential['wall_seconds']:.1f} s",
-              flush=True)
-        concurrent = run_way(ctx, 2, 1, args.trials // 2, settings, cache_root, args.synthetic)
-        print(f"concurrent, 2 processes x 1 thread: {concurrent['trials']} trials in "
-              f"{concurrent['wall_seconds']:.1f} s", flush=True)
+        rounds = []
+        for index in range(args.rounds):  # alternate the ways: load from other work hits both alike
+            load = load_average()
+            sequential = run_way(ctx, 1, 2, args.trials, settings, cache_root, args.synthetic)
+            concurrent = run_way(ctx, 2, 1, args.trials // 2, settings, cache_root, args.synthetic)
+            ratio = concurrent["trials_per_hour"] / sequential["trials_per_hour"]
+            rounds.append({"load_average_before": load, "sequential_2cpu": sequential, "concurrent_2x1cpu": concurrent,
+                           "throughput_ratio": ratio})
+            print(f"round {index + 1}: sequential 1 process x 2 threads {sequential['trials']} trials in "
+                  f"{sequential['wall_seconds']:.1f} s; concurrent 2 processes x 1 thread {concurrent['trials']} "
+                  f"trials in {concurrent['wall_seconds']:.1f} s; ratio {ratio:.2f}x (load before {load})", flush=True)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
-    ratio = concurrent["trials_per_hour"] / sequential["trials_per_hour"]
+    ratios = [r["throughput_ratio"] for r in rounds]
+    peak = max(m for r in rounds for w in ("sequential_2cpu", "concurrent_2x1cpu") for m in r[w]["peak_rss_mib_per_process"])
     figures = {"data": data.description, "real_data": data.real, "encoder": data.encoder_spec, "trial": settings,
-               "encode_once_seconds": warm_seconds,
-               "sequential_2cpu": sequential, "concurrent_2x1cpu": concurrent,
-               "throughput_ratio_concurrent_over_sequential": ratio,
-               "peak_rss_mib_per_trial_process": max(concurrent["peak_rss_mib_per_process"]
-                                                     + sequential["peak_rss_mib_per_process"])}
+               "encode_once_seconds": warm_seconds, "rounds": rounds,
+               "throughput_ratio_per_round": ratios,
+               "throughput_ratio_median": statistics.median(ratios),
+               "peak_rss_mib_per_trial_process": peak}
     print()
     print(f"concurrency, {data.description}; trial {settings}")
     print_table([
-        {"way": f"{w['processes']} process(es) x {w['threads_per_process']} thread(s)", "trials": w["trials"],
-         "wall": f"{w['wall_seconds']:.1f} s", "mean trial": f"{w['mean_trial_seconds']:.1f} s",
+        {"round": i + 1, "way": f"{w['processes']} process(es) x {w['threads_per_process']} thread(s)",
+         "trials": w["trials"], "wall": f"{w['wall_seconds']:.1f} s", "mean trial": f"{w['mean_trial_seconds']:.1f} s",
+         "CPU / trial": f"{w['cpu_seconds_per_trial']:.1f} s",
          "trials / hour": f"{w['trials_per_hour']:.0f}",
          "peak RSS / process": ", ".join(f"{m:.0f} MiB" for m in w["peak_rss_mib_per_process"]),
          "RSS before trials": ", ".join(f"{m:.0f} MiB" for m in w["rss_before_trials_mib_per_process"])}
-        for w in (sequential, concurrent)],
-        ["way", "trials", "wall", "mean trial", "trials / hour", "peak RSS / process", "RSS before trials"])
-    print(f"throughput ratio, 2 concurrent 1-CPU trials / 1 sequential 2-CPU trial: {ratio:.2f}x")
+        for i, r in enumerate(rounds) for w in (r["sequential_2cpu"], r["concurrent_2x1cpu"])],
+        ["round", "way", "trials", "wall", "mean trial", "CPU / trial", "trials / hour", "peak RSS / process",
+         "RSS before trials"])
+    print(f"throughput ratio, 2 concurrent 1-CPU trials / 1 sequential 2-CPU trial: per round "
+          f"{', '.join(f'{x:.2f}x' for x in ratios)}; median {statistics.median(ratios):.2f}x")
     run.finish(figures, args.out or RESULTS / ("concurrency.json" if data.real else "concurrency_synthetic.json"))
     return 0
 

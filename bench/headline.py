@@ -1,14 +1,17 @@
 """Issue 10, the headline: every strategy under the same trial budget on real EmoDB + Whisper-base.
 
     python bench/headline.py [--config experiments/emodb.yaml] [--strategies tpe gp skopt random grid]
-                             [--trials 15] [--threshold 0.9] [--from-study STUDY_DIR] [--out FILE]
+                             [--trials 15] [--threshold 0.9] [--storage DIR] [--from-study STUDY_DIR]
+                             [--out FILE]
 
 Runs ``python -m ser_tune.launch CONFIG --json`` (the quickstart config, on the synthetic corpus,
 when ../shared lacks EmoDB or Whisper-base) and prints, per strategy: the strategy's wall-clock
 and the cumulative trial time (model loading excluded: the reference paper's measure) to the
 first validation BCA >= the threshold -- censored as "not reached in N trials / T min" when never
 reached --, trials to reach it, the best validation BCA and that trial's test BCA, plus the
-study's shared encode time. ``--from-study`` re-reads a finished study instead of running one.
+study's shared encode time. The study goes to a fresh storage folder by default, so its feature
+cache starts cold and the shared encode is really measured (``--storage studies`` reuses the usual
+one). ``--from-study`` re-reads a finished study instead of running one.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--strategies", nargs="+", default=STRATEGIES, metavar="NAME", help="default: all five")
     p.add_argument("--trials", type=int, default=15, help="trial budget per strategy (default 15)")
     p.add_argument("--threshold", type=float, default=0.9, help="validation BCA to time (default 0.9)")
+    p.add_argument("--storage", help="study storage folder (default: a fresh studies/bench-headline-<time>, so the "
+                                     "feature cache starts cold and the shared encode is measured)")
     p.add_argument("--from-study", metavar="STUDY_DIR", help="summarise a finished study instead of running one")
     p.add_argument("--out", help="JSON output (default bench/results/headline.json, or headline_synthetic.json)")
     args = p.parse_args(argv)
@@ -53,12 +58,11 @@ def default_config() -> Path:
     return REPO / "experiments" / ("emodb.yaml" if real_data_available() else "quickstart.yaml")
 
 
-def run_study(config: Path, strategies: list[str], trials: int) -> tuple[Path, float, list[str]]:
+def run_study(config: Path, strategies: list[str], trials: int, storage: Path) -> tuple[Path, float, list[str]]:
     """Run the launcher (its progress goes to our stderr); returns (study folder, seconds, command)."""
-    command = [sys.executable, "-m", "ser_tune.launch", str(config), "--json",
-               "--strategies", *strategies, "--trials", str(trials)]
-    shown = ["python", "-m", "ser_tune.launch", _relative(config), "--json", "--strategies", *strategies,
-             "--trials", str(trials)]
+    tail = ["--json", "--strategies", *strategies, "--trials", str(trials), "--storage"]
+    command = [sys.executable, "-m", "ser_tune.launch", str(config), *tail, str(storage)]
+    shown = ["python", "-m", "ser_tune.launch", _relative(config), *tail, _relative(storage)]
     print(f"running: {' '.join(shown)}", flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -128,7 +132,9 @@ def _num(value):
 
 
 def _minutes(seconds) -> str:
-    return "-" if seconds is None else f"{seconds / 60:.1f} min"
+    if seconds is None:
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def print_summary(summary: dict, threshold: float) -> None:
@@ -173,7 +179,8 @@ def main(argv=None) -> int:
             config = Path(args.config) if args.config else default_config()
             if not config.is_file():
                 raise BenchError(f"--config: {config} does not exist")
-            study_dir, seconds, launch = run_study(config, args.strategies, args.trials)
+            storage = Path(args.storage) if args.storage else REPO / "studies" / time.strftime("bench-headline-%Y%m%d-%H%M%S")
+            study_dir, seconds, launch = run_study(config, args.strategies, args.trials, storage)
         summary = summarise(study_dir, args.threshold)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -50,6 +50,7 @@ import pandas as pd
 from .data import AudioError, DataError, load_audio, load_corpus
 from .data.corpus import CORPORA
 from .data.labels import check_view, default_view, native_name, view_label
+from .training.export import _jsonable  # one JSON fallback for numpy values, shared with export
 
 RESULT_FILE = "crosscorpus.json"
 REPORT_FILE = "crosscorpus.md"
@@ -541,14 +542,6 @@ def markdown(result: dict) -> str:
     if result["notes"]:
         lines += ["", "Notes:", *[f"- {n}" for n in result["notes"]]]
     return "\n".join(lines) + "\n"
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 # --- a study's end -----------------------------------------------------------------------------

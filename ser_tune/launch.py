@@ -95,6 +95,9 @@ def start_ray(address: str | None, quiet: bool) -> tuple[float, float, str | Non
     # Keeping one checkpoint per trial forces an experiment snapshot per epoch; that is intended
     # (resume loses nothing), so Ray's warning about it is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot the experiment after every result, so a killed study resumes with every completed
+    # trial recorded (trials keep their own epoch state in the study folder).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     kwargs = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
     if address:
         try:

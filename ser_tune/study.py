@@ -177,7 +177,8 @@ class Study:
         context = StudyContext(table=table, assignment=self.split.assignment, labels=self.meta["labels"],
                                encoder_spec=exp.encoder, cache_root=str(self.cache_root),
                                fixed={"objective": exp.objective.metric, **dict(exp.trial)},
-                               cpus_per_trial=int(max(1, round(cpus))), decode=plan.decode)
+                               cpus_per_trial=int(max(1, round(cpus))), decode=plan.decode,
+                               state_root=str(self.dir / "_trial_state" / strategy))
         resources = {"cpu": cpus}
         if exp.resources.memory_gb:
             resources["memory"] = int(exp.resources.memory_gb * 2**30)

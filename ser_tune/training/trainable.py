@@ -6,7 +6,6 @@ Everything a trial needs but does not search over travels in a ``StudyContext`` 
 from __future__ import annotations
 
 import copy
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ class StudyContext:
     fixed: dict = field(default_factory=dict)          # trial settings the search does not vary
     cpus_per_trial: int = 1
     decode: Callable[[dict], dict] | None = None        # raw searcher config -> settings (gp's float relaxation)
+    state_root: str | None = None                       # per-trial epoch state, on the study's shared storage
 
     def settings_for(self, config: dict) -> TrialSettings:
         values = dict(self.fixed)
@@ -68,24 +68,28 @@ def run_trial(config: dict, context: StudyContext) -> None:
     data = TrialData.from_table(context.table, context.assignment, context.labels, audio=audio)
     tuner = FineTuner(settings, data, encoder_spec=context.encoder_spec, cache_root=context.cache_root,
                       encoder_loader=_encoder_copy)
-    resume = tune.get_checkpoint()
-    work = Path(tempfile.mkdtemp(prefix="ser_tune_trial_"))
-    # The searched settings as the trial really used them (gp's floats decoded), and where it ran.
+    # Epoch state lives in the study folder under the trial's id, written atomically by FineTuner: a
+    # resumed study or a trial retried on another node continues from its last epoch. Ray's own
+    # per-epoch checkpoints are not used for this: with num_to_keep=1 a kill between Ray deleting the
+    # old checkpoint and snapshotting the experiment left a resumed trial pointing at nothing.
+    trial_id = tune.get_context().get_trial_id()
+    root = Path(context.state_root) if context.state_root else Path(tempfile.gettempdir()) / "ser_tune_trials"
+    state_dir = root / str(trial_id)
+    state_dir.mkdir(parents=True, exist_ok=True)
     varied = context.decode(config) if context.decode is not None else config
     searched = {f"cfg_{k}": v for k, v in settings.to_dict().items() if k in varied}
     searched["node"] = _node_name()
 
     def report(metrics: dict) -> None:
-        tune.report(dict(metrics, **searched), checkpoint=tune.Checkpoint.from_directory(str(work)))
-
-    try:
-        if resume is not None:
-            with resume.as_directory() as resume_dir:
-                tuner.run(report=report, checkpoint_dir=work, resume_dir=resume_dir)
+        final = "test_confusion" in metrics or metrics.get("epoch") == settings.num_epochs
+        if final and (state_dir / "model").exists():
+            # the trial's one Ray checkpoint: its exported best model (what the launcher exports)
+            tune.report(dict(metrics, **searched), checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
         else:
-            tuner.run(report=report, checkpoint_dir=work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)  # Ray has copied every reported checkpoint into storage
+            tune.report(dict(metrics, **searched))
+
+    resume_dir = state_dir if (state_dir / "state.pt").exists() else None
+    tuner.run(report=report, checkpoint_dir=state_dir, resume_dir=resume_dir)
 
 
 def _node_name() -> str:

@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     from .encoders import EncoderError
     from .study import Study, StudyError
 
+    json_out = _keep_stdout_for_json() if args.json else None
     out = sys.stderr if args.json else sys.stdout
     try:
         if args.resume:
@@ -183,9 +184,22 @@ def main(argv=None) -> int:
     summary = summary_json([study.dir])
     print_comparison(summary, out)
     print(f"report: {report}", file=out)
-    if args.json:
-        print(json.dumps(launch_json(summary, study), default=str))
+    if json_out is not None:
+        json_out.write(json.dumps(launch_json(summary, study), default=str) + "\n")
+        json_out.flush()
     return 0
+
+
+def _keep_stdout_for_json():
+    """With --json, stdout carries one JSON object and nothing else: file descriptor 1 is pointed at
+    stderr for the rest of the process, so Ray (its C++ parts, the processes it starts, late log
+    lines from a lost node) cannot print after the object; the object goes to a duplicate of the
+    real stdout. Only for the command line (``python -m``), which exits right after."""
+    sys.stdout.flush()
+    real = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return real
 
 
 def launch_json(summary: dict, study) -> dict:

@@ -79,7 +79,12 @@ def _launch_args(cluster: LoopbackRayCluster, config: Path, storage: Path) -> li
 
 
 def _study_dir(stdout: str) -> Path:
-    return Path(json.loads(stdout.strip().splitlines()[-1])["study_dir"])
+    lines = stdout.strip().splitlines()
+    try:
+        return Path(json.loads(lines[-1])["study_dir"])
+    except (IndexError, ValueError, KeyError) as exc:
+        raise AssertionError(f"the launcher's stdout does not end with its JSON object ({exc}):\n"
+                             + "\n".join(lines[-20:])) from None
 
 
 def _result_lines(trial_dir: Path) -> list[dict]:

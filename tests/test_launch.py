@@ -49,7 +49,9 @@ def _launch(*args, timeout=600, **kwargs):
 def test_every_strategy_spends_exactly_its_budget(tmp_path):
     run = _launch(_config(tmp_path), "--json")
     assert run.returncode == 0, run.stderr[-3000:]
-    out = json.loads(run.stdout.strip().splitlines()[-1])
+    # --json: stdout is the one JSON object, nothing from Ray before or after it
+    assert len(run.stdout.strip().splitlines()) == 1, run.stdout[-3000:]
+    out = json.loads(run.stdout)
     study = Path(out["study_dir"])
     assert run.stderr.splitlines()[0] == f"study folder: {study}"      # printed first
     trials = pd.read_csv(study / "trials.csv")

@@ -320,6 +320,15 @@ def _name(c: _Checker, raw: Any) -> str:
     return name
 
 
+def _resources(c: _Checker, raw: Any) -> Resources:
+    res_raw = c.mapping(raw, "resources", ("cpus_per_trial", "memory_gb"))
+    return Resources(
+        cpus_per_trial=c.number(res_raw.get("cpus_per_trial", 1), "resources.cpus_per_trial", positive=True,
+                                what="a positive number"),
+        memory_gb=None if res_raw.get("memory_gb") is None else
+        c.number(res_raw["memory_gb"], "resources.memory_gb", positive=True, what="a positive number or null"))
+
+
 def experiment_from_dict(raw: dict, *, source: str | Path | None = None) -> Experiment:
     """Validate a parsed YAML mapping; ``source`` (the file) prefixes errors and anchors corpus roots."""
     source = Path(source) if source is not None else None
@@ -354,12 +363,7 @@ def experiment_from_dict(raw: dict, *, source: str | Path | None = None) -> Expe
         minutes=None if budget_raw.get("minutes") is None else
         c.number(budget_raw["minutes"], "budget.minutes", positive=True, what="a positive number or null"))
 
-    res_raw = c.mapping(raw.get("resources"), "resources", ("cpus_per_trial", "memory_gb"))
-    resources = Resources(
-        cpus_per_trial=c.number(res_raw.get("cpus_per_trial", 1), "resources.cpus_per_trial", positive=True,
-                                what="a positive number"),
-        memory_gb=None if res_raw.get("memory_gb") is None else
-        c.number(res_raw["memory_gb"], "resources.memory_gb", positive=True, what="a positive number or null"))
+    resources = _resources(c, raw.get("resources"))
 
     concurrency = raw.get("concurrency")
     if concurrency is not None:
@@ -405,6 +409,11 @@ def experiment_from_dict(raw: dict, *, source: str | Path | None = None) -> Expe
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML file."""
+    return experiment_from_dict(read_yaml(path), source=Path(path))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping of an experiment YAML file; unreadable, invalid or empty files name the file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -416,7 +425,7 @@ def load_experiment(path: str | Path) -> Experiment:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if raw is None:
         raise ConfigError(f"{path}: the experiment file is empty")
-    return experiment_from_dict(raw, source=path)
+    return raw
 
 
 def default_experiment() -> Experiment:

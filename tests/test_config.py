@@ -12,9 +12,9 @@ from ser_tune.search.space import paper_grid, paper_space, parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 # Study experiments have a top-level corpus; other YAMLs there (e.g. twostage.yaml for
-# ser_tune.adapt, with source/target corpora) follow their own schema.
+# ser_tune.adapt, with source/target corpora; ser_tune.active, with an active: block) follow their own schema.
 EXAMPLES = sorted(p for p in (REPO / "experiments").glob("*.yaml")
-                  if "corpus" in (yaml.safe_load(p.read_text()) or {}))
+                  if "corpus" in (raw := yaml.safe_load(p.read_text()) or {}) and "active" not in raw)
 
 
 def test_examples_exist():

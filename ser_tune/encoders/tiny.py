@@ -29,7 +29,10 @@ def tiny_config(family: str):
                                           max_source_positions=1500, max_target_positions=32,
                                           dropout=0.0, attention_dropout=0.0)
     if family == "wav2vec2":
-        return transformers.Wav2Vec2Config(**common)
+        # A small codebook and projection for Wav2Vec2ForPreTraining (TAPT, ser_tune.active.tapt);
+        # the base Wav2Vec2Model (what the encoder is) ignores these fields.
+        return transformers.Wav2Vec2Config(**common, num_codevectors_per_group=32, num_codevector_groups=2,
+                                           codevector_dim=32, proj_codevector_dim=32, num_negatives=20)
     if family == "hubert":
         return transformers.HubertConfig(**common)
     if family == "wavlm":

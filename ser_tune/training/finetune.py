@@ -227,8 +227,13 @@ class FineTuner:
             self._set_encoder_mode(encoder, boundary, train=unfrozen)
             order = rng.permutation(train_idx)
             losses = []
-            for b in range(0, len(order), s.batch_size):
-                idx = order[b: b + s.batch_size]
+            # A lone last clip joins the previous batch: the head's BatchNorm cannot train on one clip
+            # (a training set of N = k * batch_size + 1 clips, e.g. a labelled subset in active learning).
+            starts = list(range(0, len(order), s.batch_size))
+            if len(starts) > 1 and len(order) - starts[-1] == 1:
+                starts.pop()
+            for j, b in enumerate(starts):
+                idx = order[b: starts[j + 1] if j + 1 < len(starts) else len(order)]
                 pooled = self._pooled(idx, feats, encoder, live, grad=unfrozen)
                 loss = loss_fn(head(pooled), idx)
                 if loss is None:  # no labelled clip in this batch (dimensions missing)
@@ -342,6 +347,40 @@ class FineTuner:
                                  "peft": self._peft.to_dict() if self._peft is not None else None,
                                  "dimension_mean": getattr(self, "_dim_mean", np.zeros(0)).tolist(),
                                  "dimension_std": getattr(self, "_dim_std", np.zeros(0)).tolist()})
+
+    @torch.no_grad()
+    def class_probabilities(self, result: "TrialResult", idx) -> np.ndarray:
+        """Softmax class probabilities (len(idx), classes) of ``result``'s model (its best epoch) for the
+        clips ``idx`` (rows of this tuner's data, any part), e.g. to score unlabelled clips in active
+        learning. ``result`` comes from a run with this tuner's settings and encoder spec."""
+        s = self.s
+        if not s.uses_categories:
+            raise TrialError(f"class probabilities need task 'categories' or 'both' (task is '{s.task}')")
+        idx = np.asarray(idx, dtype=np.int64)
+        n_classes = len(self.data.labels)
+        if not hasattr(self, "_dim_names"):
+            self._prepare_dimensions()
+        head = EmotionHead(result.num_states, result.hidden_size, n_classes + len(self._dim_names), layer=s.layer,
+                           kind=s.head, hidden=s.head_hidden, dropout=s.dropout)
+        head.load_state_dict(result.state["head"])
+        weights = result.state.get("encoder") or {}
+        boundary = self._boundary(s.top_k) if weights else None
+        feats = None
+        if self.cache is not None:
+            feats = self.cache.get(self.data.paths, self._wave, self.max_length, [] if boundary is None else [boundary])
+        encoder = None
+        if weights or feats is None:
+            encoder = self._load_encoder()
+            if weights and s.peft != "none" and self._peft is None:   # a fresh tuner: inject the same modules
+                self._peft = PeftPlan.from_settings(s, boundary)
+                apply_peft(encoder, self._peft)
+            params = dict(encoder.named_parameters())
+            for name, value in weights.items():
+                if name not in params:
+                    raise TrialError(f"the result's encoder weight {name!r} is not in {self.spec}")
+                params[name].data.copy_(value)
+        out = self._outputs(idx, head, feats, encoder, boundary)
+        return torch.softmax(torch.from_numpy(out[:, :n_classes]).double(), dim=1).numpy()
 
     def _boundary(self, top_k: int | None) -> int:
         if top_k is None:

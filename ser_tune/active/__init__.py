@@ -1,0 +1,1 @@
+"""Active learning over a speaker-independent pool, with optional task-adaptive pre-training (TAPT)."""

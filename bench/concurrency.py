@@ -1,6 +1,6 @@
 """Issue 10: two concurrent 1-CPU trials vs one 2-CPU trial at a time, and peak memory per trial.
 
-    python bench/concurrency.py [--trials 4] [--rounds 2] [--num-epochs 3] [--unfreeze-epoch 1] [--synthetic] [--out FILE]
+    python bench/concurrency.py [--trials 4] [--rounds 3] [--num-epochs 3] [--unfreeze-epoch 1] [--synthetic] [--out FILE]
 
 Both ways run the same trial config (a ``top:1`` trial, so the top encoder layer really trains)
 from one warm feature cache, side by side in one run:
@@ -8,7 +8,9 @@ from one warm feature cache, side by side in one run:
 - concurrent: two processes with 1 torch thread each, each running trials/2 trials;
 - sequential: one process with 2 torch threads running all the trials one after another;
 
-alternating, for ``--rounds`` rounds (load from other work on the machine then hits both alike).
+alternating, for ``--rounds`` rounds (load from other work on the machine then hits both alike);
+the ratio of each way's best round (its least disturbed) is the headline figure, every round and
+the CPU-seconds per trial (which load inflates far less) are kept beside it.
 
 Each process loads its data and encoder and runs one untimed 1-epoch warm-up trial first (a
 long-lived Ray worker is warm too), waits at a barrier, then runs its trials; throughput = trials / (last end - first start) in trials per hour. Peak memory per trial
@@ -40,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=4, help="trials per way, an even number (default 4)")
     p.add_argument("--num-epochs", type=int, default=3, help="num_epochs of the trial (default 3)")
     p.add_argument("--unfreeze-epoch", type=int, default=1, help="unfreeze_epoch of the trial (default 1)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds of both ways (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of both ways (default 3)")
     p.add_argument("--synthetic", action="store_true", help="use the synthetic corpus + tiny encoder even if ../shared has data")
     p.add_argument("--out", help="JSON output (default bench/results/concurrency.json, or _synthetic.json)")
     args = p.parse_args(argv)
@@ -177,11 +179,20 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(cache_root, ignore_errors=True)
     ratios = [r["throughput_ratio"] for r in rounds]
+    # Other work on a shared machine only ever slows a way down: each way's best round is its least
+    # disturbed one, so best vs best is the ratio to read; every round is kept beside it.
+    best_seq = max(r["sequential_2cpu"]["trials_per_hour"] for r in rounds)
+    best_conc = max(r["concurrent_2x1cpu"]["trials_per_hour"] for r in rounds)
     peak = max(m for r in rounds for w in ("sequential_2cpu", "concurrent_2x1cpu") for m in r[w]["peak_rss_mib_per_process"])
     figures = {"data": data.description, "real_data": data.real, "encoder": data.encoder_spec, "trial": settings,
                "encode_once_seconds": warm_seconds, "rounds": rounds,
                "throughput_ratio_per_round": ratios,
                "throughput_ratio_median": statistics.median(ratios),
+               "best_trials_per_hour": {"sequential_2cpu": best_seq, "concurrent_2x1cpu": best_conc},
+               "throughput_ratio_best_of_rounds": best_conc / best_seq,
+               "cpu_seconds_per_trial": {
+                   "sequential_2cpu": [r["sequential_2cpu"]["cpu_seconds_per_trial"] for r in rounds],
+                   "concurrent_2x1cpu": [r["concurrent_2x1cpu"]["cpu_seconds_per_trial"] for r in rounds]},
                "peak_rss_mib_per_trial_process": peak}
     print()
     print(f"concurrency, {data.description}; trial {settings}")
@@ -196,7 +207,8 @@ def main(argv=None) -> int:
         ["round", "way", "trials", "wall", "mean trial", "CPU / trial", "trials / hour", "peak RSS / process",
          "RSS before trials"])
     print(f"throughput ratio, 2 concurrent 1-CPU trials / 1 sequential 2-CPU trial: per round "
-          f"{', '.join(f'{x:.2f}x' for x in ratios)}; median {statistics.median(ratios):.2f}x")
+          f"{', '.join(f'{x:.2f}x' for x in ratios)}; median {statistics.median(ratios):.2f}x; best round of each "
+          f"way: {best_conc:.0f} vs {best_seq:.0f} trials/hour = {best_conc / best_seq:.2f}x")
     run.finish(figures, args.out or RESULTS / ("concurrency.json" if data.real else "concurrency_synthetic.json"))
     return 0
 

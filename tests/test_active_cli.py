@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +162,51 @@ def test_tapt_with_an_encoder_without_an_objective_is_one_error_line(tmp_path):
     assert len(errors) == 1 and "active.tapt" in errors[0] and str(path) in errors[0], run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "studies").exists()                      # failed before any study or trial
+
+
+@pytest.mark.slow
+def test_killed_active_study_resumes_keeping_finished_trials(tmp_path):
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw.update({"name": "resume", "encoder": "tiny-whisper", "storage": str(tmp_path / "studies"),
+                "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus")}})
+    raw["trial"]["num_epochs"] = 40          # a few seconds a trial, 2 at a time: the kill comes mid-study
+    acquisitions = ["entropy", "random", "margin", "least_confidence", "coreset"]
+    raw["active"].update({"acquisitions": acquisitions, "tapt": [False], "fractions": [0.2, 0.5, 1.0],
+                          "full_reference": False})
+    raw["active"].pop("tapt_settings", None)
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.Popen([sys.executable, "-m", "ser_tune.active", str(path)], cwd=REPO, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def rounds_reported(result: Path) -> list[int]:
+        return [json.loads(l)["round"] for l in result.read_text().splitlines() if l.strip().endswith("}")]
+
+    finished_before: dict[str, list[int]] = {}
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not finished_before:
+            for result in (tmp_path / "studies").glob("resume-*/active/*/result.json"):
+                if rounds_reported(result)[-1:] == [3]:
+                    finished_before[result.parent.name] = rounds_reported(result)
+            time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)   # the driver and the Ray it started die mid-study
+        proc.wait(timeout=60)
+    assert finished_before, "no trial finished in time"
+    study = next((tmp_path / "studies").glob("resume-*"))
+    assert not (study / "rounds.csv").exists()
+    time.sleep(2)
+
+    run = _run(path, "--resume", "--json")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert len(run.stdout.strip().splitlines()) == 1           # --json: the JSON object alone
+    assert Path(json.loads(run.stdout)["study_dir"]) == study
+    rounds = pd.read_csv(study / "rounds.csv")
+    assert (rounds.status == "TERMINATED").all(), rounds.error.unique()
+    for acquisition, g in rounds.groupby("acquisition"):
+        assert g["round"].tolist() == [1, 2, 3], acquisition          # every round once
+    assert sorted(rounds.acquisition.unique()) == sorted(acquisitions)
+    # a trial finished before the kill was kept, not run again
+    for name, before in finished_before.items():
+        assert rounds_reported(study / "active" / name / "result.json") == before == [1, 2, 3]

@@ -24,6 +24,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--storage", help="folder of study folders")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs each trial gets (torch threads follow)")
     p.add_argument("--address", help="join a running Ray cluster: 'auto' or HOST:PORT")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="STUDY_DIR",
+                   help="continue an interrupted study (default: the latest of this experiment): finished "
+                        "trials are kept, unfinished ones run again")
     p.add_argument("--json", action="store_true", help="end with one JSON object")
     return p.parse_args(argv)
 
@@ -58,14 +61,15 @@ def main(argv=None) -> int:
     cfg = load(args)
     from ..data import DataError
     from ..encoders import EncoderError
-    from ..launch import JoinError, start_ray
+    from ..launch import JoinError, _keep_stdout_for_json, start_ray
     from ..study import StudyError
     from .report import table_text, write_results
     from .study import ActiveStudy, ActiveStudyError
 
+    json_out = _keep_stdout_for_json() if args.json else None
     out = sys.stderr if args.json else sys.stdout
-    study = ActiveStudy.create(cfg)
     try:
+        study = ActiveStudy.resume(cfg, args.resume) if args.resume else ActiveStudy.create(cfg)
         print(f"study folder: {study.dir}", file=out, flush=True)
         study.prepare_data()
     except (DataError, StudyError, ActiveStudyError, ValueError) as exc:
@@ -100,8 +104,9 @@ def main(argv=None) -> int:
         print(f"{summary['errors']} trial(s) failed; see {summary['report']}", file=out)
     print(f"report: {summary['report']}", file=out)
     print(f"study folder: {study.dir}", file=out)
-    if args.json:
-        print(json.dumps(summary, default=str))
+    if json_out is not None:
+        json_out.write(json.dumps(summary, default=str) + "\n")
+        json_out.flush()
     return 0
 
 

@@ -99,6 +99,13 @@ class ActiveStudy:
     def create(cls, cfg: ActiveConfig) -> "ActiveStudy":
         return cls(cfg, Study.create(cfg.experiment))
 
+    @classmethod
+    def resume(cls, cfg: ActiveConfig, folder: str | Path = "latest") -> "ActiveStudy":
+        """An interrupted study's folder ('latest': this experiment's newest): its split, TAPT encoder and
+        feature cache are reused, its finished trials kept (raises StudyError when there is none)."""
+        study = Study.latest(cfg.experiment) if str(folder) == "latest" else Study.open(Path(folder), cfg.experiment)
+        return cls(cfg, study)
+
     @property
     def dir(self) -> Path:
         return self.study.dir
@@ -206,13 +213,21 @@ class ActiveStudy:
         param_space = {"acquisition": tune.grid_search(active.trial_acquisitions),
                        "tapt": tune.grid_search(list(active.tapt)),
                        "seed": tune.grid_search(list(active.seeds))}
-        self.meta["trials"] = {"count": len(active.trial_acquisitions) * len(active.tapt) * len(active.seeds),
-                               "started_at": time.time()}
+        trials = self.meta.setdefault("trials", {"started_at": time.time()})
+        trials["count"] = len(active.trial_acquisitions) * len(active.tapt) * len(active.seeds)
         self.study.save_meta()
-        tuner = tune.Tuner(trainable, param_space=param_space,
-                           tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
-                           run_config=tune.RunConfig(name="active", storage_path=str(self.dir), verbose=verbose,
-                                                     failure_config=tune.FailureConfig(max_failures=0)))
+        path = self.dir / "active"
+        if path.exists() and tune.Tuner.can_restore(str(path)):
+            # --resume: finished trials are kept; a trial cut off by the interruption runs again from
+            # its first round (a trial is short, and its rounds depend on each other's models).
+            tuner = tune.Tuner.restore(str(path), trainable, param_space=param_space, resume_unfinished=True,
+                                       resume_errored=False, restart_errored=True)
+        else:
+            tuner = tune.Tuner(trainable, param_space=param_space,
+                               tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
+                               run_config=tune.RunConfig(name="active", storage_path=str(self.dir), verbose=verbose,
+                                                         # a node lost mid-trial: the trial runs again elsewhere
+                                                         failure_config=tune.FailureConfig(max_failures=2)))
         grid = tuner.fit()
         self.meta["trials"]["finished_at"] = time.time()
         rounds = self.collect(grid)
@@ -226,6 +241,9 @@ class ActiveStudy:
         for result in grid:
             config = result.config or {}
             frame = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+            if "round" in frame:
+                # a trial run again after an interruption reports its rounds again: the last run's count
+                frame = frame.drop_duplicates("round", keep="last")
             base = {"acquisition": config.get("acquisition"), "tapt": bool(config.get("tapt")),
                     "seed": int(config.get("seed", 0)),
                     "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,

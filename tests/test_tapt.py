@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import threading
 
 import numpy as np
@@ -284,3 +285,20 @@ def test_cli_json(synthetic_root, tmp_path, capsys):
     assert tapt_mod.main(["--encoder", "tiny-whisper", "--corpus", "synthetic", "--root", str(synthetic_root),
                           "--out", str(tmp_path)]) == 2
     assert "tiny-whisper" in capsys.readouterr().err
+
+
+def test_cli_leaves_excluded_speakers_audio_out(synthetic_root, tmp_path, capsys):
+    from ser_tune.data import load_corpus
+
+    table = load_corpus("synthetic", synthetic_root).table
+    speakers = sorted(table["speaker"].astype(str).unique())
+    rc = tapt_mod.main(["--encoder", "tiny-wav2vec2", "--corpus", "synthetic", "--root", str(synthetic_root),
+                        "--out", str(tmp_path), "--steps", "1", "--batch-size", "2", "--max-length", "0.5",
+                        "--exclude-speakers", *speakers[:2], "--json"])
+    assert rc == 0
+    folder = Path(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["spec"][len("hf:"):])
+    info = json.loads((folder / "tapt.json").read_text())
+    assert info["n_clips"] == int((~table["speaker"].astype(str).isin(speakers[:2])).sum()) < len(table)
+    assert tapt_mod.main(["--encoder", "tiny-wav2vec2", "--corpus", "synthetic", "--root", str(synthetic_root),
+                          "--out", str(tmp_path), "--exclude-speakers", "nobody"]) == 2
+    assert "nobody" in capsys.readouterr().err

@@ -578,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                                 type=type(default), help=f"(default {default})")
+    parser.add_argument("--exclude-speakers", nargs="+", default=[], metavar="SPEAKER",
+                        help="leave these speakers' audio out (e.g. the test speakers of a later study: TAPT on "
+                             "their audio would make its test transductive)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     from ser_tune.data import load_corpus
@@ -587,7 +590,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = TaptSettings.from_dict({f.name: getattr(args, f.name) for f in fields(TaptSettings)
                                            if getattr(args, f.name) is not None}, where="tapt")
         corpus = load_corpus(args.corpus, args.root)
-        result = tapt_encoder(args.encoder, corpus.table["path"].tolist(), settings, Path(args.out))
+        table = corpus.table
+        unknown = sorted(set(args.exclude_speakers) - set(table["speaker"].astype(str)))
+        if unknown:
+            raise TaptError(f"--exclude-speakers: {', '.join(unknown)} not among {args.root}'s speakers "
+                            f"({', '.join(sorted(table['speaker'].astype(str).unique()))})")
+        kept = table[~table["speaker"].astype(str).isin(args.exclude_speakers)]
+        result = tapt_encoder(args.encoder, kept["path"].tolist(), settings, Path(args.out))
     except (TaptError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

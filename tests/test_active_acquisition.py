@@ -105,3 +105,12 @@ def test_every_registered_function_keeps_the_contract():
         picked = select(name, 7, probs=probs, embeddings=x, labelled_mask=labelled, rng=1)
         assert len(picked) == 7 and len(set(picked.tolist())) == 7 and not labelled[picked].any(), name
         assert select(name, 0, probs=probs, embeddings=x, labelled_mask=labelled).size == 0
+
+
+def test_module_docstring_example_runs():
+    import doctest
+
+    from ser_tune.active import acquisition
+
+    result = doctest.testmod(acquisition)
+    assert result.failed == 0 and result.attempted >= 4

@@ -14,6 +14,18 @@ Every function has the same signature and is reached through :func:`select`::
 Uncertainty functions score each unlabelled clip and take the k highest scores; ties go to the
 lower index (a stable sort), so they are deterministic. ``random`` and the k-means functions use
 ``rng`` (a seed or ``numpy.random.Generator``) and are reproducible for a given seed.
+
+>>> probs = np.array([[0.9, 0.05, 0.05],     # sure
+...                   [0.4, 0.3, 0.3],       # flattest
+...                   [0.5, 0.5, 0.0],       # two classes tied
+...                   [0.34, 0.33, 0.33]])   # flatter still, but already labelled
+>>> labelled = np.array([False, False, False, True])
+>>> select("entropy", 1, probs=probs, labelled_mask=labelled).tolist()
+[1]
+>>> select("margin", 1, probs=probs, labelled_mask=labelled).tolist()
+[2]
+>>> select("random", 2, labelled_mask=labelled, rng=0).tolist() == select("random", 2, labelled_mask=labelled, rng=0).tolist()
+True
 """
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="latest", metavar="STUDY_DIR",
                    help="continue an interrupted study (default: the latest of this experiment)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--ray-verbose", type=int, choices=(0, 1, 2), default=0,
+                   help="Ray Tune's own trial tables (0: off, one line per finished trial instead; 1: status; "
+                        "2: status and results)")
     p.add_argument("--json", action="store_true", help="end with one JSON object")
     return p.parse_args(argv)
 
@@ -157,13 +160,13 @@ def main(argv=None) -> int:
         _fail(str(exc))
     print(f"shared encode (frozen features, once per study): {seconds:.1f} s", file=out, flush=True)
 
-    verbose = 0 if args.json else 1
+    verbose = 0 if args.json else args.ray_verbose
     for strategy in exp.strategies:
         if study.meta["strategies"].get(strategy, {}).get("status") == "done":
             print(f"strategy {strategy}: already done, skipped", file=out, flush=True)
             continue
         print(f"strategy {strategy}: {exp.budget.trials} trials", file=out, flush=True)
-        study.run_strategy(strategy, cpus_available=total_cpus, verbose=verbose)
+        study.run_strategy(strategy, cpus_available=total_cpus, verbose=verbose, progress=verbose == 0)
 
     import time
 

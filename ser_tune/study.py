@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from ray.tune import Callback
+from ray.tune.search import ConcurrencyLimiter
 
 from .config import Experiment
 from .data import Corpus, Split, load_corpus, make_split
@@ -164,7 +166,9 @@ class Study:
         return Path(self.experiment.storage).expanduser().resolve() / "_feature_cache"
 
     # --- strategies ---------------------------------------------------------------------
-    def run_strategy(self, strategy: str, *, cpus_available: float, verbose: int = 1) -> None:
+    def run_strategy(self, strategy: str, *, cpus_available: float, verbose: int = 0, progress: bool = True) -> None:
+        """One Tuner for ``strategy``; ``progress``: a line per finished trial on stdout, ``verbose``: Ray's
+        own tables (0 off, 1 status, 2 status and results)."""
         from ray import tune
 
         exp = self.experiment
@@ -201,10 +205,15 @@ class Study:
                 tune_config=tune.TuneConfig(
                     search_alg=plan.searcher, num_samples=plan.num_samples, metric=exp.objective.metric,
                     mode=exp.objective.mode, reuse_actors=True,
-                    max_concurrent_trials=None if plan.searcher is None or strategy in ("grid", "random") else concurrency,
+                    # grid/random limit themselves (BasicVariantGenerator ignores this), so does a
+                    # searcher already wrapped in a ConcurrencyLimiter (Ray warns on both)
+                    max_concurrent_trials=None if plan.searcher is None or strategy in ("grid", "random")
+                    or isinstance(plan.searcher, ConcurrencyLimiter) else concurrency,
                     time_budget_s=exp.budget.minutes * 60 if exp.budget.minutes else None),
                 run_config=tune.RunConfig(
                     name=strategy, storage_path=str(self.dir), verbose=verbose,
+                    callbacks=[TrialProgress(strategy, exp.budget.trials, exp.objective.metric,
+                                             exp.objective.mode)] if progress else None,
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                     # A node lost mid-trial: the trial restarts from its last epoch checkpoint elsewhere.
                     failure_config=tune.FailureConfig(max_failures=2)))
@@ -284,6 +293,45 @@ class Study:
         self.meta["best_model"] = {"path": str(target), "strategy": best["strategy"], "trial_id": best["trial_id"]}
         self.save_meta()
         return target
+
+
+class TrialProgress(Callback):
+    """One line per finished or failed trial (Ray's own tables are long for short trials):
+    ``tpe   3/15  val_bca 0.912  best 0.935  4.1 s  lr=0.000216 num_epochs=30``.
+    Holds no stream (Ray pickles callbacks with the experiment): prints to the current stdout."""
+
+    def __init__(self, strategy: str, budget: int, metric: str, mode: str, fields: tuple[str, ...] | None = None):
+        self.strategy, self.budget, self.metric, self.mode = strategy, budget, metric, mode
+        self.fields = fields        # result keys to show; None: the searched settings (cfg_*)
+        self.done = 0
+        self.best: float | None = None
+
+    def _line(self, trial, words: str) -> None:
+        self.done += 1
+        result = getattr(trial, "last_result", None) or {}
+        if self.fields is None:
+            searched = " ".join(f"{k[4:]}={_short(v)}" for k, v in result.items() if k.startswith("cfg_"))
+        else:
+            searched = " ".join(f"{k}={_short(result[k])}" for k in self.fields if k in result)
+        seconds = result.get("time_total_s")
+        took = f"  {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
+        print(f"{self.strategy:6} {self.done:>3}/{self.budget}  {words}{took}  {searched}".rstrip(), flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        value = (getattr(trial, "last_result", None) or {}).get(self.metric)
+        if isinstance(value, (int, float)):
+            better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+            self.best = value if better else self.best
+            self._line(trial, f"{self.metric} {value:.3f}  best {self.best:.3f}")
+        else:
+            self._line(trial, f"{self.metric} -")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "ERROR (the error is in trials.csv once the strategy ends)")
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def _candidates(exp: Experiment, name: str, default):

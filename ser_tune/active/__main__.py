@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     print(f"shared encode (frozen features, once per encoder): {sum(seconds.values()):.1f} s", file=out, flush=True)
     print(f"trials: {len(cfg.active.trial_acquisitions)} acquisitions x {len(cfg.active.tapt)} TAPT x "
           f"{len(cfg.active.seeds)} seeds, {len(cfg.active.fractions)} rounds each", file=out, flush=True)
-    rounds = study.run_trials(verbose=0 if args.json else 1)
+    rounds = study.run_trials(verbose=0)   # a line per finished trial; Ray's tables are long
     summary = write_results(study.dir, rounds, study.meta)
     print("\ntest BCA (test speakers) and cumulative trial seconds at 10 %, 20 % and 100 % of the pool labelled\n"
           "(each at the nearest scheduled fraction at or above, in brackets when it differs):", file=out)

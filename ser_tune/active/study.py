@@ -20,7 +20,7 @@ import pandas as pd
 from ..data import AudioStore, crop
 from ..encoders import load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
-from ..study import Study
+from ..study import Study, TrialProgress
 from ..training.finetune import SAMPLE_RATE, TrialData
 from ..training.settings import TrialSettings
 from ..training.trainable import set_threads
@@ -194,7 +194,7 @@ class ActiveStudy:
         self.study.save_meta()
         return seconds
 
-    def run_trials(self, *, verbose: int = 1):
+    def run_trials(self, *, verbose: int = 0):
         from ray import tune
 
         exp, active = self.cfg.experiment, self.cfg.active
@@ -223,9 +223,12 @@ class ActiveStudy:
             tuner = tune.Tuner.restore(str(path), trainable, param_space=param_space, resume_unfinished=True,
                                        resume_errored=False, restart_errored=True)
         else:
+            progress = TrialProgress("active", trials["count"], "test_bca", "max",
+                                     fields=("acquisition", "tapt", "seed", "labelled_count"))
             tuner = tune.Tuner(trainable, param_space=param_space,
                                tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
                                run_config=tune.RunConfig(name="active", storage_path=str(self.dir), verbose=verbose,
+                                                         callbacks=[progress] if verbose == 0 else None,
                                                          # a node lost mid-trial: the trial runs again elsewhere
                                                          failure_config=tune.FailureConfig(max_failures=2)))
         grid = tuner.fit()

@@ -6,6 +6,7 @@ Everything a trial needs but does not search over travels in a ``StudyContext`` 
 from __future__ import annotations
 
 import copy
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ def run_trial(config: dict, context: StudyContext) -> None:
     from ray import tune
 
     set_threads(context.cpus_per_trial)
+    # Ray logs every persisted checkpoint at INFO on the driver's console; a trial's one checkpoint is
+    # its exported model, recorded in trials.csv, so keep the console for what needs reading.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     settings = context.settings_for(config)
     audio = _AUDIO.setdefault(SAMPLE_RATE, AudioStore(SAMPLE_RATE))
     data = TrialData.from_table(context.table, context.assignment, context.labels, audio=audio)

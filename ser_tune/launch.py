@@ -129,6 +129,14 @@ def main(argv=None) -> int:
 
     json_out = _keep_stdout_for_json() if args.json else None
     out = sys.stderr if args.json else sys.stdout
+    study = None
+
+    def fail_before_trials(message: str):
+        # nothing is computed yet: a new study's folder goes, so --resume never picks up an empty one
+        if study is not None and not args.resume:
+            study.discard_if_unstarted()
+        _fail(message)
+
     try:
         if args.resume:
             study = Study.latest(exp) if args.resume == "latest" else Study.open(Path(args.resume), exp)
@@ -137,18 +145,14 @@ def main(argv=None) -> int:
         print(f"study folder: {study.dir}", file=out, flush=True)
         study.prepare_data()
     except (DataError, StudyError, ValueError) as exc:
-        _fail(str(exc))
+        fail_before_trials(str(exc))
 
     try:
         total_cpus, node_cpus, dashboard, nodes = start_ray(args.address, quiet=args.json)
     except JoinError as exc:
-        if not args.resume and not any(study.dir.glob("*/")):  # leave no empty study behind
-            import shutil
-
-            shutil.rmtree(study.dir, ignore_errors=True)
-        _fail(str(exc))
+        fail_before_trials(str(exc))
     if exp.resources.cpus_per_trial > node_cpus:
-        _fail(f"resources.cpus_per_trial = {exp.resources.cpus_per_trial:g} but the largest node has "
+        fail_before_trials(f"resources.cpus_per_trial = {exp.resources.cpus_per_trial:g} but the largest node has "
               f"{node_cpus:g} CPUs; no trial could ever start")
     if dashboard:
         print(f"Ray dashboard: {dashboard}", file=out, flush=True)
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
     try:
         seconds = study.encode_once()
     except (EncoderError, DataError) as exc:
-        _fail(str(exc))
+        fail_before_trials(str(exc))
     print(f"shared encode (frozen features, once per study): {seconds:.1f} s", file=out, flush=True)
 
     verbose = 0 if args.json else args.ray_verbose

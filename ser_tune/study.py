@@ -79,6 +79,13 @@ class Study:
         study.meta = json.loads((folder / "study.json").read_text())
         return study
 
+    def discard_if_unstarted(self) -> None:
+        """A new study that failed before any trial (bad corpus, no cluster): remove its folder, so
+        bad input leaves no empty study behind for --resume to pick up. Never touches a folder
+        with a strategy or trial subfolder in it."""
+        if self.dir.is_dir() and not any(p.is_dir() for p in self.dir.iterdir()):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
     def save_meta(self) -> None:
         tmp = self.dir / "study.json.tmp"
         tmp.write_text(json.dumps(self.meta, indent=2, default=_jsonable))

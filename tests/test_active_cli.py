@@ -164,6 +164,19 @@ def test_tapt_with_an_encoder_without_an_objective_is_one_error_line(tmp_path):
     assert not (tmp_path / "studies").exists()                      # failed before any study or trial
 
 
+def test_missing_corpus_is_one_error_line_and_leaves_no_study(tmp_path):
+    raw = _with("corpus", {"name": "emodb", "root": str(tmp_path / "no-such-emodb")})
+    raw["storage"] = str(tmp_path / "studies")
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = _run(path, timeout=120)
+    assert run.returncode == 2
+    errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "no-such-emodb" in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert [p.name for p in (tmp_path / "studies").glob("*") if not p.name.startswith("_")] == []
+
+
 @pytest.mark.slow
 def test_killed_active_study_resumes_keeping_finished_trials(tmp_path):
     raw = yaml.safe_load(QUICKSTART.read_text())

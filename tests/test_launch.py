@@ -147,3 +147,5 @@ def test_bad_input_is_one_clear_line_before_any_trial(tmp_path, change, message)
     assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert not list((tmp_path / "studies").glob("*/*/run_trial_*"))
+    # no empty study folder left behind for --resume to pick up
+    assert not list((tmp_path / "studies").glob("t-*")), list((tmp_path / "studies").iterdir())

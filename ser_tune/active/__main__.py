@@ -68,18 +68,26 @@ def main(argv=None) -> int:
 
     json_out = _keep_stdout_for_json() if args.json else None
     out = sys.stderr if args.json else sys.stdout
+    study = None
+
+    def fail_before_trials(message: str):
+        # nothing is computed yet: a new study's folder goes, so --resume never picks up an empty one
+        if study is not None and not args.resume:
+            study.study.discard_if_unstarted()
+        _fail(message)
+
     try:
         study = ActiveStudy.resume(cfg, args.resume) if args.resume else ActiveStudy.create(cfg)
         print(f"study folder: {study.dir}", file=out, flush=True)
         study.prepare_data()
     except (DataError, StudyError, ActiveStudyError, ValueError) as exc:
-        _fail(str(exc))
+        fail_before_trials(str(exc))
     try:
         total_cpus, node_cpus, dashboard, nodes = start_ray(args.address, quiet=args.json)
     except JoinError as exc:
-        _fail(str(exc))
+        fail_before_trials(str(exc))
     if cfg.experiment.resources.cpus_per_trial > node_cpus:
-        _fail(f"resources.cpus_per_trial = {cfg.experiment.resources.cpus_per_trial:g} but the largest node has "
+        fail_before_trials(f"resources.cpus_per_trial = {cfg.experiment.resources.cpus_per_trial:g} but the largest node has "
               f"{node_cpus:g} CPUs; no trial could ever start")
     if dashboard:
         print(f"Ray dashboard: {dashboard}", file=out, flush=True)
@@ -91,7 +99,7 @@ def main(argv=None) -> int:
                   f"{' (reused)' if tapt['reused'] else ''} -> {tapt['spec']}", file=out, flush=True)
         seconds = study.encode_once()
     except (EncoderError, DataError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail_before_trials(str(exc))
     print(f"shared encode (frozen features, once per encoder): {sum(seconds.values()):.1f} s", file=out, flush=True)
     print(f"trials: {len(cfg.active.trial_acquisitions)} acquisitions x {len(cfg.active.tapt)} TAPT x "
           f"{len(cfg.active.seeds)} seeds, {len(cfg.active.fractions)} rounds each", file=out, flush=True)

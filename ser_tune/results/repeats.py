@@ -166,8 +166,7 @@ def ert_of(spent: np.ndarray, reached: np.ndarray) -> np.ndarray:
     """ERT along the last axis: spent summed over runs / successes (inf without success)."""
     successes = reached.sum(axis=-1)
     total = spent.sum(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(successes > 0, total / np.maximum(successes, 1), np.inf)
+    return np.where(successes > 0, total / np.maximum(successes, 1), np.inf)
 
 
 def expected_running_time(runs: pd.DataFrame, clock: str, *, resamples: int = DEFAULT_RESAMPLES,
@@ -178,7 +177,8 @@ def expected_running_time(runs: pd.DataFrame, clock: str, *, resamples: int = DE
     with ``seed``) and takes the ``(1 - level) / 2`` and ``(1 + level) / 2`` order statistics
     (``inverted_cdf``, no interpolation) of the resampled ERTs, infinite ones (resamples without
     a success) sorted last. So ``high`` is inf exactly when more than (1 - level) / 2 of the
-    resamples (2.5 % at 95 %) drew no successful run, and ``low`` is inf when almost all did.
+    resamples (2.5 % at 95 %) drew no successful run, and ``low`` is inf when more than
+    (1 + level) / 2 (97.5 %) did.
     """
     if runs["strategy"].nunique() > 1:
         raise ValueError("expected_running_time: the run table holds several strategies "

@@ -1,10 +1,10 @@
-"""The launcher's one line per finished trial (ser_tune.study.TrialProgress)."""
+"""The launcher's one line per finished trial (ser_tune.study.progress.TrialProgress)."""
 from __future__ import annotations
 
 import pickle
 from types import SimpleNamespace
 
-from ser_tune.study import TrialProgress
+from ser_tune.study.progress import TrialProgress
 
 
 def _trial(value, **cfg):

@@ -1,4 +1,4 @@
-"""An active-learning study: one Ray Tune ``Tuner`` over the grid acquisitions x TAPT x seeds.
+"""Active learning as a kind of study on the driver: one unit, the grid acquisitions x TAPT x seeds.
 
 Before any trial: the split (as any study: ``split.json``), TAPT when asked (once per study, on the
 pool and validation speakers' audio; the test speakers' too only with ``tapt_test_audio: true``),
@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import AudioStore, crop
-from ..encoders import load_encoder, spec_fingerprint
-from ..encoders.cache import FeatureCache, effective_max_length
-from ..study import Study, TrialProgress
-from ..training.finetune import SAMPLE_RATE, TrialData
+from ..data import SAMPLE_RATE, AudioStore
+from ..study.driver import StudyError, StudyKind, Unit
+from ..study.folder import EPOCHS_FILE, TRIALS_FILE, StudyFolder
+from ..study.prepare import cache_root, data_meta, encode_once, load_study_corpus, machine_info, study_split
+from ..study.progress import TrialProgress
+from ..study.session import Cluster
+from ..training.finetune import TrialData
 from ..training.settings import TrialSettings
-from ..training.trainable import set_threads
+from ..training.trainable import TRIAL_COMPLETE, set_threads
 from .config import ActiveConfig
 from .loop import pristine_copy, run_loop
 
@@ -31,10 +33,8 @@ ROUND_COLUMNS = ("acquisition", "tapt", "seed", "trial_id", "status", "error", "
                  "labelled_fraction", "labelled_count", "pool_size", "added", "classes_labelled", "val_bca",
                  "test_bca", "test_accuracy", "best_epoch", "train_seconds", "select_seconds", "fit_seconds",
                  "round_seconds", "cumulative_seconds", "load_seconds", "encode_seconds", "time_total_s")
-
-
-class ActiveStudyError(RuntimeError):
-    """The study cannot start (no pool, a TAPT failure, ...); the message names the cause."""
+ROUNDS_FILE = "rounds.csv"
+UNIT = "active"
 
 
 @dataclass
@@ -57,7 +57,7 @@ def trial_key(acquisition: str, tapt: bool, seed: int) -> str:
     return f"{acquisition}-tapt{int(bool(tapt))}-seed{seed}"
 
 
-_AUDIO: dict[int, AudioStore] = {}
+AUDIO: dict[int, AudioStore] = {}   # per worker process: decoded audio survives across trials
 
 
 def run_active_trial(config: dict, context: ActiveContext) -> None:
@@ -67,7 +67,7 @@ def run_active_trial(config: dict, context: ActiveContext) -> None:
     set_threads(context.cpus_per_trial)
     acquisition, tapt, seed = config["acquisition"], bool(config["tapt"]), int(config["seed"])
     settings = TrialSettings.from_config({**context.fixed, "seed": seed})
-    audio = _AUDIO.setdefault(SAMPLE_RATE, AudioStore(SAMPLE_RATE))
+    audio = AUDIO.setdefault(SAMPLE_RATE, AudioStore(SAMPLE_RATE))
     data = TrialData.from_table(context.table, context.assignment, context.labels, audio=audio)
     tags = {"acquisition": acquisition, "tapt": tapt, "seed": seed}
     picked: list[list[str]] = []
@@ -81,64 +81,77 @@ def run_active_trial(config: dict, context: ActiveContext) -> None:
             tmp.write_text(json.dumps({**tags, "rounds": picked}, indent=1))
             os.replace(tmp, path)
 
+    def report(row: dict) -> None:
+        final = {TRIAL_COMPLETE: True} if row["round"] == row["rounds"] else {}
+        tune.report({**row, **tags, "reported_at": time.time(), **final})
+
     run_loop(data, settings, encoder_spec=context.encoder_specs[tapt], cache_root=context.cache_root,
              acquisition=acquisition, fractions=context.fractions, cold_start=context.cold_start,
-             reinit=context.reinit, seed=seed, report=lambda row: tune.report({**row, **tags}),
-             on_select=on_select, encoder_loader=pristine_copy)
+             reinit=context.reinit, seed=seed, report=report, on_select=on_select, encoder_loader=pristine_copy)
 
 
-class ActiveStudy:
-    """The driver side: data, TAPT, encode once, the Tuner, rounds.csv."""
+class ActiveStudy(StudyKind):
+    """The driver's side of active learning: data, TAPT, encode once, the grid unit, rounds.csv."""
 
-    def __init__(self, cfg: ActiveConfig, study: Study):
+    def __init__(self, cfg: ActiveConfig):
         self.cfg = cfg
-        self.study = study
+        self.corpus = self.split = None
         self.encoder_specs: dict[bool, str] = {False: cfg.experiment.encoder}
-
-    @classmethod
-    def create(cls, cfg: ActiveConfig) -> "ActiveStudy":
-        return cls(cfg, Study.create(cfg.experiment))
-
-    @classmethod
-    def resume(cls, cfg: ActiveConfig, folder: str | Path = "latest") -> "ActiveStudy":
-        """An interrupted study's folder ('latest': this experiment's newest): its split, TAPT encoder and
-        feature cache are reused, its finished trials kept (raises StudyError when there is none)."""
-        study = Study.latest(cfg.experiment) if str(folder) == "latest" else Study.open(Path(folder), cfg.experiment)
-        return cls(cfg, study)
-
-    @property
-    def dir(self) -> Path:
-        return self.study.dir
-
-    @property
-    def meta(self) -> dict:
-        return self.study.meta
 
     @property
     def settings(self) -> TrialSettings:
         return TrialSettings.from_config(dict(self.cfg.experiment.trial))
 
-    def prepare_data(self) -> None:
+    def prepare(self, folder: StudyFolder) -> None:
         """Corpus, split (saved as split.json) and the pool; study.json records them."""
-        self.study.prepare_data()
-        table, assignment = self.study.corpus.table, self.study.split.assignment
-        pool = table[assignment.to_numpy() == "train"]
+        exp = self.cfg.experiment
+        self.corpus = load_study_corpus(exp.corpus, exp.storage)
+        self.split = study_split(folder, self.corpus, exp.split)
+        pool = self.corpus.table[self.split.assignment.to_numpy() == "train"]
         if len(pool) < 2:
-            raise ActiveStudyError(f"the pool (train speakers' clips) has {len(pool)} clip(s); "
-                                   "active learning needs at least 2")
-        self.meta.pop("strategies", None)
-        self.meta["kind"] = "active"
-        self.meta["active"] = self.cfg.active.to_dict()
-        self.meta["pool"] = {"clips": int(len(pool)), "speakers": sorted(pool["speaker"].astype(str).unique())}
-        self.meta["trial"] = self.settings.to_dict()
-        self.study.save_meta()
+            raise StudyError(f"the pool (train speakers' clips) has {len(pool)} clip(s); active learning needs "
+                             "at least 2")
+        if not folder.meta:
+            folder.meta = {"name": exp.name, "kind": "active", "started_at": time.time(), "finished_at": None,
+                           "experiment": exp.to_dict(), **data_meta(self.corpus, self.split),
+                           "machine": machine_info(), "encode_seconds": 0.0,
+                           "active": self.cfg.active.to_dict(), "trial": self.settings.to_dict(),
+                           "pool": {"clips": int(len(pool)),
+                                    "speakers": sorted(pool["speaker"].astype(str).unique())}}
+            folder.save_meta()
+
+    def check_cluster(self, cluster: Cluster) -> None:
+        cpus = self.cfg.experiment.resources.cpus_per_trial
+        if cpus > cluster.largest_node:
+            raise StudyError(f"resources.cpus_per_trial = {cpus:g} but the largest node has "
+                             f"{cluster.largest_node:g} CPUs; no trial could ever start")
+
+    def encode(self, folder: StudyFolder) -> float:
+        """TAPT when asked, then the frozen features of every encoder used (base, and TAPT when on)."""
+        tapt = self.run_tapt(folder)
+        if tapt:
+            print(f"TAPT: {tapt['steps']} steps on {tapt['clips']} clips, {tapt['seconds']:.1f} s"
+                  f"{' (reused)' if tapt['reused'] else ''} -> {tapt['spec']}", flush=True)
+        settings = self.settings
+        tops = [settings.top_k] if settings.encoder_trains else []
+        seconds = {}
+        for on in self.cfg.active.tapt:
+            spec = self.encoder_specs[on]
+            done = encode_once(self.corpus.table, spec, cache_root(self.cfg.experiment.storage),
+                               [settings.max_length], tops)
+            seconds[spec] = done["seconds"]
+            folder.meta.setdefault("encoder", done["encoder"])
+        folder.meta["encode_seconds"] = float(sum(seconds.values()))
+        folder.meta["encode"] = seconds
+        folder.save_meta()
+        return folder.meta["encode_seconds"]
 
     def tapt_paths(self) -> list[str]:
         parts = ("train", "val", "test") if self.cfg.active.tapt_test_audio else ("train", "val")
-        table, assignment = self.study.corpus.table, self.study.split.assignment
+        table, assignment = self.corpus.table, self.split.assignment
         return [str(p) for p in table.loc[assignment.isin(parts).to_numpy(), "path"]]
 
-    def run_tapt(self) -> dict | None:
+    def run_tapt(self, folder: StudyFolder) -> dict | None:
         """Task-adaptive pre-training of the encoder once (cached on disk under storage), when asked."""
         if True not in self.cfg.active.tapt:
             return None
@@ -151,121 +164,64 @@ class ActiveStudy:
         storage = Path(exp.storage).expanduser().resolve()       # the encoder goes to <storage>/_tapt/<key>
         result = tapt_encoder(exp.encoder, paths, settings, storage, sample_rate=SAMPLE_RATE)
         self.encoder_specs[True] = result.spec
-        info = {"spec": result.spec, "folder": str(result.folder), "seconds": float(result.seconds),
-                "reused": bool(result.reused), "steps": int(settings.steps),
-                "first_loss": float(result.losses[0]) if result.losses else None,
-                "last_loss": float(result.losses[-1]) if result.losses else None,
-                "eval_loss_before": getattr(result, "eval_loss_before", None),
-                "eval_loss_after": getattr(result, "eval_loss_after", None),
-                "clips": len(paths), "test_audio": bool(self.cfg.active.tapt_test_audio),
-                "settings": settings.to_dict()}
-        self.meta["tapt"] = info
-        self.study.save_meta()
-        return info
+        folder.meta["tapt"] = {
+            "spec": result.spec, "folder": str(result.folder), "seconds": float(result.seconds),
+            "reused": bool(result.reused), "steps": int(settings.steps),
+            "first_loss": float(result.losses[0]) if result.losses else None,
+            "last_loss": float(result.losses[-1]) if result.losses else None,
+            "eval_loss_before": getattr(result, "eval_loss_before", None),
+            "eval_loss_after": getattr(result, "eval_loss_after", None),
+            "clips": len(paths), "test_audio": bool(self.cfg.active.tapt_test_audio), "settings": settings.to_dict()}
+        folder.save_meta()
+        return folder.meta["tapt"]
 
-    def encode_once(self) -> dict[str, float]:
-        """The frozen features of every encoder used (base, and TAPT when on), before any trial."""
-        settings = self.settings
-        table = self.study.corpus.table
-        paths = [str(p) for p in table["path"]]
-        ml = effective_max_length(settings.max_length, table["duration"].to_numpy(float))
-        audio = AudioStore(SAMPLE_RATE)
-        set_threads(os.cpu_count() or 1)
-        seconds: dict[str, float] = {}
-        for tapt in self.cfg.active.tapt:
-            spec = self.encoder_specs[tapt]
-            loaded = {}
-
-            def encoder(spec=spec):
-                if spec not in loaded:
-                    loaded[spec] = load_encoder(spec)
-                return loaded[spec]
-
-            boundaries = []
-            if settings.encoder_trains:
-                n = encoder().num_layers
-                boundaries = [0 if settings.top_k is None else n - min(settings.top_k, n)]
-            cache = FeatureCache(self.study.cache_root, spec, spec_fingerprint(spec), encoder)
-            start = time.perf_counter()
-            cache.get(paths, lambda i: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml, boundaries)
-            seconds[spec] = time.perf_counter() - start
-        self.meta["encode_seconds"] = float(sum(seconds.values()))
-        self.meta["encode"] = {spec: float(s) for spec, s in seconds.items()}
-        self.study.save_meta()
-        return seconds
-
-    def run_trials(self, *, verbose: int = 0):
-        from ray import tune
-
+    def units(self, folder: StudyFolder, cluster: Cluster) -> list[Unit]:
         exp, active = self.cfg.experiment, self.cfg.active
-        table = self.study.corpus.table
-        selections = self.dir / "selections"
+        selections = folder.dir / "selections"
         selections.mkdir(exist_ok=True)
-        context = ActiveContext(table=table, assignment=self.study.split.assignment, labels=self.meta["labels"],
-                                encoder_specs=dict(self.encoder_specs), cache_root=str(self.study.cache_root),
-                                fixed=dict(exp.trial), fractions=list(active.fractions), cold_start=active.cold_start,
+        context = ActiveContext(table=self.corpus.table, assignment=self.split.assignment,
+                                labels=folder.meta["labels"], encoder_specs=dict(self.encoder_specs),
+                                cache_root=str(cache_root(exp.storage)), fixed=dict(exp.trial),
+                                fractions=list(active.fractions), cold_start=active.cold_start,
                                 reinit=active.reinit, cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))),
                                 selections_dir=str(selections))
-        resources = {"cpu": exp.resources.cpus_per_trial}
-        if exp.resources.memory_gb:
-            resources["memory"] = int(exp.resources.memory_gb * 2**30)
-        trainable = tune.with_resources(tune.with_parameters(run_active_trial, context=context), resources)
-        param_space = {"acquisition": tune.grid_search(active.trial_acquisitions),
-                       "tapt": tune.grid_search(list(active.tapt)),
-                       "seed": tune.grid_search(list(active.seeds))}
-        trials = self.meta.setdefault("trials", {"started_at": time.time()})
-        trials["count"] = len(active.trial_acquisitions) * len(active.tapt) * len(active.seeds)
-        self.study.save_meta()
-        path = self.dir / "active"
-        if path.exists() and tune.Tuner.can_restore(str(path)):
-            # --resume: finished trials are kept; a trial cut off by the interruption runs again from
-            # its first round (a trial is short, and its rounds depend on each other's models).
-            tuner = tune.Tuner.restore(str(path), trainable, param_space=param_space, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=True)
-        else:
-            progress = TrialProgress("active", trials["count"], "test_bca", "max",
-                                     fields=("acquisition", "tapt", "seed", "labelled_count"))
-            tuner = tune.Tuner(trainable, param_space=param_space,
-                               tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
-                               run_config=tune.RunConfig(name="active", storage_path=str(self.dir), verbose=verbose,
-                                                         callbacks=[progress] if verbose == 0 else None,
-                                                         # a node lost mid-trial: the trial runs again elsewhere
-                                                         failure_config=tune.FailureConfig(max_failures=2)))
-        grid = tuner.fit()
-        self.meta["trials"]["finished_at"] = time.time()
-        rounds = self.collect(grid)
-        self.meta["finished_at"] = time.time()
-        self.study.save_meta()
-        return rounds
+        from ray import tune
 
-    def collect(self, grid) -> pd.DataFrame:
-        """rounds.csv: one row per trial x round (a failed trial keeps the rounds it reported)."""
-        rows = []
-        for result in grid:
-            config = result.config or {}
-            frame = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-            if "round" in frame:
-                # a trial run again after an interruption reports its rounds again: the last run's count
-                frame = frame.drop_duplicates("round", keep="last")
-            base = {"acquisition": config.get("acquisition"), "tapt": bool(config.get("tapt")),
-                    "seed": int(config.get("seed", 0)),
-                    "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
-                    "status": "ERROR" if result.error else "TERMINATED",
-                    "error": _one_line(result.error) if result.error else ""}
-            if frame.empty:
-                rows.append(base)
-            for _, r in frame.iterrows():
-                rows.append({**base, **{c: r.get(c) for c in ROUND_COLUMNS if c not in base}})
-        frame = pd.DataFrame(rows, columns=list(ROUND_COLUMNS))
-        order = {a: i for i, a in enumerate(self.cfg.active.trial_acquisitions)}
-        frame = frame.assign(_o=frame["acquisition"].map(order)).sort_values(
-            ["_o", "tapt", "seed", "round"], kind="stable").drop(columns="_o").reset_index(drop=True)
-        tmp = self.dir / "rounds.csv.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, self.dir / "rounds.csv")
-        return frame
+        count = len(active.trial_acquisitions) * len(active.tapt) * len(active.seeds)
+        space = {"acquisition": tune.grid_search(active.trial_acquisitions),
+                 "tapt": tune.grid_search(list(active.tapt)), "seed": tune.grid_search(list(active.seeds))}
+        progress = TrialProgress(UNIT, count, "test_bca", "max", fields=("acquisition", "tapt", "seed", "labelled_count"))
+        # A trial cut off by an interrupt runs again from its first round: its rounds depend on each
+        # other's models, and a trial is short.
+        return [Unit(name=UNIT, trainable=run_active_trial, context=context, param_space=space, expected_trials=count,
+                     tags={"strategy": UNIT}, progress=progress, continue_errored=False,
+                     report_keys=tuple(c for c in ROUND_COLUMNS if c not in ("trial_id", "status", "error")))]
+
+    def trial_row(self, unit: Unit, result) -> dict:
+        config = result.config or {}
+        return {"acquisition": config.get("acquisition"), "tapt": bool(config.get("tapt")),
+                "seed": int(config.get("seed", 0))}
+
+    def finish(self, folder: StudyFolder) -> None:
+        rounds_table(folder, self.cfg.active.trial_acquisitions)
 
 
-def _one_line(error) -> str:
-    lines = [l for l in str(error).strip().splitlines() if l.strip()]
-    return lines[-1][:500] if lines else type(error).__name__
+def rounds_table(folder: StudyFolder, acquisitions: list[str]) -> pd.DataFrame:
+    """rounds.csv: one row per trial x round (a failed trial keeps the rounds it reported), from the
+    study's trials.csv and epochs.csv."""
+    trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
+    reports = pd.read_csv(folder.dir / EPOCHS_FILE, dtype={"trial_id": str}) \
+        if (folder.dir / EPOCHS_FILE).exists() else pd.DataFrame(columns=["trial_id", "round"])
+    reports = reports.dropna(subset=["round"]).drop_duplicates(["trial_id", "round"], keep="last")
+    status = trials[["trial_id", "status", "error", "acquisition", "tapt", "seed"]]
+    frame = status.merge(reports.drop(columns=[c for c in ("acquisition", "tapt", "seed") if c in reports]),
+                         on="trial_id", how="left")
+    frame = frame.reindex(columns=list(ROUND_COLUMNS))
+    order = {a: i for i, a in enumerate(acquisitions)}
+    frame = frame.assign(_o=frame["acquisition"].map(order)).sort_values(
+        ["_o", "tapt", "seed", "round"], kind="stable").drop(columns="_o").reset_index(drop=True)
+    frame["error"] = frame["error"].fillna("")
+    tmp = folder.dir / (ROUNDS_FILE + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, folder.dir / ROUNDS_FILE)
+    return frame

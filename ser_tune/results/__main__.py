@@ -6,7 +6,7 @@ import json
 import sys
 
 from .report import write_report
-from .study import StudyFormatError
+from ..study.folder import StudyFormatError
 from .tables import summary_json
 
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from . import timing
-from .study import Study
+from ..study.folder import StudyFolder
 from .tables import best_trial, config_columns
 
 LOG_SCALE_SETTINGS = ("cfg_lr", "cfg_head_lr", "cfg_learning_rate", "cfg_weight_decay")
@@ -30,11 +30,11 @@ class PlotResult:
     skipped: str = ""              # why it was skipped
 
 
-def _series_label(study: Study, strategy: str, several: bool) -> str:
+def _series_label(study: StudyFolder, strategy: str, several: bool) -> str:
     return f"{study.name}: {strategy}" if several else strategy
 
 
-def _metric_label(studies: list[Study]) -> str:
+def _metric_label(studies: list[StudyFolder]) -> str:
     metrics = {s.metric for s in studies}
     return metrics.pop() if len(metrics) == 1 else "validation metric"
 
@@ -58,7 +58,7 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_best_so_far(studies: list[Study], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
+def plot_best_so_far(studies: list[StudyFolder], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
     """Running best validation metric against wall-clock and against trial index."""
     several = len(studies) > 1
     return [_plot_best_vs_time(studies, thresholds, out_dir / "best_vs_time.png", several),
@@ -119,7 +119,7 @@ def _plot_best_vs_trials(studies, thresholds, path, several) -> PlotResult:
     return PlotResult(title, _save(fig, path))
 
 
-def plot_hyperparameters(studies: list[Study], out_dir: Path) -> PlotResult:
+def plot_hyperparameters(studies: list[StudyFolder], out_dir: Path) -> PlotResult:
     """One panel per cfg_ setting: each trial's value against its validation metric."""
     title = "Hyper-parameters against validation metric"
     columns = list(dict.fromkeys(c for s in studies for c in config_columns(s)))
@@ -190,7 +190,7 @@ def _all_integral(studies, column) -> bool:
     return bool(len(values)) and bool((values == values.round()).all())
 
 
-def overall_best(studies: list[Study]) -> tuple[Study, pd.Series] | None:
+def overall_best(studies: list[StudyFolder]) -> tuple[StudyFolder, pd.Series] | None:
     """Best non-ERROR trial across all strategies (and studies; first study's mode decides)."""
     found = [(s, t) for s in studies if (t := best_trial(s)) is not None]
     if not found:
@@ -199,7 +199,7 @@ def overall_best(studies: list[Study]) -> tuple[Study, pd.Series] | None:
     return min(found, key=lambda pair: sign * float(pair[1][pair[0].metric]))
 
 
-def parse_confusion(study: Study, trial: pd.Series) -> tuple[np.ndarray | None, str]:
+def parse_confusion(study: StudyFolder, trial: pd.Series) -> tuple[np.ndarray | None, str]:
     """The trial's test confusion matrix, or None and why it cannot be used."""
     text = trial.get("test_confusion")
     if text is None or pd.isna(text) or not str(text).strip():
@@ -216,7 +216,7 @@ def parse_confusion(study: Study, trial: pd.Series) -> tuple[np.ndarray | None, 
     return matrix, ""
 
 
-def plot_confusion(studies: list[Study], out_dir: Path) -> PlotResult:
+def plot_confusion(studies: list[StudyFolder], out_dir: Path) -> PlotResult:
     """Test-speaker confusion matrix of the overall best trial, rows normalised for colour."""
     title = "Confusion matrix of the best model on the test speakers"
     best = overall_best(studies)
@@ -249,7 +249,7 @@ def plot_confusion(studies: list[Study], out_dir: Path) -> PlotResult:
 PLOT_FILES = ("best_vs_time.png", "best_vs_trials.png", "hyperparameters.png", "confusion.png")
 
 
-def make_plots(studies: list[Study], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
+def make_plots(studies: list[StudyFolder], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
     out_dir = Path(out_dir)
     for name in PLOT_FILES:  # a plot skipped now must not leave an earlier run's file behind
         (out_dir / name).unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .plots import PlotResult, make_plots, overall_best
-from .study import Study, test_column
+from ..study.folder import StudyFolder, test_column
 from .tables import as_studies, compare, summary_json, trial_config
 
 TIMING_DEFINITIONS = """\
@@ -62,7 +62,7 @@ def write_report(study_dir, *, thresholds=None, others: list = (), out_dir=None)
     return path
 
 
-def render_report(studies: list[Study], tables: dict, plots: list[PlotResult], out: Path) -> str:
+def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResult], out: Path) -> str:
     several = len(studies) > 1
     metric = studies[0].metric
     title = (f"ser_tune comparison: {', '.join(s.name for s in studies)}" if several
@@ -102,7 +102,7 @@ def render_report(studies: list[Study], tables: dict, plots: list[PlotResult], o
     return "\n".join(parts)
 
 
-def _modes_section(study: Study) -> str:
+def _modes_section(study: StudyFolder) -> str:
     """BCA against trainable parameters and seconds per trial, per fine-tuning mode (frozen, top-k,
     full, LoRA, adapters), when the trials recorded their parameter counts."""
     if study.trials.empty or "trainable_params" not in study.trials or study.metric != "val_bca":
@@ -121,7 +121,7 @@ def _modes_section(study: Study) -> str:
     return "\n".join(lines) + "\n\nHead-only trials never load the encoder, so their share is of the head alone.\n"
 
 
-def _setup_section(study: Study, several: bool) -> str:
+def _setup_section(study: StudyFolder, several: bool) -> str:
     meta = study.meta
     lines = [f"## Setup{': ' + study.name if several else ''}\n"]
     corpus = meta.get("corpus") or {}
@@ -233,7 +233,7 @@ def _threshold_table(frame: pd.DataFrame, several: bool) -> str:
     return markdown_table(header, rows)
 
 
-def _best_section(studies: list[Study]) -> str:
+def _best_section(studies: list[StudyFolder]) -> str:
     best = overall_best(studies)
     if best is None:
         return "No completed trial has a validation metric yet.\n"

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 
 from . import timing
-from .study import Study, load_study
+from ..study.folder import StudyFolder, load_study
 
 
-def as_studies(study_dirs: Iterable) -> list[Study]:
-    """Accept folders or already loaded Study objects."""
-    return [s if isinstance(s, Study) else load_study(s) for s in study_dirs]
+def as_studies(study_dirs: Iterable) -> list[StudyFolder]:
+    """Accept folders or already loaded StudyFolder objects."""
+    return [s if isinstance(s, StudyFolder) else load_study(s) for s in study_dirs]
 
 
-def best_trial(study: Study, strategy: str | None = None) -> pd.Series | None:
+def best_trial(study: StudyFolder, strategy: str | None = None) -> pd.Series | None:
     """Best non-ERROR trial by the objective (whole study when strategy is None); ties: earliest."""
     trials = study.trials if strategy is None else study.strategy_trials(strategy)
     usable = trials[(trials["status"] != "ERROR") & trials[study.metric].notna()]
@@ -28,7 +28,7 @@ def best_trial(study: Study, strategy: str | None = None) -> pd.Series | None:
     return usable.iloc[position]
 
 
-def trial_config(study: Study, trial: pd.Series) -> dict[str, Any]:
+def trial_config(study: StudyFolder, trial: pd.Series) -> dict[str, Any]:
     """The cfg_* settings of one trial as plain Python values (unset settings left out)."""
     config = {}
     for column in config_columns(study):
@@ -39,11 +39,11 @@ def trial_config(study: Study, trial: pd.Series) -> dict[str, Any]:
     return config
 
 
-def config_columns(study: Study) -> list[str]:
+def config_columns(study: StudyFolder) -> list[str]:
     return [c for c in study.trials.columns if c.startswith("cfg_")]
 
 
-def strategy_row(study: Study, strategy: str) -> dict[str, Any]:
+def strategy_row(study: StudyFolder, strategy: str) -> dict[str, Any]:
     trials = study.strategy_trials(strategy)
     epochs = study.strategy_epochs(strategy)
     info = study.strategy_meta(strategy)
@@ -84,7 +84,7 @@ def strategy_row(study: Study, strategy: str) -> dict[str, Any]:
     }
 
 
-def threshold_row(study: Study, strategy: str, threshold: float, wall: float) -> dict[str, Any]:
+def threshold_row(study: StudyFolder, strategy: str, threshold: float, wall: float) -> dict[str, Any]:
     crossing = timing.first_crossing(study, strategy, threshold)
     return {
         "study": study.name, "study_dir": str(study.dir), "strategy": strategy,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .study import Study
+from ..study.folder import StudyFolder
 
 NAN = float("nan")
 
@@ -40,7 +40,7 @@ class Crossing:
     trials_to: float = NAN
 
 
-def strategy_started_at(study: Study, strategy: str) -> float:
+def strategy_started_at(study: StudyFolder, strategy: str) -> float:
     """study.json's started_at of the strategy; else its earliest trial start or report."""
     given = study.strategy_meta(strategy).get("started_at")
     if given is not None:
@@ -50,7 +50,7 @@ def strategy_started_at(study: Study, strategy: str) -> float:
     return _first_known(candidates)
 
 
-def strategy_finished_at(study: Study, strategy: str) -> float:
+def strategy_finished_at(study: StudyFolder, strategy: str) -> float:
     """study.json's finished_at of the strategy; while running or interrupted, its last observed event."""
     given = study.strategy_meta(strategy).get("finished_at")
     if given is not None:
@@ -62,11 +62,11 @@ def strategy_finished_at(study: Study, strategy: str) -> float:
     return max(observed) if observed else NAN
 
 
-def strategy_wall_clock(study: Study, strategy: str) -> float:
+def strategy_wall_clock(study: StudyFolder, strategy: str) -> float:
     return strategy_finished_at(study, strategy) - strategy_started_at(study, strategy)
 
 
-def usable_reports(study: Study, strategy: str) -> pd.DataFrame:
+def usable_reports(study: StudyFolder, strategy: str) -> pd.DataFrame:
     """Reports of the strategy's non-ERROR trials that have a metric value, in timestamp order."""
     trials = study.strategy_trials(strategy)
     usable = trials.loc[trials["status"] != "ERROR", ["trial_id", "trial_index"]]
@@ -76,7 +76,7 @@ def usable_reports(study: Study, strategy: str) -> pd.DataFrame:
     return reports.sort_values(["timestamp", "trial_index", "epoch"], kind="mergesort")
 
 
-def first_crossing(study: Study, strategy: str, threshold: float) -> Crossing:
+def first_crossing(study: StudyFolder, strategy: str, threshold: float) -> Crossing:
     reports = usable_reports(study, strategy)
     reached = [study.is_better_or_equal(v, threshold) for v in reports[study.metric]]
     hits = reports[np.array(reached, dtype=bool)] if len(reports) else reports

@@ -10,10 +10,14 @@ its seeding there; ``plan()`` returns what the launcher hands to ``tune.Tuner``:
                                                    metric="val_bca", mode="max",
                                                    reuse_actors=True))
     # in the trainable: settings = TrialSettings.from_config(plan.decode(config))
+    # the unit is complete once plan.expected_trials trials have ended
 
 A plan's searcher is stateful: build a new plan for every Tuner run. Every trial runs
 its full epochs: no strategy here uses a trial scheduler. ``reuse_actors=True`` saves a
-worker start per trial (seconds on a busy machine).
+worker start per trial (seconds on a busy machine). Each strategy limits its own
+concurrency to ``max_concurrent`` in its searcher (a ``ConcurrencyLimiter``, or
+BasicVariantGenerator's own limit, which ignores ``TuneConfig(max_concurrent_trials)``),
+so the caller passes no ``max_concurrent_trials``.
 """
 from __future__ import annotations
 
@@ -41,6 +45,10 @@ class SearchPlan:
     warmup: int                      # random warm-up trials before the model guides the search
     decode: Callable[[dict], dict]   # raw Ray config -> trial settings values
     notes: str                       # one line for the report
+    expected_trials: int = 0         # trials the plan runs in all (0: num_samples)
+
+    def __post_init__(self):
+        self.expected_trials = self.expected_trials or self.num_samples
 
 
 class Strategy(Protocol):

@@ -41,11 +41,11 @@ class GridStrategy(StrategyBase):
         # BasicVariantGenerator ignores TuneConfig(max_concurrent_trials): it takes its own limit.
         if size <= self.budget:
             searcher = BasicVariantGenerator(max_concurrent=self.max_concurrent)
-            num_samples, notes = 1, f"grid search, all {size} points (budget {self.budget})"
+            num_samples, expected, notes = 1, size, f"grid search, all {size} points (budget {self.budget})"
         else:
             first = grid_points(grid)[:self.budget]
             searcher = BasicVariantGenerator(points_to_evaluate=first, max_concurrent=self.max_concurrent)
-            num_samples = self.budget
+            num_samples = expected = self.budget
             notes = f"grid search, first {self.budget} of {size} points in Ray's grid order"
         return SearchPlan(
             strategy=self.name,
@@ -55,4 +55,5 @@ class GridStrategy(StrategyBase):
             warmup=0,
             decode=native_config,
             notes=notes,
+            expected_trials=expected,
         )

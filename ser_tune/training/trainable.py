@@ -20,6 +20,10 @@ from ..encoders import SpeechEncoder, load_encoder
 from .finetune import SAMPLE_RATE, FineTuner, TrialData
 from .settings import TrialSettings
 
+# A trainable's last report carries this key: the trial ran to its end (the driver tells a finished
+# trial from one cut off by an interrupt by it).
+TRIAL_COMPLETE = "trial_complete"
+
 
 @dataclass
 class StudyContext:
@@ -86,6 +90,8 @@ def run_trial(config: dict, context: StudyContext) -> None:
 
     def report(metrics: dict) -> None:
         final = "test_confusion" in metrics or metrics.get("epoch") == settings.num_epochs
+        if final:
+            metrics = dict(metrics, **{TRIAL_COMPLETE: True})
         if final and (state_dir / "model").exists():
             # the trial's one Ray checkpoint: its exported best model (what the launcher exports)
             tune.report(dict(metrics, **searched), checkpoint=tune.Checkpoint.from_directory(str(state_dir)))

@@ -1,0 +1,111 @@
+"""What every study command line does the same way: the study folder, Ray, --json, --resume, interrupts.
+
+``python -m ser_tune.launch`` and ``python -m ser_tune.active`` are thin shells over :func:`run_study_cli`:
+they parse their arguments and build their kind of study; this prints the study folder first, stops
+on bad input with one ``error:`` line (leaving no empty study folder behind), starts or joins Ray,
+runs the study on the driver and turns an interrupt (Ctrl-C, SIGTERM, ``ray job stop``) into an
+interrupted study and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data import DataError
+from ..encoders import EncoderError
+from .driver import StudyError, StudyInterrupted, StudyKind, run_study
+from .folder import UNIT_INTERRUPTED, StudyFolder, StudyFormatError
+from .session import Cluster, JoinError, fail, keep_stdout_for_json, start_ray
+
+INPUT_ERRORS = (DataError, EncoderError, StudyError, StudyFormatError, JoinError, ValueError)
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Outcome:
+    folder: StudyFolder
+    cluster: Cluster
+    interrupted: str | None      # why the study stopped early, or None when every unit is done
+    json_out: object | None      # the real stdout with --json
+
+
+def run_study_cli(kind: StudyKind, experiment, args, *, verbose: int = 0) -> Outcome:
+    """Run (or resume) a study from the command line; exits with status 2 on bad input."""
+    json_out = keep_stdout_for_json() if args.json else None
+    folder = None
+
+    def fail_before_trials(message: str):
+        # nothing is computed yet: a new study's folder goes, so --resume never picks up an empty one
+        if folder is not None and not args.resume:
+            folder.discard_if_unstarted()
+        fail(message)
+
+    try:
+        folder = open_folder(experiment, args.resume)
+        print(f"study folder: {folder.dir}", flush=True)
+        kind.prepare(folder)
+        cluster = start_ray(args.address, quiet=args.json, token_dir=folder.dir)
+        kind.check_cluster(cluster)
+    except INPUT_ERRORS as exc:
+        fail_before_trials(str(exc))
+    if cluster.dashboard:
+        token = f" (token: {cluster.token_file})" if cluster.token_file else ""
+        print(f"Ray dashboard: {cluster.dashboard}{token}", flush=True)
+    folder.meta["machine"].update(nodes=cluster.nodes, cluster_cpus=cluster.cpus)
+    interrupted = run_until_interrupted(kind, folder, cluster, experiment, verbose, fail_before_trials)
+    return Outcome(folder=folder, cluster=cluster, interrupted=interrupted, json_out=json_out)
+
+
+def open_folder(experiment, resume: str | None) -> StudyFolder:
+    if resume == "latest":
+        return StudyFolder.latest(experiment.storage, experiment.name)
+    if resume:
+        return StudyFolder.open(Path(resume))
+    return StudyFolder.create(experiment.storage, experiment.name)
+
+
+def run_until_interrupted(kind, folder, cluster, experiment, verbose, fail_before_trials) -> str | None:
+    previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
+    try:
+        try:
+            seconds = kind.encode(folder)
+        except (EncoderError, DataError, OSError) as exc:
+            fail_before_trials(str(exc))
+        print(f"shared encode (frozen features, once per study): {seconds:.1f} s", flush=True)
+        run_study(kind, folder, cluster, resources=trial_resources(experiment.resources), verbose=verbose)
+        return None
+    except StudyInterrupted as exc:
+        return str(exc)
+    except KeyboardInterrupt:   # between units, or in the encode
+        folder.meta["status"] = UNIT_INTERRUPTED
+        folder.save_meta()
+        return "interrupted before every unit of work had run; continue it with --resume"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_as_sigint(signum, frame) -> None:
+    # SIGTERM (and `ray job stop`, which sends it) stops a study the way Ctrl-C does: Ray Tune saves
+    # the experiment and returns, and the unit is recorded as interrupted.
+    signal.raise_signal(signal.SIGINT)
+
+
+def trial_resources(resources) -> dict:
+    wanted = {"cpu": resources.cpus_per_trial}
+    if resources.memory_gb:
+        wanted["memory"] = int(resources.memory_gb * 2**30)
+    return wanted
+
+
+def finish_cli(outcome: Outcome, summary: dict | None) -> int:
+    """Write the --json object (when asked) and return the exit status: 0, or 130 after an interrupt."""
+    if outcome.interrupted:
+        print(f"study interrupted: {outcome.interrupted}", file=sys.stderr, flush=True)
+    if outcome.json_out is not None and summary is not None:
+        import json
+
+        outcome.json_out.write(json.dumps(summary, default=str) + "\n")
+        outcome.json_out.flush()
+    return EXIT_INTERRUPTED if outcome.interrupted else 0

@@ -1,0 +1,224 @@
+"""The one study driver: corpus -> split -> encode once -> one Ray Tune Tuner per unit of work -> collect.
+
+Every kind of study (a strategy search, active learning, two-stage adaptation) runs on it. A kind
+supplies what differs (:class:`StudyKind`): its data preparation and shared encode, its units of work
+(each a trainable, a parameter space and a searcher) and what it writes at the end. The driver owns
+what is the same: running a unit as a Tuner or resuming it, the line per finished trial, collecting
+each unit's trials and reports into the study folder, and telling a finished unit from an
+interrupted one. A unit is done only when all its trials ended (finished or failed): a unit cut
+short by SIGINT, SIGTERM or ``ray job stop`` is recorded as interrupted, the study stops there, and
+``--resume`` finishes it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from ..training.trainable import TRIAL_COMPLETE as FINAL_KEY
+from .folder import EPOCHS_FILE, TRIALS_FILE, UNIT_DONE, UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
+from .progress import TrialProgress
+from .session import Cluster
+
+
+class StudyError(RuntimeError):
+    """The study cannot start or go on; the message names the field, file or resource."""
+
+
+class StudyInterrupted(RuntimeError):
+    """A unit of work did not finish (an interrupt); the study folder says which, --resume goes on."""
+
+
+@dataclass
+class Unit:
+    """One Tuner: ``trainable(config, context)`` run over ``param_space`` by ``searcher``."""
+    name: str                                   # its folder and its key in study.json "units"
+    trainable: Callable[[dict, Any], None]
+    context: Any                                # what every trial needs but does not vary
+    param_space: dict
+    expected_trials: int                        # trials a complete unit has ended
+    searcher: Any = None
+    num_samples: int = 1
+    metric: str | None = None
+    mode: str = "max"
+    max_concurrent_trials: int | None = None
+    time_budget_s: float | None = None
+    tags: dict = field(default_factory=dict)    # columns of its rows in trials.csv / epochs.csv
+    info: dict = field(default_factory=dict)    # its study.json entry (budget, warm-up, notes, ...)
+    progress: TrialProgress | None = None
+    report_keys: tuple[str, ...] = ("epoch", "val_", "epoch_val_", "train_loss")   # epochs.csv columns
+    # A trial cut off by an interrupt may be recorded as errored: continue it from its own epoch state
+    # (True), or start it again (False, for trials whose steps depend on each other's models).
+    continue_errored: bool = True
+
+
+class StudyKind:
+    """What a kind of study supplies to the driver; see :func:`run_study`."""
+
+    def prepare(self, folder: StudyFolder) -> None:
+        """Corpus, split and anything else before Ray starts; record it in folder.meta."""
+
+    def check_cluster(self, cluster: Cluster) -> None:
+        """Raise StudyError when the cluster can never run a trial (e.g. too few CPUs per node)."""
+
+    def encode(self, folder: StudyFolder) -> float:
+        """The shared encode (frozen features, once per study); returns its seconds."""
+        return 0.0
+
+    def units(self, folder: StudyFolder, cluster: Cluster) -> list[Unit]:
+        raise NotImplementedError
+
+    def trial_row(self, unit: Unit, result) -> dict:
+        """Kind-specific columns of a trial's trials.csv row."""
+        return {}
+
+    def finish(self, folder: StudyFolder) -> None:
+        """After every unit is done: exports, baselines, the kind's own tables."""
+
+
+def run_study(kind: StudyKind, folder: StudyFolder, cluster: Cluster, *, resources: dict,
+              verbose: int = 0) -> None:
+    """Run (or resume) every unit of the study; raises StudyInterrupted when one did not finish."""
+    folder.meta.setdefault("status", UNIT_RUNNING)
+    for unit in kind.units(folder, cluster):
+        entry = folder.unit(unit.name)
+        if entry.get("status") == UNIT_DONE:
+            print(f"{unit.name}: already done, skipped", flush=True)
+            continue
+        print(f"{unit.name}: {unit.expected_trials} trials", flush=True)
+        run_unit(kind, folder, unit, resources=resources, verbose=verbose)
+    kind.finish(folder)
+    folder.meta.update(status=UNIT_DONE, finished_at=time.time())
+    folder.save_meta()
+
+
+def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int = 0) -> None:
+    entry = folder.unit(unit.name)
+    entry.update(unit.info, tags=unit.tags, expected_trials=unit.expected_trials, status=UNIT_RUNNING)
+    entry.setdefault("started_at", time.time())
+    folder.save_meta()
+    tuner = make_tuner(folder, unit, resources=resources, verbose=verbose)
+    grid = tuner.fit()
+    ended = collect_unit(kind, folder, unit, grid)
+    complete = ended >= unit.expected_trials or time_budget_spent(unit, entry)
+    entry.update(status=UNIT_DONE if complete else UNIT_INTERRUPTED, trials_ended=ended)
+    if complete:
+        entry["finished_at"] = time.time()
+    else:
+        folder.meta["status"] = UNIT_INTERRUPTED
+    folder.save_meta()
+    if not complete:
+        raise StudyInterrupted(f"{unit.name}: {ended} of {unit.expected_trials} trials ended before the study "
+                               f"was interrupted; continue it with --resume")
+
+
+def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int):
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(unit.trainable, context=unit.context), resources)
+    path = folder.dir / unit.name
+    if path.exists() and tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable, param_space=unit.param_space, resume_unfinished=True,
+                                   resume_errored=unit.continue_errored,
+                                   restart_errored=not unit.continue_errored)
+        if unit.progress is not None:   # the count goes on from the trials already ended
+            unit.progress.done = count_ended(tuner.get_results())
+        return tuner
+    return tune.Tuner(
+        trainable, param_space=unit.param_space,
+        tune_config=tune.TuneConfig(search_alg=unit.searcher, num_samples=unit.num_samples, metric=unit.metric,
+                                    mode=unit.mode if unit.metric else None, reuse_actors=True,
+                                    max_concurrent_trials=unit.max_concurrent_trials,
+                                    time_budget_s=unit.time_budget_s),
+        run_config=tune.RunConfig(name=unit.name, storage_path=str(folder.dir), verbose=verbose,
+                                  callbacks=[unit.progress] if unit.progress is not None and verbose == 0 else None,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  # a node lost mid-trial: the trial restarts from its epoch state elsewhere
+                                  failure_config=tune.FailureConfig(max_failures=2)))
+
+
+def count_ended(grid) -> int:
+    return sum(1 for result in grid if result.error is not None or (result.metrics or {}).get(FINAL_KEY))
+
+
+def time_budget_spent(unit: Unit, entry: dict) -> bool:
+    if not unit.time_budget_s:
+        return False
+    return time.time() - float(entry["started_at"]) >= unit.time_budget_s
+
+
+def collect_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, grid) -> int:
+    """Write the unit's rows of trials.csv and epochs.csv; returns how many of its trials ended."""
+    trials, reports = [], []
+    for result in grid:
+        row, epochs = trial_rows(unit, result)
+        row.update(kind.trial_row(unit, result))
+        trials.append(row)
+        reports += epochs
+    folder.replace_rows(TRIALS_FILE, pd.DataFrame(trials), unit.name)
+    folder.replace_rows(EPOCHS_FILE, pd.DataFrame(reports), unit.name)
+    return sum(1 for row in trials if row["status"] in ("TERMINATED", "ERROR"))
+
+
+def trial_rows(unit: Unit, result) -> tuple[dict, list[dict]]:
+    """A trial's trials.csv row (tags, status, config, final metrics) and its report rows."""
+    metrics = result.metrics or {}
+    trial_id = str(metrics.get("trial_id") or Path(result.path).name)
+    status = "ERROR" if result.error else ("TERMINATED" if metrics.get(FINAL_KEY) else "INCOMPLETE")
+    row = {"unit": unit.name, **unit.tags, "trial_id": trial_id,
+           "trial_index": trial_index(trial_id, Path(result.path).name), "status": status,
+           "error": one_line(result.error) if result.error else ""}
+    row.update({f"raw_{k}": v for k, v in (result.config or {}).items()})
+    row.update({k: encode_cell(v) for k, v in metrics.items() if k not in RAY_BOOKKEEPING})
+    if result.checkpoint is not None and not result.error:
+        row["checkpoint"] = result.checkpoint.path
+    frame = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+    reports = [{"unit": unit.name, **unit.tags, "trial_id": trial_id, **report_row(r, unit.report_keys)}
+               for r in frame.to_dict("records")]
+    if reports:
+        row.setdefault("started_at", reports[0]["timestamp"] - reports[0].get("time_total_s", 0.0))
+        row.setdefault("finished_at", reports[-1]["timestamp"])
+    return row, reports
+
+
+# Ray's own bookkeeping in every result: not a trial's metric
+RAY_BOOKKEEPING = {"config", "checkpoint_dir_name", "done", "training_iteration", "date", "timestamp", "pid",
+                   "hostname", "node_ip", "time_this_iter_s", "time_since_restore", "iterations_since_restore",
+                   "experiment_tag", "reported_at", FINAL_KEY}
+
+
+def report_row(record: dict, keys: tuple[str, ...]) -> dict:
+    """One report of a trial as an epochs.csv row: the columns named or prefixed by ``keys``;
+    ``timestamp`` is the trainable's own (sub-second), not Ray's (whole seconds)."""
+    row = {k: v for k, v in record.items() if k.startswith(keys)}
+    row["timestamp"] = float(record.get("reported_at", record.get("timestamp", 0.0)))
+    row.setdefault("time_total_s", record.get("time_total_s"))
+    return row
+
+
+def encode_cell(value):
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def trial_index(trial_id: str, dirname: str) -> int:
+    """0-based creation order: Ray names a trial's folder "<trainable>_<trial_id>_<counter>_<config>",
+    with the counter starting at 1."""
+    tail = str(trial_id).rsplit("_", 1)
+    if len(tail) == 2 and tail[1].isdigit():  # BasicVariantGenerator's ids: "<prefix>_<counter from 0>"
+        return int(tail[1])
+    parts = dirname.split("_")
+    if trial_id in parts:
+        at = parts.index(trial_id) + 1
+        if at < len(parts) and parts[at].isdigit():
+            return int(parts[at]) - 1
+    return -1
+
+
+def one_line(error) -> str:
+    """Ray wraps the trial's exception; its last line carries our message."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(error).__name__

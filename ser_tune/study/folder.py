@@ -1,0 +1,346 @@
+"""The study folder: the one definition of its format, written by the driver and read by results.
+
+A study folder holds everything needed to report on a study and to resume it::
+
+    study.json        what was run and how it went: experiment, corpus, splits, machine, the shared
+                      encode, and one entry per unit of work under "units" (status, start, end, tags);
+                      a strategy search also keeps "strategies" (budget, warm-up, notes per strategy)
+    split.json        the speaker split (train / val / test clip paths); splits.json with outer folds
+    trials.csv        one row per trial: unit, its tags (strategy, repeat, outer_fold, ...), status,
+                      the searched settings (cfg_*), final metrics, seconds, node
+    epochs.csv        one row per report of a trial (an epoch, an active-learning round)
+    <unit>/           Ray Tune's experiment folder of each unit (for --resume)
+    _trial_state/     each trial's own epoch state and reports (written by the trainable)
+    report.md, summary.json, plots/, best_model/   written at the end
+
+Everything here works from the files alone, without Ray, so finished, interrupted and hand-made
+studies are read the same way. Bad input raises ``StudyFormatError`` naming the file and field.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+STUDY_FILE = "study.json"
+TRIALS_FILE = "trials.csv"
+EPOCHS_FILE = "epochs.csv"
+SPLIT_FILE = "split.json"
+TRIAL_STATE = "_trial_state"
+DEFAULT_THRESHOLDS = (0.8, 0.9)
+
+# Columns a file cannot be used without; every other documented column is optional.
+TRIAL_REQUIRED = ("strategy", "trial_id", "trial_index", "status")
+EPOCH_REQUIRED = ("strategy", "trial_id", "epoch", "timestamp")
+TRIAL_NUMERIC = ("trial_index", "best_epoch", "test_accuracy", "time_total_s", "load_seconds",
+                 "encode_seconds", "train_seconds", "started_at", "finished_at",
+                 "trainable_params", "total_params")
+EPOCH_NUMERIC = ("epoch", "train_loss", "timestamp", "time_total_s")
+# Read as text so that ids like "00001" and JSON matrices survive untouched.
+TEXT_COLUMNS = {"strategy": str, "trial_id": str, "status": str, "error": str, "node": str, "unit": str,
+                "test_confusion": str}
+UNIT_DONE, UNIT_RUNNING, UNIT_INTERRUPTED = "done", "running", "interrupted"
+
+
+class StudyFormatError(ValueError):
+    """A study folder is missing a file or has a bad value; the message names the file and field."""
+
+
+class StudyFolder:
+    """One study folder: ``meta`` (study.json) and the trials and reports of its units."""
+
+    def __init__(self, directory: str | Path, meta: dict | None = None):
+        self.dir = Path(directory)
+        self.meta: dict = meta if meta is not None else {}
+
+    # --- finding and making folders ------------------------------------------------------
+    @classmethod
+    def create(cls, storage: str | Path, name: str) -> "StudyFolder":
+        """A new, empty folder ``<storage>/<name>-<date>-<time>`` (storage made when missing)."""
+        storage = Path(storage).expanduser().resolve()
+        if storage.exists() and not storage.is_dir():
+            raise StudyFormatError(f"storage: {storage} is a file, not a folder of study folders")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        folder, n = storage / f"{name}-{stamp}", 1
+        while folder.exists():
+            n += 1
+            folder = storage / f"{name}-{stamp}-{n}"
+        folder.mkdir(parents=True)
+        return cls(folder)
+
+    @classmethod
+    def latest(cls, storage: str | Path, name: str) -> "StudyFolder":
+        """The newest study folder of ``name`` under ``storage`` (for --resume)."""
+        storage = Path(storage).expanduser().resolve()
+        found = sorted((p for p in storage.glob(f"{name}-*") if (p / STUDY_FILE).exists()),
+                       key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise StudyFormatError(f"--resume: no study of '{name}' under {storage}")
+        return cls.open(found[-1])
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "StudyFolder":
+        """An existing study folder with its study.json read and checked."""
+        folder = Path(folder).expanduser().resolve()
+        if not folder.is_dir():
+            raise StudyFormatError(f"study folder {folder} does not exist")
+        return cls(folder, read_meta(folder / STUDY_FILE))
+
+    def discard_if_unstarted(self) -> None:
+        """A new study that failed before any trial: remove its folder, so bad input leaves no empty
+        study behind for --resume to pick up. Never touches a folder with a unit or trial in it."""
+        if self.dir.is_dir() and not any(p.is_dir() for p in self.dir.iterdir()):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- writing -----------------------------------------------------------------------------
+    def save_meta(self) -> None:
+        write_atomic(self.dir / STUDY_FILE, json.dumps(self.meta, indent=2, default=to_jsonable))
+
+    def unit(self, name: str) -> dict:
+        """The study.json entry of a unit of work (created empty when new)."""
+        return self.meta.setdefault("units", {}).setdefault(name, {})
+
+    def replace_rows(self, file: str, frame: pd.DataFrame, unit: str) -> None:
+        """Write a unit's rows of trials.csv / epochs.csv, replacing its older rows."""
+        path = self.dir / file
+        if path.exists():
+            old = pd.read_csv(path, dtype=TEXT_COLUMNS)
+            if "unit" in old:
+                old = old[old["unit"] != unit]
+            frame = pd.concat([old, frame], ignore_index=True)
+        tmp = path.with_suffix(".tmp")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        self.__dict__.pop("trials", None)
+        self.__dict__.pop("epochs", None)
+
+    def state_dir(self, unit: str) -> Path:
+        """Where the trials of a unit keep their own state (epoch checkpoints, reports)."""
+        return self.dir / TRIAL_STATE / unit
+
+    # --- reading -------------------------------------------------------------------------------
+    @cached_property
+    def trials(self) -> pd.DataFrame:
+        numeric = TRIAL_NUMERIC + (self.metric, self.test_metric)
+        trials = read_csv(self.dir / TRIALS_FILE, TRIAL_REQUIRED, numeric, required_file=True)
+        check_trials(trials, self.dir / TRIALS_FILE)
+        return trials
+
+    @cached_property
+    def epochs(self) -> pd.DataFrame:
+        epochs = read_csv(self.dir / EPOCHS_FILE, EPOCH_REQUIRED, EPOCH_NUMERIC + (self.metric,),
+                          required_file=False)
+        if "unit" not in epochs:
+            epochs["unit"] = epochs["strategy"]
+        return epochs
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name") or self.dir.name)
+
+    @property
+    def experiment(self) -> dict:
+        return self.meta.get("experiment") or {}
+
+    @property
+    def objective(self) -> dict:
+        return self.experiment.get("objective") or {}
+
+    @property
+    def metric(self) -> str:
+        """Validation metric column, e.g. ``val_bca``."""
+        return str(self.objective.get("metric", "val_bca"))
+
+    @property
+    def mode(self) -> str:
+        return str(self.objective.get("mode", "max"))
+
+    @property
+    def test_metric(self) -> str:
+        """Test column of the objective: ``val_bca`` -> ``test_bca``."""
+        return test_column(self.metric)
+
+    @property
+    def thresholds(self) -> list[float]:
+        given = self.experiment.get("thresholds")
+        return [float(t) for t in given] if given else list(DEFAULT_THRESHOLDS)
+
+    @property
+    def encode_seconds(self) -> float:
+        value = self.meta.get("encode_seconds")
+        return float(value) if value is not None else 0.0
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(label) for label in self.meta.get("labels") or []]
+
+    @property
+    def strategies(self) -> list[str]:
+        """Strategies in study.json order (of its units), then any that only trials.csv names."""
+        names = list(dict.fromkeys(u["tags"]["strategy"] for u in self.units.values() if "strategy" in u.get("tags", {})))
+        names += [s for s in self.meta.get("strategies") or {} if s not in names]
+        names += [s for s in pd.unique(self.trials["strategy"]) if s not in names]
+        return names
+
+    @property
+    def units(self) -> dict[str, dict]:
+        return self.meta.get("units") or {}
+
+    def strategy_units(self, strategy: str) -> dict[str, dict]:
+        """The units (runs) of one strategy: name -> study.json entry."""
+        return {name: u for name, u in self.units.items() if u.get("tags", {}).get("strategy") == strategy}
+
+    def strategy_meta(self, strategy: str) -> dict:
+        """What study.json says of a strategy: its runs' budget, warm-up and notes, its status (done when
+        every run is), first start and last end (while every run is done). Older folders and hand-made
+        ones may say it directly under "strategies"."""
+        runs = list(self.strategy_units(strategy).values())
+        if not runs:
+            return (self.meta.get("strategies") or {}).get(strategy) or {}
+        statuses = {r.get("status") for r in runs}
+        status = UNIT_DONE if statuses == {UNIT_DONE} else (
+            UNIT_INTERRUPTED if UNIT_INTERRUPTED in statuses else UNIT_RUNNING)
+        starts = [r["started_at"] for r in runs if r.get("started_at") is not None]
+        ends = [r["finished_at"] for r in runs if r.get("finished_at") is not None]
+        return {**{k: v for k, v in runs[0].items() if k not in ("started_at", "finished_at", "status")},
+                "status": status, "runs": len(runs), "started_at": min(starts) if starts else None,
+                "finished_at": max(ends) if status == UNIT_DONE and ends else None}
+
+    def strategy_trials(self, strategy: str) -> pd.DataFrame:
+        rows = self.trials[self.trials["strategy"] == strategy]
+        return rows.sort_values("trial_index", kind="mergesort")
+
+    def strategy_epochs(self, strategy: str) -> pd.DataFrame:
+        return self.epochs[self.epochs["strategy"] == strategy]
+
+    def is_better_or_equal(self, value: float, threshold: float) -> bool:
+        return value <= threshold if self.mode == "min" else value >= threshold
+
+
+def load_study(study_dir) -> StudyFolder:
+    """Read and check a study folder; raises StudyFormatError on missing or malformed files."""
+    study = StudyFolder.open(study_dir)
+    study.trials, study.epochs  # noqa: B018 - read (and check) both files now
+    return study
+
+
+def test_column(metric: str) -> str:
+    return "test_" + (metric[4:] if metric.startswith("val_") else metric)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def to_jsonable(value):
+    """json.dumps ``default``: numpy scalars and arrays, paths, anything else as text."""
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def read_meta(path: Path) -> dict:
+    if not path.is_file():
+        raise StudyFormatError(f"{path} is missing (every study folder needs a study.json)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StudyFormatError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise StudyFormatError(f"{path} must hold a JSON object, not {type(meta).__name__}")
+    check_meta(meta, path)
+    return meta
+
+
+def check_meta(meta: dict, path: Path) -> None:
+    def fail(field: str, problem: str) -> None:
+        raise StudyFormatError(f"{path}: field {field} {problem}")
+
+    experiment = meta.get("experiment") or {}
+    if not isinstance(experiment, dict):
+        fail("experiment", "must be an object")
+    objective = experiment.get("objective") or {}
+    if not isinstance(objective, dict):
+        fail("experiment.objective", "must be an object")
+    if objective.get("mode", "max") not in ("max", "min"):
+        fail("experiment.objective.mode", f"must be 'max' or 'min', got {objective.get('mode')!r}")
+    if not isinstance(objective.get("metric", "val_bca"), str):
+        fail("experiment.objective.metric", "must be a column name")
+    thresholds = experiment.get("thresholds")
+    if thresholds is not None and (not isinstance(thresholds, list) or not all(map(is_number, thresholds))):
+        fail("experiment.thresholds", f"must be a list of numbers, got {thresholds!r}")
+    for field in ("started_at", "finished_at", "encode_seconds"):
+        if meta.get(field) is not None and not is_number(meta[field]):
+            fail(field, f"must be a number, got {meta[field]!r}")
+    if meta.get("labels") is not None and not isinstance(meta["labels"], list):
+        fail("labels", "must be a list of class names")
+    for section in ("strategies", "units"):
+        entries = meta.get(section) or {}
+        if not isinstance(entries, dict):
+            fail(section, "must be an object keyed by name")
+        for name, info in entries.items():
+            if not isinstance(info, dict):
+                fail(f"{section}.{name}", "must be an object")
+            for field in ("started_at", "finished_at"):
+                if info.get(field) is not None and not is_number(info[field]):
+                    fail(f"{section}.{name}.{field}", f"must be a number, got {info[field]!r}")
+
+
+def read_csv(path: Path, required: tuple, numeric: tuple, *, required_file: bool) -> pd.DataFrame:
+    empty = pd.DataFrame({column: pd.Series(dtype=object) for column in required})
+    if not path.is_file():
+        if required_file:
+            raise StudyFormatError(f"{path} is missing (every study folder needs one)")
+        frame = empty  # e.g. no trial has reported yet
+    else:
+        try:
+            frame = pd.read_csv(path, dtype=TEXT_COLUMNS)
+        except pd.errors.EmptyDataError:
+            frame = empty
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+            raise StudyFormatError(f"{path} cannot be read as CSV: {err}") from None
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise StudyFormatError(f"{path} lacks column(s) {', '.join(missing)}")
+    for column in numeric:
+        if column not in frame.columns:
+            frame[column] = float("nan")  # optional column absent: treat as unknown
+            continue
+        try:
+            frame[column] = pd.to_numeric(frame[column]).astype(float)
+        except (ValueError, TypeError):
+            raise StudyFormatError(f"{path}: column {column} holds a non-numeric value") from None
+    for column in ("strategy", "trial_id"):
+        if frame[column].isna().any():
+            raise StudyFormatError(f"{path}: column {column} is empty in some rows")
+        frame[column] = frame[column].astype(object)
+    return frame
+
+
+def check_trials(trials: pd.DataFrame, path: Path) -> None:
+    if trials["trial_index"].isna().any():
+        raise StudyFormatError(f"{path}: column trial_index is empty in some rows")
+    trials["status"] = trials["status"].fillna("").astype(str).str.upper().astype(object)
+    if "unit" not in trials:
+        trials["unit"] = trials["strategy"]   # a study of one run per strategy (older folders)
+    duplicated = trials.duplicated(["unit", "trial_id"])
+    if duplicated.any():
+        first = trials[duplicated].iloc[0]
+        raise StudyFormatError(f"{path}: trial_id {first['trial_id']} appears twice "
+                               f"in strategy {first['strategy']}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

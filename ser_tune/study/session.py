@@ -1,0 +1,118 @@
+"""Ray for a study: a closed local Ray, or a running cluster joined by address; and the CLI's streams.
+
+A local study binds every Ray process to 127.0.0.1 and turns on token authentication with a token
+made for the study (kept, readable by its owner only, in the study folder), unless the caller
+already set ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``: without it any local user could run code
+through the dashboard's job API. A cluster is joined with the nodes' own token, as they require.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN_FILE = "ray_auth_token"
+
+
+class JoinError(RuntimeError):
+    """The cluster named by --address (or RAY_ADDRESS) could not be joined."""
+
+
+@dataclass
+class Cluster:
+    cpus: float            # CPUs of all alive nodes
+    largest_node: float    # CPUs of the largest node: a trial needing more can never start
+    nodes: int
+    dashboard: str | None  # URL
+    token_file: str | None = None   # where the owner finds the local dashboard's token
+
+
+def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None) -> Cluster:
+    """Start a closed local Ray (``address`` None and no RAY_ADDRESS) or join a cluster."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None   # a `ray job submit` driver joins its cluster
+    token_file = None if address else _close_local_ray(token_dir)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Keeping one checkpoint per trial forces an experiment snapshot per report; that is intended
+    # (resume loses nothing), so Ray's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")   # snapshot after every result: resume keeps all
+    kwargs = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
+    if address:
+        context = _join(address, kwargs)
+    else:
+        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
+                           dashboard_host="127.0.0.1", **kwargs)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in nodes]
+    url = getattr(context, "dashboard_url", None)
+    return Cluster(cpus=float(sum(cpus)), largest_node=float(max(cpus) if cpus else 0), nodes=len(nodes),
+                   dashboard=f"http://{url}" if url else None, token_file=token_file)
+
+
+def _close_local_ray(token_dir: Path | None) -> str | None:
+    # Ray binds its servers to the node's address; with this set, a Linux node's address is the
+    # loopback one (Ray's single-machine mode, the default on Windows and macOS), so nothing listens
+    # on another interface.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray's C++ config is read once per process (already, if anything imported Ray): read it again so
+    # this driver, not only the processes it starts, uses token mode (as Ray's own token setup does).
+    from ray._raylet import Config
+
+    Config.initialize("")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return os.environ.get("RAY_AUTH_TOKEN_PATH")
+    folder = token_dir if token_dir is not None else Path.home() / ".ray"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / TOKEN_FILE
+    if not path.exists():   # a resumed study keeps its token
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    return str(path)
+
+
+def _join(address: str, kwargs: dict):
+    import ray
+
+    try:
+        return ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError) as exc:
+        chain = f"{exc} {exc.__cause__}"
+        hint = ("the cluster requires its auth token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH "
+                "(or RAY_AUTH_TOKEN) to the nodes' token") if "InvalidAuthToken" in chain \
+            else str(exc).splitlines()[0]
+        raise JoinError(f"cannot join the Ray cluster at {address}: {hint}") from None
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", help="folder of study folders (shared by every node on a cluster)")
+    parser.add_argument("--cpus-per-trial", type=float, help="CPUs each trial gets (torch threads follow)")
+    parser.add_argument("--address", help="join a running Ray cluster: 'auto' or HOST:PORT")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="STUDY_DIR",
+                        help="continue an interrupted study (default: the latest of this experiment)")
+    parser.add_argument("--json", action="store_true", help="end with one JSON object (stdout holds nothing else)")
+
+
+def keep_stdout_for_json():
+    """With --json, stdout carries one JSON object and nothing else: file descriptor 1 is pointed at
+    stderr for the rest of the process, so Ray (its C++ parts, the processes it starts, late log
+    lines from a lost node) cannot print after the object; the object goes to a duplicate of the
+    real stdout, which this returns. Only for the command line (``python -m``), which exits right after."""
+    sys.stdout.flush()
+    real = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return real
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    """The CLIs' one line for bad input, and exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)

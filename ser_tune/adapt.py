@@ -150,7 +150,7 @@ def score(model, side: Side) -> dict:
     """BCA of an exported model on the test speakers of one corpus (clips whose label the model knows)."""
     import torch
 
-    from .crosscorpus import LabelMapper
+    from .data import LabelMapper
     from .training.metrics import bca
 
     mapper = LabelMapper(model.labels)

@@ -3,8 +3,8 @@
 ``python -m ser_tune.crosscorpus MODEL_DIR --corpus NAME --root DIR [--label-map VIEW] ...``
 
 Labels. Each target clip's native emotion (the corpus's own class) goes through a label view
-(``--label-map``, else the corpus's default: EmoDB's seven, ``emodb7``, for EmoDB, RAVDESS,
-CREMA-D and the synthetic corpus; ``iemocap4`` for IEMOCAP; a CSV manifest's labels as given)
+(``--label-map``, else the view that brings most of the model's labels into play, data.pick_view:
+e.g. ``emodb7`` for an EmoDB-trained model on RAVDESS, calm -> boredom; a CSV manifest's labels as given)
 and then into the model's label space (same name, or the same canonical emotion under
 label_maps.yaml's aliases, e.g. "angry" -> "anger"). Clips whose label has no counterpart in
 the view or among the model's labels are *excluded* and counted per label. Model classes no
@@ -49,7 +49,7 @@ import pandas as pd
 
 from .data import AudioError, DataError, load_audio, load_corpus
 from .data.corpus import CORPORA
-from .data.labels import check_view, default_view, native_name, view_label
+from .data.labels import LabelMapper, check_view, pick_view, view_label
 from .training.export import _jsonable  # one JSON fallback for numpy values, shared with export
 
 RESULT_FILE = "crosscorpus.json"
@@ -59,29 +59,6 @@ RANDOM_SEEDS = 5
 
 class CrossCorpusError(ValueError):
     """Bad input to cross-corpus evaluation; the message names the folder, corpus or field."""
-
-
-# --- labels ------------------------------------------------------------------------------------
-def _label_key(label: str) -> str:
-    """The canonical emotion of a label (aliases of label_maps.yaml), else the label itself."""
-    return native_name(label, "csv") or str(label).strip()
-
-
-class LabelMapper:
-    """Target labels -> the model's label space (exact name first, then the same canonical emotion)."""
-
-    def __init__(self, model_labels: list[str]):
-        self.labels = list(model_labels)
-        self._by_key: dict[str, str] = {}
-        for label in self.labels:
-            self._by_key.setdefault(_label_key(label), label)
-
-    def __call__(self, label) -> str | None:
-        if not isinstance(label, str):
-            return None
-        if label in self.labels:
-            return label
-        return self._by_key.get(_label_key(label))
 
 
 def _check_target(target: dict, at: str) -> dict:
@@ -297,7 +274,7 @@ def _source_training_set(source: dict, mapper: LabelMapper) -> tuple[pd.DataFram
 # --- one target --------------------------------------------------------------------------------
 def _load_target(target: dict, mapper: LabelMapper) -> tuple[pd.DataFrame, dict]:
     """The target's clips in the native view, with their view label and model label (None = excluded)."""
-    view = target["label_map"] if target["label_map"] is not None else default_view(target["name"])
+    view = target["label_map"] if target["label_map"] is not None else pick_view(target["name"], mapper.labels)
     corpus = load_corpus(target["name"], target["root"], label_map="native")
     table = corpus.table.copy()
     table["view_label"] = [view_label(n, view) if view else n for n in table["label"]]

@@ -1,7 +1,9 @@
 """``python -m ser_tune.predict MODEL_DIR FILE.wav [FILE.wav ...]``: the emotion of each file.
 
-Any sample rate or channel count; a missing or unreadable file gets a clear message and the
-other files are still predicted (exit code 1 when any file failed).
+Any sample rate or channel count. A file the corpus loader would skip (missing, unreadable,
+truncated, shorter than data.MIN_DURATION, silent, of an audio format that is not read) gets an
+error line naming it and the reason; the other files are still predicted (exit code 1 when any
+file failed).
 """
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import sys
 
 
 def predict_files(model, paths) -> list[dict]:
-    from .data import AudioError, load_audio
+    from .data import MIN_DURATION, AudioError, audio_info, load_audio
 
     rows = []
     for path in paths:
         try:
-            wave = load_audio(path, model.sample_rate)
+            audio_info(path, scan_samples=False, min_duration=MIN_DURATION)   # the loaders' header checks
+            wave = load_audio(path, model.sample_rate)                         # and their sample checks
         except AudioError as exc:
             rows.append({"file": str(path), "error": str(exc)})
             continue

@@ -89,19 +89,19 @@ IEMOCAP_EVAL = {
 
 def make_iemocap(root: Path) -> Path:
     base = root / "IEMOCAP_full_release"
-    for (session, dialog), lines in IEMOCAP_EVAL.items():
+    for d, ((session, dialog), lines) in enumerate(IEMOCAP_EVAL.items()):
         text = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
         for j, (utt, code, vad) in enumerate(lines):
             text += [f"[{1.5 * j:.4f} - {1.5 * j + 1.2:.4f}]\t{utt}\t{code}\t[{vad}]",
                      f"C-E1:\tNeutral;\t()", f"A-E1:\tval 3; act 2; dom  3;\t()", ""]
-            write_wav(base / session / "sentences" / "wav" / dialog / f"{utt}.wav", freq=200 + 10 * j)
+            write_wav(base / session / "sentences" / "wav" / dialog / f"{utt}.wav", freq=200 + 10 * j + 5 * d)
         evaluation = base / session / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
         evaluation.parent.mkdir(parents=True, exist_ok=True)
         evaluation.write_text("\n".join(text) + "\n")
         # The per-annotator subfolder uses another format and must be ignored.
         (evaluation.parent / "Categorical").mkdir(exist_ok=True)
         (evaluation.parent / "Categorical" / f"{dialog}_e1_cat.txt").write_text(f"{lines[0][0]} :Neutral; ()\n")
-        write_wav(base / session / "dialog" / "wav" / f"{dialog}.wav", seconds=0.5)   # whole dialog
+        write_wav(base / session / "dialog" / "wav" / f"{dialog}.wav", seconds=0.5, freq=300 + d)   # whole dialog
     return root
 
 
@@ -135,13 +135,44 @@ def write_bad_files(folder: Path, names: dict[str, str]) -> dict[str, Path]:
             path.write_bytes(b"")
         elif kind == "zero_length":
             sf.write(str(path), np.zeros(0, dtype=np.float32), 16000)
-        elif kind == "silent":
-            sf.write(str(path), np.zeros(1600, dtype=np.float32), 16000)
+        elif kind == "silent":   # 0.5 s: long enough that silence, not the minimum duration, is the reason
+            sf.write(str(path), np.zeros(8000, dtype=np.float32), 16000)
         elif kind == "nan":
-            wave = np.full(1600, 0.1, dtype=np.float32)
+            wave = np.full(8000, 0.1, dtype=np.float32)
             wave[100] = np.nan
             sf.write(str(path), wave, 16000, subtype="FLOAT")
         else:
             raise ValueError(f"unknown bad-file kind {kind!r}")
         out[kind] = path
     return out
+
+
+def make_ravdess_linked(root: Path, store: Path) -> Path:
+    """RAVDESS whose Actor_XX entries are symbolic links to the actors' folders kept in store."""
+    make_ravdess(store)
+    root.mkdir(parents=True, exist_ok=True)
+    for actor in sorted(store.glob("Actor_*")):
+        (root / actor.name).symlink_to(actor, target_is_directory=True)
+    return root
+
+
+def truncate(path: Path, size: int = 1000) -> Path:
+    """Cut a file to its first size bytes (a wav keeps its header, which still declares all the audio)."""
+    path.write_bytes(path.read_bytes()[:size])
+    return path
+
+
+def wav_with_odd_chunk(path: Path, *, sr: int = 16000, seconds: float = 0.5) -> Path:
+    """A 16-bit wav whose header holds an odd-sized chunk (and its pad byte) before the data chunk."""
+    import struct
+
+    t = np.arange(int(sr * seconds)) / sr
+    data = (0.3 * np.sin(2 * np.pi * 250 * t) * 32767).astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, sr, sr * 2, 2, 16)
+    odd = b"abc"
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"note" + struct.pack("<I", len(odd)) + odd + b"\0"
+            + b"data" + struct.pack("<I", len(data)) + data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from ser_tune.data import EMOTIONS, label_maps, map_labels
+from ser_tune.data import EMOTIONS, LabelMapper, label_maps, map_labels, pick_view
 
 
 def test_emotions_are_emodbs_seven():
@@ -46,3 +46,32 @@ def test_native_view_keeps_user_classes():
 def test_label_maps_is_a_copy():
     label_maps()["codes"]["emodb"]["A"] = "anger"
     assert label_maps()["codes"]["emodb"]["A"] == "fear"
+
+
+RAVDESS_NATIVE = ["neutral", "calm", "happiness", "sadness", "anger", "fear", "disgust", "surprise"]
+
+
+def test_each_corpus_alone_is_read_in_its_own_classes():
+    defaults = label_maps()["defaults"]
+    assert (defaults["ravdess"], defaults["cremad"]) == ("native", "native")
+    assert (defaults["emodb"], defaults["synthetic"], defaults["iemocap"]) == ("emodb7", "emodb7", "iemocap4")
+    assert sorted(label_maps()["codes"]["ravdess"].values()) == sorted(RAVDESS_NATIVE)
+    assert label_maps()["codes"]["synthetic"] == label_maps()["codes"]["emodb"]   # written in EmoDB naming
+
+
+def test_label_mapper_exact_name_then_canonical_emotion():
+    mapper = LabelMapper(["angry", "happiness", "sad"])
+    assert mapper("angry") == "angry" and mapper("anger") == "angry"
+    assert mapper("joy") == "happiness" and mapper("sadness") == "sad"
+    assert mapper("calm") is None and mapper(float("nan")) is None
+
+
+def test_pick_view_covers_most_of_the_models_labels():
+    assert pick_view("ravdess", list(EMOTIONS)) == "emodb7"            # calm -> boredom brings boredom in
+    assert pick_view("emodb", RAVDESS_NATIVE) == "native"             # ties go to the corpus's own classes
+    assert pick_view("ravdess", RAVDESS_NATIVE) == "native"
+    assert pick_view("cremad", list(EMOTIONS)) == "native"            # its six classes are EmoDB names
+    # IEMOCAP's four-class model: iemocap4 also brings excitement onto happiness.
+    assert pick_view("iemocap", ["anger", "happiness", "neutral", "sadness"]) == "iemocap4"
+    assert pick_view("synthetic", ["angry", "sad"]) == "native"       # aliases count as the same emotion
+    assert pick_view("csv", list(EMOTIONS)) is None                   # a manifest's labels as given

@@ -58,11 +58,14 @@ def test_emodb_label_view_iemocap4_drops_other_classes(tmp_path):
 
 
 def test_ravdess_speech_48k_stereo_and_views(tmp_path):
+    # RAVDESS alone is read in its own eight classes; EmoDB's seven (emodb7) on request.
     corpus = load_corpus("ravdess", make_ravdess(tmp_path))
     rows = by_name(corpus)
-    assert len(corpus.table) == 7
-    assert rows["03-01-02-01-02-01-02.wav"]["label"] == "boredom"          # calm -> boredom
-    assert rows["03-01-02-01-02-01-02.wav"]["original_label"] == "calm"
+    assert len(corpus.table) == 8
+    assert set(corpus.labels) == {"neutral", "calm", "happiness", "sadness", "anger", "fear", "disgust",
+                                  "surprise"}
+    assert rows["03-01-02-01-02-01-02.wav"]["label"] == "calm"
+    assert rows["03-01-08-01-01-01-04.wav"]["label"] == "surprise"
     assert rows["03-01-02-01-02-01-02.wav"]["gender"] == "f"
     assert rows["03-01-05-02-01-01-01.wav"]["label"] == "anger"
     assert rows["03-01-05-02-01-01-01.wav"]["intensity"] == "strong"
@@ -70,13 +73,16 @@ def test_ravdess_speech_48k_stereo_and_views(tmp_path):
     assert rows["03-01-05-02-01-01-01.wav"]["speaker"] == "01"
     assert rows["03-01-06-01-01-01-03.wav"]["label"] == "fear"
     assert set(corpus.table["sample_rate"]) == {48000}
-    reasons = skipped_reasons(corpus)
-    assert "no counterpart in view emodb7" in reasons["03-01-08-01-01-01-04.wav"]
-    assert "not audio-only speech" in reasons["03-02-05-01-01-01-04.wav"]
+    assert "not audio-only speech" in skipped_reasons(corpus)["03-02-05-01-01-01-04.wav"]
 
+    emodb7 = load_corpus("ravdess", tmp_path, label_map="emodb7")
+    rows = by_name(emodb7)
+    assert len(emodb7.table) == 7
+    assert rows["03-01-02-01-02-01-02.wav"]["label"] == "boredom"          # calm -> boredom
+    assert rows["03-01-02-01-02-01-02.wav"]["original_label"] == "calm"
+    assert "no counterpart in view emodb7" in skipped_reasons(emodb7)["03-01-08-01-01-01-04.wav"]
     native = load_corpus("ravdess", tmp_path, label_map="native")
-    assert set(native.labels) == {"neutral", "calm", "happiness", "sadness", "anger", "fear", "disgust",
-                                  "surprise"}
+    assert native.table.drop(columns="content_hash").equals(corpus.table.drop(columns="content_hash"))
 
 
 def test_cremad_levels_demographics_and_x_level(tmp_path):
@@ -89,7 +95,7 @@ def test_cremad_levels_demographics_and_x_level(tmp_path):
     assert rows["1001_DFA_ANG_XX.wav"]["gender"] == "m"
     assert rows["1002_TIE_SAD_HI.wav"]["gender"] == "f"
     assert rows["1091_IEO_DIS_LO.wav"]["speaker"] == "1091"
-    assert "boredom" not in corpus.labels
+    assert corpus.labels == ["anger", "disgust", "fear", "happiness", "neutral", "sadness"]   # its own six
     assert "unknown CREMA-D emotion code 'BOR'" in skipped_reasons(corpus)["1001_DFA_BOR_XX.wav"]
     # Read as a flat folder of its wavs (AudioWAV itself): genders come from the csv one level up.
     flat = load_corpus("cremad", tmp_path / "AudioWAV")
@@ -204,11 +210,12 @@ def test_check_audio_false_reads_headers_only(tmp_path):
 
 
 def test_summary_counts(tmp_path):
-    corpus = load_corpus("ravdess", make_ravdess(tmp_path))
+    corpus = load_corpus("ravdess", make_ravdess(tmp_path), label_map="emodb7")
     s = corpus.summary()
     assert s["files"] == 7 and s["speakers"] == 4
     assert sum(s["labels"].values()) == 7 and s["labels"]["boredom"] == 1
     assert s["sample_rates"] == [48000]
     assert s["duration"]["min"] == pytest.approx(0.3)
     assert len(s["skipped"]) == 2 and {"path", "reason"} <= set(s["skipped"][0])
+    assert s["dropped_labels"] == {}
     assert np.isclose(s["duration"]["mean"], corpus.table["duration"].mean())

@@ -1,13 +1,15 @@
 """The data layer of ser_tune: corpora -> table of clips, audio decoding, speaker-independent splits."""
-from .audio import SAMPLE_RATE, AudioStore, audio_info, crop, load_audio, pad_batch
+from .audio import MIN_DURATION, SAMPLE_RATE, AudioStore, audio_info, crop, load_audio, pad_batch
 from .corpus import CORPORA, Corpus, load_corpus
 from .errors import AudioError, CorpusError, DataError
-from .labels import EMOTIONS, label_maps, map_labels
-from .splits import Split, leave_speakers_out_folds, make_split, random_split, speaker_split
+from .labels import EMOTIONS, LabelMapper, label_maps, map_labels, pick_view
+from .splits import (Split, check_split, leave_speakers_out_folds, make_split, outer_fold_assignments,
+                     random_split, speaker_folds, speaker_split)
 from .synthetic import generate_synthetic
 
 __all__ = [
-    "AudioError", "AudioStore", "SAMPLE_RATE", "CORPORA", "Corpus", "CorpusError", "DataError", "EMOTIONS", "Split",
-    "audio_info", "crop", "generate_synthetic", "label_maps", "leave_speakers_out_folds", "load_audio",
-    "load_corpus", "make_split", "map_labels", "pad_batch", "random_split", "speaker_split",
+    "AudioError", "AudioStore", "CORPORA", "Corpus", "CorpusError", "DataError", "EMOTIONS", "LabelMapper",
+    "MIN_DURATION", "SAMPLE_RATE", "Split", "audio_info", "check_split", "crop", "generate_synthetic",
+    "label_maps", "leave_speakers_out_folds", "load_audio", "load_corpus", "make_split", "map_labels",
+    "outer_fold_assignments", "pad_batch", "pick_view", "random_split", "speaker_folds", "speaker_split",
 ]

@@ -1,4 +1,5 @@
-"""python -m ser_tune.data --corpus NAME --root DIR [--json] [--label-map VIEW]: summarise a corpus."""
+"""python -m ser_tune.data --corpus NAME --root DIR [--json] [--label-map VIEW] [--drop-labels A,B]
+[--min-duration S]: summarise a corpus (clips, speakers, classes, skipped files and why, dropped classes)."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import json
 import sys
 from collections import Counter
 
+from .audio import MIN_DURATION
 from .corpus import CORPORA, load_corpus
 from .errors import DataError
 
@@ -27,6 +29,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--label-map", default=None, help="label view, e.g. emodb7, iemocap4, native")
     parser.add_argument("--no-check-audio", action="store_true",
                         help="read headers only (skip the silent/NaN scan of every file's samples)")
+    parser.add_argument("--drop-labels", default=None, metavar="A,B",
+                        help="comma-separated classes (after the label view) to leave out")
+    parser.add_argument("--min-duration", type=float, default=MIN_DURATION, metavar="S",
+                        help=f"skip clips shorter than S seconds (default {MIN_DURATION})")
     parser.add_argument("--seed", type=int, default=None, help="synthetic corpus only: generation seed")
     return parser.parse_args(argv)
 
@@ -45,6 +51,8 @@ def format_summary(s: dict) -> str:
     d = s["duration"]
     lines.append(f"duration: {d['min']:.2f}-{d['max']:.2f} s (mean {d['mean']:.2f} s)")
     lines.append("sample rates: " + ", ".join(f"{r} Hz" for r in s["sample_rates"]))
+    if s.get("dropped_labels"):
+        lines.append("dropped labels: " + ", ".join(f"{k} ({v} clips)" for k, v in s["dropped_labels"].items()))
     skipped = s["skipped"]
     lines.append(f"skipped: {len(skipped)}")
     if len(skipped) > MAX_SKIPPED_SHOWN:
@@ -67,8 +75,9 @@ def main(argv=None) -> int:
             return 2
         options["seed"] = args.seed
     try:
-        corpus = load_corpus(args.corpus, args.root, label_map=args.label_map,
-                             check_audio=not args.no_check_audio, **options)
+        drop = [x.strip() for x in args.drop_labels.split(",") if x.strip()] if args.drop_labels else None
+        corpus = load_corpus(args.corpus, args.root, label_map=args.label_map, check_audio=not args.no_check_audio,
+                             min_duration=args.min_duration, drop_labels=drop, **options)
     except DataError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2

@@ -1,8 +1,10 @@
 """Audio I/O: decode any wav to float32 mono at a target rate, check files, crop and batch waves."""
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import struct
 from collections import OrderedDict
 from pathlib import Path
 
@@ -15,6 +17,11 @@ from .errors import AudioError, DataError
 SILENCE_PEAK = 1e-6   # a file whose peak |sample| stays below this is treated as silent
 _BLOCK = 1 << 16      # frames read at a time when scanning a file's samples
 SAMPLE_RATE = 16000  # every supported encoder family consumes 16 kHz audio
+MIN_DURATION = 0.25   # seconds; shorter clips carry too little speech to label (load_corpus's default)
+# Audio formats the loaders do not read (libsndfile decodes some of them, but corpora and models
+# are checked on 16-bit wav only): such files are listed as skipped, never silently ignored.
+UNREAD_FORMATS = (".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aif", ".aiff", ".mp4", ".webm")
+_UNKNOWN_DATA_LENGTH = (0, 0xFFFFFFFF)   # data-chunk sizes that streaming writers leave unset
 
 
 def _soundfile_reason(err: Exception) -> str:
@@ -23,19 +30,91 @@ def _soundfile_reason(err: Exception) -> str:
     return f"unreadable audio (soundfile: {detail.strip() or type(err).__name__})"
 
 
-def audio_info(path: str | Path, *, scan_samples: bool = True) -> tuple[float, int]:
-    """(duration in s, sample rate) of a usable audio file, else AudioError naming why not.
+def unread_format_reason(path: str | Path) -> str | None:
+    """Why a file of an audio format the loaders do not read is skipped; None for any other file."""
+    suffix = Path(path).suffix.lower()
+    if suffix in UNREAD_FORMATS:
+        return f"audio format {suffix} is not read; convert to 16-bit .wav"
+    return None
 
-    The header is always read; with scan_samples the samples are streamed block-wise to catch
-    silent (peak < SILENCE_PEAK) and non-finite (NaN/inf) audio without holding the whole file.
+
+def wav_truncation(path: str | Path) -> str | None:
+    """The reason a RIFF/WAVE file is truncated (its data chunk declares more bytes than follow), else None.
+
+    libsndfile silently shortens such a file to what it holds, so the header is read here, only as
+    far as the data chunk. Anything that does not parse as plain RIFF/WAVE (RF64, a chunk running
+    past the end before the data chunk) is left to soundfile.
     """
     path = Path(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk_id, length = struct.unpack("<4sI", f.read(8))
+            offset += 8
+            if chunk_id == b"data":
+                held = size - offset
+                if length in _UNKNOWN_DATA_LENGTH or length <= held:
+                    return None
+                return f"truncated: the header declares {length} bytes of audio, the file holds {held}"
+            offset += length + (length & 1)   # chunks are word-aligned: odd lengths carry a pad byte
+    return None
+
+
+def content_hash(path: str | Path) -> str:
+    """A digest of the file's bytes: identical files under different paths share it."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def _header_checks(path: Path) -> None:
+    """What is wrong with a file before decoding it: missing, unread format, empty, truncated."""
     try:
         size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise AudioError(path, "file not found") from None
     except OSError as err:
         raise AudioError(path, f"cannot read file ({err.strerror or err})") from None
-    if size == 0:
-        raise AudioError(path, "empty file (0 bytes)")
+    reason = unread_format_reason(path)
+    if reason is None and size == 0:
+        reason = "empty file (0 bytes)"
+    if reason is None:
+        try:
+            reason = wav_truncation(path)
+        except OSError as err:
+            reason = f"cannot read file ({err.strerror or err})"
+    if reason is not None:
+        raise AudioError(path, reason)
+
+
+def _scan_peak(path: Path) -> float:
+    """Stream the samples block-wise: the peak |sample|, AudioError on non-finite or undecodable audio."""
+    peak = 0.0
+    try:
+        for block in sf.blocks(str(path), blocksize=_BLOCK, dtype="float32", always_2d=True):
+            if not np.isfinite(block).all():
+                raise AudioError(path, "non-finite samples (NaN or inf)")
+            if block.size:
+                peak = max(peak, float(np.abs(block).max()))
+    except (sf.SoundFileError, RuntimeError) as err:
+        raise AudioError(path, _soundfile_reason(err)) from None
+    return peak
+
+
+def audio_info(path: str | Path, *, scan_samples: bool = True, min_duration: float = 0.0) -> tuple[float, int]:
+    """(duration in s, sample rate) of a usable audio file, else AudioError naming why not.
+
+    The header is always read (unread formats, empty, truncated, unreadable, zero-length files
+    and clips shorter than min_duration seconds are refused); with scan_samples the samples are
+    streamed block-wise to catch silent (peak < SILENCE_PEAK) and non-finite (NaN/inf) audio
+    without holding the whole file.
+    """
+    path = Path(path)
+    _header_checks(path)
     try:
         info = sf.info(str(path))
     except (sf.SoundFileError, RuntimeError) as err:
@@ -44,19 +123,14 @@ def audio_info(path: str | Path, *, scan_samples: bool = True) -> tuple[float, i
         raise AudioError(path, "zero-length audio (0 frames)")
     if info.samplerate <= 0:
         raise AudioError(path, f"invalid sample rate {info.samplerate}")
+    duration = info.frames / info.samplerate
+    if duration < min_duration:
+        raise AudioError(path, f"too short: {duration:.3f} s, the minimum is {min_duration:g} s (min_duration)")
     if scan_samples:
-        peak = 0.0
-        try:
-            for block in sf.blocks(str(path), blocksize=_BLOCK, dtype="float32", always_2d=True):
-                if not np.isfinite(block).all():
-                    raise AudioError(path, "non-finite samples (NaN or inf)")
-                if block.size:
-                    peak = max(peak, float(np.abs(block).max()))
-        except (sf.SoundFileError, RuntimeError) as err:
-            raise AudioError(path, _soundfile_reason(err)) from None
+        peak = _scan_peak(path)
         if peak < SILENCE_PEAK:
             raise AudioError(path, f"silent audio (peak {peak:.1e} < {SILENCE_PEAK:.0e})")
-    return info.frames / info.samplerate, int(info.samplerate)
+    return duration, int(info.samplerate)
 
 
 def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .audio import audio_info
+from .audio import MIN_DURATION, audio_info, content_hash
 from .corpora import cremad, csv_manifest, emodb, iemocap, ravdess
 from .corpora.common import Scan
 from .errors import AudioError, CorpusError, DataError
@@ -15,7 +15,7 @@ from .labels import check_view, default_view
 
 CORPORA = ("emodb", "ravdess", "cremad", "iemocap", "csv", "synthetic")
 
-BASE_COLUMNS = ("path", "label", "speaker", "corpus", "duration", "sample_rate")
+BASE_COLUMNS = ("path", "label", "speaker", "corpus", "duration", "sample_rate", "content_hash")
 OPTIONAL_COLUMNS = ("gender", "intensity", "text", "session", "original_label",
                     "arousal", "valence", "dominance")
 DIMENSIONS = ("arousal", "valence", "dominance")
@@ -31,6 +31,7 @@ class Corpus:
     table: pd.DataFrame          # one row per usable clip, RangeIndex
     skipped: list[dict]          # [{"path": str, "reason": str}]
     synthetic: bool = False      # True for the generated stand-in; reports must say so
+    dropped_labels: dict[str, int] = field(default_factory=dict)   # class -> clips dropped by drop_labels
 
     @property
     def labels(self) -> list[str]:
@@ -49,6 +50,7 @@ class Corpus:
                          "mean": float(t["duration"].mean())},
             "sample_rates": sorted(int(s) for s in t["sample_rate"].unique()),
             "skipped": [dict(s) for s in self.skipped],
+            "dropped_labels": dict(self.dropped_labels),
         }
         if "gender" in t.columns and t["gender"].notna().any():
             per_speaker = t.drop_duplicates("speaker")["gender"].fillna("unknown")
@@ -61,17 +63,62 @@ class Corpus:
                 f"{self.table['speaker'].nunique()} speakers, {len(self.skipped)} skipped{flag})")
 
 
-def build_table(name: str, root: Path, scan: Scan, *, check_audio: bool) -> tuple[pd.DataFrame, list[dict]]:
-    """Probe every record's audio (header always, samples when check_audio) and build the table."""
-    skipped = list(scan.skipped)
+def unique_records(records: list[dict], source, skipped: list[dict]) -> list[dict]:
+    """One record per resolved file: repeats (another spelling, a link) are skipped naming the first.
+
+    Repeats that disagree on speaker or label are a CorpusError naming source (the manifest or
+    folder), the file and both values: which one is right cannot be guessed.
+    """
+    first: dict[str, dict] = {}
+    kept = []
+    for record in records:
+        record = dict(record)
+        listed_as = record.pop("listed_as", record["path"])
+        record["path"] = str(Path(record["path"]).resolve())
+        seen = first.get(record["path"])
+        if seen is None:
+            first[record["path"]] = {**record, "listed_as": listed_as}
+            kept.append(record)
+            continue
+        for column, plural in (("speaker", "speakers"), ("label", "labels")):
+            if str(seen[column]) != str(record[column]):
+                raise CorpusError(f"{source}: {record['path']} is listed with {plural} "
+                                  f"{seen[column]} and {record[column]}")
+        skipped.append({"path": record["path"],
+                        "reason": f"duplicate: {listed_as} is the same file as {seen['listed_as']}"})
+    return kept
+
+
+def probe_records(name: str, records: list[dict], skipped: list[dict], *, check_audio: bool,
+                  min_duration: float) -> list[dict]:
+    """Rows of usable clips: each file's audio checked and its bytes hashed; identical copies skipped."""
     rows = []
-    for record in scan.records:
+    first_copy: dict[str, str] = {}
+    for record in records:
         try:
-            duration, sample_rate = audio_info(record["path"], scan_samples=check_audio)
+            duration, sample_rate = audio_info(record["path"], scan_samples=check_audio, min_duration=min_duration)
+            digest = content_hash(record["path"])
         except AudioError as err:
             skipped.append({"path": record["path"], "reason": err.reason})
             continue
-        rows.append({**record, "corpus": name, "duration": duration, "sample_rate": sample_rate})
+        except OSError as err:
+            skipped.append({"path": record["path"], "reason": f"cannot read file ({err.strerror or err})"})
+            continue
+        if digest in first_copy:
+            skipped.append({"path": record["path"], "reason": f"identical bytes to {first_copy[digest]}"})
+            continue
+        first_copy[digest] = record["path"]
+        rows.append({**record, "corpus": name, "duration": duration, "sample_rate": sample_rate,
+                     "content_hash": digest})
+    return rows
+
+
+def build_table(name: str, root: Path, scan: Scan, *, check_audio: bool,
+                min_duration: float = MIN_DURATION) -> tuple[pd.DataFrame, list[dict]]:
+    """Probe every record's audio (header always, samples when check_audio) and build the table."""
+    skipped = list(scan.skipped)
+    records = unique_records(scan.records, scan.source or root, skipped)
+    rows = probe_records(name, records, skipped, check_audio=check_audio, min_duration=min_duration)
     if not rows:
         first = f"; e.g. {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
         raise CorpusError(f"{root}: no usable {name} clips left ({len(skipped)} files skipped{first})")
@@ -88,16 +135,44 @@ def build_table(name: str, root: Path, scan: Scan, *, check_audio: bool) -> tupl
     return table, skipped
 
 
+def drop_classes(corpus: Corpus, drop_labels) -> Corpus:
+    """The corpus without the clips of the classes in drop_labels (named after the label view)."""
+    if drop_labels is None or len(drop_labels) == 0:
+        return corpus
+    if isinstance(drop_labels, str) or not all(isinstance(x, str) for x in drop_labels):
+        raise DataError(f"drop_labels: expected a list of class names, got {drop_labels!r}")
+    present = corpus.labels
+    for label in drop_labels:
+        if label not in present:
+            raise DataError(f"drop_labels: unknown class '{label}' (classes present: {', '.join(present)})")
+    dropping = corpus.table["label"].isin(drop_labels)
+    if dropping.all():
+        raise CorpusError(f"{corpus.root}: drop_labels drops every clip of the corpus")
+    counts = corpus.table.loc[dropping, "label"].value_counts().sort_index()
+    corpus.table = corpus.table[~dropping].reset_index(drop=True)
+    corpus.dropped_labels = {str(k): int(v) for k, v in counts.items()}
+    return corpus
+
+
+def _check_min_duration(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise DataError(f"min_duration: must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
 def resolve_view(name: str, label_map: str | None) -> str | None:
     return default_view(name) if label_map is None else check_view(label_map)
 
 
-def load_corpus(name: str, root: str | Path, *, label_map: str | None = None,
-                check_audio: bool = True, **options) -> Corpus:
+def load_corpus(name: str, root: str | Path, *, label_map: str | None = None, check_audio: bool = True,
+                min_duration: float = MIN_DURATION, drop_labels: list[str] | None = None, **options) -> Corpus:
     """Read a corpus folder (or CSV manifest) into a Corpus; see the module docs of each corpus.
 
     check_audio=True also streams every file's samples to skip silent / non-finite audio;
-    with False only headers are read (unreadable, empty and zero-length files are still skipped).
+    with False only headers are read (unreadable, empty, truncated, zero-length and too short
+    files are still skipped). Clips shorter than min_duration seconds are skipped. drop_labels
+    names classes (after the label view) whose clips are left out; the summary lists them.
+    A file reached twice (two spellings, links) or identical bytes under two paths count once.
     """
     if name not in CORPORA:
         raise DataError(f"corpus: unknown corpus '{name}' (known: {', '.join(CORPORA)})")
@@ -105,11 +180,13 @@ def load_corpus(name: str, root: str | Path, *, label_map: str | None = None,
         raise CorpusError(f"root: no folder given for corpus '{name}'")
     root = Path(root).expanduser().resolve()
     view = resolve_view(name, label_map)
+    min_duration = _check_min_duration(min_duration)
     if name == "synthetic":
         from .synthetic import load_synthetic   # late: synthetic builds on this module
-        return load_synthetic(root, view=view, check_audio=check_audio, **options)
+        corpus = load_synthetic(root, view=view, check_audio=check_audio, min_duration=min_duration, **options)
+        return drop_classes(corpus, drop_labels)
     if options:
         raise DataError(f"options: corpus '{name}' takes no options (got {', '.join(sorted(options))})")
     scan = _SCANNERS[name](root, view)
-    table, skipped = build_table(name, root, scan, check_audio=check_audio)
-    return Corpus(name=name, root=root, table=table, skipped=skipped)
+    table, skipped = build_table(name, root, scan, check_audio=check_audio, min_duration=min_duration)
+    return drop_classes(Corpus(name=name, root=root, table=table, skipped=skipped), drop_labels)

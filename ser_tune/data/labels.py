@@ -98,3 +98,51 @@ def map_labels(labels: pd.Series, corpus: str, view: str) -> pd.Series:
         return np.nan if mapped is None else mapped
 
     return pd.Series([one(v) for v in labels], index=labels.index, dtype=object, name=labels.name)
+
+
+def label_key(label) -> str:
+    """The canonical emotion of a label (aliases of label_maps.yaml), else the label itself."""
+    return native_name(label, "csv") or str(label).strip()
+
+
+class LabelMapper:
+    """Labels -> a model's label space (exact name first, then the same canonical emotion)."""
+
+    def __init__(self, model_labels: list[str]):
+        self.labels = list(model_labels)
+        self._by_key: dict[str, str] = {}
+        for label in self.labels:
+            self._by_key.setdefault(label_key(label), label)
+
+    def __call__(self, label) -> str | None:
+        if not isinstance(label, str):
+            return None
+        if label in self.labels:
+            return label
+        return self._by_key.get(label_key(label))
+
+
+def pick_view(corpus: str, model_labels: list[str]) -> str | None:
+    """The label view to read `corpus` with for a model trained on `model_labels`.
+
+    Among the views that give the corpus's native classes a counterpart, the one whose classes
+    cover most of the model's labels; then the one that brings most of the corpus's native
+    classes onto a model label (IEMOCAP's excitement -> happiness); then the "native" view. E.g.
+    an EmoDB-trained model reads RAVDESS through emodb7 (calm -> boredom); a RAVDESS-native model
+    reads EmoDB natively. A corpus without emotion codes (a CSV manifest) keeps its default.
+    """
+    natives = sorted(set(code_table(corpus).values()))
+    if not natives:
+        return default_view(corpus)
+    mapper = LabelMapper(model_labels)
+    best, best_key = None, None
+    for view in view_names():
+        classes = {n: view_label(n, view) for n in natives}
+        classes = {n: c for n, c in classes.items() if c is not None}
+        if not classes:
+            continue
+        on_model = {n: mapper(c) for n, c in classes.items() if mapper(c) is not None}
+        key = (len(set(on_model.values())), len(on_model), view == "native")
+        if best_key is None or key > best_key:
+            best, best_key = view, key
+    return best

@@ -6,6 +6,7 @@ study reproduces on the same files.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ PARTS = ("train", "val", "test")
 KINDS = ("speaker", "random", "fold")
 _CANDIDATES = 256      # random speaker assignments scored per speaker split
 _TOLERANCE = 0.02      # assignments scoring within this of the best count as equally good
+_NO_TRAINING_CLASS = 100.0   # score of a class left without training clips: worse than any imbalance
 
 
 @dataclass
@@ -153,13 +155,20 @@ def _speaker_genders(table: pd.DataFrame, speakers: list[str]) -> np.ndarray | N
 
 
 def _score(parts: dict[str, np.ndarray], counts: np.ndarray, genders: np.ndarray | None) -> float:
-    """Lower is better: label distributions close to the whole table's, genders balanced."""
-    overall = counts.sum(axis=0) / counts.sum()
+    """Lower is better. First every class keeps training clips: a class absent from the train part,
+    or held entirely by one held-out part (a fold's training pool then lacks it), costs
+    _NO_TRAINING_CLASS. Then label distributions close to the whole table's, genders balanced."""
+    total = counts.sum(axis=0)
+    overall = total / total.sum()
     score = 0.0
+    if "train" in parts:
+        score += _NO_TRAINING_CLASS * np.count_nonzero((counts[parts["train"]].sum(axis=0) == 0) & (total > 0))
     for name, members in parts.items():
         if members.size == 0:
             continue
         c = counts[members].sum(axis=0)
+        if name != "train":
+            score += _NO_TRAINING_CLASS * np.count_nonzero((c == total) & (total > 0))
         weight = 0.5 if name == "train" else 1.0
         score += weight * 0.5 * np.abs(c / max(c.sum(), 1) - overall).sum()
         if name != "train":
@@ -172,39 +181,58 @@ def _score(parts: dict[str, np.ndarray], counts: np.ndarray, genders: np.ndarray
     return score
 
 
-def speaker_split(table: pd.DataFrame, *, val_speakers: int | float = 0.2, test_speakers: int | float = 0.2,
-                  seed: int = 0) -> Split:
-    """Disjoint speakers in train / val / test, stratified by label (and gender) as far as speakers allow.
+def _speaker_counts(table: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Sorted speakers, their (speakers x labels) clip counts and genders (see _speaker_genders)."""
+    speakers = sorted(table["speaker"].astype(str).unique().tolist())
+    labels = sorted(table["label"].astype(str).unique().tolist())
+    counts = (pd.crosstab(table["speaker"].astype(str), table["label"].astype(str))
+              .reindex(index=speakers, columns=labels, fill_value=0).to_numpy(dtype=float))
+    return speakers, counts, _speaker_genders(table, speakers)
+
+
+def _best_candidate(candidates: list[dict[str, np.ndarray]], counts: np.ndarray, genders,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A seeded pick among the candidates scoring within _TOLERANCE of the best."""
+    scores = np.array([_score(parts, counts, genders) for parts in candidates])
+    good = np.flatnonzero(scores <= scores.min() + _TOLERANCE)
+    return candidates[int(good[rng.integers(good.size)])]
+
+
+def _pick_speakers(table: pd.DataFrame, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, str]:
+    """speaker -> part: sizes[part] speakers for each held-out part (drawn in sizes' order), the rest train.
 
     Scores _CANDIDATES seeded random speaker assignments by how far each part's label distribution
     is from the whole table's, plus gender imbalance, and picks (seeded) among the best ones.
     """
+    speakers, counts, genders = _speaker_counts(table)
+    candidates = []
+    for _ in range(_CANDIDATES):
+        order = rng.permutation(len(speakers))
+        parts, start = {}, 0
+        for name, size in sizes.items():
+            parts[name] = np.sort(order[start:start + size])
+            start += size
+        parts["train"] = np.sort(order[start:])
+        candidates.append(parts)
+    chosen = _best_candidate(candidates, counts, genders, rng)
+    return {speakers[i]: name for name, members in chosen.items() for i in members}
+
+
+def speaker_split(table: pd.DataFrame, *, val_speakers: int | float = 0.2, test_speakers: int | float = 0.2,
+                  seed: int = 0) -> Split:
+    """Disjoint speakers in train / val / test, stratified by label (and gender) as far as speakers allow.
+
+    See _pick_speakers for how the speakers are chosen.
+    """
     _need_columns(table, ("speaker", "label"))
     seed = _seed(seed)
-    speakers = sorted(table["speaker"].astype(str).unique().tolist())
-    n = len(speakers)
+    n = table["speaker"].astype(str).nunique()
     n_val = _speaker_count(val_speakers, n, "val_speakers")
     n_test = _speaker_count(test_speakers, n, "test_speakers")
     if n_val + n_test > n - 1:
         raise DataError(f"speaker split: {n} speakers cannot give {n_val} val + {n_test} test speakers "
                         f"and still leave one for training")
-    labels = sorted(table["label"].astype(str).unique().tolist())
-    counts = (pd.crosstab(table["speaker"].astype(str), table["label"].astype(str))
-              .reindex(index=speakers, columns=labels, fill_value=0).to_numpy(dtype=float))
-    genders = _speaker_genders(table, speakers)
-
-    rng = np.random.default_rng(seed)
-    candidates, scores = [], []
-    for _ in range(_CANDIDATES):
-        order = rng.permutation(n)
-        parts = {"test": np.sort(order[:n_test]), "val": np.sort(order[n_test:n_test + n_val]),
-                 "train": np.sort(order[n_test + n_val:])}
-        candidates.append(parts)
-        scores.append(_score(parts, counts, genders))
-    scores = np.array(scores)
-    good = np.flatnonzero(scores <= scores.min() + _TOLERANCE)
-    chosen = candidates[int(good[rng.integers(good.size)])]
-    speaker_part = {speakers[i]: name for name, members in chosen.items() for i in members}
+    speaker_part = _pick_speakers(table, {"test": n_test, "val": n_val}, np.random.default_rng(seed))
     return Split(kind="speaker", assignment=_assignment(table, speaker_part), seed=seed,
                  speaker_dependent=False,
                  params={"val_speakers": val_speakers, "test_speakers": test_speakers, "seed": seed})
@@ -270,6 +298,135 @@ def leave_speakers_out_folds(table: pd.DataFrame, *, k: int = 5, seed: int = 0, 
     return splits
 
 
+def _row_mask(table: pd.DataFrame, rows) -> np.ndarray:
+    """rows (None = all, else a boolean mask over the table's rows) as a numpy boolean array."""
+    if rows is None:
+        return np.ones(len(table), dtype=bool)
+    mask = np.asarray(rows)
+    if mask.dtype != bool or mask.shape != (len(table),):
+        raise DataError(f"rows: expected a boolean mask of the table's {len(table)} rows, "
+                        f"got {mask.dtype} of shape {mask.shape}")
+    if not mask.any():
+        raise DataError("rows: the mask selects no clip")
+    return mask
+
+
+def speaker_folds(table: pd.DataFrame, k: int, *, seed: int, rows=None) -> list[np.ndarray]:
+    """k folds of the speakers of `rows` (a boolean mask; default all rows): for each fold the boolean
+    row mask of its held-out speakers' clips (within rows). Every speaker is held out exactly once;
+    fold sizes differ by at most one speaker; folds are stratified by label (and gender) with
+    speaker_split's scoring, which first of all keeps every class in each fold's complement.
+    """
+    _need_columns(table, ("speaker", "label"))
+    seed = _seed(seed)
+    mask = _row_mask(table, rows)
+    pool = table[mask]
+    n = pool["speaker"].astype(str).nunique()
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= n:
+        raise DataError(f"k: {k!r} folds need an integer from 2 to the number of speakers ({n})")
+    speakers, counts, genders = _speaker_counts(pool)
+    rng = np.random.default_rng(seed)
+    candidates = []
+    for _ in range(_CANDIDATES):
+        order = rng.permutation(n)
+        candidates.append({f"fold{i}": np.sort(order[i::k]) for i in range(k)})
+    chosen = _best_candidate(candidates, counts, genders, rng)
+    speaker = table["speaker"].astype(str).to_numpy()
+    return [mask & np.isin(speaker, [speakers[j] for j in chosen[f"fold{i}"]]) for i in range(k)]
+
+
+def outer_fold_assignments(table: pd.DataFrame, n_folds: int, *, val_speakers: int | float, seed: int,
+                           test_speakers: int | float = 0.2) -> list[pd.Series]:
+    """One train/val/test assignment per outer fold of a speaker cross-validation.
+
+    n_folds >= 2: test = that fold's speakers (speaker_folds), val = val_speakers speakers chosen
+    among the rest as speaker_split chooses them (an int, or a fraction of all speakers), train
+    = the rest; every speaker is tested exactly once. n_folds == 1: the one split speaker_split
+    makes with the same seed and counts (test_speakers applies only then). Each assignment
+    passes check_split.
+    """
+    _need_columns(table, ("speaker", "label"))
+    seed = _seed(seed)
+    if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 1:
+        raise DataError(f"n_folds: must be an integer >= 1, got {n_folds!r}")
+    if n_folds == 1:
+        split = speaker_split(table, val_speakers=val_speakers, test_speakers=test_speakers, seed=seed)
+        check_split(table, split.assignment, where="outer fold 0")
+        return [split.assignment]
+    n = table["speaker"].astype(str).nunique()
+    n_val = _speaker_count(val_speakers, n, "val_speakers")
+    assignments = []
+    for i, test in enumerate(speaker_folds(table, n_folds, seed=seed)):
+        rest = table[~test]
+        if n_val > rest["speaker"].nunique() - 1:
+            raise DataError(f"val_speakers: {n_val} is too many: outer fold {i} leaves "
+                            f"{rest['speaker'].nunique()} speakers for val and train")
+        speaker_part = _pick_speakers(rest, {"val": n_val}, np.random.default_rng([seed, i]))
+        assignment = _assignment(table, speaker_part)
+        assignment[test] = "test"
+        check_split(table, assignment, where=f"outer fold {i}")
+        assignments.append(assignment)
+    return assignments
+
+
+def _first_shared(keys: pd.Series, parts: pd.Series) -> tuple | None:
+    """(key, [(row, part), ...]) for the first key found in two parts, else None."""
+    frame = pd.DataFrame({"key": keys.to_numpy(), "part": parts.to_numpy()}, index=keys.index)
+    spread = frame.groupby("key", sort=True)["part"].nunique()
+    shared = spread.index[spread > 1]
+    if len(shared) == 0:
+        return None
+    rows = frame[frame["key"] == shared[0]].drop_duplicates("part")
+    return shared[0], list(zip(rows.index, rows["part"]))
+
+
+def _class_without_training(table: pd.DataFrame, parts: pd.Series) -> str | None:
+    """The message for the first class present in the table but absent from the train part, else None."""
+    labels = table["label"].astype(str)
+    missing = sorted(set(labels) - set(labels[parts == "train"]))
+    if not missing:
+        return None
+    label = missing[0]
+    rows = table[labels == label]
+    where = (pd.DataFrame({"speaker": rows["speaker"].astype(str), "part": parts[rows.index]})
+             .drop_duplicates().sort_values(["speaker", "part"]))
+    held = ", ".join(f"{s} ({p})" for s, p in zip(where["speaker"], where["part"]))
+    also = f" (also without training clips: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+    return (f"class '{label}' has no clip in the train part: its speakers are {held}{also}; drop it "
+            f"with the corpus option drop_labels: [{', '.join(missing)}]")
+
+
+def check_split(table: pd.DataFrame, assignment: pd.Series, *, speaker_independent: bool = True,
+                where: str = "split") -> None:
+    """Raise DataError (one line, starting with `where`) when a split leaks or cannot train a class.
+
+    Refused: the same audio (resolved path, or content hash when the table has that column) in
+    two parts; a speaker in two parts (when speaker_independent); a class of the table without
+    any clip in the train part. Rows whose assignment is missing belong to no part.
+    """
+    _need_columns(table, ("path", "speaker", "label"))
+    if not isinstance(assignment, pd.Series) or not assignment.index.equals(table.index):
+        raise DataError(f"{where}: the assignment's index does not match the table's")
+    parts = assignment.astype(object)
+    used = parts.notna()
+    keys = [("the same file", table["path"].astype(str).map(os.path.realpath))]
+    if "content_hash" in table.columns:
+        keys.append(("identical audio", table["content_hash"].astype(str)))
+    for what, key in keys:
+        found = _first_shared(key[used], parts[used])
+        if found is not None:
+            listed = " and ".join(f"{table.at[row, 'path']} ({part})" for row, part in found[1])
+            raise DataError(f"{where}: {what} is in two parts: {listed}")
+    if speaker_independent:
+        found = _first_shared(table["speaker"].astype(str)[used], parts[used])
+        if found is not None:
+            raise DataError(f"{where}: speaker {found[0]} is in {' and '.join(p for _, p in found[1])} "
+                            f"(a speaker-independent split keeps each speaker in one part)")
+    message = _class_without_training(table[used], parts[used])
+    if message is not None:
+        raise DataError(f"{where}: {message}")
+
+
 _SPEC_KEYS = {
     "speaker": {"val_speakers", "test_speakers", "seed"},
     "random": {"val_fraction", "test_fraction", "seed"},
@@ -280,7 +437,8 @@ _SPEC_KEYS = {
 def make_split(table: pd.DataFrame, spec: dict) -> Split:
     """Build a split from a spec: {"kind": "speaker"|"random"|"fold", ...that function's kwargs}.
 
-    For "fold", spec["fold"] (default 0) picks one of the k folds.
+    For "fold", spec["fold"] (default 0) picks one of the k folds. Speaker and fold splits pass
+    check_split (no shared audio or speaker across parts, every class in train).
     """
     if not isinstance(spec, dict):
         raise DataError(f"split: expected a mapping with 'kind', got {type(spec).__name__}")
@@ -292,12 +450,15 @@ def make_split(table: pd.DataFrame, spec: dict) -> Split:
     if unknown:
         raise DataError(f"split.{unknown[0]}: not a setting of a '{kind}' split "
                         f"(settings: {', '.join(sorted(_SPEC_KEYS[kind]))})")
-    if kind == "speaker":
-        return speaker_split(table, **spec)
     if kind == "random":
         return random_split(table, **spec)
-    fold = spec.pop("fold", 0)
-    folds = leave_speakers_out_folds(table, **spec)
-    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < len(folds):
-        raise DataError(f"split.fold: must be an integer in 0..{len(folds) - 1}, got {fold!r}")
-    return folds[int(fold)]
+    if kind == "speaker":
+        split = speaker_split(table, **spec)
+    else:
+        fold = spec.pop("fold", 0)
+        folds = leave_speakers_out_folds(table, **spec)
+        if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)) or not 0 <= fold < len(folds):
+            raise DataError(f"split.fold: must be an integer in 0..{len(folds) - 1}, got {fold!r}")
+        split = folds[int(fold)]
+    check_split(table, split.assignment, where=f"split ({kind})")
+    return split

@@ -22,6 +22,7 @@ import pandas as pd
 import soundfile as sf
 from scipy.signal import lfilter
 
+from .audio import MIN_DURATION
 from .corpora import emodb
 from .corpora.common import wav_files
 from .corpus import BASE_COLUMNS, OPTIONAL_COLUMNS, Corpus, build_table
@@ -331,7 +332,8 @@ def _check_same(root: Path, stored: dict, asked: dict) -> None:
                               f"{key}={stored.get(key)!r}, not {value!r}; use another folder")
 
 
-def load_synthetic(root: Path, *, view: str | None, check_audio: bool = True, **options) -> Corpus:
+def load_synthetic(root: Path, *, view: str | None, check_audio: bool = True,
+                   min_duration: float = MIN_DURATION, **options) -> Corpus:
     allowed = {"seed", "n_speakers", "clips_per_cell", "sample_rate", "duration_range"}
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -349,7 +351,7 @@ def load_synthetic(root: Path, *, view: str | None, check_audio: bool = True, **
         _check_same(root, stored, {k: defaults[k] for k in options})
 
     scan = emodb.scan(root, view, title="synthetic corpus")
-    table, skipped = build_table("synthetic", root, scan, check_audio=check_audio)
+    table, skipped = build_table("synthetic", root, scan, check_audio=check_audio, min_duration=min_duration)
     labels_file = root / LABELS_FILE
     try:
         extra = pd.read_csv(labels_file, dtype={"filename": str, "speaker": str, "gender": str,

@@ -1,22 +1,40 @@
-"""Helpers the corpus scanners share: finding wavs, turning a label code into a view's class."""
+"""Helpers the corpus scanners share: walking a corpus folder, finding wavs, code -> a view's class."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..audio import unread_format_reason
 from ..errors import CorpusError
 from ..labels import code_table, view_label
 
 
 @dataclass
 class Scan:
-    """What a scanner found: usable-looking records (audio not yet checked) and skipped files."""
+    """What a scanner found: usable-looking records (audio not yet checked) and skipped files.
+
+    A record may carry "listed_as" (how its source spells it, e.g. a manifest line) for the
+    reason given when another record names the same file; source names the manifest in errors.
+    """
 
     records: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
+    source: Path | None = None
 
     def skip(self, path, reason: str) -> None:
         self.skipped.append({"path": str(path), "reason": reason})
+
+    def take_wavs(self, files: list[Path]) -> list[Path]:
+        """The .wav files among files; audio of formats the loaders do not read is skipped with the reason."""
+        wavs = []
+        for path in files:
+            reason = unread_format_reason(path)
+            if reason is not None:
+                self.skip(path, reason)
+            elif path.suffix.lower() == ".wav":
+                wavs.append(path)
+        return wavs
 
 
 def existing_folder(root: Path, corpus_title: str) -> Path:
@@ -27,9 +45,27 @@ def existing_folder(root: Path, corpus_title: str) -> Path:
     return root
 
 
+def corpus_files(root: Path) -> list[Path]:
+    """Every file under root (any depth, sorted), following symbolic links to folders and files.
+
+    Each real folder is walked once, so a link back up the tree (a loop) or two links to one
+    folder cannot make the walk endless or list a folder twice.
+    """
+    seen: set[str] = set()
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        found.extend(Path(folder) / name for name in files)
+    return sorted(p for p in found if p.is_file())
+
+
 def wav_files(root: Path) -> list[Path]:
-    """Every *.wav under root (any depth, suffix case-insensitive), sorted for determinism."""
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() == ".wav" and p.is_file())
+    """Every *.wav under root (any depth, suffix case-insensitive, links followed), sorted."""
+    return [p for p in corpus_files(root) if p.suffix.lower() == ".wav"]
 
 
 def label_for(code: str, corpus: str, view: str | None, what: str) -> tuple[str, str] | str:

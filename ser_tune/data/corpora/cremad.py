@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import CorpusError
-from .common import Scan, existing_folder, label_for, wav_files
+from .common import Scan, corpus_files, existing_folder, label_for
 
 NAME = re.compile(r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<code>[A-Z]{3})_(?P<level>[A-Z]{1,2})$")
 
@@ -16,12 +16,12 @@ LEVEL = {"LO": "low", "MD": "medium", "HI": "high", "XX": "unspecified", "X": "u
 DEMOGRAPHICS = "VideoDemographics.csv"
 
 
-def find_demographics(root: Path) -> Path | None:
-    """VideoDemographics.csv next to AudioWAV: in root, its parent, or anywhere below root."""
+def find_demographics(root: Path, files: list[Path]) -> Path | None:
+    """VideoDemographics.csv next to AudioWAV: in root, its parent, or anywhere below root (among files)."""
     for folder in (root, root.parent):
         if (folder / DEMOGRAPHICS).is_file():
             return folder / DEMOGRAPHICS
-    found = sorted(root.rglob(DEMOGRAPHICS))
+    found = [p for p in files if p.name == DEMOGRAPHICS]
     return found[0] if found else None
 
 
@@ -40,10 +40,11 @@ def read_genders(path: Path) -> dict[str, str]:
 
 def scan(root: Path, view: str | None) -> Scan:
     existing_folder(root, "CREMA-D")
-    files = wav_files(root)
-    demographics = find_demographics(root)
+    everything = corpus_files(root)
+    demographics = find_demographics(root, everything)
     genders = read_genders(demographics) if demographics else {}
     result = Scan()
+    files = result.take_wavs(everything)
     matched = 0
     for path in files:
         m = NAME.match(path.stem)
@@ -60,7 +61,7 @@ def scan(root: Path, view: str | None) -> Scan:
             continue
         native, label = found
         result.records.append({
-            "path": str(path.resolve()),
+            "path": str(path),   # resolved (and de-duplicated) by build_table
             "label": label,
             "speaker": m["actor"],
             "gender": genders.get(m["actor"]),

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..audio import unread_format_reason
 from ..errors import CorpusError
 from ..labels import map_labels
 from .common import Scan
@@ -35,8 +36,8 @@ def _text(value) -> str | None:
     return text or None
 
 
-def scan(root: Path, view: str | None) -> Scan:
-    file = manifest_file(root)
+def read_manifest(file: Path) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """The manifest's rows (text) and its numeric columns parsed; CorpusError naming file and line."""
     try:
         table = pd.read_csv(file, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -57,11 +58,17 @@ def scan(root: Path, view: str | None) -> Scan:
                 row = int(np.flatnonzero(bad.to_numpy())[0]) + 2   # +2: header line, 1-based
                 raise CorpusError(f"{file}: column '{column}', line {row}: not a number: {raw[bad].iloc[0]!r}")
             numeric[column] = values
+    return table, numeric
+
+
+def scan(root: Path, view: str | None) -> Scan:
+    file = manifest_file(root)
+    table, numeric = read_manifest(file)
     labels = table["label"].map(_text)
     mapped = labels if view is None else map_labels(labels, "csv", view)
 
     base = file.parent
-    result = Scan()
+    result = Scan(source=file)
     for i, row in table.iterrows():
         line = int(i) + 2
         rel = _text(row["path"])
@@ -78,11 +85,15 @@ def scan(root: Path, view: str | None) -> Scan:
         if not isinstance(label, str):
             result.skip(path, f"label '{labels[i]}' has no counterpart in view {view}")
             continue
+        unread = unread_format_reason(path)
+        if unread is not None:
+            result.skip(path, unread)
+            continue
         if not path.is_file():
             result.skip(path, "file not found")
             continue
         record = {"path": str(path), "label": label, "speaker": _text(row["speaker"]),
-                  "original_label": labels[i]}
+                  "original_label": labels[i], "listed_as": f"line {line} ({rel})"}
         for column in TEXT_COLUMNS:
             if column in table.columns:
                 record[column] = _text(row[column])

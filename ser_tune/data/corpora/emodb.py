@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from ..errors import CorpusError
-from .common import Scan, existing_folder, label_for, wav_files
+from .common import Scan, corpus_files, existing_folder, label_for
 
 NAME = re.compile(r"^(?P<speaker>\d{2})(?P<text>[a-z]\d{2})(?P<code>[A-Za-z])(?P<version>[a-z])$")
 
@@ -18,8 +18,8 @@ SPEAKER_GENDER = {
 
 def scan(root: Path, view: str | None, *, title: str = "EmoDB") -> Scan:
     existing_folder(root, title)
-    files = wav_files(root)
     result = Scan()
+    files = result.take_wavs(corpus_files(root))
     matched = 0
     for path in files:
         m = NAME.match(path.stem)
@@ -33,7 +33,7 @@ def scan(root: Path, view: str | None, *, title: str = "EmoDB") -> Scan:
             continue
         native, label = found
         result.records.append({
-            "path": str(path.resolve()),
+            "path": str(path),   # resolved (and de-duplicated) by build_table
             "label": label,
             "speaker": m["speaker"],
             "gender": SPEAKER_GENDER.get(m["speaker"]),

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from ..errors import CorpusError
-from .common import Scan, existing_folder, label_for, wav_files
+from .common import Scan, corpus_files, existing_folder, label_for
 
 LABEL_LINE = re.compile(
     r"^\[\s*(?P<start>[\d.]+)\s*-\s*(?P<end>[\d.]+)\s*\]\s+(?P<utt>\S+)\s+(?P<code>\S+)\s+"
@@ -19,9 +19,9 @@ LABEL_LINE = re.compile(
 UTTERANCE = re.compile(r"^(?P<session>Ses\d{2})[FM]_.+_(?P<gender>[FM])\d+[a-z]?$")
 
 
-def label_files(root: Path) -> list[Path]:
+def label_files(files: list[Path]) -> list[Path]:
     """The per-dialog evaluation files (EmoEvaluation/*.txt, not its Categorical/Attribute subfolders)."""
-    return sorted(p for p in root.rglob("*.txt") if p.parent.name == "EmoEvaluation" and p.is_file())
+    return [p for p in files if p.suffix == ".txt" and p.parent.name == "EmoEvaluation"]
 
 
 def read_labels(files: list[Path]) -> dict[str, dict]:
@@ -45,14 +45,15 @@ def read_labels(files: list[Path]) -> dict[str, dict]:
 
 def scan(root: Path, view: str | None) -> Scan:
     existing_folder(root, "IEMOCAP")
-    evaluations = label_files(root)
+    everything = corpus_files(root)
+    evaluations = label_files(everything)
     if not evaluations:
         raise CorpusError(f"{root}: no IEMOCAP label files found "
                           f"(expected Session*/dialog/EmoEvaluation/*.txt)")
     labels = read_labels(evaluations)
     dialogs = {p.stem for p in evaluations}
-    files = wav_files(root)
     result = Scan()
+    files = result.take_wavs(everything)
     matched = 0
     for path in files:
         utt = path.stem
@@ -75,7 +76,7 @@ def scan(root: Path, view: str | None) -> Scan:
         native, label = found
         gender = m["gender"]
         result.records.append({
-            "path": str(path.resolve()),
+            "path": str(path),   # resolved (and de-duplicated) by build_table
             "label": label,
             "speaker": m["session"] + gender,
             "gender": gender.lower(),

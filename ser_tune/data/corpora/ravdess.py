@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from ..errors import CorpusError
-from .common import Scan, existing_folder, label_for, wav_files
+from .common import Scan, corpus_files, existing_folder, label_for
 
 NAME = re.compile(
     r"^(?P<modality>\d{2})-(?P<channel>\d{2})-(?P<code>\d{2})-(?P<intensity>\d{2})-"
@@ -19,8 +19,8 @@ STATEMENT = {"01": "Kids are talking by the door", "02": "Dogs are sitting by th
 
 def scan(root: Path, view: str | None) -> Scan:
     existing_folder(root, "RAVDESS")
-    files = wav_files(root)
     result = Scan()
+    files = result.take_wavs(corpus_files(root))
     matched = 0
     for path in files:
         m = NAME.match(path.stem)
@@ -42,7 +42,7 @@ def scan(root: Path, view: str | None) -> Scan:
         native, label = found
         actor = int(m["actor"])
         result.records.append({
-            "path": str(path.resolve()),
+            "path": str(path),   # resolved (and de-duplicated) by build_table
             "label": label,
             "speaker": m["actor"],
             "gender": "m" if actor % 2 == 1 else "f",   # odd-numbered actors are male

@@ -10,7 +10,8 @@ import torch
 
 from ser_tune.encoders import load_encoder
 from ser_tune.training import latency as latency_module
-from ser_tune.training.head import EmotionHead, masked_mean
+from ser_tune.training.export import TunedModel
+from ser_tune.training.head import EmotionHead
 from ser_tune.training.latency import count_parameters, measure_latency, model_bytes
 
 RATE = 16000
@@ -93,37 +94,28 @@ def test_bad_settings_are_one_clear_line(kwargs, fragment):
         measure_latency(SleepingModel(), _clips(0.1), RATE, **kwargs)
 
 
-class TinyTunedModel:
-    """The TunedModel surface measure_latency uses (embed + head, sample_rate, max_length)."""
-
-    sample_rate = RATE
-
-    def __init__(self, max_length=None):
-        self.encoder = load_encoder("tiny-wav2vec2")
-        self.head = EmotionHead(self.encoder.num_layers + 1, self.encoder.hidden_size, 4).eval()
-        self.max_length = max_length
-        self.embedded = []
-
-    def embed(self, wave):
-        if self.max_length is not None:
-            wave = wave[: int(round(self.max_length * self.sample_rate))]
-        self.embedded.append(len(wave))
-        x = torch.from_numpy(wave)[None]
-        states, mask = self.encoder(x, torch.tensor([x.shape[1]]))
-        return torch.stack([masked_mean(h, mask) for h in states], dim=1)
+def _tuned_model(max_length=None):
+    """A real TunedModel (training.export) on a tiny encoder, recording the clip lengths it encodes."""
+    encoder = load_encoder("tiny-wav2vec2")
+    head = EmotionHead(encoder.num_layers + 1, encoder.hidden_size, 4).eval()
+    meta = {"labels": ["angry", "happy", "neutral", "sad"], "sample_rate": RATE, "max_length": max_length}
+    model = TunedModel(meta=meta, encoder=encoder, head=head)
+    model.encoded = []
+    encoder.register_forward_hook(lambda module, args, out: model.encoded.append(args[0].shape[1]))
+    return model
 
 
 def test_a_tuned_model_runs_encoder_and_head_and_counts_cropped_audio():
-    model = TinyTunedModel(max_length=0.5)
+    model = _tuned_model(max_length=0.5)
     result = measure_latency(model, _clips(1.0, 0.25), RATE, repeats=2, warmup=0)
-    assert model.embedded == [8000, 4000] * 2
+    assert model.encoded == [8000, 4000] * 2
     assert result.audio_seconds == 0.75   # the 1 s clip counts its 0.5 s the model runs
     assert result.latency_ms_per_s > 0
 
 
 def test_a_sample_rate_mismatch_is_named():
     with pytest.raises(ValueError, match="expects 16000 Hz audio, the clips are 8000 Hz"):
-        measure_latency(TinyTunedModel(), _clips(0.1), 8000)
+        measure_latency(_tuned_model(), _clips(0.1), 8000)
 
 
 def test_something_not_callable_is_named():

@@ -70,20 +70,28 @@ def spec_fingerprint(spec: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_encoder(spec: str) -> SpeechEncoder:
-    """Load an encoder in eval mode with every parameter frozen (training unfreezes what it trains)."""
+def load_encoder(spec: str, num_layers: int | None = None) -> SpeechEncoder:
+    """Load an encoder in eval mode with every parameter frozen (training unfreezes what it trains).
+
+    ``num_layers`` truncates it to its first layers (``SpeechEncoder.truncate``): how a model
+    folder that stored its layer count re-creates a truncated encoder.
+    """
     check_spec(spec)
     if spec.startswith("hf:"):
         from .hf import load_hf_encoder
 
-        return load_hf_encoder(spec[3:], spec)
-    if spec.startswith("speechbrain:"):
+        encoder = load_hf_encoder(spec[3:], spec)
+    elif spec.startswith("speechbrain:"):
         from .speechbrain import load_speechbrain_encoder
 
-        return load_speechbrain_encoder(spec[len("speechbrain:"):], spec)
-    from .tiny import load_tiny_encoder
+        encoder = load_speechbrain_encoder(spec[len("speechbrain:"):], spec)
+    else:
+        from .tiny import load_tiny_encoder
 
-    return load_tiny_encoder(spec[5:])
+        encoder = load_tiny_encoder(spec[5:])
+    if num_layers is not None:
+        encoder.truncate(num_layers)
+    return encoder
 
 
 __all__ = ["EncoderError", "SpeechEncoder", "load_encoder", "check_spec", "resolve_spec", "spec_fingerprint", "lengths_to_mask", "TINY_FAMILIES"]

@@ -6,10 +6,17 @@ feature cache can store the output of the frozen bottom and a trial runs only th
 
 Hidden-state convention (as Hugging Face's ``output_hidden_states``): index 0 is the input of
 transformer layer 0, index i the output of layer i-1; there are ``num_layers + 1`` of them.
+A final norm the model applies after its last layer belongs to the last hidden state only.
+
+Truncation: a head that reads hidden state k needs only layers 0..k-1, so ``truncate(k)`` drops
+the layers above (and the final norm) in place; hidden states 0..k of the truncated encoder equal
+the full encoder's. To re-create a truncated encoder (e.g. from a saved model folder), load the
+spec and truncate it again: ``load_encoder(spec, num_layers=k)``.
 """
 from __future__ import annotations
 
 import hashlib
+import numbers
 from typing import Sequence
 
 import torch
@@ -25,6 +32,7 @@ class SpeechEncoder(nn.Module):
     family: str = ""
     sample_rate: int = 16000
     max_seconds: float | None = None   # longest input the model accepts (Whisper: 30 s)
+    source_num_layers: int | None = None   # the spec's layer count, set when truncated
 
     @property
     def num_layers(self) -> int:
@@ -36,6 +44,28 @@ class SpeechEncoder(nn.Module):
 
     def transformer_layers(self) -> nn.ModuleList:
         raise NotImplementedError
+
+    def remove_final_norm(self) -> None:
+        """Drop what is applied after the last layer only (a final layer norm), in place."""
+        raise NotImplementedError
+
+    def truncate(self, num_layers: int) -> None:
+        """Keep transformer layers ``0 .. num_layers-1`` only, in place: hidden state ``num_layers``
+        becomes the last one, equal to the full encoder's hidden state at that index (the final
+        norm, which only the full top applies, goes too). ``num_layers`` equal to the current
+        count changes nothing. Truncate a freshly loaded encoder, not one shared with other users.
+        """
+        current = self.num_layers
+        if isinstance(num_layers, bool) or not isinstance(num_layers, numbers.Integral) \
+                or not 0 <= num_layers <= current:
+            raise EncoderError(f"{self.spec}: cannot truncate to {num_layers!r} layers; "
+                               f"the encoder has {current}, so choose 0..{current}")
+        num_layers = int(num_layers)
+        if num_layers == current:
+            return
+        self.source_num_layers = self.source_num_layers or current
+        del self.transformer_layers()[num_layers:]
+        self.remove_final_norm()
 
     def frontend_modules(self) -> Sequence[nn.Module]:
         """Modules before layer 0 (convolutional feature extractor, positional embedding).
@@ -74,7 +104,16 @@ class SpeechEncoder(nn.Module):
     def describe(self) -> dict:
         total = sum(p.numel() for p in self.parameters())
         return {"spec": self.spec, "family": self.family, "num_layers": self.num_layers,
+                "source_num_layers": self.source_num_layers or self.num_layers,
                 "hidden_size": self.hidden_size, "sample_rate": self.sample_rate, "parameters": total}
+
+
+def freeze_for_inference(encoder: SpeechEncoder) -> SpeechEncoder:
+    """Eval mode with every parameter frozen (how every loader hands an encoder out)."""
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder
 
 
 def lengths_to_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import EncoderError, SpeechEncoder, lengths_to_mask
+from .base import EncoderError, SpeechEncoder, freeze_for_inference, lengths_to_mask
 
 WAV2VEC2_FAMILY = {"wav2vec2", "hubert", "wavlm", "data2vec-audio"}
 
@@ -58,6 +58,10 @@ class WhisperSpeechEncoder(SpeechEncoder):
 
     def frontend_modules(self) -> Sequence[nn.Module]:
         return [self.encoder.conv1, self.encoder.conv2, self.encoder.embed_positions]
+
+    def remove_final_norm(self) -> None:
+        # WhisperEncoder.forward applies layer_norm once, after the last layer: not a layer's own.
+        self.encoder.layer_norm = nn.Identity()
 
     def embed(self, waves, lengths):
         lengths = lengths.cpu()
@@ -127,6 +131,13 @@ class Wav2Vec2FamilySpeechEncoder(SpeechEncoder):
         if not self.stable_layer_norm:
             mods.append(self.model.encoder.layer_norm)
         return mods
+
+    def remove_final_norm(self) -> None:
+        # The stable-layer-norm variant (wav2vec2-large, WavLM-large) normalises after the last
+        # layer; the other variant normalises before layer 0 (in ``embed``), which stays.
+        if self.stable_layer_norm:
+            self.model.encoder.layer_norm = nn.Identity()
+        self.output_norm = False
 
     def embed(self, waves, lengths):
         sample_mask = lengths_to_mask(lengths, waves.shape[1])
@@ -211,7 +222,7 @@ def load_hf_encoder(source: str, spec: str | None = None) -> SpeechEncoder:
             normalize = bool(getattr(fe, "do_normalize", True))
         except (OSError, ValueError):
             pass
-        return _eval(Wav2Vec2FamilySpeechEncoder(model, spec, normalize=normalize))
+        return freeze_for_inference(Wav2Vec2FamilySpeechEncoder(model, spec, normalize=normalize))
     raise EncoderError(f"{spec}: model type '{model_type}' is not a supported speech encoder "
                        f"(supported: whisper, {', '.join(sorted(WAV2VEC2_FAMILY))})")
 
@@ -227,11 +238,4 @@ def _load_whisper(transformers, source, config, spec):
         fe = transformers.WhisperFeatureExtractor.from_pretrained(source)
     except OSError:
         fe = transformers.WhisperFeatureExtractor(feature_size=config.num_mel_bins)
-    return _eval(WhisperSpeechEncoder(encoder, fe, spec))
-
-
-def _eval(encoder: SpeechEncoder) -> SpeechEncoder:
-    encoder.eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    return encoder
+    return freeze_for_inference(WhisperSpeechEncoder(encoder, fe, spec))

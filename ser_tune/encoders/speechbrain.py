@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from .base import EncoderError, SpeechEncoder
+from .base import EncoderError, SpeechEncoder, freeze_for_inference
 
 
 def _savedir(source: str) -> Path:
@@ -43,11 +43,11 @@ def load_speechbrain_encoder(source: str, spec: str | None = None) -> SpeechEnco
         raise EncoderError(f"{spec}: no Hugging Face speech encoder among the model's modules "
                            f"({', '.join(pretrained.mods.keys())})")
     wrapper = wrappers[0]
-    from .hf import WAV2VEC2_FAMILY, Wav2Vec2FamilySpeechEncoder, _eval
+    from .hf import WAV2VEC2_FAMILY, Wav2Vec2FamilySpeechEncoder
 
     model = wrapper.model
     if model.config.model_type not in WAV2VEC2_FAMILY:
         raise EncoderError(f"{spec}: wrapped model type '{model.config.model_type}' is not supported")
     encoder = Wav2Vec2FamilySpeechEncoder(model, spec, normalize=bool(getattr(wrapper, "normalize_wav", True)),
                                           output_norm=bool(getattr(wrapper, "output_norm", False)))
-    return _eval(encoder)
+    return freeze_for_inference(encoder)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import EncoderError, SpeechEncoder
+from .base import EncoderError, SpeechEncoder, freeze_for_inference
 
 TINY_FAMILIES = ("whisper", "wav2vec2", "hubert", "wavlm")
 _TINY_SEED = 1234
@@ -58,10 +58,10 @@ def build_tiny_model(family: str):
 def load_tiny_encoder(family: str) -> SpeechEncoder:
     import transformers
 
-    from .hf import Wav2Vec2FamilySpeechEncoder, WhisperSpeechEncoder, _eval
+    from .hf import Wav2Vec2FamilySpeechEncoder, WhisperSpeechEncoder
 
     model = build_tiny_model(family)
     if family == "whisper":
         fe = transformers.WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
-        return _eval(WhisperSpeechEncoder(model.encoder, fe, f"tiny-{family}"))
-    return _eval(Wav2Vec2FamilySpeechEncoder(model, f"tiny-{family}"))
+        return freeze_for_inference(WhisperSpeechEncoder(model.encoder, fe, f"tiny-{family}"))
+    return freeze_for_inference(Wav2Vec2FamilySpeechEncoder(model, f"tiny-{family}"))

@@ -1,0 +1,147 @@
+"""Deployment costs of a model: CPU inference latency per second of audio, size on disk, parameters.
+
+Latency is measured the way a user shipping SER on a CPU would run it: one clip at a time, on
+``threads`` torch threads (1 by default: a CPU core), encoder included, after ``warmup`` passes
+over the clips. One repeat runs every clip once; its latency is its total seconds over the
+clips' total audio seconds, in milliseconds per second of audio. The reported value is the
+median over repeats; the spread (min, max, interquartile range, coefficient of variation) says
+how noisy the machine was.
+
+What gets timed: a callable ``wave -> output``, or an object with ``embed(wave)`` and ``head``
+(a ``TunedModel`` of ``training.export``), timed as ``head(embed(wave))``. When the model has a
+``max_length`` (seconds, as ``TunedModel``), it crops its input, so a clip counts at most that
+many seconds of audio.
+
+Example: a tiny encoder behind a mean-pooling "model".
+
+>>> import numpy as np, torch
+>>> from ser_tune.encoders import load_encoder
+>>> encoder = load_encoder("tiny-hubert")
+>>> def model(wave):
+...     x = torch.from_numpy(wave)[None]
+...     states, _ = encoder(x, torch.tensor([x.shape[1]]))
+...     return states[-1].mean(1)
+>>> waves = [np.zeros(16000, np.float32), np.zeros(8000, np.float32)]
+>>> result = measure_latency(model, waves, 16000, repeats=3)
+>>> result.audio_seconds, result.repeats, result.threads
+(1.5, 3, 1)
+>>> 0 < result.min_ms_per_s <= result.latency_ms_per_s <= result.max_ms_per_s
+True
+>>> trainable, total = count_parameters(encoder)  # load_encoder freezes every parameter
+>>> encoder.truncate(1)
+>>> trainable, count_parameters(encoder)[1] < total
+(0, True)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.benchmark.utils.common import set_torch_threads
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Inference latency in milliseconds per second of audio (see the module docstring)."""
+    latency_ms_per_s: float          # median over repeats
+    min_ms_per_s: float
+    max_ms_per_s: float
+    iqr_ms_per_s: float              # 75th - 25th percentile over repeats (linear interpolation)
+    cv: float                        # standard deviation (ddof=0) / mean over repeats
+    per_repeat_ms_per_s: tuple[float, ...]
+    repeats: int
+    clips: int
+    audio_seconds: float             # audio one repeat runs (after the model's crop)
+    threads: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def inference_call(model: Any) -> Callable[[np.ndarray], Any]:
+    """The call that is timed: ``model`` itself, or ``head(embed(wave))`` for a TunedModel-like."""
+    if hasattr(model, "embed") and hasattr(model, "head"):
+        return lambda wave: model.head(model.embed(wave))
+    if callable(model):
+        return model
+    raise ValueError(f"measure_latency: {type(model).__name__} is neither callable nor has embed() and head")
+
+
+def counted_seconds(model: Any, waves: Sequence[np.ndarray], sample_rate: int) -> float:
+    """Audio seconds one pass over ``waves`` runs, after the model's ``max_length`` crop."""
+    crop = getattr(model, "max_length", None)
+    total = 0.0
+    for wave in waves:
+        seconds = len(wave) / sample_rate
+        total += min(seconds, float(crop)) if crop is not None else seconds
+    return total
+
+
+def check_inputs(model: Any, waves: Sequence[np.ndarray], sample_rate: int, repeats: int,
+                 warmup: int, threads: int) -> None:
+    """One clear line for input that cannot be measured."""
+    if not len(waves):
+        raise ValueError("measure_latency: no clips given (waves is empty)")
+    for index, wave in enumerate(waves):
+        if np.ndim(wave) != 1:
+            raise ValueError(f"measure_latency: clip {index} has shape {np.shape(wave)}, expected one channel (samples,)")
+        if len(wave) == 0:
+            raise ValueError(f"measure_latency: clip {index} has no samples")
+    if sample_rate <= 0:
+        raise ValueError(f"measure_latency: sample_rate must be positive, got {sample_rate}")
+    own_rate = getattr(model, "sample_rate", None)
+    if own_rate is not None and int(own_rate) != int(sample_rate):
+        raise ValueError(f"measure_latency: the model expects {own_rate} Hz audio, the clips are {sample_rate} Hz")
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("threads", threads, 1)):
+        if value < low:
+            raise ValueError(f"measure_latency: {name} must be at least {low}, got {value}")
+
+
+def measure_latency(model: Any, waves: Sequence[np.ndarray], sample_rate: int, *, repeats: int = 5,
+                    warmup: int = 1, threads: int = 1) -> LatencyResult:
+    """Median CPU latency of ``model`` per second of audio over ``repeats`` passes over ``waves``.
+
+    Runs under ``torch.inference_mode`` with ``threads`` intra-op threads (the previous count is
+    restored afterwards, also on error); ``warmup`` untimed passes come first.
+    """
+    check_inputs(model, waves, sample_rate, repeats, warmup, threads)
+    run = inference_call(model)
+    waves = [np.asarray(w, dtype=np.float32) for w in waves]
+    audio_seconds = counted_seconds(model, waves, sample_rate)
+    per_repeat = []
+    with set_torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            for wave in waves:
+                run(wave)
+        for _ in range(repeats):
+            elapsed = 0.0
+            for wave in waves:
+                start = time.perf_counter()
+                run(wave)
+                elapsed += time.perf_counter() - start
+            per_repeat.append(elapsed / audio_seconds * 1000.0)
+    values = np.asarray(per_repeat)
+    q25, q75 = np.percentile(values, [25, 75])
+    return LatencyResult(latency_ms_per_s=float(np.median(values)), min_ms_per_s=float(values.min()),
+                         max_ms_per_s=float(values.max()), iqr_ms_per_s=float(q75 - q25),
+                         cv=float(values.std() / values.mean()), per_repeat_ms_per_s=tuple(per_repeat),
+                         repeats=repeats, clips=len(waves), audio_seconds=audio_seconds, threads=threads)
+
+
+def model_bytes(folder: str | Path) -> int:
+    """Size on disk of a model folder: the sum of the sizes of the files under it (recursively)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"model_bytes: {folder} is not a folder")
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a parameter shared by several modules counts once."""
+    params = list(module.parameters())  # nn.Module.parameters() already yields shared ones once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

@@ -98,8 +98,9 @@ def launch_json(summary: dict, folder) -> dict:
         row = dict(s)
         row["seconds_to_0.9"] = (s.get("seconds_to") or {}).get("0.9")
         strategies[name] = row
-    return {"study_dir": str(folder.dir), "status": folder.meta.get("status"), "strategies": strategies,
-            "best_model": folder.meta.get("best_model", {}).get("path")}
+    incomplete = [name for name, s in strategies.items() if s.get("status") != "done"]
+    return {"study_dir": str(folder.dir), "status": folder.meta.get("status"), "incomplete": incomplete,
+            "strategies": strategies, "best_model": folder.meta.get("best_model", {}).get("path")}
 
 
 def print_comparison(summary: dict) -> None:
@@ -111,11 +112,14 @@ def print_comparison(summary: dict) -> None:
     top = max(thresholds)
     header = f"{'strategy':10} {'trials':>6} {'best ' + metric:>14} {test_key:>9}  time to {top:g} (wall-clock)"
     print(header)
-    for name, s in entry["strategies"].items():
+    complete = {n: s for n, s in entry["strategies"].items() if s.get("status") == "done"}
+    for name, s in [*complete.items(), *((n, s) for n, s in entry["strategies"].items() if n not in complete)]:
         val = s.get("best_" + metric)
         test = s.get(test_key)
         t = (s.get("seconds_to") or {}).get(f"{top:g}")
         reached = f"{t:.1f} s" if t is not None else f"not reached in {s.get('trials')} trials"
+        if name not in complete:
+            reached = f"INCOMPLETE ({s.get('status')}: {s.get('trials')} trials ended; not ranked; --resume finishes it)"
         print(f"{name:10} {s.get('trials', 0):>6} {_fmt(val):>14} {_fmt(test):>9}  {reached}")
 
 

@@ -70,12 +70,19 @@ def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResu
     parts = [f"# {title}\n"]
     for study in studies:
         parts.append(_setup_section(study, several))
+    complete, incomplete = split_complete(tables)
     parts.append("## Strategy comparison\n")
-    parts.append(_comparison_table(tables["strategies"], several))
+    parts.append(_comparison_table(complete["strategies"], several))
     parts.append(f"\nThe test column is the test-speaker score of the trial with the best {metric}; "
                  f"the test speakers were never seen by the search.\n")
     parts.append("## Time to threshold\n")
-    parts.append(_threshold_table(tables["thresholds"], several))
+    parts.append(_threshold_table(complete["thresholds"], several))
+    if not incomplete["strategies"].empty:
+        parts.append("\n## Incomplete strategies (not ranked beside the complete ones)\n")
+        parts.append("Their budget was not spent (the study was interrupted or is still running): "
+                     "`python -m ser_tune.launch CONFIG --resume` finishes them. Partial figures:\n")
+        parts.append(_comparison_table(incomplete["strategies"], several))
+        parts.append(_threshold_table(incomplete["thresholds"], several))
     parts.append("\n## What the times include\n")
     parts.append(TIMING_DEFINITIONS.format(metric=_short(metric)))
     parts.append("\n## Plots\n")
@@ -100,6 +107,18 @@ def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResu
             body = cross.read_text().split("\n", 1)[-1]   # drop its own title
             parts.append(body.replace("](crosscorpus_", f"]({prefix}crosscorpus_"))
     return "\n".join(parts)
+
+
+def split_complete(tables: dict) -> tuple[dict, dict]:
+    """The comparison tables of the strategies that spent their budget, and of the others."""
+    done = {(r["study_dir"], r["strategy"]) for r in tables["strategies"].to_dict("records")
+            if r["status"] in ("done", "unknown")}
+
+    def part(frame: pd.DataFrame, keep: bool) -> pd.DataFrame:
+        mask = [((d, s) in done) == keep for d, s in zip(frame["study_dir"], frame["strategy"])]
+        return frame[mask] if len(frame) else frame
+
+    return ({k: part(v, True) for k, v in tables.items()}, {k: part(v, False) for k, v in tables.items()})
 
 
 def _modes_section(study: StudyFolder) -> str:

@@ -8,6 +8,7 @@ interrupted study and a non-zero exit status.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ def run_study_cli(kind: StudyKind, experiment, args, *, verbose: int = 0) -> Out
         folder = open_folder(experiment, args.resume)
         print(f"study folder: {folder.dir}", flush=True)
         kind.prepare(folder)
+        local = not (args.address or os.environ.get("RAY_ADDRESS"))
+        if local:   # a local Ray would have this machine's CPUs: say so before starting it
+            kind.check_cluster(Cluster(cpus=os.cpu_count() or 1, largest_node=os.cpu_count() or 1, nodes=1,
+                                       dashboard=None))
         cluster = start_ray(args.address, quiet=args.json, token_dir=folder.dir)
         kind.check_cluster(cluster)
     except INPUT_ERRORS as exc:

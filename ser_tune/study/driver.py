@@ -12,6 +12,8 @@ short by SIGINT, SIGTERM or ``ray job stop`` is recorded as interrupted, the stu
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,8 @@ class StudyKind:
 def run_study(kind: StudyKind, folder: StudyFolder, cluster: Cluster, *, resources: dict,
               verbose: int = 0) -> None:
     """Run (or resume) every unit of the study; raises StudyInterrupted when one did not finish."""
+    if verbose == 0:   # the line per finished trial replaces Ray's tables and experiment boxes
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     folder.meta.setdefault("status", UNIT_RUNNING)
     for unit in kind.units(folder, cluster):
         entry = folder.unit(unit.name)
@@ -126,7 +130,7 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
                                    resume_errored=unit.continue_errored,
                                    restart_errored=not unit.continue_errored)
         if unit.progress is not None:   # the count goes on from the trials already ended
-            unit.progress.done = count_ended(tuner.get_results())
+            unit.progress.done = count_ended(restored_results(tuner))
         return tuner
     return tune.Tuner(
         trainable, param_space=unit.param_space,
@@ -139,6 +143,18 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   # a node lost mid-trial: the trial restarts from its epoch state elsewhere
                                   failure_config=tune.FailureConfig(max_failures=2)))
+
+
+def restored_results(tuner):
+    # A trial cut off before its first report has no result files yet: Ray warns about each; it
+    # runs again now, so the warning says nothing the user needs.
+    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        return tuner.get_results()
+    finally:
+        log.setLevel(level)
 
 
 def count_ended(grid) -> int:

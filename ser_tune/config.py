@@ -50,7 +50,7 @@ from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, V
 
 from ser_tune.data.corpus import CORPORA
 from ser_tune.data.labels import check_view
-from ser_tune.schema import (Mapping, Section, choice, described, error_line, integer, invalid, kept_as_dict,
+from ser_tune.schema import (MappingOrNull, Section, choice, described, error_line, integer, invalid, kept_as_dict,
                              listed, number)
 from ser_tune.search import STRATEGY_NAMES
 from ser_tune.search.space import SpaceError, default_grid, paper_space, parse_grid, parse_space, space_to_raw
@@ -64,6 +64,7 @@ SPLIT_KEYS = {                      # the keyword arguments of ser_tune.data.mak
 }
 DEFAULT_SPLIT = {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0}
 REPEAT_OVER = ("searcher", "split")
+SPEAKER_FOLDS = ": speaker folds need speakers, but split.kind is 'random' (use speaker or fold)"
 
 # The quickstart study: synthetic corpus, tiny encoder, a few minutes on a laptop.
 # experiments/quickstart.yaml holds the same values (a test checks they agree).
@@ -179,7 +180,8 @@ SourceFile = Annotated[Optional[Path], BeforeValidator(lambda _value, info: sour
 StoragePath = Annotated[Path, BeforeValidator(_storage)]
 EncoderSpec = Annotated[str, BeforeValidator(_encoder)]
 TrialValues = Annotated[dict, BeforeValidator(_trial)]          # fixed TrialSettings values, checked
-Seed = integer("an integer >= 0", ge=0)
+NonNegativeInt = integer("an integer >= 0", ge=0)
+Seed = NonNegativeInt
 PositiveInt = integer("a positive integer", ge=1)
 PositiveNumber = number("a positive number", gt=0)
 
@@ -202,7 +204,7 @@ class CorpusTarget(Section):
 class CorpusConfig(CorpusTarget):
     """The study's corpus (``root`` null for the synthetic one: a folder under storage)."""
     name: choice(CORPORA) = "synthetic"
-    options: Mapping = {}                  # synthetic-corpus options
+    options: MappingOrNull = {}         # synthetic-corpus options
     drop_labels: listed(Annotated[str, described("a class name")], "a list of class names", empty=True,
                         noun="a class") = []
     min_duration: PositiveNumber = 0.25
@@ -227,8 +229,8 @@ class SplitConfig(Section):
     test_speakers: SpeakerShare = None
     val_fraction: Fraction = None
     test_fraction: Fraction = None
-    k: Seed = None
-    fold: Seed = None
+    k: NonNegativeInt = None
+    fold: NonNegativeInt = None
     seed: Seed = None
 
     @model_validator(mode="after")
@@ -294,8 +296,7 @@ class StudyConfig(Section):
     @model_validator(mode="after")
     def _speaker_folds_need_speakers(self):
         if self.evaluation.outer_folds > 1 and self.split["kind"] == "random":
-            raise invalid(": speaker folds need speakers, but split.kind is 'random' (use speaker or fold)",
-                          "evaluation", "outer_folds")
+            raise invalid(SPEAKER_FOLDS, "evaluation", "outer_folds")
         return self
 
     def to_dict(self) -> dict:
@@ -327,8 +328,7 @@ class Experiment(StudyConfig):
         if both:
             raise invalid(f": '{both[0]}' is both fixed in trial and searched in the grid; keep one", "grid", both[0])
         if self.objective.cv_folds > 1 and self.split["kind"] == "random":
-            raise invalid(": speaker folds need speakers, but split.kind is 'random' (use speaker or fold)",
-                          "objective", "cv_folds")
+            raise invalid(SPEAKER_FOLDS, "objective", "cv_folds")
         return self
 
 

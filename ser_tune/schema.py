@@ -73,7 +73,7 @@ def integer(what: str, *, optional: bool = False, **limits) -> Any:
 
 
 Flag = Annotated[bool, Field(strict=True), described("true or false")]
-Mapping = Annotated[dict, BeforeValidator(lambda value: {} if value is None else value)]    # null is {}
+MappingOrNull = Annotated[dict, BeforeValidator(lambda value: {} if value is None else value)]    # null is {}
 
 
 def listed(item: Any, what: str, *, single: bool = False, empty: bool = False, noun: str | None = None) -> Any:

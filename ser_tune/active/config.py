@@ -36,7 +36,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from ..config import (Budget, EncoderSpec, Experiment, Objective, Seed, StudyConfig, TrialValues, read_yaml,
                       validate)
-from ..schema import Flag, Mapping, Section, choice, invalid, listed, number
+from ..schema import Flag, MappingOrNull, Section, choice, invalid, listed, number
 from .acquisition import ACQUISITIONS, COLD_STARTS
 
 DEFAULT_TRIAL = {"unfreeze": "none"}
@@ -61,7 +61,7 @@ class ActiveSettings(Section):
                                                                 "coreset"]
     reinit: Flag = True
     tapt: listed(Flag, "a list of true/false", single=True, noun="a value") = [False]
-    tapt_settings: Mapping = {}
+    tapt_settings: MappingOrNull = {}
     tapt_test_audio: Flag = False
     seeds: listed(Seed, "a non-empty list of integers >= 0", single=True, noun="a seed") = [0]
     full_reference: Flag = True

@@ -76,6 +76,7 @@ class StageTwo(Section):
 
 
 class AdaptConfig(Section):
+    """The two-stage configuration (see the module docs); ``path`` is the file it was read from."""
     source: CorpusSide
     target: CorpusSide
     stage1: StageOne

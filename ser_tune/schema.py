@@ -13,7 +13,7 @@ raises :func:`invalid` naming the field it blames; :func:`error_line` turns the 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, ClassVar, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetPydanticSchema,
                       ValidationError, WrapValidator, model_validator)
@@ -62,14 +62,17 @@ def choice(names: Sequence[str], *, noun: str | None = None, what: str | None = 
     return Annotated[Literal[tuple(names)], described(what or f"one of {listed}")]
 
 
-def number(what: str, *, optional: bool = False, kind: type = float, **limits) -> Any:
-    """A finite number (an int with ``kind=int``; never a bool or a string) within ``limits`` (gt, ge, lt, le)."""
-    checked = Annotated[kind, Field(strict=True, **limits, **({"allow_inf_nan": False} if kind is float else {}))]
+def integer(what: str, *, optional: bool = False, **limits) -> Any:
+    """An int (never a bool, a float or a string) within ``limits`` (gt, ge, lt, le)."""
+    checked = Annotated[int, Field(strict=True, **limits)]
     return Annotated[Optional[checked] if optional else checked, described(what)]
 
 
-def integer(what: str, *, optional: bool = False, **limits) -> Any:
-    return number(what, optional=optional, kind=int, **limits)
+def number(what: str, *, optional: bool = False, **limits) -> Any:
+    """A finite int or float, kept as given (never a bool or a string), within ``limits``."""
+    checked = Union[Annotated[int, Field(strict=True, **limits)],
+                    Annotated[float, Field(strict=True, allow_inf_nan=False, **limits)]]
+    return Annotated[Optional[checked] if optional else checked, described(what)]
 
 
 Flag = Annotated[bool, Field(strict=True), described("true or false")]

@@ -9,10 +9,10 @@ corpora, so the table shows what stage two gained on the target and what it cost
 
 CONFIG (see experiments/twostage.yaml)::
 
-    name: twostage
+    name: <file stem>
     encoder: tiny-whisper
     storage: studies                          # results in <storage>/<name>/, feature cache shared
-    source: {corpus: {name, root, label_map, options}, split: {kind: speaker, ...}}
+    source: {corpus: {name, root, ...}, split: {kind: speaker, ...}}   # corpus and split as in ser_tune.config
     target: {corpus: {...}, split: {...}}
     stage1: {trial: {peft: lora, unfreeze: "top:2", ...}}
     stage2: {trial: {...}, freeze: [lora]}    # trial: changes to stage one's settings
@@ -36,17 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from pydantic import Field, model_validator
 
-from .config import ConfigError, _Checker, _corpus, _encoder, _split, _trial
+from .config import (ConfigError, CorpusConfig, EncoderSpec, Name, SourceFile, SplitDict, StoragePath, TrialValues,
+                     read_yaml, validate)
+from .schema import Flag, Section, choice, listed
 from .training.peft import FREEZE_GROUPS
 
-TOP_KEYS = ("name", "encoder", "storage", "source", "target", "stage1", "stage2", "baseline")
 RESULT_FILE = "adapt.json"
 TABLE_FILE = "adapt.md"
 
 
-class AdaptError(ValueError):
+class AdaptError(ConfigError):
     """Bad two-stage configuration or a stage that cannot run; the message names the file or field."""
 
 
@@ -59,73 +60,52 @@ class Side:
     data: Any
 
 
-@dataclass
-class AdaptConfig:
-    name: str
-    encoder: str
-    storage: Path
-    source: dict
-    target: dict
-    stage1: dict
-    stage2: dict
-    freeze: list[str]
-    baseline: bool
-    path: Path | None = None
+class CorpusSide(Section):
+    """``source`` or ``target``: a corpus and its split."""
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    split: SplitDict = Field(None, validate_default=True)
+
+
+class StageOne(Section):
+    trial: TrialValues = {}
+
+
+class StageTwo(Section):
+    trial: TrialValues = {}     # in the file: changes to stage one's settings; once read: stage two's settings
+    freeze: listed(choice(FREEZE_GROUPS), f"a list from {', '.join(FREEZE_GROUPS)}", empty=True) = []
+
+
+class AdaptConfig(Section):
+    """The two-stage configuration (see the module docs); ``path`` is the file it was read from."""
+    source: CorpusSide
+    target: CorpusSide
+    stage1: StageOne
+    stage2: StageTwo = Field(default_factory=StageTwo)
+    name: Name = Field(None, validate_default=True)
+    encoder: EncoderSpec = "tiny-whisper"
+    storage: StoragePath = Field("studies", validate_default=True)
+    baseline: Flag = False
+    path: SourceFile = Field(None, exclude=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_two_starts_from_stage_one(cls, raw: Any) -> Any:
+        # stage2.trial lists changes to stage one's settings: check, and keep, the whole of stage two's
+        try:
+            stage2 = raw.get("stage2") or {}
+            whole = {**(raw["stage1"].get("trial") or {}), **(stage2.get("trial") or {})}
+        except (AttributeError, KeyError, TypeError):
+            return raw      # malformed: the sections' own checks say how
+        return {**raw, "stage2": {**stage2, "trial": whole}}
 
 
 def load_config(path: str | Path) -> AdaptConfig:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise AdaptError(f"{path}: cannot read the configuration ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        raise AdaptError(f"{path}: not valid YAML ({err})") from None
-    return config_from_dict(raw, source=path)
+    return config_from_dict(read_yaml(path, error=AdaptError), source=path)
 
 
 def config_from_dict(raw: Any, *, source: str | Path | None = None) -> AdaptConfig:
     """Validate a parsed configuration; errors name the file and the field (``target.corpus.root``)."""
-    source = Path(source) if source is not None else None
-    c = _Checker(source)
-    if not isinstance(raw, dict):
-        raise AdaptError(f"{c.prefix}expected a mapping at the top level (got {type(raw).__name__})")
-    try:
-        c.mapping(raw, "", TOP_KEYS)
-        for key in ("source", "target", "stage1"):
-            if key not in raw:
-                raise c.fail(f"{key} is required")
-        sides = {}
-        for role in ("source", "target"):
-            side = c.mapping(raw[role], role, ("corpus", "split"))
-            try:
-                split = _split(c, side.get("split"))
-            except ConfigError as err:  # the shared checker says "split.x"; say "source.split.x"
-                raise ConfigError(str(err).replace("split", f"{role}.split", 1)) from None
-            sides[role] = {"corpus": _corpus(c, side.get("corpus"), f"{role}.corpus"), "split": split}
-        stage1 = c.mapping(raw["stage1"], "stage1", ("trial",))
-        stage2 = c.mapping(raw.get("stage2"), "stage2", ("trial", "freeze"))
-        trials = {}
-        for key, stage, base in (("stage1", stage1, {}), ("stage2", stage2, None)):
-            base = trials.get("stage1", {}) if base is None else base
-            try:
-                trials[key] = _trial(c, {**base, **(stage.get("trial") or {})})
-            except ConfigError as err:
-                raise ConfigError(str(err).replace("trial", f"{key}.trial", 1)) from None
-        freeze = stage2.get("freeze") or []
-        if not isinstance(freeze, list) or any(g not in FREEZE_GROUPS for g in freeze):
-            raise c.fail(f"stage2.freeze must be a list from {', '.join(FREEZE_GROUPS)} (got {freeze!r})")
-        name = raw.get("name") or (source.stem if source else "twostage")
-        storage = Path(c.text(raw.get("storage", "studies"), "storage")).expanduser()
-        baseline = raw.get("baseline", False)
-        if not isinstance(baseline, bool):
-            raise c.fail(f"baseline must be true or false (got {baseline!r})")
-        return AdaptConfig(name=c.text(name, "name"), encoder=_encoder(c, raw.get("encoder", "tiny-whisper")),
-                           storage=storage if storage.is_absolute() else (Path.cwd() / storage).resolve(),
-                           source=sides["source"], target=sides["target"], stage1=trials["stage1"],
-                           stage2=trials["stage2"], freeze=list(freeze), baseline=baseline, path=source)
-    except ConfigError as err:
-        raise AdaptError(str(err)) from None
+    return validate(AdaptConfig, raw, source=source, error=AdaptError)
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -134,14 +114,14 @@ def _load_side(cfg: AdaptConfig, role: str) -> Side:
     from .training.finetune import TrialData
 
     spec = cfg.source if role == "source" else cfg.target
-    corpus_cfg = spec["corpus"]
+    corpus_cfg = spec.corpus
     root = corpus_cfg.root
     if corpus_cfg.name == "synthetic" and root is None:
         # Generated corpora with other options must not share a folder (the generator refuses that).
         tag = hashlib.sha1(json.dumps(corpus_cfg.options, sort_keys=True).encode()).hexdigest()[:8]
         root = cfg.storage / f"_synthetic_{tag}"
     corpus = load_corpus(corpus_cfg.name, root, label_map=corpus_cfg.label_map, **(corpus_cfg.options or {}))
-    split = make_split(corpus.table, dict(spec["split"]))
+    split = make_split(corpus.table, dict(spec.split))
     data = TrialData.from_table(corpus.table, split.assignment)
     return Side(role, corpus, split, data)
 
@@ -204,19 +184,20 @@ def run(cfg: AdaptConfig, *, progress=None) -> dict:
     rows = []
     say = progress or (lambda text: None)
     say(f"stage 1 on {src.corpus.name} ({len(src.data.paths)} clips)")
-    row1, first = _stage(cfg, "stage 1", src, cfg.stage1, both, out)
+    row1, first = _stage(cfg, "stage 1", src, cfg.stage1.trial, both, out)
     rows.append(row1)
     same_labels = src.data.labels == tgt.data.labels
-    if "head" in cfg.freeze and not same_labels:
+    if "head" in cfg.stage2.freeze and not same_labels:
         raise AdaptError(f"stage2.freeze: 'head' needs the same labels in both corpora "
                          f"(source {src.data.labels}, target {tgt.data.labels})")
     init = {"encoder": first.state["encoder"], "head": first.state["head"] if same_labels else None}
-    say(f"stage 2 on {tgt.corpus.name} ({len(tgt.data.paths)} clips), freeze {cfg.freeze or 'nothing'}")
-    row2, _ = _stage(cfg, "stage 2", tgt, cfg.stage2, both, out, init_state=init, freeze=cfg.freeze)
+    say(f"stage 2 on {tgt.corpus.name} ({len(tgt.data.paths)} clips), freeze {cfg.stage2.freeze or 'nothing'}")
+    row2, _ = _stage(cfg, "stage 2", tgt, cfg.stage2.trial, both, out, init_state=init,
+                    freeze=cfg.stage2.freeze)
     rows.append(row2)
     if cfg.baseline:
         say("baseline: stage 2's settings on the target from scratch")
-        row, _ = _stage(cfg, "target only", tgt, cfg.stage2, both, out)
+        row, _ = _stage(cfg, "target only", tgt, cfg.stage2.trial, both, out)
         rows.append(row)
     report = {"name": cfg.name, "encoder": cfg.encoder, "source": _describe(src), "target": _describe(tgt),
               "head_carried_over": same_labels, "stages": rows}

@@ -1,49 +1,60 @@
 """Experiment configuration: one YAML file under experiments/ describes a whole study.
 
-Every field is checked on load; an error names the file and the field, e.g.
-``experiments/x.yaml: budget.trials must be a positive integer (got -3)``. Unknown keys
-are errors. The schema, with defaults (see experiments/*.yaml for worked examples)::
+The sections are declarative schemas (:mod:`ser_tune.schema`); every field is checked on load and
+an error is one line naming the file and the field, e.g.
+``experiments/x.yaml: budget.trials must be a positive integer (got -3)``. Unknown keys are errors.
+The schema, with defaults (see experiments/*.yaml for worked examples)::
 
     name: <file stem>               # study name, also its folder under storage
-    corpus: {name: synthetic, root: null, label_map: null, options: {}}
-    split: {kind: speaker, val_speakers: 2, test_speakers: 2, seed: 0}
+    corpus: {name: synthetic, root: null, label_map: null, options: {}, drop_labels: [], min_duration: 0.25}
+                                    # drop_labels: classes dropped after the label view;
+                                    # min_duration: clips shorter (seconds) are skipped
+    split: {kind: speaker, val_speakers: 2, test_speakers: 2, seed: 0}   # or kind random / fold
     encoder: tiny-whisper           # tiny-<family> | hf:<hub id or folder> | speechbrain:<hub id or folder>
     trial: {}                       # fixed TrialSettings values
     space: <the paper's space>      # searched TrialSettings: {name: {loguniform|uniform|int|choice: [...]}}
     grid: null                      # for the grid strategy; null = derived from the space
     strategies: [tpe, gp]
-    budget: {trials: 15, minutes: null}     # per strategy; minutes = optional time limit per strategy
+    budget: {trials: 15, minutes: null, repeats: 1, repeat_over: [searcher]}
+                                    # per strategy; minutes = optional time limit per strategy;
+                                    # repeats: runs of each strategy, varying what repeat_over lists
+                                    # (searcher: its seed; split: the split's seed)
     resources: {cpus_per_trial: 1, memory_gb: null}
     concurrency: null               # max concurrent trials per strategy; null = cluster CPUs // cpus_per_trial
     seed: 0
     storage: studies                # folder of study folders
-    objective: {metric: val_bca, mode: max}
+    objective: {metric: val_bca, mode: max, cv_folds: 1}
+                                    # cv_folds > 1: each trial's objective is the mean over speaker
+                                    # cross-validation folds of the non-test speakers (1 = the split's val part)
+    evaluation: {outer_folds: 1}    # > 1: outer test folds of speakers (the study runs once per fold)
     thresholds: [0.8, 0.9]
     crosscorpus: []                 # [{name, root, label_map}] evaluated after the study
+
+Speaker folds (cv_folds or outer_folds > 1) need speakers, so not a random split.
 
 Paths: a relative ``corpus.root`` (and ``crosscorpus[*].root``) is looked up first next
 to the YAML file, then in the current working directory; when neither exists the
 working-directory path is kept (the corpus loader then names it). A relative
 ``storage`` is relative to the working directory. Encoder folders (``hf:<folder>``)
-are left as written (relative to the working directory).
+resolve the same way as corpus roots (``ser_tune.encoders.resolve_spec``).
 """
 from __future__ import annotations
 
-import math
+import copy
 import re
-from dataclasses import dataclass, field
-from numbers import Integral, Real
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional, TypeVar
 
 import yaml
+from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, ValidationInfo, model_validator
 
 from ser_tune.data.corpus import CORPORA
 from ser_tune.data.labels import check_view
+from ser_tune.schema import (MappingOrNull, Section, choice, described, error_line, integer, invalid, kept_as_dict,
+                             listed, number)
 from ser_tune.search import STRATEGY_NAMES
-from ser_tune.search.space import (Param, SpaceError, default_grid, paper_space, parse_grid, parse_space,
-                                   space_to_raw)
-from ser_tune.training.settings import TrialSettings
+from ser_tune.search.space import SpaceError, default_grid, paper_space, parse_grid, parse_space, space_to_raw
+from ser_tune.training.settings import SettingsError, TrialSettings
 
 METRICS = ("val_bca", "val_ccc", "val_ccc_arousal", "val_ccc_valence", "val_ccc_dominance")
 SPLIT_KEYS = {                      # the keyword arguments of ser_tune.data.make_split per kind
@@ -51,8 +62,9 @@ SPLIT_KEYS = {                      # the keyword arguments of ser_tune.data.mak
     "random": ("val_fraction", "test_fraction", "seed"),
     "fold": ("k", "fold", "val_speakers", "seed"),
 }
-TOP_KEYS = ("name", "corpus", "split", "encoder", "trial", "space", "grid", "strategies", "budget",
-            "resources", "concurrency", "seed", "storage", "objective", "thresholds", "crosscorpus")
+DEFAULT_SPLIT = {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0}
+REPEAT_OVER = ("searcher", "split")
+SPEAKER_FOLDS = ": speaker folds need speakers, but split.kind is 'random' (use speaker or fold)"
 
 # The quickstart study: synthetic corpus, tiny encoder, a few minutes on a laptop.
 # experiments/quickstart.yaml holds the same values (a test checks they agree).
@@ -82,124 +94,26 @@ QUICKSTART: dict[str, Any] = {
 
 
 class ConfigError(ValueError):
-    """An experiment file is malformed; the message names the file and the field."""
+    """A configuration file is malformed; the message names the file and the field."""
 
 
-@dataclass
-class CorpusConfig:
-    name: str
-    root: Path | None = None          # None only for the synthetic corpus (the launcher picks a folder)
-    label_map: str | None = None      # a label view of ser_tune/data/label_maps.yaml; None = corpus default
-    options: dict = field(default_factory=dict)   # synthetic-corpus options
+# -- field types shared by every configuration file ------------------------------------------------
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "root": None if self.root is None else str(self.root),
-                "label_map": self.label_map, "options": dict(self.options)}
+def source_file(info: ValidationInfo) -> Path | None:
+    """The file being validated (``validate``'s ``source``): relative paths are looked up next to it."""
+    return (info.context or {}).get("source")
 
 
-@dataclass
-class Budget:
-    trials: int
-    minutes: float | None = None
+def _text(value: Any) -> str:
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise invalid(f"must be a non-empty string (got {value!r})")
+    return str(value)
 
 
-@dataclass
-class Resources:
-    cpus_per_trial: float = 1
-    memory_gb: float | None = None
-
-
-@dataclass
-class Objective:
-    metric: str = "val_bca"
-    mode: str = "max"
-
-
-@dataclass
-class Experiment:
-    name: str
-    corpus: CorpusConfig
-    split: dict
-    encoder: str
-    trial: dict
-    space: dict[str, Param]
-    grid: dict | None
-    strategies: list[str]
-    budget: Budget
-    resources: Resources
-    concurrency: int | None
-    seed: int
-    storage: Path
-    objective: Objective
-    thresholds: list[float]
-    crosscorpus: list[dict]
-    source: Path | None = None
-
-    def to_dict(self) -> dict:
-        """JSON-able, in the YAML's own form (saved with the study)."""
-        return {
-            "name": self.name,
-            "corpus": self.corpus.to_dict(),
-            "split": dict(self.split),
-            "encoder": self.encoder,
-            "trial": dict(self.trial),
-            "space": space_to_raw(self.space),
-            "grid": None if self.grid is None else {k: list(v) for k, v in self.grid.items()},
-            "strategies": list(self.strategies),
-            "budget": {"trials": self.budget.trials, "minutes": self.budget.minutes},
-            "resources": {"cpus_per_trial": self.resources.cpus_per_trial,
-                          "memory_gb": self.resources.memory_gb},
-            "concurrency": self.concurrency,
-            "seed": self.seed,
-            "storage": str(self.storage),
-            "objective": {"metric": self.objective.metric, "mode": self.objective.mode},
-            "thresholds": list(self.thresholds),
-            "crosscorpus": [dict(c) for c in self.crosscorpus],
-            "source": None if self.source is None else str(self.source),
-        }
-
-
-# -- small checkers: each raises a ConfigError naming the field --------------------------------
-
-class _Checker:
-    def __init__(self, source: Path | None):
-        self.source = source
-        self.prefix = f"{source}: " if source is not None else ""
-
-    def fail(self, message: str) -> ConfigError:
-        return ConfigError(self.prefix + message)
-
-    def mapping(self, value: Any, at: str, keys: tuple[str, ...]) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(f"{at} must be a mapping (got {value!r})")
-        unknown = [k for k in value if k not in keys]
-        if unknown:
-            field_name = f"{at}.{unknown[0]}" if at else str(unknown[0])
-            raise self.fail(f"{field_name} is not a known key; known keys: {', '.join(keys)}")
-        return value
-
-    def integer(self, value: Any, at: str, *, minimum: int | None = None, what: str = "an integer") -> int:
-        ok = isinstance(value, Integral) and not isinstance(value, bool)
-        if not ok or (minimum is not None and value < minimum):
-            raise self.fail(f"{at} must be {what} (got {value!r})")
-        return int(value)
-
-    def number(self, value: Any, at: str, *, positive: bool = False, what: str = "a number") -> float:
-        ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or (positive and value <= 0):
-            raise self.fail(f"{at} must be {what} (got {value!r})")
-        return value
-
-    def text(self, value: Any, at: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(f"{at} must be a non-empty string (got {value!r})")
-        return value
-
-
-def _resolve_root(root: str, source: Path | None) -> Path:
-    path = Path(root).expanduser()
+def _corpus_root(value: Any, info: ValidationInfo) -> Path | None:
+    if value is None:
+        return None
+    path, source = Path(_text(value)).expanduser(), source_file(info)
     if path.is_absolute():
         return path
     if source is not None and (source.parent / path).exists():
@@ -207,204 +121,238 @@ def _resolve_root(root: str, source: Path | None) -> Path:
     return (Path.cwd() / path).resolve()
 
 
-def _corpus(c: _Checker, raw: Any, at: str, *, allow_options: bool = True) -> CorpusConfig:
-    keys = ("name", "root", "label_map", "options") if allow_options else ("name", "root", "label_map")
-    raw = c.mapping(raw, at, keys)
-    name = raw.get("name", "synthetic" if allow_options else None)
-    if name not in CORPORA:
-        raise c.fail(f"{at}.name must be one of {', '.join(CORPORA)} (got {name!r})")
-    root = raw.get("root")
-    if root is None:
-        if name != "synthetic":
-            raise c.fail(f"{at}.root is required for corpus '{name}' (the corpus folder, or the CSV for csv)")
-    else:
-        root = _resolve_root(c.text(root, f"{at}.root"), c.source)
-    label_map = raw.get("label_map")
-    if label_map is not None:
-        try:
-            check_view(c.text(label_map, f"{at}.label_map"))
-        except ValueError as err:
-            raise c.fail(f"{at}.label_map: {err}") from None
-    options = raw.get("options") or {}
-    if not isinstance(options, dict):
-        raise c.fail(f"{at}.options must be a mapping (got {options!r})")
-    if options and name != "synthetic":
-        raise c.fail(f"{at}.options: corpus '{name}' takes no options (got {', '.join(map(str, options))})")
-    return CorpusConfig(name=name, root=root, label_map=label_map, options=dict(options))
+def _label_view(value: Any) -> str | None:
+    try:
+        return None if value is None else check_view(_text(value))
+    except ValueError as err:
+        raise invalid(f": {err}") from None
 
 
-def _split(c: _Checker, raw: Any) -> dict:
-    if raw is None:
-        return {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0}
-    if not isinstance(raw, dict):
-        raise c.fail(f"split must be a mapping (got {raw!r})")
-    kind = raw.get("kind")
-    if kind not in SPLIT_KEYS:
-        raise c.fail(f"split.kind must be one of {', '.join(SPLIT_KEYS)} (got {kind!r})")
-    c.mapping(raw, "split", ("kind",) + SPLIT_KEYS[kind])
-    for key, value in raw.items():
-        at = f"split.{key}"
-        if key in ("seed", "k", "fold"):
-            c.integer(value, at, minimum=0, what="an integer >= 0")
-        elif key in ("val_fraction", "test_fraction"):
-            if c.number(value, at) <= 0 or value >= 1:
-                raise c.fail(f"{at} must be a fraction in (0, 1) (got {value!r})")
-        elif key in ("val_speakers", "test_speakers"):
-            # a count of speakers, or a share of them in (0, 1)
-            if isinstance(value, bool) or not isinstance(value, Real) or value < 0 or (
-                    not isinstance(value, Integral) and not 0 < value < 1):
-                raise c.fail(f"{at} must be a speaker count >= 0 or a fraction in (0, 1) (got {value!r})")
-    if kind == "random" and raw.get("val_fraction", 0.1) + raw.get("test_fraction", 0.2) >= 1:
-        raise c.fail("split: val_fraction + test_fraction must be < 1")
-    return dict(raw)
+def _name(value: Any, info: ValidationInfo) -> str:
+    if value is None:
+        if source_file(info) is None:
+            raise invalid("is required")
+        value = source_file(info).stem
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise invalid(f"must be letters, digits, '_', '.' or '-' (it names a folder; got {value!r})")
+    return value
 
 
-def _encoder(c: _Checker, raw: Any) -> str:
+def _storage(value: Any) -> Path:
+    path = Path(_text(value)).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path).resolve()
+
+
+def _encoder(value: Any, info: ValidationInfo) -> str:
     from ser_tune.encoders import resolve_spec   # late: the encoders package imports torch
+    source = source_file(info)
     try:
         # a local folder is resolved like corpus.root: next to the YAML first, then the working directory
-        return resolve_spec(raw, [c.source.parent] if c.source is not None else [])
+        return resolve_spec(value, [source.parent] if source is not None else [])
     except ValueError as err:
-        raise c.fail(f"encoder: {err}") from None
+        raise invalid(f": {err}") from None
 
 
-def _trial(c: _Checker, raw: Any) -> dict:
-    if raw is None:
+def _trial(value: Any) -> dict:
+    if value is None:
         return {}
-    if not isinstance(raw, dict):
-        raise c.fail(f"trial must be a mapping of trial settings (got {raw!r})")
+    if not isinstance(value, dict):
+        raise invalid(f"must be a mapping of trial settings (got {value!r})")
     try:
-        TrialSettings.from_config(raw)
-    except Exception as err:  # SettingsError, or a value of a type the field cannot hold
-        named = re.search(r"'(\w+)'", str(err))
-        where = f"trial.{named.group(1)}" if named and named.group(1) in raw else "trial"
-        raise c.fail(f"{where}: {err}") from None
-    return dict(raw)
+        TrialSettings.from_config(value)
+    except SettingsError as err:
+        raise invalid(f": {err}", *([err.field] if err.field in value else [])) from None
+    return dict(value)
 
 
-def _strategies(c: _Checker, raw: Any) -> list[str]:
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise c.fail(f"strategies must be a non-empty list from {', '.join(STRATEGY_NAMES)} (got {raw!r})")
-    for i, name in enumerate(raw):
-        if name not in STRATEGY_NAMES:
-            raise c.fail(f"strategies[{i}]: unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
-    if len(set(raw)) != len(raw):
-        raise c.fail(f"strategies: a strategy is listed twice ({raw!r})")
-    return list(raw)
+def _searched(parse, default=lambda: None) -> BeforeValidator:
+    """``space`` or ``grid``: ``parse`` (parse_space / parse_grid) with messages that follow the field's name."""
+    def check(value: Any) -> dict | None:
+        try:
+            return default() if value is None else parse(value, where="")
+        except SpaceError as err:
+            raise invalid(str(err)) from None
+    return BeforeValidator(check)
 
 
-def _objective(c: _Checker, raw: Any) -> Objective:
-    raw = c.mapping(raw, "objective", ("metric", "mode"))
-    metric = raw.get("metric", "val_bca")
-    mode = raw.get("mode", "max")
-    if metric not in METRICS:
-        raise c.fail(f"objective.metric must be one of {', '.join(METRICS)} (got {metric!r})")
-    if mode not in ("max", "min"):
-        raise c.fail(f"objective.mode must be 'max' or 'min' (got {mode!r})")
-    if mode == "min":
-        # Every metric here is better when higher; the reference code's GP-BO minimised BCA by a sign slip.
-        raise c.fail(f"objective.mode: {metric} is better when higher, so mode must be 'max' (got 'min')")
-    return Objective(metric, mode)
+Name = Annotated[str, BeforeValidator(_name)]
+SourceFile = Annotated[Optional[Path], BeforeValidator(lambda _value, info: source_file(info))]
+StoragePath = Annotated[Path, BeforeValidator(_storage)]
+EncoderSpec = Annotated[str, BeforeValidator(_encoder)]
+TrialValues = Annotated[dict, BeforeValidator(_trial)]          # fixed TrialSettings values, checked
+NonNegativeInt = integer("an integer >= 0", ge=0)
+Seed = NonNegativeInt
+PositiveInt = integer("a positive integer", ge=1)
+PositiveNumber = number("a positive number", gt=0)
 
 
-def _name(c: _Checker, raw: Any) -> str:
-    if raw is None:
-        if c.source is None:
-            raise c.fail("name is required")
-        raw = c.source.stem
-    name = c.text(raw, "name")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise c.fail(f"name must be letters, digits, '_', '.' or '-' (it names a folder; got {name!r})")
-    return name
+# -- sections -------------------------------------------------------------------------------------
+
+class CorpusTarget(Section):
+    """A corpus named in ``crosscorpus``: name, folder and label view."""
+    name: choice(CORPORA)
+    root: Annotated[Optional[Path], BeforeValidator(_corpus_root)] = None   # None: synthetic only
+    label_map: Annotated[Optional[str], BeforeValidator(_label_view)] = None   # None: the corpus default
+
+    @model_validator(mode="after")
+    def _root_unless_synthetic(self):
+        if self.root is None and self.name != "synthetic":
+            raise invalid(f"is required for corpus '{self.name}' (the corpus folder, or the CSV for csv)", "root")
+        return self
 
 
-def _resources(c: _Checker, raw: Any) -> Resources:
-    res_raw = c.mapping(raw, "resources", ("cpus_per_trial", "memory_gb"))
-    return Resources(
-        cpus_per_trial=c.number(res_raw.get("cpus_per_trial", 1), "resources.cpus_per_trial", positive=True,
-                                what="a positive number"),
-        memory_gb=None if res_raw.get("memory_gb") is None else
-        c.number(res_raw["memory_gb"], "resources.memory_gb", positive=True, what="a positive number or null"))
+class CorpusConfig(CorpusTarget):
+    """The study's corpus (``root`` null for the synthetic one: a folder under storage)."""
+    name: choice(CORPORA) = "synthetic"
+    options: MappingOrNull = {}         # synthetic-corpus options
+    drop_labels: listed(Annotated[str, described("a class name")], "a list of class names", empty=True,
+                        noun="a class") = []
+    min_duration: PositiveNumber = 0.25
+
+    @model_validator(mode="after")
+    def _options_only_for_synthetic(self):
+        if self.options and self.name != "synthetic":
+            raise invalid(f": corpus '{self.name}' takes no options (got {', '.join(map(str, self.options))})",
+                          "options")
+        return self
+
+
+SpeakerShare = Annotated[Annotated[int, Field(strict=True, ge=0)] | Annotated[float, Field(strict=True, gt=0, lt=1)],
+                         described("a speaker count >= 0 or a fraction in (0, 1)")]
+Fraction = number("a fraction in (0, 1)", gt=0, lt=1)
+
+
+class SplitConfig(Section):
+    """ser_tune.data.make_split's arguments; only the keys of its ``kind``; unset keys take make_split's defaults."""
+    kind: choice(tuple(SPLIT_KEYS))
+    val_speakers: SpeakerShare = None      # None: not set, make_split's default
+    test_speakers: SpeakerShare = None
+    val_fraction: Fraction = None
+    test_fraction: Fraction = None
+    k: NonNegativeInt = None
+    fold: NonNegativeInt = None
+    seed: Seed = None
+
+    @model_validator(mode="after")
+    def _keys_of_the_kind(self):
+        known = ("kind",) + SPLIT_KEYS[self.kind]
+        for key in self.model_fields_set - set(known):
+            raise invalid(f"is not a known key; known keys: {', '.join(known)}", key)
+        if self.kind == "random" and (self.val_fraction or 0.1) + (self.test_fraction or 0.2) >= 1:
+            raise invalid(": val_fraction + test_fraction must be < 1")
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(exclude_unset=True)
+
+
+SplitDict = Annotated[dict, kept_as_dict(SplitConfig),
+                      BeforeValidator(lambda v: dict(DEFAULT_SPLIT) if v is None else v)]   # null: the default
+
+
+class Resources(Section):
+    cpus_per_trial: PositiveNumber = 1
+    memory_gb: number("a positive number or null", optional=True, gt=0) = None
+
+
+class Budget(Section):
+    trials: PositiveInt = 15
+    minutes: number("a positive number or null", optional=True, gt=0) = None
+    repeats: PositiveInt = 1
+    repeat_over: listed(choice(REPEAT_OVER, noun="repeat target"), f"a non-empty list from {', '.join(REPEAT_OVER)}",
+                        single=True, noun="a repeat target") = ["searcher"]
+
+
+class Objective(Section):
+    metric: choice(METRICS) = "val_bca"
+    mode: choice(("max", "min"), what="'max' or 'min'") = "max"
+    cv_folds: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _higher_is_better(self):
+        if self.mode == "min":
+            # Every metric here is better when higher; the reference code's GP-BO minimised BCA by a sign slip.
+            raise invalid(f": {self.metric} is better when higher, so mode must be 'max' (got 'min')", "mode")
+        return self
+
+
+class Evaluation(Section):
+    outer_folds: PositiveInt = 1
+
+
+class StudyConfig(Section):
+    """What every study file has: data, encoder, fixed trial settings, resources, where results go."""
+    name: Name = Field(None, validate_default=True)
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    split: SplitDict = Field(default_factory=lambda: dict(DEFAULT_SPLIT))
+    encoder: EncoderSpec = "tiny-whisper"
+    trial: TrialValues = {}
+    resources: Resources = Field(default_factory=Resources)
+    seed: Seed = 0
+    storage: StoragePath = Field("studies", validate_default=True)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    source: SourceFile = Field(None, exclude=True, validate_default=True)
+
+    @model_validator(mode="after")
+    def _speaker_folds_need_speakers(self):
+        if self.evaluation.outer_folds > 1 and self.split["kind"] == "random":
+            raise invalid(SPEAKER_FOLDS, "evaluation", "outer_folds")
+        return self
+
+    def to_dict(self) -> dict:
+        return {**self.model_dump(mode="json"), "source": None if self.source is None else str(self.source)}
+
+
+class Experiment(StudyConfig):
+    """A search study: the space, the strategies and their budget."""
+    space: Annotated[dict, _searched(parse_space, paper_space), PlainSerializer(space_to_raw)] = Field(
+        None, validate_default=True)
+    grid: Annotated[Optional[dict], _searched(parse_grid)] = None
+    strategies: listed(choice(STRATEGY_NAMES, noun="strategy"), f"a non-empty list from {', '.join(STRATEGY_NAMES)}",
+                       single=True, noun="a strategy") = ["tpe", "gp"]
+    budget: Budget = Field(default_factory=Budget)
+    concurrency: integer("a positive integer or null", optional=True, ge=1) = None
+    objective: Objective = Field(default_factory=Objective)
+    thresholds: listed(number("in [-1, 1]", ge=-1, le=1), "a list of numbers") = [0.8, 0.9]
+    crosscorpus: listed(Annotated[dict, kept_as_dict(CorpusTarget)], "a list of {name, root, label_map}",
+                        empty=True) = []
+
+    @model_validator(mode="after")
+    def _fits_together(self):
+        both = [k for k in self.space if k in self.trial]
+        if both:
+            raise invalid(f": '{both[0]}' is both fixed in trial and searched in space; keep one", "space", both[0])
+        if self.grid is None and "grid" in self.strategies:
+            self.grid = default_grid(self.space)
+        both = [k for k in self.grid or {} if k in self.trial]
+        if both:
+            raise invalid(f": '{both[0]}' is both fixed in trial and searched in the grid; keep one", "grid", both[0])
+        if self.objective.cv_folds > 1 and self.split["kind"] == "random":
+            raise invalid(SPEAKER_FOLDS, "objective", "cv_folds")
+        return self
+
+
+# -- reading files ----------------------------------------------------------------------------------
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def validate(schema: type[SectionT], raw: Any, *, source: str | Path | None = None,
+             error: type[ConfigError] = ConfigError) -> SectionT:
+    """Check a parsed file against ``schema``; ``source`` (the file) prefixes errors and anchors paths."""
+    source = Path(source) if source is not None else None
+    prefix = f"{source}: " if source is not None else ""
+    if not isinstance(raw, dict):
+        raise error(f"{prefix}expected a mapping of settings at the top level (got {type(raw).__name__})")
+    try:
+        return schema.model_validate(raw, context={"source": source})
+    except ValidationError as err:
+        raise error(prefix + error_line(err)) from None
 
 
 def experiment_from_dict(raw: dict, *, source: str | Path | None = None) -> Experiment:
-    """Validate a parsed YAML mapping; ``source`` (the file) prefixes errors and anchors corpus roots."""
-    source = Path(source) if source is not None else None
-    c = _Checker(source)
-    if not isinstance(raw, dict):
-        raise c.fail(f"expected a mapping of experiment settings at the top level (got {type(raw).__name__})")
-    c.mapping(raw, "", TOP_KEYS)
-
-    trial = _trial(c, raw.get("trial"))
-    try:
-        space = paper_space() if raw.get("space") is None else parse_space(raw["space"])
-    except SpaceError as err:
-        raise c.fail(str(err)) from None
-    both = [k for k in space if k in trial]
-    if both:
-        raise c.fail(f"space.{both[0]}: '{both[0]}' is both fixed in trial and searched in space; keep one")
-
-    strategies = _strategies(c, raw.get("strategies", ["tpe", "gp"]))
-    grid = raw.get("grid")
-    try:
-        grid = parse_grid(grid) if grid is not None else (default_grid(space) if "grid" in strategies else None)
-    except SpaceError as err:
-        raise c.fail(str(err)) from None
-    if grid is not None:
-        both = [k for k in grid if k in trial]
-        if both:
-            raise c.fail(f"grid.{both[0]}: '{both[0]}' is both fixed in trial and searched in the grid; keep one")
-
-    budget_raw = c.mapping(raw.get("budget"), "budget", ("trials", "minutes"))
-    budget = Budget(
-        trials=c.integer(budget_raw.get("trials", 15), "budget.trials", minimum=1, what="a positive integer"),
-        minutes=None if budget_raw.get("minutes") is None else
-        c.number(budget_raw["minutes"], "budget.minutes", positive=True, what="a positive number or null"))
-
-    resources = _resources(c, raw.get("resources"))
-
-    concurrency = raw.get("concurrency")
-    if concurrency is not None:
-        concurrency = c.integer(concurrency, "concurrency", minimum=1, what="a positive integer or null")
-
-    thresholds = raw.get("thresholds", [0.8, 0.9])
-    if not isinstance(thresholds, list):
-        raise c.fail(f"thresholds must be a list of numbers (got {thresholds!r})")
-    for i, t in enumerate(thresholds):
-        c.number(t, f"thresholds[{i}]")
-        if not -1 <= t <= 1:
-            raise c.fail(f"thresholds[{i}] must be in [-1, 1] (got {t!r})")
-
-    cross = raw.get("crosscorpus") or []
-    if not isinstance(cross, list):
-        raise c.fail(f"crosscorpus must be a list of {{name, root, label_map}} (got {cross!r})")
-    crosscorpus = [_corpus(c, item, f"crosscorpus[{i}]", allow_options=False).to_dict()
-                   for i, item in enumerate(cross)]
-    for item in crosscorpus:
-        item.pop("options")
-
-    storage = Path(c.text(raw.get("storage", "studies"), "storage")).expanduser()
-    return Experiment(
-        name=_name(c, raw.get("name")),
-        corpus=_corpus(c, raw.get("corpus"), "corpus"),
-        split=_split(c, raw.get("split")),
-        encoder=_encoder(c, raw.get("encoder", "tiny-whisper")),
-        trial=trial,
-        space=space,
-        grid=grid,
-        strategies=strategies,
-        budget=budget,
-        resources=resources,
-        concurrency=concurrency,
-        seed=c.integer(raw.get("seed", 0), "seed", minimum=0, what="an integer >= 0"),
-        storage=storage if storage.is_absolute() else (Path.cwd() / storage).resolve(),
-        objective=_objective(c, raw.get("objective")),
-        thresholds=[float(t) for t in thresholds],
-        crosscorpus=crosscorpus,
-        source=source,
-    )
+    """Validate a parsed experiment YAML mapping (see the module docs)."""
+    return validate(Experiment, raw, source=source)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -412,24 +360,20 @@ def load_experiment(path: str | Path) -> Experiment:
     return experiment_from_dict(read_yaml(path), source=Path(path))
 
 
-def read_yaml(path: str | Path) -> dict:
-    """The mapping of an experiment YAML file; unreadable, invalid or empty files name the file."""
+def read_yaml(path: str | Path, error: type[ConfigError] = ConfigError) -> dict:
+    """The mapping of a configuration YAML file; unreadable, invalid or empty files name the file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read the experiment file ({err.strerror or err})") from None
-    try:
-        raw = yaml.safe_load(text)
+        raise error(f"{path}: cannot read the experiment file ({err.strerror or err})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        raise error(f"{path}: not valid YAML ({err})") from None
     if raw is None:
-        raise ConfigError(f"{path}: the experiment file is empty")
+        raise error(f"{path}: the experiment file is empty")
     return raw
 
 
 def default_experiment() -> Experiment:
     """The quickstart study (the values of experiments/quickstart.yaml)."""
-    import copy
-
     return experiment_from_dict(copy.deepcopy(QUICKSTART))

@@ -133,12 +133,22 @@ def _with(path: str, value):
     (_with("trial.num_epochs", 0), "trial"),
     (_with("resources", {"cpus_per_trial": -1}), "resources.cpus_per_trial"),
     ({**BASE, "strategies": ["tpe"]}, "strategies"),
+    (_with("active.tapt_settings", {"steps": 0}), "active.tapt_settings.steps must be >= 1 (got 0)"),
+    (_with("active.tapt_settings", {"stepz": 10}), "active.tapt_settings.stepz: unknown TAPT setting"),
+    (_with("active.seeds", [1, 1]), "active.seeds: a seed is listed twice"),
+    (_with("corpus", {"name": "synthetic", "min_duration": -1}), "corpus.min_duration must be a positive number"),
+    (_with("evaluation", {"outer_folds": 0}), "evaluation.outer_folds must be a positive integer (got 0)"),
+    (_with("evaluation", {"folds": 2}), "evaluation.folds is not a known key; known keys: outer_folds"),
+    ({**_with("evaluation", {"outer_folds": 3}), "split": {"kind": "random"}},
+     "evaluation.outer_folds: speaker folds need speakers, but split.kind is 'random'"),
+    # no search objective in active learning, so no objective.cv_folds: refused with the reason
+    (_with("objective", {"cv_folds": 3}), "objective.cv_folds does not apply"),
 ])
 def test_config_errors_name_the_file_and_field(raw, field):
     with pytest.raises(ConfigError) as err:
         active_from_dict(raw, source="experiments/x.yaml")
     message = str(err.value)
-    assert message.startswith("experiments/x.yaml: ") and field in message, message
+    assert message.startswith("experiments/x.yaml: ") and field in message and "\n" not in message, message
 
 
 def test_defaults_and_the_shipped_experiments():
@@ -149,6 +159,24 @@ def test_defaults_and_the_shipped_experiments():
     emodb = load_active(REPO / "experiments" / "active_emodb.yaml")
     assert emodb.active.tapt == [False] and emodb.experiment.encoder.startswith("hf:")
     assert "coreset" in emodb.active.acquisitions
+    assert cfg.evaluation.outer_folds == 1 and cfg.experiment.evaluation.outer_folds == 1
+    assert cfg.active.seeds == [0] and active_from_dict({**copy.deepcopy(BASE), "seed": 7}).active.seeds == [7]
+
+
+def test_to_dict_round_trips_with_the_new_sections():
+    raw = {**copy.deepcopy(BASE), "evaluation": {"outer_folds": 3},
+           "corpus": {"name": "synthetic", "drop_labels": ["disgust"], "min_duration": 0.5}}
+    cfg = active_from_dict(raw)
+    assert cfg.evaluation.outer_folds == 3 and cfg.corpus.drop_labels == ["disgust"]
+    saved = cfg.to_dict()
+    json.dumps(saved)
+    assert saved["evaluation"] == {"outer_folds": 3} and "space" not in saved and "objective" not in saved
+    saved.pop("source")
+    again = active_from_dict(copy.deepcopy(saved)).to_dict()
+    assert {k: v for k, v in again.items() if k != "source"} == saved
+    exp = cfg.experiment                  # what ser_tune.study.Study gets: the same study, no search
+    assert exp.trial == cfg.trial and exp.space == {} and exp.strategies == []
+    assert exp.to_dict()["evaluation"] == {"outer_folds": 3}
 
 
 def test_tapt_with_an_encoder_without_an_objective_is_one_error_line(tmp_path):

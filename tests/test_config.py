@@ -191,3 +191,267 @@ def test_file_level_errors(tmp_path):
         load_experiment(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="^name is required"):
         experiment_from_dict({"corpus": {"name": "synthetic"}})
+
+
+# -- new fields: defaults, bad values, round trip ---------------------------------------------------
+
+def test_new_fields_default_to_todays_behaviour():
+    exp = default_experiment()
+    assert exp.objective.cv_folds == 1 and exp.evaluation.outer_folds == 1
+    assert (exp.budget.repeats, exp.budget.repeat_over) == (1, ["searcher"])
+    assert (exp.corpus.drop_labels, exp.corpus.min_duration) == ([], 0.25)
+    saved = exp.to_dict()
+    assert saved["objective"]["cv_folds"] == 1 and saved["evaluation"] == {"outer_folds": 1}
+    assert saved["budget"]["repeats"] == 1 and saved["budget"]["repeat_over"] == ["searcher"]
+    assert saved["corpus"]["drop_labels"] == [] and saved["corpus"]["min_duration"] == 0.25
+
+
+def test_new_fields_round_trip_through_to_dict():
+    raw = _with(objective__cv_folds=4, budget__repeats=3, budget__repeat_over=["split", "searcher"],
+                corpus__drop_labels=["disgust", "boredom"], corpus__min_duration=0.5)
+    raw["evaluation"] = {"outer_folds": 5}
+    exp = experiment_from_dict(raw)
+    assert exp.objective.cv_folds == 4 and exp.evaluation.outer_folds == 5
+    assert exp.budget.repeats == 3 and exp.budget.repeat_over == ["split", "searcher"]
+    assert exp.corpus.drop_labels == ["disgust", "boredom"] and exp.corpus.min_duration == 0.5
+    saved = exp.to_dict()
+    json.dumps(saved)
+    saved.pop("source")
+    again = experiment_from_dict(copy.deepcopy(saved)).to_dict()
+    assert {k: v for k, v in again.items() if k != "source"} == saved
+
+
+def test_a_single_repeat_target_is_a_list_of_one():
+    assert experiment_from_dict(_with(budget__repeat_over="split")).budget.repeat_over == ["split"]
+
+
+def _random_split(**changes):
+    raw = _with(split={"kind": "random", "val_fraction": 0.1, "test_fraction": 0.2, "seed": 0})
+    for key, value in changes.items():
+        raw[key] = value
+    return raw
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_with(objective__cv_folds=0), "objective.cv_folds must be a positive integer (got 0)"),
+    (_with(objective__cv_folds=2.5), "objective.cv_folds must be a positive integer (got 2.5)"),
+    (_random_split(objective={"metric": "val_bca", "cv_folds": 3}),
+     "objective.cv_folds: speaker folds need speakers, but split.kind is 'random'"),
+    (_with(evaluation={"outer_folds": 0}), "evaluation.outer_folds must be a positive integer (got 0)"),
+    (_with(evaluation=[5]), "evaluation must be a mapping (got [5])"),
+    (_random_split(evaluation={"outer_folds": 5}),
+     "evaluation.outer_folds: speaker folds need speakers, but split.kind is 'random'"),
+    (_with(budget__repeats=0), "budget.repeats must be a positive integer (got 0)"),
+    (_with(budget__repeats="twice"), "budget.repeats must be a positive integer (got 'twice')"),
+    (_with(budget__repeat_over=[]), "budget.repeat_over must be a non-empty list from searcher, split (got [])"),
+    (_with(budget__repeat_over=["searcher", "seed"]),
+     "budget.repeat_over[1]: unknown repeat target 'seed'; choose from searcher, split"),
+    (_with(budget__repeat_over=["split", "split"]), "budget.repeat_over: a repeat target is listed twice"),
+    (_with(corpus__drop_labels="neutral"), "corpus.drop_labels must be a list of class names (got 'neutral')"),
+    (_with(corpus__drop_labels=["neutral", 3]), "corpus.drop_labels[1] must be a class name (got 3)"),
+    (_with(corpus__drop_labels=["neutral", "neutral"]), "corpus.drop_labels: a class is listed twice"),
+    (_with(corpus__min_duration=0), "corpus.min_duration must be a positive number (got 0)"),
+    (_with(corpus__min_duration="short"), "corpus.min_duration must be a positive number (got 'short')"),
+])
+def test_new_fields_bad_values_name_the_field(tmp_path, raw, message):
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_speaker_folds_are_fine_with_speaker_and_fold_splits():
+    for split in ({"kind": "speaker", "test_speakers": 2}, {"kind": "fold", "k": 5, "fold": 0}):
+        raw = _with(split=split, objective={"cv_folds": 3})
+        raw["evaluation"] = {"outer_folds": 4}
+        exp = experiment_from_dict(raw)
+        assert (exp.objective.cv_folds, exp.evaluation.outer_folds) == (3, 4)
+
+
+# -- unknown keys, at every level -------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, field", [
+    (_with(evalution={"outer_folds": 2}), "evalution"),
+    (_with(corpus__sample_rate=16000), "corpus.sample_rate"),
+    (_with(split__val_fraction=0.1), "split.val_fraction"),
+    (_with(budget__repeat=2), "budget.repeat"),
+    (_with(resources__gpus=1), "resources.gpus"),
+    (_with(objective__folds=3), "objective.folds"),
+    (_with(evaluation={"inner_folds": 3}), "evaluation.inner_folds"),
+    (_with(crosscorpus=[{"name": "emodb", "root": "x"}, {"name": "emodb", "root": "x", "min_duration": 1}]),
+     "crosscorpus[1].min_duration"),
+    (_with(source="elsewhere.yaml"), "source"),      # the file's path is not a key of the file
+])
+def test_unknown_keys_are_named_with_their_place(raw, field):
+    with pytest.raises(ConfigError) as err:
+        experiment_from_dict(raw, source="experiments/x.yaml")
+    assert str(err.value).startswith(f"experiments/x.yaml: {field} is not a known key; known keys: "), str(err.value)
+
+
+def test_known_keys_are_listed():
+    with pytest.raises(ConfigError, match=r"evaluation\.inner is not a known key; known keys: outer_folds$"):
+        experiment_from_dict(_with(evaluation={"inner": 1}))
+    with pytest.raises(ConfigError, match="known keys: trials, minutes, repeats, repeat_over$"):
+        experiment_from_dict(_with(budget__trails=3))
+
+
+def test_split_keys_follow_its_kind_and_null_is_the_default():
+    assert experiment_from_dict(_with(split=None)).split == {"kind": "speaker", "val_speakers": 2,
+                                                             "test_speakers": 2, "seed": 0}
+    assert experiment_from_dict(_with(split={"kind": "fold", "k": 5})).split == {"kind": "fold", "k": 5}
+    with pytest.raises(ConfigError, match=r"^split\.seed must be an integer >= 0 \(got None\)"):
+        experiment_from_dict(_with(split={"kind": "speaker", "seed": None}))
+    with pytest.raises(ConfigError, match=r"^split\.kind is required"):
+        experiment_from_dict(_with(split={"seed": 1}))
+
+
+# -- the launcher's checks before any trial (tests/test_launch.py runs them end to end, slowly) -----
+
+@pytest.mark.parametrize("change, message", [
+    ({"strategies": ["tpe", "bogus"]}, "strategies[1]: unknown strategy 'bogus'"),
+    ({"encoder": "bert-base"}, "encoder: unknown encoder 'bert-base'"),
+    ({"space": {"lr": {"loguniform": [1e-2, 1e-5]}}}, "space.lr: low must be < high"),
+    ({"space": {"num_epochs": {"int": ["one", 3]}}}, "space.num_epochs: low must be a number"),
+])
+def test_launch_config_errors_are_one_line(tmp_path, change, message):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(_with(**change)))
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_launcher_overrides_re_parse_to_dict():
+    # ser_tune.launch applies CLI overrides to to_dict() and parses the result again
+    raw = default_experiment().to_dict()
+    raw.pop("source")
+    raw["budget"]["trials"] = 2
+    raw["resources"]["cpus_per_trial"] = 0.5
+    exp = experiment_from_dict(raw)
+    assert exp.budget.trials == 2 and exp.resources.cpus_per_trial == 0.5
+    raw["budget"]["trials"] = 0
+    with pytest.raises(ConfigError, match=r"^budget\.trials must be a positive integer \(got 0\)$"):
+        experiment_from_dict(raw)
+
+
+# -- trial settings ----------------------------------------------------------------------------------
+
+def test_trial_setting_normalize():
+    from ser_tune.training.settings import SettingsError, TrialSettings
+
+    assert TrialSettings().normalize == "none" and TrialSettings.from_config({}).normalize == "none"
+    for mode in ("none", "corpus", "speaker"):
+        settings = TrialSettings.from_config({"normalize": mode})
+        assert TrialSettings.from_config(settings.to_dict()).normalize == mode
+    with pytest.raises(SettingsError, match="trial setting 'normalize' = 'global': must be 'none', 'corpus' or "
+                                            "'speaker'") as err:
+        TrialSettings.from_config({"normalize": "global"})
+    assert err.value.field == "normalize"
+    with pytest.raises(ConfigError, match=r"trial\.normalize: trial setting 'normalize'"):
+        experiment_from_dict(_with(trial__normalize="z"))
+    assert "normalize" in experiment_from_dict(_with(space__normalize={"choice": ["none", "speaker"]})).space
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lr": 0}, "trial setting 'lr' = 0: must be > 0"),
+    ({"num_epochs": 0}, "trial setting 'num_epochs' = 0: must be >= 1"),
+    ({"unfreeze_epoch": -1}, "trial setting 'unfreeze_epoch' = -1: must be >= 0"),
+    ({"max_length": 0}, "trial setting 'max_length' = 0: must be > 0"),
+    ({"unfreeze": "top:0"}, "trial setting 'unfreeze' must be 'none', 'all' or 'top:K' with K >= 1 (got 'top:0')"),
+    ({"layer": "last"}, "trial setting 'layer' must be 'weighted' or a layer index (got 'last')"),
+    ({"head": "deep"}, "trial setting 'head' = 'deep': must be 'linear' or 'mlp'"),
+    ({"features": "lazy"}, "trial setting 'features' = 'lazy': must be 'cache' or 'naive'"),
+    ({"batch_size": 0}, "trial setting 'batch_size' = 0: must be >= 1"),
+    ({"dropout": 1.0}, "trial setting 'dropout' = 1.0: must be < 1"),
+    ({"task": "both", "objective": "acc"},
+     "trial setting 'objective' must be val_bca, val_ccc or val_ccc_<dimension> (got 'acc')"),
+    ({"peft": "prefix"}, "trial setting 'peft' = 'prefix': must be 'none', 'lora', 'adapter' or 'lora+adapter'"),
+    ({"lr": "fast"}, "trial setting 'lr' must be a number (got 'fast')"),
+])
+def test_trial_settings_are_checked_per_field(values, message):
+    from ser_tune.training.settings import SettingsError, TrialSettings
+
+    with pytest.raises(SettingsError) as err:
+        TrialSettings.from_config(values)
+    assert str(err.value) == message and err.value.field == next(k for k in values if k in message)
+
+
+def test_trial_settings_convert_searcher_values_and_check_direct_ones():
+    import numpy as np
+
+    from ser_tune.training.settings import SettingsError, TrialSettings
+
+    s = TrialSettings.from_config({"num_epochs": np.float64(3.6), "lr": "1e-3", "layer": "2", "max_length": None})
+    assert (s.num_epochs, s.lr, s.layer, s.max_length) == (4, 1e-3, 2, None)
+    direct = TrialSettings(num_epochs=0)          # built directly: checked by validate()
+    with pytest.raises(SettingsError, match="'num_epochs' = 0"):
+        direct.validate()
+    dims = TrialSettings(task="dimensions")
+    dims.validate()
+    assert dims.objective == "val_ccc"
+
+
+# -- the two-stage configuration (ser_tune.adapt) builds on the same sections ------------------------
+
+def _two_stage(**changes):
+    raw = {"name": "two", "source": {"corpus": {"name": "synthetic", "options": {"seed": 0}}},
+           "target": {"corpus": {"name": "synthetic", "options": {"seed": 1}},
+                      "split": {"kind": "speaker", "val_speakers": 1, "test_speakers": 2}},
+           "stage1": {"trial": {"peft": "lora", "unfreeze": "top:2", "lr": 3e-3}},
+           "stage2": {"trial": {"peft": "lora+adapter", "lr": 1e-3}, "freeze": ["lora"]}}
+    raw.update(changes)
+    return raw
+
+
+def test_two_stage_config_reads_its_sections():
+    from ser_tune.adapt import config_from_dict, load_config
+
+    cfg = config_from_dict(_two_stage())
+    assert cfg.source.corpus.options == {"seed": 0} and cfg.source.split == {"kind": "speaker", "val_speakers": 2,
+                                                                             "test_speakers": 2, "seed": 0}
+    assert cfg.target.split == {"kind": "speaker", "val_speakers": 1, "test_speakers": 2}
+    assert cfg.stage1.trial == {"peft": "lora", "unfreeze": "top:2", "lr": 3e-3}
+    # stage two's trial is stage one's settings with stage two's changes
+    assert cfg.stage2.trial == {"peft": "lora+adapter", "unfreeze": "top:2", "lr": 1e-3}
+    assert cfg.stage2.freeze == ["lora"] and cfg.baseline is False and cfg.encoder == "tiny-whisper"
+    shipped = load_config(REPO / "experiments" / "twostage.yaml")
+    assert shipped.name == "twostage" and shipped.path == REPO / "experiments" / "twostage.yaml"
+    assert shipped.stage2.trial["unfreeze"] == "top:2" and shipped.baseline is True
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"target": {}, "stage1": {}}, "source is required"),
+    (_two_stage(stages=2), "stages is not a known key"),
+    (_two_stage(source={"corpus": {"name": "synthetic"}, "splt": {}}), "source.splt is not a known key"),
+    (_two_stage(source={"corpus": {"name": "synthetic", "rot": "x"}}), "source.corpus.rot is not a known key"),
+    (_two_stage(target={"split": {"kind": "speaker", "folds": 2}}), "target.split.folds is not a known key"),
+    (_two_stage(stage1={"trial": {}, "freeze": ["lora"]}), "stage1.freeze is not a known key"),
+    (_two_stage(stage2={"trial": {}, "unfreeze": "all"}), "stage2.unfreeze is not a known key"),
+    (_two_stage(target={"corpus": {"name": "emodb"}}), "target.corpus.root is required for corpus 'emodb'"),
+    (_two_stage(source={"split": {"kind": "random", "val_fraction": 2}}), "source.split.val_fraction must be"),
+    (_two_stage(stage1={"trial": {"lr": -1}}), "stage1.trial.lr: trial setting 'lr' = -1: must be > 0"),
+    (_two_stage(stage2={"trial": {"peft": "prefix"}}), "stage2.trial.peft: trial setting 'peft' = 'prefix'"),
+    (_two_stage(stage2={"freeze": ["everything"]}), "stage2.freeze[0] must be one of lora, adapter, head"),
+    (_two_stage(baseline="yes"), "baseline must be true or false (got 'yes')"),
+    (_two_stage(name="two stage"), "name must be letters, digits"),
+])
+def test_two_stage_config_errors_name_the_field(raw, message):
+    from ser_tune.adapt import AdaptError, config_from_dict
+
+    with pytest.raises(AdaptError) as err:
+        config_from_dict(raw, source="experiments/two.yaml")
+    assert isinstance(err.value, ConfigError) and "\n" not in str(err.value)
+    assert str(err.value).startswith(f"experiments/two.yaml: {message}"), str(err.value)
+
+
+def test_two_stage_file_errors(tmp_path):
+    from ser_tune.adapt import AdaptError, load_config
+
+    with pytest.raises(AdaptError, match="missing.yaml: cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("source: [unclosed\n")
+    with pytest.raises(AdaptError, match="bad.yaml: not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({k: v for k, v in _two_stage().items() if k != "name"}))
+    assert load_config(tmp_path / "mine.yaml").name == "mine"        # the name defaults to the file's stem

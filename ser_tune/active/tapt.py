@@ -37,7 +37,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -45,9 +44,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import numpy as np
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
+
+from ser_tune.schema import error_line, invalid
 
 log = logging.getLogger(__name__)
 
@@ -71,84 +73,59 @@ class TaptError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- settings
 
-_INT_FIELDS = {"steps": 1, "batch_size": 1, "mask_length": 1, "num_negatives": 1, "seed": 0}   # field -> minimum
+def _no_bool(value):
+    if isinstance(value, bool):
+        raise invalid(f"must be a number (got {value!r})")
+    return value
+
+
+Count = Annotated[int, Field(strict=True, ge=1)]
+# A number (not a bool; a string such as "1e-4", as YAML reads it, is accepted).
+Real = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+Positive = Annotated[Real, Field(gt=0)]
 
 
 @dataclass
 class TaptSettings:
-    steps: int = 100
-    lr: float = 5e-5
-    batch_size: int = 4
-    max_length: float = 3.0        # seconds per random crop
-    mask_prob: float = 0.65
-    mask_length: int = 10
-    num_negatives: int = 100       # capped to what the frames allow
-    warmup_fraction: float = 0.1
-    seed: int = 0
-    gumbel_start: float = 2.0      # Gumbel-softmax temperature at the first step ...
-    gumbel_end: float = 0.5        # ... decaying geometrically to this at the last
-    max_grad_norm: float = 1.0
-    freeze_feature_encoder: bool = True
+    steps: Count = 100
+    lr: Positive = 5e-5
+    batch_size: Count = 4
+    max_length: Positive = 3.0     # seconds per random crop
+    mask_prob: Annotated[Real, Field(gt=0, le=1)] = 0.65
+    mask_length: Count = 10
+    num_negatives: Count = 100     # capped to what the frames allow
+    warmup_fraction: Annotated[Real, Field(ge=0, lt=1)] = 0.1
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+    gumbel_start: Positive = 2.0   # Gumbel-softmax temperature at the first step ...
+    gumbel_end: Positive = 0.5     # ... decaying geometrically to this at the last
+    max_grad_norm: Positive = 1.0
+    freeze_feature_encoder: Annotated[bool, Field(strict=True)] = True
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "tapt") -> "TaptSettings":
+    def from_dict(cls, values: dict | None, where: str = "tapt") -> "TaptSettings":
+        """Check every setting; TaptError names ``<where>.<setting>``."""
         if values is None:
             values = {}
         if not isinstance(values, dict):
             raise TaptError(f"{where}: must be a mapping of TAPT settings (got {values!r})")
         names = [f.name for f in fields(cls)]
-        unknown = sorted(set(values) - set(names), key=str)
-        if unknown:
-            raise TaptError(f"{where}.{unknown[0]}: unknown TAPT setting (known: {', '.join(names)})")
-        out = {}
-        for f in fields(cls):
-            if f.name in values:
-                out[f.name] = _check_value(f.name, values[f.name], where)
-        settings = cls(**out)
+        for key in values:
+            if key not in names:
+                raise TaptError(f"{where}.{key}: unknown TAPT setting (known: {', '.join(names)})")
+        try:
+            settings = TAPT_SETTINGS.validate_python(values)
+        except ValidationError as err:
+            raise TaptError(error_line(err, at=where)) from None
         if settings.gumbel_end > settings.gumbel_start:
-            raise TaptError(f"{where}.gumbel_end: must be <= gumbel_start ({settings.gumbel_start}), "
-                            f"got {settings.gumbel_end}")
+            raise TaptError(f"{where}.gumbel_end must be <= gumbel_start ({settings.gumbel_start}) "
+                            f"(got {settings.gumbel_end})")
         return settings
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _check_value(name: str, value, where: str):
-    key = f"{where}.{name}"
-    if name == "freeze_feature_encoder":
-        if not isinstance(value, bool):
-            raise TaptError(f"{key}: must be true or false, got {value!r}")
-        return value
-    if name in _INT_FIELDS:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise TaptError(f"{key}: must be an integer, got {value!r}")
-        value = int(value)
-        if value < _INT_FIELDS[name]:
-            raise TaptError(f"{key}: must be >= {_INT_FIELDS[name]}, got {value}")
-        return value
-    # float fields (a string such as "1e-4", as YAML reads it, is accepted)
-    raw = value
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise TaptError(f"{key}: must be a number, got {raw!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TaptError(f"{key}: must be a number, got {raw!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise TaptError(f"{key}: must be finite, got {raw!r}")
-    if name == "mask_prob" and not 0.0 < value <= 1.0:
-        raise TaptError(f"{key}: must be in (0, 1], got {raw!r}")
-    if name == "warmup_fraction" and not 0.0 <= value < 1.0:
-        raise TaptError(f"{key}: must be in [0, 1), got {raw!r}")
-    if name in ("lr", "max_length", "gumbel_start", "gumbel_end", "max_grad_norm") and not value > 0:
-        raise TaptError(f"{key}: must be > 0, got {raw!r}")
-    return value
+TAPT_SETTINGS = TypeAdapter(TaptSettings)
 
 
 @dataclass

@@ -1,60 +1,94 @@
 """The settings of one fine-tuning run: what a trial's config may set.
 
 Every field can be fixed in an experiment's ``trial:`` section or join its search
-space. The first four are the reference paper's hyper-parameters.
+space. The first four are the reference paper's hyper-parameters. Each field declares
+what it accepts (type, range, allowed values); :meth:`TrialSettings.from_config` and
+:meth:`TrialSettings.validate` check them all (pydantic, as :mod:`ser_tune.schema`).
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
+
+from ser_tune.schema import ERROR_KIND, described, invalid, why
 
 
 class SettingsError(ValueError):
-    """A trial setting has a bad name or value; the message names the field."""
+    """A trial setting has a bad name or value; the message names it, ``field`` is its name."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _integer(value: Any) -> int:
+    # Searchers hand out numpy scalars and floats for integers (BayesOpt relaxes everything).
+    try:
+        return int(round(float(value)))
+    except (TypeError, ValueError, OverflowError):
+        raise invalid(f"must be an integer (got {value!r})") from None
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise invalid(f"must be a number (got {value!r})") from None
+
+
+Int = Annotated[int, BeforeValidator(_integer)]
+Float = Annotated[float, BeforeValidator(_number)]
 
 
 @dataclass
 class TrialSettings:
     # The reference paper's four hyper-parameters.
-    lr: float = 1e-4                 # peak learning rate of AdamW (encoder layers get lr * encoder_lr_scale)
-    num_epochs: int = 5
-    unfreeze_epoch: int = 0          # epochs with the encoder frozen before it trains
-    max_length: float | None = 3.0   # seconds of audio kept (None: whole clip)
+    lr: Annotated[Float, Field(gt=0)] = 1e-4   # peak learning rate of AdamW (encoder layers get lr * encoder_lr_scale)
+    num_epochs: Annotated[Int, Field(ge=1)] = 5
+    unfreeze_epoch: Annotated[Int, Field(ge=0)] = 0     # epochs with the encoder frozen before it trains
+    max_length: Optional[Annotated[Float, Field(gt=0)]] = 3.0   # seconds of audio kept (None: whole clip)
 
     # What trains once unfrozen: "none" (head only), "top:K" (top K transformer layers), "all".
-    unfreeze: str = "top:2"
-    head_lr: float | None = None     # head learning rate; None = lr * head_lr_scale
-    head_lr_scale: float = 10.0      # heads on cached features want a larger step than encoder layers
+    unfreeze: Annotated[str, Field(pattern=r"^(none|all|top:[1-9][0-9]*)$"),
+                        described("'none', 'all' or 'top:K' with K >= 1")] = "top:2"
+    head_lr: Optional[Float] = None  # head learning rate; None = lr * head_lr_scale
+    head_lr_scale: Float = 10.0      # heads on cached features want a larger step than encoder layers
     # Head: learned weighted sum of all layers ("weighted") or one layer index; masked mean pooling;
     # then "linear" or "mlp".
-    layer: str | int = "weighted"
-    head: str = "linear"
-    head_hidden: int = 256
-    dropout: float = 0.1
-    weight_decay: float = 0.01
-    batch_size: int = 16
+    layer: Annotated[Union[Literal["weighted"], int], described("'weighted' or a layer index")] = "weighted"
+    head: Literal["linear", "mlp"] = "linear"
+    head_hidden: Int = 256
+    dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.1
+    weight_decay: Float = 0.01
+    batch_size: Annotated[Int, Field(ge=1)] = 16
     class_weighted: bool = True
-    grad_clip: float = 1.0
-    warmup_fraction: float = 0.1     # linear warm-up share of the cosine schedule
-    seed: int = 0
+    grad_clip: Float = 1.0
+    warmup_fraction: Float = 0.1     # linear warm-up share of the cosine schedule
+    seed: Int = 0
     # Encode frozen layers once and reuse them ("cache"), or re-encode every clip every epoch
     # as the reference code did ("naive"); the benchmark compares the two.
-    features: str = "cache"
+    features: Literal["cache", "naive"] = "cache"
     # What the head predicts: emotion "categories", continuous "dimensions" (arousal, valence,
     # dominance), or "both" (multi-task, the dimensional loss weighted by dimension_weight).
-    task: str = "categories"
-    dimension_loss: str = "ccc"      # "ccc" (1 - concordance correlation) or "mse"
-    dimension_weight: float = 1.0
+    task: Literal["categories", "dimensions", "both"] = "categories"
+    dimension_loss: Literal["ccc", "mse"] = "ccc"   # "ccc" (1 - concordance correlation) or "mse"
+    dimension_weight: Float = 1.0
     # The per-epoch metric that picks the best epoch (the study's objective); None: val_bca when the
     # task has categories, else val_ccc.
-    objective: str | None = None
+    objective: Optional[Annotated[str, Field(pattern=r"^val_(bca|ccc(_\w+)?)$"),
+                                  described("val_bca, val_ccc or val_ccc_<dimension>")]] = None
     # Parameter-efficient fine-tuning (see ser_tune.training.peft); "none" = plain weights.
-    peft: str = "none"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
+    peft: Literal["none", "lora", "adapter", "lora+adapter"] = "none"
+    lora_rank: Int = 8
+    lora_alpha: Float = 16.0
     lora_targets: str = "q,v"
-    adapter_size: int = 64
+    adapter_size: Int = 64
+    # z-scoring of the encoder's features, statistics from unlabelled audio: "none", over the whole
+    # "corpus", or per "speaker".
+    normalize: Literal["none", "corpus", "speaker"] = "none"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -64,82 +98,16 @@ class TrialSettings:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "TrialSettings":
         """Build from a (possibly Ray-sampled) config, converting types; unknown keys are an error."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in config.items():
-            if key not in known or key == "extra":
+        for key in config:
+            if key not in cls.field_names():
                 raise SettingsError(
-                    f"trial setting '{key}' is not known; known settings: {', '.join(cls.field_names())}")
-            values[key] = value
-        settings = cls(**values)
-        settings._coerce()
-        settings.validate()
-        return settings
-
-    def _coerce(self) -> None:
-        # Searchers hand out numpy scalars and floats for integers (BayesOpt relaxes everything).
-        for name in ("num_epochs", "unfreeze_epoch", "head_hidden", "batch_size", "seed", "lora_rank",
-                     "adapter_size"):
-            value = getattr(self, name)
-            try:
-                setattr(self, name, int(round(float(value))))
-            except (TypeError, ValueError):
-                raise SettingsError(f"trial setting '{name}' must be an integer, got {value!r}") from None
-        for name in ("lr", "head_lr_scale", "dropout", "weight_decay", "grad_clip", "warmup_fraction",
-                     "lora_alpha", "dimension_weight"):
-            value = getattr(self, name)
-            try:
-                setattr(self, name, float(value))
-            except (TypeError, ValueError):
-                raise SettingsError(f"trial setting '{name}' must be a number, got {value!r}") from None
-        if self.head_lr is not None:
-            self.head_lr = float(self.head_lr)
-        if self.max_length is not None:
-            self.max_length = float(self.max_length)
-        if isinstance(self.layer, str) and self.layer.lstrip("-").isdigit():
-            self.layer = int(self.layer)
-        self.class_weighted = bool(self.class_weighted)
+                    f"trial setting '{key}' is not known; known settings: {', '.join(cls.field_names())}", key)
+        return checked(config)
 
     def validate(self) -> None:
-        def bad(name: str, why: str) -> SettingsError:
-            return SettingsError(f"trial setting '{name}' = {getattr(self, name)!r}: {why}")
-
-        if not self.lr > 0:
-            raise bad("lr", "must be > 0")
-        if self.num_epochs < 1:
-            raise bad("num_epochs", "must be >= 1")
-        if self.unfreeze_epoch < 0:
-            raise bad("unfreeze_epoch", "must be >= 0")
-        if self.max_length is not None and not self.max_length > 0:
-            raise bad("max_length", "must be > 0 seconds (or null for whole clips)")
-        if self.unfreeze not in ("none", "all") and not (
-                self.unfreeze.startswith("top:") and self.unfreeze[4:].isdigit() and int(self.unfreeze[4:]) > 0):
-            raise bad("unfreeze", "must be 'none', 'all' or 'top:K' with K >= 1")
-        if self.head not in ("linear", "mlp"):
-            raise bad("head", "must be 'linear' or 'mlp'")
-        if not (self.layer == "weighted" or isinstance(self.layer, int)):
-            raise bad("layer", "must be 'weighted' or a layer index")
-        if self.features not in ("cache", "naive"):
-            raise bad("features", "must be 'cache' or 'naive'")
-        if self.batch_size < 1:
-            raise bad("batch_size", "must be >= 1")
-        if not 0 <= self.dropout < 1:
-            raise bad("dropout", "must be in [0, 1)")
-        if self.task not in ("categories", "dimensions", "both"):
-            raise bad("task", "must be 'categories', 'dimensions' or 'both'")
-        if self.dimension_loss not in ("ccc", "mse"):
-            raise bad("dimension_loss", "must be 'ccc' or 'mse'")
-        if self.objective is None:
-            self.objective = "val_bca" if self.uses_categories else "val_ccc"
-        wants_dims = self.objective.startswith("val_ccc")
-        if self.objective != "val_bca" and not wants_dims:
-            raise bad("objective", "must be val_bca, val_ccc or val_ccc_<dimension>")
-        if wants_dims and self.task == "categories":
-            raise bad("objective", "a CCC objective needs task 'dimensions' or 'both'")
-        if self.objective == "val_bca" and self.task == "dimensions":
-            raise bad("objective", "val_bca needs task 'categories' or 'both'")
-        if self.peft not in ("none", "lora", "adapter", "lora+adapter"):
-            raise bad("peft", "must be 'none', 'lora', 'adapter' or 'lora+adapter'")
+        """Check every setting (also ones set directly rather than through from_config); settles the
+        default objective for the task."""
+        self.objective = checked(self.to_dict()).objective
 
     @property
     def top_k(self) -> int | None:
@@ -166,3 +134,30 @@ class TrialSettings:
         d = dataclasses.asdict(self)
         d.pop("extra")
         return d
+
+
+ADAPTER = TypeAdapter(TrialSettings)
+# Settings that must agree with each other: (setting to blame, why, test).
+AGREE = [
+    ("objective", "a CCC objective needs task 'dimensions' or 'both'",
+     lambda s: s.uses_dimensions or not s.objective.startswith("val_ccc")),
+    ("objective", "val_bca needs task 'categories' or 'both'", lambda s: s.uses_categories or s.objective != "val_bca"),
+]
+
+
+def checked(values: dict[str, Any]) -> TrialSettings:
+    """TrialSettings from known setting names, every value checked; SettingsError names the setting."""
+    try:
+        settings = ADAPTER.validate_python(values)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        name = str(first["loc"][0])
+        if first["type"] == ERROR_KIND:
+            raise SettingsError(f"trial setting '{name}' {why(first)}", name) from None
+        raise SettingsError(f"trial setting '{name}' = {values.get(name)!r}: {why(first)}", name) from None
+    if settings.objective is None:
+        settings.objective = "val_bca" if settings.uses_categories else "val_ccc"
+    for name, reason, holds in AGREE:
+        if not holds(settings):
+            raise SettingsError(f"trial setting '{name}' = {getattr(settings, name)!r}: {reason}", name)
+    return settings

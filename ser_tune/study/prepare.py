@@ -6,9 +6,14 @@ import platform
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import SAMPLE_RATE, AudioStore, Corpus, Split, crop, load_corpus, make_split
+import numpy as np
+import pandas as pd
+
+from ..data import (SAMPLE_RATE, AudioStore, Corpus, Split, check_split, crop, load_corpus, make_split,
+                    outer_fold_assignments, speaker_folds)
 from ..encoders import load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
 from ..training.trainable import set_threads
@@ -92,3 +97,77 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     return {"seconds": time.perf_counter() - start, "encoder": encoder.describe(),
             "cache": {"root": str(root), "max_lengths": [str(m) for m in sorted(lengths, key=str)],
                       "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}}
+
+
+@dataclass
+class FoldPlan:
+    """The speakers each part of a study sees. ``outer[f]``: outer fold f's assignment (train / val /
+    test; one fold = the study's split). A trial of outer fold f trains and validates on
+    ``inner(f, r)``: the ``cv_folds`` speaker folds of its non-test speakers (or, with one fold, the
+    outer assignment's own validation speakers), drawn again for each repeat r when the study
+    repeats over the split."""
+    table: pd.DataFrame
+    outer: list[pd.Series]
+    cv_folds: int
+    seed: int
+    over_split: bool = False
+
+    def inner(self, fold: int, repeat: int = 0) -> list[pd.Series]:
+        seed = self.seed + (repeat if self.over_split else 0)
+        outer = self.outer[fold]
+        if self.cv_folds == 1:
+            return [outer if seed == self.seed else redrawn_validation(self.table, outer, seed)]
+        return inner_assignments(self.table, outer, self.cv_folds, seed, where=f"outer fold {fold}")
+
+    def speakers(self, assignment: pd.Series) -> dict:
+        return {f"{p}_speakers": sorted(self.table.loc[(assignment == p).to_numpy(), "speaker"].astype(str).unique())
+                for p in PARTS}
+
+    def describe(self, repeats: int) -> dict:
+        """study.json's "folds": each outer fold's speakers, and each inner fold's validation speakers
+        (per repeat when the split is drawn again), enough to rebuild every assignment."""
+        outer = [self.speakers(a) for a in self.outer]
+        draws = range(repeats if self.over_split else 1)
+        inner = {f"f{f}-r{r}": [self.speakers(a)["val_speakers"] for a in self.inner(f, r)]
+                 for f in range(len(self.outer)) for r in draws}
+        return {"outer": outer, "cv_folds": self.cv_folds, "inner_val_speakers": inner}
+
+
+def fold_plan(corpus: Corpus, split: Split, *, outer_folds: int, cv_folds: int, split_spec: dict,
+              over_split: bool) -> FoldPlan:
+    """Outer folds of test speakers (one: the study's split) and the inner folds of each."""
+    table = corpus.table
+    seed = int(split_spec.get("seed", 0))
+    if outer_folds == 1:
+        outer = [split.assignment]
+    else:
+        outer = outer_fold_assignments(table, outer_folds, val_speakers=split_spec.get("val_speakers", 2),
+                                       seed=seed)
+    plan = FoldPlan(table=table, outer=outer, cv_folds=cv_folds, seed=seed, over_split=over_split)
+    for f in range(len(outer)):   # every inner assignment checked (leaks, untrainable classes) up front
+        plan.inner(f)
+    return plan
+
+
+def inner_assignments(table: pd.DataFrame, outer: pd.Series, k: int, seed: int, *, where: str) -> list[pd.Series]:
+    """k speaker folds of the non-test speakers: in fold i, fold i's speakers validate, the rest train."""
+    testing = (outer == "test").to_numpy()
+    folds = []
+    for i, held in enumerate(speaker_folds(table, k, seed=seed, rows=~testing)):
+        parts = np.where(testing, "test", np.where(held, "val", "train"))
+        assignment = pd.Series(parts, index=table.index, dtype=object, name="part")
+        check_split(table, assignment, where=f"{where}, inner fold {i}")
+        folds.append(assignment)
+    return folds
+
+
+def redrawn_validation(table: pd.DataFrame, outer: pd.Series, seed: int) -> pd.Series:
+    """Another draw of the validation speakers among the non-test ones, as many as the outer
+    assignment has (a repeat over the split when a trial has one validation split)."""
+    testing = (outer == "test").to_numpy()
+    speakers = table["speaker"].astype(str)
+    n_val = speakers[(outer == "val").to_numpy()].nunique()
+    n_rest = speakers[~testing].nunique()
+    k = max(2, round(n_rest / max(n_val, 1)))
+    folds = inner_assignments(table, outer, k, seed, where="repeated split")
+    return folds[seed % k]

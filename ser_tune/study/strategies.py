@@ -1,8 +1,17 @@
-"""A strategy search: one unit of work per strategy, the same split, budget and feature cache for each.
+"""A strategy search: every strategy, repeated, on every outer fold of test speakers, beside baselines.
 
-The frozen features are computed once, before the first strategy starts, and their time is
-reported as the study's shared ``encode`` time. Each trial runs
-:func:`ser_tune.training.trainable.run_trial` (one fine-tuning run, a report per epoch).
+The loops (see the README's architecture section)::
+
+    for each outer fold f of test speakers           evaluation.outer_folds (1: the study's split)
+        the untuned default configuration             unit "default" (one trial)
+        for each repeat r, for each strategy s        budget.repeats (grid once: it has no seed)
+            one unit (Tuner), budget.trials trials    searcher seed = seed + r
+    the best configuration refit for export          unit "refit" (when folds or CV make the best trial's own model partial)
+
+A trial trains on the inner folds of its outer fold (``objective.cv_folds``) and reports the mean
+validation metric; the linear probe on the frozen features is fitted on the same folds before any
+trial. Every unit shares the one feature cache; the frozen features are computed once, before the
+first unit, and their time is the study's shared ``encode`` time.
 """
 from __future__ import annotations
 
@@ -11,33 +20,42 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..config import Experiment
 from ..search import make_plan
+from ..training.probe import linear_probe
 from ..training.settings import TrialSettings
-from ..training.trainable import StudyContext, run_trial
+from ..training.trainable import StudyContext, run_refit, run_trial
 from .driver import StudyError, StudyKind, Unit
 from .folder import TRIALS_FILE, StudyFolder
-from .prepare import cache_root, data_meta, encode_once, load_study_corpus, machine_info, study_split
+from .prepare import (FoldPlan, cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
+                      study_split)
 from .progress import TrialProgress
 from .session import Cluster
+
+DEFAULT, REFIT = "default", "refit"
 
 
 class StrategyStudy(StudyKind):
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
-        self.corpus = None
-        self.split = None
+        self.corpus = self.split = self.plan = None
 
+    # --- before Ray ------------------------------------------------------------------------------
     def prepare(self, folder: StudyFolder) -> None:
         exp = self.experiment
         self.corpus = load_study_corpus(exp.corpus, exp.storage)
         self.split = study_split(folder, self.corpus, exp.split)
+        self.plan = fold_plan(self.corpus, self.split, outer_folds=exp.evaluation.outer_folds,
+                              cv_folds=exp.objective.cv_folds, split_spec=exp.split,
+                              over_split="split" in exp.budget.repeat_over)
         if not folder.meta:
             folder.meta = {"name": exp.name, "kind": "search", "started_at": time.time(), "finished_at": None,
                            "experiment": exp.to_dict(), **data_meta(self.corpus, self.split),
-                           "machine": machine_info(), "encode_seconds": 0.0}
+                           "folds": self.plan.describe(exp.budget.repeats), "machine": machine_info(),
+                           "encode_seconds": 0.0}
             folder.save_meta()
 
     def check_cluster(self, cluster: Cluster) -> None:
@@ -46,63 +64,163 @@ class StrategyStudy(StudyKind):
             raise StudyError(f"resources.cpus_per_trial = {cpus:g} but the largest node has "
                              f"{cluster.largest_node:g} CPUs; no trial could ever start")
 
+    # --- the shared encode and the probe ---------------------------------------------------------
     def encode(self, folder: StudyFolder) -> float:
-        """The frozen features every trial of every strategy may ask for."""
+        """The frozen features every trial of every strategy may ask for, then the linear probe."""
         exp = self.experiment
         if exp.trial.get("features", "cache") == "naive" and "features" not in exp.space:
             return 0.0
         max_lengths = candidates(exp, "max_length", TrialSettings.max_length)
         tops = {TrialSettings(unfreeze=u).top_k for u in candidates(exp, "unfreeze", TrialSettings.unfreeze)}
-        done = encode_once(self.corpus.table, exp.encoder, cache_root(exp.storage), max_lengths,
+        done = encode_once(self.corpus.table, exp.encoder, cache_root(exp.storage), max_lengths or [None],
                            [k for k in tops if k != 0])
-        folder.meta["encoder"] = done["encoder"]
-        folder.meta["cache"] = done["cache"]
+        folder.meta.update(encoder=done["encoder"], cache=done["cache"])
         folder.meta["encode_seconds"] = folder.meta.get("encode_seconds", 0.0) + done["seconds"]
+        if "probe" not in folder.meta.get("baselines", {}):
+            folder.meta.setdefault("baselines", {})["probe"] = self.probe(done["pooled"])
         folder.save_meta()
         return done["seconds"]
 
-    def units(self, folder: StudyFolder, cluster: Cluster) -> list[Unit]:
-        return [self.strategy_unit(folder, strategy, cluster) for strategy in self.experiment.strategies]
+    def probe(self, pooled: np.ndarray) -> dict:
+        """The linear probe on each outer fold, for each normalisation the study uses."""
+        from ..training.normalize import FeatureNorm
 
-    def strategy_unit(self, folder: StudyFolder, strategy: str, cluster: Cluster) -> Unit:
+        table = self.corpus.table
+        y = table["label"].map({name: i for i, name in enumerate(sorted(table["label"].unique()))}).to_numpy()
+        out = {}
+        for kind in normalizations(self.experiment):
+            folds = []
+            for f, outer in enumerate(self.plan.outer):
+                train = np.flatnonzero((outer != "test").to_numpy())
+                test = np.flatnonzero((outer == "test").to_numpy())
+                inner = [(np.flatnonzero((a == "train").to_numpy()), np.flatnonzero((a == "val").to_numpy()))
+                         for a in self.plan.inner(f)]
+                norm = FeatureNorm.fit(kind, pooled, speakers=table["speaker"], rows=train)
+                x = norm.apply(pooled, np.arange(len(pooled))) if norm is not None else pooled
+                folds.append(linear_probe(x, y, inner, train=train, test=test,
+                                          seed=self.experiment.seed).to_dict())
+            out[kind] = {"folds": folds}
+        return out
+
+    # --- the units ---------------------------------------------------------------------------------
+    def units(self, folder: StudyFolder, cluster: Cluster):
         exp = self.experiment
-        cpus = exp.resources.cpus_per_trial
-        concurrency = exp.concurrency or max(1, int(cluster.cpus // cpus))
-        plan = make_plan(strategy, exp.space, budget=exp.budget.trials, seed=exp.seed,
+        for fold in range(len(self.plan.outer)):
+            yield self.default_unit(folder, fold)
+            for repeat in range(exp.budget.repeats):
+                for strategy in exp.strategies:
+                    if strategy == "grid" and repeat > 0:
+                        continue   # a grid has no seed: one run per fold
+                    yield self.strategy_unit(folder, strategy, fold, repeat, cluster)
+        if self.needs_refit():
+            yield self.refit_unit(folder)
+
+    def unit_name(self, label: str, fold: int, repeat: int | None = None) -> str:
+        name = label
+        if len(self.plan.outer) > 1:
+            name += f"-f{fold}"
+        if repeat is not None and self.experiment.budget.repeats > 1:
+            name += f"-r{repeat}"
+        return name
+
+    def context(self, folder: StudyFolder, name: str, fold: int, repeat: int, decode=None) -> StudyContext:
+        exp = self.experiment
+        return StudyContext(table=self.corpus.table, assignments=self.plan.inner(fold, repeat),
+                            labels=folder.meta["labels"], encoder_spec=exp.encoder,
+                            cache_root=str(cache_root(exp.storage)),
+                            fixed={"objective": exp.objective.metric, **dict(exp.trial)},
+                            cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))), decode=decode,
+                            state_root=str(folder.state_dir(name)))
+
+    def strategy_unit(self, folder: StudyFolder, strategy: str, fold: int, repeat: int, cluster: Cluster) -> Unit:
+        exp = self.experiment
+        name = self.unit_name(strategy, fold, repeat)
+        concurrency = exp.concurrency or max(1, int(cluster.cpus // exp.resources.cpus_per_trial))
+        plan = make_plan(strategy, exp.space, budget=exp.budget.trials, seed=exp.seed + repeat,
                          metric=exp.objective.metric, mode=exp.objective.mode, max_concurrent=concurrency,
                          grid=exp.grid)
-        context = StudyContext(table=self.corpus.table, assignment=self.split.assignment,
-                               labels=folder.meta["labels"], encoder_spec=exp.encoder,
-                               cache_root=str(cache_root(exp.storage)),
-                               fixed={"objective": exp.objective.metric, **dict(exp.trial)},
-                               cpus_per_trial=int(max(1, round(cpus))), decode=plan.decode,
-                               state_root=str(folder.state_dir(strategy)))
-        return Unit(name=strategy, trainable=run_trial, context=context, param_space=plan.param_space,
-                    expected_trials=plan.expected_trials, searcher=plan.searcher, num_samples=plan.num_samples,
-                    metric=exp.objective.metric, mode=exp.objective.mode,
+        return Unit(name=name, trainable=run_trial, context=self.context(folder, name, fold, repeat, plan.decode),
+                    param_space=plan.param_space, expected_trials=plan.expected_trials, searcher=plan.searcher,
+                    num_samples=plan.num_samples, metric=exp.objective.metric, mode=exp.objective.mode,
                     time_budget_s=exp.budget.minutes * 60 if exp.budget.minutes else None,
-                    tags={"strategy": strategy},
+                    tags={"strategy": strategy, "outer_fold": fold, "repeat": repeat},
                     info={"budget": exp.budget.trials, "warmup": plan.warmup, "notes": plan.notes,
-                          "concurrency": concurrency},
-                    progress=TrialProgress(strategy, plan.expected_trials, exp.objective.metric, exp.objective.mode))
+                          "concurrency": concurrency, "seed": exp.seed + repeat},
+                    progress=TrialProgress(name, plan.expected_trials, exp.objective.metric, exp.objective.mode))
+
+    def default_unit(self, folder: StudyFolder, fold: int) -> Unit:
+        """The untuned baseline: the experiment's fixed settings, TrialSettings' defaults for the rest."""
+        exp = self.experiment
+        name = self.unit_name(DEFAULT, fold)
+        return Unit(name=name, trainable=run_trial, context=self.context(folder, name, fold, 0), param_space={},
+                    expected_trials=1, metric=exp.objective.metric, mode=exp.objective.mode,
+                    tags={"strategy": DEFAULT, "outer_fold": fold, "repeat": 0, "baseline": True},
+                    info={"budget": 1, "warmup": 0, "notes": "the untuned default configuration (a baseline)"},
+                    progress=TrialProgress(name, 1, exp.objective.metric, exp.objective.mode))
+
+    # --- the exported model --------------------------------------------------------------------------
+    def needs_refit(self) -> bool:
+        """The best trial's own model stands for the study unless it was trained on part of the
+        training speakers (CV folds) or the study has several outer folds."""
+        return len(self.plan.outer) > 1 or self.experiment.objective.cv_folds > 1
+
+    def refit_unit(self, folder: StudyFolder) -> Unit:
+        """The best trial's configuration trained again on every speaker the search may use (every
+        speaker, with outer folds), for its best epoch count; that model is exported."""
+        exp = self.experiment
+        best = best_search_trial(folder, exp.objective.metric, exp.objective.mode)
+        if best is None:
+            raise StudyError("no search trial finished with a metric: nothing to refit and export")
+        config = {c[4:]: v for c, v in best.items() if c.startswith("cfg_") and not pd.isna(v)}
+        config["num_epochs"] = int(best["best_epoch"])
+        outer = self.plan.outer[0]
+        train = "every speaker" if len(self.plan.outer) > 1 else "the train and validation speakers"
+        assignment = (outer.map(lambda p: "train") if len(self.plan.outer) > 1
+                      else outer.map(lambda p: "test" if p == "test" else "train"))
+        context = self.context(folder, REFIT, 0, 0)
+        context.assignments = [assignment]
+        return Unit(name=REFIT, trainable=run_refit, context=context, param_space=native_values(config),
+                    expected_trials=1, tags={"strategy": REFIT, "outer_fold": -1, "repeat": 0, "baseline": True},
+                    info={"budget": 1, "notes": f"trial {best['trial_id']} ({best['unit']}) refit on {train}, "
+                                                f"{config['num_epochs']} epochs"},
+                    progress=TrialProgress(REFIT, 1, "test_bca", "max"))
 
     def finish(self, folder: StudyFolder) -> None:
-        export_best(folder, self.experiment.objective.metric, self.experiment.objective.mode)
+        exp = self.experiment
+        if self.needs_refit():
+            export_refit(folder)
+        else:
+            export_best(folder, exp.objective.metric, exp.objective.mode)
+
+
+def best_search_trial(folder: StudyFolder, metric: str, mode: str) -> pd.Series | None:
+    """The finished search trial (not a baseline) with the best objective over the whole study."""
+    trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
+    ok = trials[(trials["status"] == "TERMINATED") & trials[metric].notna()]
+    if "baseline" in ok:
+        ok = ok[ok["baseline"].astype(str) != "True"]
+    if ok.empty:
+        return None
+    return ok.sort_values(metric, ascending=mode == "min", kind="mergesort").iloc[0]
 
 
 def export_best(folder: StudyFolder, metric: str, mode: str) -> Path | None:
     """Copy the best trial's model (its final checkpoint) to ``best_model/``."""
-    path = folder.dir / TRIALS_FILE
-    if not path.exists():
+    best = best_search_trial(folder, metric, mode)
+    if best is None or pd.isna(best.get("checkpoint")):
         return None
-    trials = pd.read_csv(path)
-    ok = trials[(trials["status"] == "TERMINATED") & trials[metric].notna()]
-    if "checkpoint" in ok:
-        ok = ok[ok["checkpoint"].notna()]
-    if ok.empty:
+    return export_model(folder, Path(best["checkpoint"]) / "model", best)
+
+
+def export_refit(folder: StudyFolder) -> Path | None:
+    trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
+    refit = trials[(trials["unit"] == REFIT) & (trials["status"] == "TERMINATED")]
+    if refit.empty or pd.isna(refit.iloc[0].get("checkpoint")):
         return None
-    best = ok.sort_values(metric, ascending=mode == "min").iloc[0]
-    source = Path(best["checkpoint"]) / "model"
+    return export_model(folder, Path(refit.iloc[0]["checkpoint"]) / "model", refit.iloc[0])
+
+
+def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | None:
     if not source.exists():
         return None
     target = folder.dir / "best_model"
@@ -110,9 +228,10 @@ def export_best(folder: StudyFolder, metric: str, mode: str) -> Path | None:
     shutil.copytree(source, target)
     meta_path = target / "model.json"
     meta = json.loads(meta_path.read_text())
-    meta.update({"study": str(folder.dir), "strategy": best["strategy"], "trial_id": best["trial_id"]})
+    meta.update({"study": str(folder.dir), "strategy": trial["strategy"], "trial_id": trial["trial_id"]})
     meta_path.write_text(json.dumps(meta, indent=2))
-    folder.meta["best_model"] = {"path": str(target), "strategy": best["strategy"], "trial_id": best["trial_id"]}
+    folder.meta["best_model"] = {"path": str(target), "strategy": trial["strategy"], "trial_id": trial["trial_id"],
+                                 "unit": trial["unit"]}
     folder.save_meta()
     return target
 
@@ -127,3 +246,13 @@ def candidates(exp: Experiment, name: str, default) -> list:
         if name == "max_length":
             return []
     return [exp.trial.get(name, default)]
+
+
+def normalizations(exp: Experiment) -> list[str]:
+    """The feature normalisations the probe is fitted with: none, and any the trials use."""
+    used = candidates(exp, "normalize", TrialSettings.normalize)
+    return ["none"] + [n for n in used if n != "none"]
+
+
+def native_values(config: dict) -> dict:
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}

@@ -1,0 +1,73 @@
+"""Feature normalisation: z-scoring of the encoder's per-layer pooled features, from unlabelled audio.
+
+``normalize`` (a trial setting, fixed or searched):
+
+- ``none``: features as the encoder gives them.
+- ``corpus``: every layer's features minus the mean, over the standard deviation, of the clips the
+  model trains on (the train part; no labels). Evaluated on another corpus (cross-corpus), that
+  corpus's own statistics replace them: the usual unsupervised adaptation to a new recording setup.
+- ``speaker``: each speaker's clips z-scored with that speaker's own statistics, test speakers' included.
+  This is transductive (it uses unlabelled audio of the speakers it scores), and it assumes each
+  speaker's clips span the emotions, as acted corpora do: reports that use it say both.
+
+The statistics come from the frozen encoder's features (the feature cache). When encoder layers train,
+their features get the same fixed map (it is not re-estimated as the layers change): a fixed affine
+map of the head's input, which the head learns through. A speaker with fewer than ``MIN_CLIPS`` clips
+gets the corpus statistics (one clip has no spread).
+
+>>> import numpy as np
+>>> pooled = np.array([[[1.0, 10.0]], [[3.0, 30.0]], [[5.0, 5.0]], [[7.0, 7.0]]])   # 4 clips, 1 layer, 2 dims
+>>> norm = FeatureNorm.fit("speaker", pooled, speakers=["a", "a", "b", "b"], rows=np.arange(4))
+>>> norm.apply(pooled, np.arange(4))[:, 0, 0].tolist()
+[-1.0, 1.0, -1.0, 1.0]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+NORMALIZE = ("none", "corpus", "speaker")
+MIN_CLIPS = 2
+EPS = 1e-6
+
+
+@dataclass
+class FeatureNorm:
+    kind: str
+    mean: np.ndarray             # (groups, states, dim)
+    std: np.ndarray              # (groups, states, dim)
+    group_of_row: np.ndarray     # (clips,) index into the groups, per clip of the table
+
+    @classmethod
+    def fit(cls, kind: str, pooled: np.ndarray, *, speakers, rows: np.ndarray) -> "FeatureNorm | None":
+        """Statistics of ``pooled`` (clips, states, dim) for ``kind``; ``rows``: the clips ``corpus``
+        statistics come from (e.g. the train part). None for ``none``."""
+        if kind not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)} (got {kind!r})")
+        if kind == "none":
+            return None
+        pooled = np.asarray(pooled, dtype=np.float64)
+        overall = moments(pooled[np.asarray(rows)])
+        if kind == "corpus":
+            return cls(kind, overall[0][None], overall[1][None], np.zeros(len(pooled), np.int64))
+        names, group = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
+        stats = [moments(pooled[group == g]) if (group == g).sum() >= MIN_CLIPS else overall
+                 for g in range(len(names))]
+        return cls(kind, np.stack([m for m, _ in stats]), np.stack([s for _, s in stats]), group.astype(np.int64))
+
+    def apply(self, features, rows):
+        """z-scored ``features`` (len(rows), states, dim) of the table's clips ``rows`` (numpy or torch)."""
+        group = self.group_of_row[np.asarray(rows, dtype=np.int64)]
+        mean, std = self.mean[group], self.std[group]
+        if hasattr(features, "detach"):   # a torch tensor: keep it one (and its gradient path)
+            import torch
+
+            mean = torch.as_tensor(mean, dtype=features.dtype)
+            std = torch.as_tensor(std, dtype=features.dtype)
+        return (features - mean) / std
+
+
+def moments(pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per state and dimension: mean and standard deviation (floored at EPS) over the clips."""
+    return pooled.mean(0), np.maximum(pooled.std(0), EPS)

@@ -1,0 +1,87 @@
+"""The linear probe: the untuned baseline a tuned model must beat.
+
+scikit-learn's logistic regression (class-balanced, standardised inputs) on the frozen encoder's
+mean-pooled features of one layer, or of the mean over layers. Its layer and regularisation ``C`` are
+chosen by speaker cross-validation on the training speakers alone (the same inner folds the trials
+use), by mean balanced class accuracy; then it is refit on all of them and scored once on the test
+speakers. Features may be normalised first (``ser_tune.training.normalize``), as a trial's are.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> y = np.tile([0, 1], 20)
+>>> pooled = rng.normal(size=(40, 2, 3)); pooled[:, 1] += 6 * y[:, None]       # layer 1 carries the label
+>>> folds = [(np.arange(0, 15), np.arange(15, 30)), (np.arange(15, 30), np.arange(0, 15))]
+>>> result = linear_probe(pooled, y, folds, train=np.arange(30), test=np.arange(30, 40))
+>>> result.layer, result.test_bca
+(1, 1.0)
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+MEAN = "mean"   # the mean over layers, one more choice beside each layer
+
+
+@dataclass
+class ProbeResult:
+    layer: int | str
+    C: float
+    cv_bca: float                      # mean validation BCA over the inner folds of the chosen setting
+    test_bca: float | None
+    test_predictions: np.ndarray | None = field(default=None, repr=False)
+    seconds: float = 0.0
+    grid: dict = field(default_factory=dict, repr=False)   # "layer|C" -> mean inner BCA
+
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "C": self.C, "cv_bca": self.cv_bca, "test_bca": self.test_bca,
+                "seconds": self.seconds}
+
+
+def layer_features(pooled: np.ndarray, layer: int | str) -> np.ndarray:
+    return pooled.mean(1) if layer == MEAN else pooled[:, int(layer)]
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, c: float, seed: int = 0):
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=1000,
+                                                               random_state=seed))
+    with warnings.catch_warnings():   # a probe that stops a little short of the optimum is still a probe
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(x, y)
+
+
+def inner_score(x: np.ndarray, y: np.ndarray, folds, c: float, seed: int) -> float:
+    scores = [balanced_accuracy_score(y[val], fit_probe(x[train], y[train], c, seed).predict(x[val]))
+              for train, val in folds]
+    return float(np.mean(scores))
+
+
+def linear_probe(pooled: np.ndarray, y: np.ndarray, folds, *, train: np.ndarray, test: np.ndarray,
+                 layers=None, c_grid=C_GRID, seed: int = 0) -> ProbeResult:
+    """Choose the layer and C on ``folds`` ([(train rows, validation rows)], rows of ``pooled``), refit
+    on ``train`` and score ``test`` (BCA; None without test rows)."""
+    start = time.perf_counter()
+    layers = list(range(pooled.shape[1])) + [MEAN] if layers is None else list(layers)
+    # One BLAS thread: the problems are small, and threads fighting over a busy machine's cores made
+    # a probe 20x slower.
+    with threadpool_limits(limits=1):
+        grid = {(layer, c): inner_score(layer_features(pooled, layer), y, folds, c, seed)
+                for layer in layers for c in c_grid}
+    (layer, c), best = max(grid.items(), key=lambda kv: kv[1])   # ties: the first (lower layer, smaller C)
+    x = layer_features(pooled, layer)
+    with threadpool_limits(limits=1):
+        model = fit_probe(x[train], y[train], c, seed)
+    preds = model.predict(x[test]) if len(test) else None
+    test_bca = float(balanced_accuracy_score(y[test], preds)) if len(test) else None
+    return ProbeResult(layer=layer, C=float(c), cv_bca=best, test_bca=test_bca, test_predictions=preds,
+                       seconds=time.perf_counter() - start, grid={f"{k[0]}|{k[1]:g}": v for k, v in grid.items()})

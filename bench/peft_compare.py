@@ -97,8 +97,7 @@ class Bench:
             config = dict(self.settings("frozen"), unfreeze=unfreeze, num_epochs=1)
             tuner = FineTuner(TrialSettings.from_config(config), self.trial_data,
                               encoder_spec=self.data.encoder_spec, cache_root=self.cache_root, encoder_loader=self.loader)
-            tuner.cache.get(self.trial_data.paths, tuner._wave, tuner.max_length,
-                            [] if unfreeze == "none" else [tuner._boundary(TrialSettings(unfreeze=unfreeze).top_k)])
+            tuner.cached_features()   # pooled features, and the lowest trained layer's input when it trains
         return time.perf_counter() - start
 
     def run(self, mode: str) -> dict:

@@ -51,7 +51,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-TAPT_VERSION = 1          # part of the cache key: bump when the recipe changes what a run produces
+TAPT_VERSION = 2          # part of the cache key: bump when the recipe changes what a run produces
 MODEL_SAMPLE_RATE = 16000  # wav2vec2's rate
 
 _NO_OBJECTIVE = {
@@ -357,6 +357,7 @@ def pretrain(encoder_spec: str, waves: list[np.ndarray], settings: TaptSettings,
     """Run TAPT on ``waves`` (mono float32) and save the adapted encoder to ``out_dir`` (written to a
     temporary sibling, then renamed). ``out_dir`` must not exist or be empty."""
     import torch
+    from transformers.optimization import get_linear_schedule_with_warmup
 
     from ser_tune.encoders import resolve_spec
 
@@ -398,14 +399,8 @@ def pretrain(encoder_spec: str, waves: list[np.ndarray], settings: TaptSettings,
             eval_before = float(_batch_loss(model, eval_batch))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
-        warmup = int(settings.warmup_fraction * settings.steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * settings.steps),
+                                                    settings.steps)
         losses: list[float] = []
         model.train()
         for step in range(settings.steps):

@@ -324,8 +324,10 @@ class FineTuner:
         return self._trainable_encoder_params(encoder, boundary, s.top_k)
 
     def _optimizer(self, head: EmotionHead, trained: dict[str, nn.Parameter], freeze: Sequence[str]):
-        """AdamW over the head (unless frozen) and the trained encoder parameters, with linear warm-up and
-        cosine decay over all epochs' steps."""
+        """AdamW over the head (unless frozen) and the trained encoder parameters; the learning rate warms
+        up linearly over ``warmup_fraction`` of all epochs' steps, then decays to 0 along a half cosine."""
+        from transformers.optimization import get_cosine_schedule_with_warmup  # imported once per process
+
         s = self.s
         head_lr = s.head_lr if s.head_lr is not None else s.lr * s.head_lr_scale
         groups = [{"params": list(head.parameters()), "lr": head_lr}] if "head" not in freeze else []
@@ -334,12 +336,8 @@ class FineTuner:
         if not groups:
             raise TrialError("nothing to train: the head is frozen and no encoder parameter trains")
         optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
-        steps_per_epoch = math.ceil(len(self.data.parts["train"]) / s.batch_size)
-        total = steps_per_epoch * s.num_epochs
-        warmup = max(1, int(total * s.warmup_fraction))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        return optimizer, schedule
+        total = len(self._batches(self.data.parts["train"])) * s.num_epochs   # optimiser steps of the run
+        return optimizer, get_cosine_schedule_with_warmup(optimizer, int(total * s.warmup_fraction), total)
 
     # --- one epoch ---------------------------------------------------------------------------
     def fit_epoch(self, state: FitState) -> dict:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fcntl
 import hashlib
 import json
 import logging
@@ -42,12 +41,12 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -491,16 +490,6 @@ def _save(model, source_config, fe, info: dict, out_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- cached
 
-@contextmanager
-def _locked(path: Path):
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def tapt_key(encoder_spec: str, paths: Sequence[str], settings: TaptSettings, sample_rate: int = 16000) -> str:
     from ser_tune.encoders import spec_fingerprint
 
@@ -540,7 +529,7 @@ def tapt_encoder(encoder_spec: str, paths: list[str], settings: TaptSettings, st
     root.mkdir(parents=True, exist_ok=True)
     key = tapt_key(spec, paths, settings, sample_rate)
     folder = root / key
-    with _locked(root / f".{key}.lock"):
+    with FileLock(root / f".{key}.lock"):
         if (folder / "tapt.json").is_file():
             log.info("TAPT %s: reusing %s", spec, folder)
             return load_result(folder)

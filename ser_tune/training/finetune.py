@@ -452,27 +452,46 @@ class FineTuner:
 
     # --- checkpoint --------------------------------------------------------------------------
     def save_state(self, state: FitState, folder: str | Path) -> Path:
-        """Write what ``start(resume_dir=folder)`` continues from to ``folder/state.pt``, atomically."""
+        """Write what ``start(resume_dir=folder)`` continues from to ``folder/state.pt``, atomically.
+        Only tensors and plain values (the numpy generator as its state dict): the file lives on shared
+        storage, and reading it back must not be able to run code."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / (STATE_FILE + ".tmp")
         torch.save({"head": state.model.head.state_dict(), "encoder": {n: p.detach() for n, p in state.trained.items()},
                     "optimizer": state.optimizer.state_dict(), "schedule": state.schedule.state_dict(),
-                    "history": state.history, "best": state.best, "epoch": state.epoch, "rng": state.rng,
-                    "torch_rng": state.torch_rng}, tmp)
+                    "history": state.history, "best": state.best, "epoch": state.epoch,
+                    "rng": state.rng.bit_generator.state, "torch_rng": state.torch_rng}, tmp)
         tmp.replace(folder / STATE_FILE)
         return folder / STATE_FILE
 
     @staticmethod
     def _restore(state: FitState, path: Path) -> None:
-        ck = torch.load(path, weights_only=False)
-        state.model.head.load_state_dict(ck["head"])
-        for name, p in state.trained.items():
-            p.data.copy_(ck["encoder"][name])
-        state.optimizer.load_state_dict(ck["optimizer"])
-        state.schedule.load_state_dict(ck["schedule"])
-        state.history, state.best, state.epoch = ck["history"], ck["best"], ck["epoch"]
-        state.rng, state.torch_rng = ck["rng"], ck["torch_rng"]
+        """``state`` as saved in ``path``; a TrialError naming the file when it is not such a state."""
+        try:
+            ck = torch.load(path, weights_only=True)   # tensors and plain values only: no code runs
+        except Exception as err:   # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+            raise TrialError(f"{path}: not a trial state this version wrote ({type(err).__name__}; it may hold "
+                             "more than tensors and plain values, and was not loaded); delete it to restart "
+                             "the trial") from None
+        try:
+            _check_tensors(ck["head"], state.model.head.state_dict())
+            _check_tensors(ck["encoder"], state.trained)
+            if ck["best"]["state"] is not None:
+                _check_tensors(ck["best"]["state"]["head"], state.model.head.state_dict())
+                _check_tensors(ck["best"]["state"]["encoder"], state.trained)
+            state.model.head.load_state_dict(ck["head"])
+            for name, p in state.trained.items():
+                p.data.copy_(ck["encoder"][name])
+            state.optimizer.load_state_dict(ck["optimizer"])
+            state.schedule.load_state_dict(ck["schedule"])
+            state.rng.bit_generator.state = ck["rng"]
+            state.torch_rng = torch.as_tensor(ck["torch_rng"], dtype=torch.uint8)
+            state.history, state.best, state.epoch = list(ck["history"]), dict(ck["best"]), int(ck["epoch"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            why = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise TrialError(f"{path}: does not fit this trial ({type(err).__name__}: {why}); delete it to "
+                             "restart the trial") from None
 
     # --- the end -----------------------------------------------------------------------------
     def finish(self, state: FitState) -> TrialResult:
@@ -626,3 +645,13 @@ class FineTuner:
         batch = max(self.s.batch_size, 32)
         outs = [self.forward(model, idx[b: b + batch], live, grad=False) for b in range(0, len(idx), batch)]
         return torch.cat(outs).numpy() if outs else np.zeros((0, model.head.classifier_outputs))
+
+
+def _check_tensors(got: dict, expected: dict) -> None:
+    """ValueError naming the first tensor of ``got`` whose name or shape is not ``expected``'s."""
+    if set(got) != set(expected):
+        name = sorted(set(got) ^ set(expected))[0]
+        raise ValueError(f"tensor {name!r} is {'missing' if name in expected else 'not of this trial'}")
+    for name, value in got.items():
+        if not isinstance(value, torch.Tensor) or value.shape != expected[name].shape:
+            raise ValueError(f"tensor {name!r} is not a tensor of shape {tuple(expected[name].shape)}")

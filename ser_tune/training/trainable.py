@@ -17,7 +17,7 @@ import torch
 
 from ..data import AudioStore
 from ..encoders import SpeechEncoder, load_encoder
-from .finetune import SAMPLE_RATE, FineTuner, TrialData
+from .finetune import SAMPLE_RATE, STATE_FILE, FineTuner, TrialData
 from .settings import TrialSettings
 
 
@@ -92,7 +92,7 @@ def run_trial(config: dict, context: StudyContext) -> None:
         else:
             tune.report(dict(metrics, **searched))
 
-    resume_dir = state_dir if (state_dir / "state.pt").exists() else None
+    resume_dir = state_dir if (state_dir / STATE_FILE).exists() else None
     tuner.run(report=report, checkpoint_dir=state_dir, resume_dir=resume_dir)
 
 

@@ -63,9 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 class Bench:
     def __init__(self, args):
-        from ser_tune.data import AudioStore
+        from ser_tune.data import SAMPLE_RATE, AudioStore
         from ser_tune.encoders import load_encoder
-        from ser_tune.training.finetune import SAMPLE_RATE, TrialData
+        from ser_tune.training.finetune import TrialData
 
         self.args = args
         self.data = bench_data(force_synthetic=args.synthetic)

@@ -23,11 +23,10 @@ from ray.tune import Callback
 from ray.tune.search import ConcurrencyLimiter
 
 from .config import Experiment
-from .data import Corpus, Split, load_corpus, make_split
+from .data import SAMPLE_RATE, Corpus, Split, load_corpus, make_split
 from .encoders import load_encoder, spec_fingerprint
 from .encoders.cache import FeatureCache, effective_max_length
 from .search import make_plan
-from .training.finetune import SAMPLE_RATE
 from .training.settings import TrialSettings
 from .training.trainable import StudyContext, run_trial, set_threads
 

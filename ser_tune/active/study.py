@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import AudioStore, crop
+from ..data import SAMPLE_RATE, AudioStore, crop
 from ..encoders import load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
 from ..study import Study, TrialProgress
-from ..training.finetune import SAMPLE_RATE, TrialData
+from ..training.finetune import TrialData
 from ..training.settings import TrialSettings
 from ..training.trainable import set_threads
 from .config import ActiveConfig

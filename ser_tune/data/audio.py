@@ -14,6 +14,7 @@ from .errors import AudioError, DataError
 
 SILENCE_PEAK = 1e-6   # a file whose peak |sample| stays below this is treated as silent
 _BLOCK = 1 << 16      # frames read at a time when scanning a file's samples
+SAMPLE_RATE = 16000  # every supported encoder family consumes 16 kHz audio
 
 
 def _soundfile_reason(err: Exception) -> str:

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..data import SAMPLE_RATE
 from ..encoders import SpeechEncoder, load_encoder
 from .head import EmotionHead, masked_mean
 from .settings import SettingsError, TrialSettings
@@ -37,7 +38,7 @@ class ModelFolderError(ValueError):
 
 
 def save_model(folder: str | Path, *, state: dict, encoder_spec: str, labels: list[str], settings: dict,
-               num_states: int, hidden_size: int, metrics: dict | None = None, sample_rate: int = 16000,
+               num_states: int, hidden_size: int, metrics: dict | None = None, sample_rate: int = SAMPLE_RATE,
                extra: dict | None = None) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -183,7 +184,8 @@ def read_meta(folder: Path) -> dict:
                                f"(never loaded: unpickling can run code); {REEXPORT}")
     if meta.get("format") != FORMAT:
         raise ModelFolderError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    missing = [k for k in ("encoder", "labels", "settings", "num_states", "hidden_size", "sample_rate") if k not in meta]
+    missing = [k for k in ("encoder", "labels", "settings", "num_states", "hidden_size", "sample_rate")
+               if k not in meta]
     if missing:
         raise ModelFolderError(f"{meta_path}: lacks {missing[0]!r}")
     return meta

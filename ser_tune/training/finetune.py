@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..data import AudioStore, crop, pad_batch
+from ..data import SAMPLE_RATE, AudioStore, crop, pad_batch
 from ..data.corpus import DIMENSIONS
 from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
@@ -37,7 +37,6 @@ from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
 from .settings import TrialSettings
 from .targets import Loss, Targets
 
-SAMPLE_RATE = 16000  # every supported encoder family consumes 16 kHz audio
 STATE_FILE = "state.pt"  # a trial's resumable epoch state, in its checkpoint folder
 
 

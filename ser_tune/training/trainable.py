@@ -15,9 +15,9 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from ..data import AudioStore
+from ..data import SAMPLE_RATE, AudioStore
 from ..encoders import SpeechEncoder, load_encoder
-from .finetune import SAMPLE_RATE, STATE_FILE, FineTuner, TrialData
+from .finetune import STATE_FILE, FineTuner, TrialData
 from .settings import TrialSettings
 
 

@@ -45,7 +45,13 @@ _AUDIO: dict[int, AudioStore] = {}
 _ENCODERS: dict[str, SpeechEncoder] = {}
 
 
-def _encoder_copy(spec: str) -> SpeechEncoder:
+def worker_audio(sample_rate: int = SAMPLE_RATE) -> AudioStore:
+    """This process's store of decoded audio at ``sample_rate``, shared by every trial it runs."""
+    return _AUDIO.setdefault(sample_rate, AudioStore(sample_rate))
+
+
+def pristine_encoder(spec: str) -> SpeechEncoder:
+    """A fresh copy of this process's once-loaded encoder ``spec`` (an ``encoder_loader`` for FineTuner)."""
     if spec not in _ENCODERS:
         _ENCODERS[spec] = load_encoder(spec)
     return copy.deepcopy(_ENCODERS[spec])  # trials change weights in place; keep the original clean
@@ -68,10 +74,9 @@ def run_trial(config: dict, context: StudyContext) -> None:
     # its exported model, recorded in trials.csv, so keep the console for what needs reading.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     settings = context.settings_for(config)
-    audio = _AUDIO.setdefault(SAMPLE_RATE, AudioStore(SAMPLE_RATE))
-    data = TrialData.from_table(context.table, context.assignment, context.labels, audio=audio)
+    data = TrialData.from_table(context.table, context.assignment, context.labels, audio=worker_audio())
     tuner = FineTuner(settings, data, encoder_spec=context.encoder_spec, cache_root=context.cache_root,
-                      encoder_loader=_encoder_copy)
+                      encoder_loader=pristine_encoder)
     # Epoch state lives in the study folder under the trial's id, written atomically by FineTuner: a
     # resumed study or a trial retried on another node continues from its last epoch. Ray's own
     # per-epoch checkpoints are not used for this: with num_to_keep=1 a kill between Ray deleting the

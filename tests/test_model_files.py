@@ -151,6 +151,7 @@ def test_tensor_names_outside_head_and_encoder_are_refused(trained, tmp_path):
         load_model(bad)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")   # torch's note on the raw pickle's protocol
 @pytest.mark.parametrize("payload", ["pickle", "torch.save", "random bytes"])
 def test_a_state_file_that_could_run_code_is_refused_unread(trained, tmp_path, payload):
     tuner = _tuner(trained)

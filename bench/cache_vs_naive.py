@@ -60,9 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 class Bench:
     def __init__(self, args):
-        from ser_tune.data import AudioStore
+        from ser_tune.data import SAMPLE_RATE, AudioStore
         from ser_tune.encoders import load_encoder
-        from ser_tune.training.finetune import SAMPLE_RATE, TrialData
+        from ser_tune.training.finetune import TrialData
 
         self.args = args
         self.data = bench_data(force_synthetic=args.synthetic)
@@ -83,10 +83,9 @@ class Bench:
 
     def encode_once(self) -> dict:
         """The study's one-off encode: pooled features + frames below the top layer, all clips."""
-        from ser_tune.data import crop
+        from ser_tune.data import SAMPLE_RATE, crop
         from ser_tune.encoders import spec_fingerprint
         from ser_tune.encoders.cache import FeatureCache, effective_max_length
-        from ser_tune.training.finetune import SAMPLE_RATE
         from ser_tune.training.settings import TrialSettings
 
         max_length = effective_max_length(TrialSettings().max_length, self.trial_data.durations)

@@ -65,9 +65,9 @@ def _rss_mib() -> float:
 
 def _prepare(force_synthetic: bool):
     """Data, warm audio and a loaded encoder, as a long-lived Ray worker would hold them."""
-    from ser_tune.data import AudioStore
+    from ser_tune.data import SAMPLE_RATE, AudioStore
     from ser_tune.encoders import load_encoder
-    from ser_tune.training.finetune import SAMPLE_RATE, TrialData
+    from ser_tune.training.finetune import TrialData
 
     data = bench_data(force_synthetic=force_synthetic)
     audio = AudioStore(SAMPLE_RATE)

@@ -63,9 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 class Bench:
     def __init__(self, args):
-        from ser_tune.data import AudioStore
+        from ser_tune.data import SAMPLE_RATE, AudioStore
         from ser_tune.encoders import load_encoder
-        from ser_tune.training.finetune import SAMPLE_RATE, TrialData
+        from ser_tune.training.finetune import TrialData
 
         self.args = args
         self.data = bench_data(force_synthetic=args.synthetic)
@@ -97,8 +97,7 @@ class Bench:
             config = dict(self.settings("frozen"), unfreeze=unfreeze, num_epochs=1)
             tuner = FineTuner(TrialSettings.from_config(config), self.trial_data,
                               encoder_spec=self.data.encoder_spec, cache_root=self.cache_root, encoder_loader=self.loader)
-            tuner.cache.get(self.trial_data.paths, tuner._wave, tuner.max_length,
-                            [] if unfreeze == "none" else [tuner._boundary(TrialSettings(unfreeze=unfreeze).top_k)])
+            tuner.cached_features()   # pooled features, and the lowest trained layer's input when it trains
         return time.perf_counter() - start
 
     def run(self, mode: str) -> dict:

@@ -50,7 +50,7 @@ import pandas as pd
 from .data import AudioError, DataError, load_audio, load_corpus
 from .data.corpus import CORPORA
 from .data.labels import LabelMapper, check_view, pick_view, view_label
-from .training.export import _jsonable  # one JSON fallback for numpy values, shared with export
+from .training.export import to_jsonable  # one JSON fallback for numpy values, shared with export
 
 RESULT_FILE = "crosscorpus.json"
 REPORT_FILE = "crosscorpus.md"
@@ -443,7 +443,7 @@ def write_outputs(result: dict, out_dir) -> Path:
             plot_confusion(entry, result["labels"], out / f"{stem}_confusion.png", title=key)
             entry["confusion_png"] = f"{stem}_confusion.png"
     tmp = out / f"{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(_without_predictions(result), indent=2, default=_jsonable))
+    tmp.write_text(json.dumps(_without_predictions(result), indent=2, default=to_jsonable))
     os.replace(tmp, out / RESULT_FILE)
     (out / REPORT_FILE).write_text(markdown(result))
     return out / RESULT_FILE
@@ -611,7 +611,7 @@ def main(argv=None) -> int:
     except (CrossCorpusError, DataError, ModelFolderError, EncoderError, SettingsError, OSError) as err:
         return fail(str(err))
     if args.json:
-        print(json.dumps(_without_predictions(result), default=_jsonable))
+        print(json.dumps(_without_predictions(result), default=to_jsonable))
     else:
         print(markdown(result), end="")
     return 0

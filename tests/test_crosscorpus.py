@@ -20,6 +20,7 @@ from ser_tune import crosscorpus
 from ser_tune.crosscorpus import CrossCorpusError, evaluate_cross_corpus, run_for_study
 from ser_tune.data import generate_synthetic, load_corpus, speaker_split
 from ser_tune.data.labels import EMOTIONS
+from ser_tune.training.export import WEIGHTS_FILE, read_weights, write_weights
 from ser_tune.training.finetune import FineTuner, TrialData
 from ser_tune.training.settings import TrialSettings
 
@@ -197,14 +198,14 @@ def test_frozen_baseline_uses_the_original_encoder_weights(result, world, tmp_pa
     encoder, the frozen-feature baseline the original one (so its predictions do not move)."""
     folder = tmp_path / "tuned_encoder"
     shutil.copytree(world["model"], folder)
-    weights = torch.load(folder / "weights.pt", weights_only=False)
+    weights = read_weights(folder / WEIGHTS_FILE)
     from ser_tune.encoders import load_encoder
 
     encoder = load_encoder("tiny-whisper")
     generator = torch.Generator().manual_seed(0)
     weights["encoder"] = {n: p.detach() + 0.5 * torch.randn(p.shape, generator=generator)
                           for n, p in encoder.named_parameters() if n.startswith("encoder.layers.2.")}
-    torch.save(weights, folder / "weights.pt")
+    write_weights(folder / WEIGHTS_FILE, weights)
     target = [{"name": "ravdess", "root": str(world["ravdess"])}]
     source = {"name": "synthetic", "root": str(world["source"])}
     changed = evaluate_cross_corpus(folder, target, source=source, seed=3, random_seeds=1, cache_root=world["cache"])

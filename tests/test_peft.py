@@ -14,7 +14,7 @@ from ser_tune.adapt import run as run_two_stage
 from ser_tune.config import experiment_from_dict
 from ser_tune.data import generate_synthetic, load_corpus, speaker_split
 from ser_tune.encoders import load_encoder
-from ser_tune.training.export import load_model
+from ser_tune.training.export import WEIGHTS_FILE, load_model, read_weights
 from ser_tune.training.finetune import FineTuner, TrialData
 from ser_tune.training.peft import (PeftError, PeftPlan, apply_peft, peft_group, peft_summary, pretrained_name)
 from ser_tune.training.settings import TrialSettings
@@ -136,7 +136,7 @@ def test_peft_model_round_trips_through_the_model_folder(data, cache, tmp_path):
     folder = tuner.export(result, tmp_path / "model")
     meta = json.loads((folder / "model.json").read_text())
     assert meta["peft"]["mode"] == "lora+adapter" and meta["peft"]["first_layer"] == 2
-    weights = torch.load(folder / "weights.pt", weights_only=False)["encoder"]
+    weights = read_weights(folder / WEIGHTS_FILE)["encoder"]
     assert weights and all(peft_group(n) for n in weights)   # only the small PEFT tensors are stored
     model = load_model(folder)
     assert {n for n, _ in model.encoder.named_parameters() if peft_group(n)} == set(weights)
@@ -203,8 +203,8 @@ def test_two_stage_adaptation_on_two_synthetic_corpora(small_root, tmp_path):
         assert row["target_clips"] > 0 and row["source_clips"] > 0
     # Stage one's source score is its own test score; stage two kept its LoRA and trained adapters + head.
     assert report["head_carried_over"] is True
-    w1 = torch.load(f"{first['model']}/weights.pt", weights_only=False)["encoder"]
-    w2 = torch.load(f"{second['model']}/weights.pt", weights_only=False)["encoder"]
+    w1 = read_weights(f"{first['model']}/{WEIGHTS_FILE}")["encoder"]
+    w2 = read_weights(f"{second['model']}/{WEIGHTS_FILE}")["encoder"]
     lora = [n for n in w1 if peft_group(n) == "lora"]
     assert lora and all(torch.equal(w1[n], w2[n]) for n in lora)
     assert any(peft_group(n) == "adapter" for n in w2)

@@ -177,3 +177,17 @@ def test_real_whisper_base_on_real_emodb(tmp_path):
     settings = TrialSettings(lr=1e-3, num_epochs=3, unfreeze="none", max_length=2.0)
     result = FineTuner(settings, data, encoder_spec=f"hf:{whisper}", cache_root=tmp_path).run()
     assert result.val_bca > 0.5 and result.test_bca > 0.5   # chance is 1/7
+
+
+def test_a_worker_loads_each_encoder_once_and_hands_each_trial_a_clean_copy(monkeypatch):
+    from ser_tune.training import trainable
+
+    loads = []
+    monkeypatch.setattr(trainable, "_ENCODERS", {})
+    monkeypatch.setattr(trainable, "load_encoder", lambda spec: loads.append(spec) or load_encoder(spec))
+    first, second = trainable.pristine_encoder("tiny-whisper"), trainable.pristine_encoder("tiny-whisper")
+    assert loads == ["tiny-whisper"] and first is not second
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)   # a trial changing its copy in place
+    assert not torch.equal(next(first.parameters()), next(second.parameters()))
+    assert trainable.worker_audio() is trainable.worker_audio()

@@ -30,10 +30,10 @@ from typing import Callable
 
 import numpy as np
 
-from ..data import crop
+from ..data import SAMPLE_RATE, crop
 from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
-from ..training.finetune import SAMPLE_RATE, FineTuner, TrialData, TrialResult
+from ..training.finetune import FineTuner, TrialData, TrialResult
 from ..training.settings import TrialSettings
 from .acquisition import ACQUISITIONS, COLD_STARTS, select
 from .config import FULL

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fcntl
 import hashlib
 import json
 import logging
@@ -41,19 +40,19 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Sequence
 
 import numpy as np
+from filelock import FileLock
 from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
 
 from ser_tune.schema import error_line, invalid
 
 log = logging.getLogger(__name__)
 
-TAPT_VERSION = 1          # part of the cache key: bump when the recipe changes what a run produces
+TAPT_VERSION = 2          # part of the cache key: bump when the recipe changes what a run produces
 MODEL_SAMPLE_RATE = 16000  # wav2vec2's rate
 
 _NO_OBJECTIVE = {
@@ -334,6 +333,7 @@ def pretrain(encoder_spec: str, waves: list[np.ndarray], settings: TaptSettings,
     """Run TAPT on ``waves`` (mono float32) and save the adapted encoder to ``out_dir`` (written to a
     temporary sibling, then renamed). ``out_dir`` must not exist or be empty."""
     import torch
+    from transformers.optimization import get_linear_schedule_with_warmup
 
     from ser_tune.encoders import resolve_spec
 
@@ -375,14 +375,8 @@ def pretrain(encoder_spec: str, waves: list[np.ndarray], settings: TaptSettings,
             eval_before = float(_batch_loss(model, eval_batch))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
-        warmup = int(settings.warmup_fraction * settings.steps)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * settings.steps),
+                                                    settings.steps)
         losses: list[float] = []
         model.train()
         for step in range(settings.steps):
@@ -473,16 +467,6 @@ def _save(model, source_config, fe, info: dict, out_dir: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- cached
 
-@contextmanager
-def _locked(path: Path):
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def tapt_key(encoder_spec: str, paths: Sequence[str], settings: TaptSettings, sample_rate: int = 16000) -> str:
     from ser_tune.encoders import spec_fingerprint
 
@@ -522,7 +506,7 @@ def tapt_encoder(encoder_spec: str, paths: list[str], settings: TaptSettings, st
     root.mkdir(parents=True, exist_ok=True)
     key = tapt_key(spec, paths, settings, sample_rate)
     folder = root / key
-    with _locked(root / f".{key}.lock"):
+    with FileLock(root / f".{key}.lock"):
         if (folder / "tapt.json").is_file():
             log.info("TAPT %s: reusing %s", spec, folder)
             return load_result(folder)

@@ -11,15 +11,14 @@ Speaker ids start at 21 (EmoDB's are 03-16) so a synthetic clip is never mistake
 """
 from __future__ import annotations
 
-import fcntl
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
+from filelock import FileLock
 from scipy.signal import lfilter
 
 from .audio import MIN_DURATION
@@ -256,18 +255,6 @@ def _params(seed, n_speakers, clips_per_cell, sample_rate, duration_range) -> di
             "duration_range": [lo, hi]}
 
 
-@contextmanager
-def _folder_lock(root: Path):
-    """Serialise generation between processes (Ray trials may load the same folder at once)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".synthetic.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _stored_params(root: Path) -> dict | None:
     file = root / PARAMS_FILE
     if not file.is_file():
@@ -313,7 +300,8 @@ def generate_synthetic(root: str | Path, *, seed: int = 0, n_speakers: int = 8, 
     """
     root = Path(root).expanduser().resolve()
     params = _params(seed, n_speakers, clips_per_cell, sample_rate, duration_range)
-    with _folder_lock(root):
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(root / ".synthetic.lock"):  # Ray trials may load (and so generate) the same folder at once
         stored = _stored_params(root)
         if stored is not None:
             _check_same(root, stored, params)

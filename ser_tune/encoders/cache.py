@@ -15,18 +15,17 @@ temporary name and renamed, under an exclusive file lock so concurrent trials co
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from .base import SpeechEncoder
 
@@ -105,7 +104,7 @@ class FeatureCache:
         if self._complete(folder, wanted):
             self.stats.hits += 1
             return self._load(folder, wanted)
-        with self._locked(folder):
+        with FileLock(folder / ".lock"):  # exclusive across processes: concurrent trials encode an entry once
             missing = [b for b in wanted if not (folder / f"frames_{b}.npy").exists()]
             if self._complete(folder, wanted):  # another trial finished it while we waited
                 self.stats.hits += 1
@@ -122,15 +121,6 @@ class FeatureCache:
     @staticmethod
     def _complete(folder: Path, boundaries: Sequence[int]) -> bool:
         return (folder / "meta.json").exists() and all((folder / f"frames_{b}.npy").exists() for b in boundaries)
-
-    @contextmanager
-    def _locked(self, folder: Path):
-        with open(folder / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _load(self, folder: Path, boundaries: Sequence[int]) -> CachedFeatures:
         feats = CachedFeatures(pooled=np.load(folder / "pooled.npy"), lengths=np.load(folder / "lengths.npy"))

@@ -1,8 +1,11 @@
 """The one folder format of a tuned model, read by predict and cross-corpus evaluation.
 
 ``model.json`` (encoder spec, labels, settings, preprocessing, metrics, and the PEFT plan when
-LoRA/adapters were injected) and ``weights.pt`` (head weights and the encoder weights that
-fine-tuning changed or added; the rest is the encoder spec's own weights, loaded from its source).
+LoRA/adapters were injected) and ``weights.safetensors`` (the head's tensors as ``head.<name>`` and
+the encoder tensors fine-tuning changed or added as ``encoder.<name>``; the rest is the encoder
+spec's own weights, loaded from its source). Neither file can run code when read: a model folder
+may come from anywhere. Folders of format 1 kept a pickle (``weights.pt``); they are refused
+unread, with how to export the model again.
 """
 from __future__ import annotations
 
@@ -13,12 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
 
+from ..data import SAMPLE_RATE
 from ..encoders import SpeechEncoder, load_encoder
 from .head import EmotionHead, masked_mean
-from .settings import TrialSettings
+from .settings import SettingsError, TrialSettings
 
-FORMAT = "ser_tune.model/1"
+FORMAT = "ser_tune.model/2"
+OLD_FORMATS = ("ser_tune.model/1",)      # weights in a pickle (weights.pt): never loaded
+WEIGHTS_FILE = "weights.safetensors"
+WEIGHT_GROUPS = ("head", "encoder")      # tensor name prefixes in WEIGHTS_FILE
+REEXPORT = ("export it again with this version: run its study again, or "
+            "`python -m ser_tune.train ... --export DIR`")
 
 
 class ModelFolderError(ValueError):
@@ -26,23 +38,47 @@ class ModelFolderError(ValueError):
 
 
 def save_model(folder: str | Path, *, state: dict, encoder_spec: str, labels: list[str], settings: dict,
-               num_states: int, hidden_size: int, metrics: dict | None = None, sample_rate: int = 16000,
+               num_states: int, hidden_size: int, metrics: dict | None = None, sample_rate: int = SAMPLE_RATE,
                extra: dict | None = None) -> Path:
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"head": state["head"], "encoder": state.get("encoder", {})}, tmp / "weights.pt")
+    write_weights(tmp / WEIGHTS_FILE, state)
     meta = {"format": FORMAT, "encoder": encoder_spec, "labels": list(labels), "settings": settings,
             "num_states": num_states, "hidden_size": hidden_size, "sample_rate": sample_rate,
             "max_length": settings.get("max_length"), "metrics": metrics or {}, **(extra or {})}
-    (tmp / "model.json").write_text(json.dumps(meta, indent=2, default=_jsonable))
+    (tmp / "model.json").write_text(json.dumps(meta, indent=2, default=to_jsonable))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
 
 
-def _jsonable(value):
+def write_weights(path: str | Path, state: dict) -> None:
+    """``state``'s head and encoder tensors ({"head": {...}, "encoder": {...}}) to a safetensors file."""
+    tensors = {f"{group}.{name}": value.detach().cpu().contiguous().clone()   # own storage: safetensors
+               for group in WEIGHT_GROUPS for name, value in (state.get(group) or {}).items()}  # refuses shared
+    save_file(tensors, str(path), metadata={"format": FORMAT})
+
+
+def read_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
+    """{"head": {name: tensor}, "encoder": {name: tensor}} from a weights file (ModelFolderError naming it
+    when it is not a safetensors file of those groups)."""
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ModelFolderError(f"{path}: not a readable safetensors weights file ({err})") from None
+    groups: dict[str, dict[str, torch.Tensor]] = {group: {} for group in WEIGHT_GROUPS}
+    for key, value in tensors.items():
+        group, _, name = key.partition(".")
+        if group not in groups or not name:
+            raise ModelFolderError(f"{path}: tensor {key!r} is neither head.<name> nor encoder.<name>")
+        groups[group][name] = value
+    return groups
+
+
+def to_jsonable(value):
+    """JSON's fallback for numpy scalars and arrays (anything else becomes its str)."""
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -110,14 +146,11 @@ class TunedModel:
 
 
 def load_model(folder: str | Path) -> TunedModel:
+    """The tuned model in ``folder``; a ModelFolderError naming the file for anything that does not fit."""
     folder = Path(folder)
-    meta_path = folder / "model.json"
-    if not meta_path.is_file():
-        raise ModelFolderError(f"{folder}: not a ser_tune model folder (no model.json)")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise ModelFolderError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    weights = torch.load(folder / "weights.pt", weights_only=False)
+    meta = read_meta(folder)
+    weights_path = folder / WEIGHTS_FILE
+    weights = read_weights(weights_path)
     encoder = load_encoder(meta["encoder"])
     if meta.get("peft"):  # inject the same PEFT modules the trial trained before loading their weights
         from .peft import PeftError, PeftPlan, apply_peft
@@ -125,18 +158,62 @@ def load_model(folder: str | Path) -> TunedModel:
         try:
             apply_peft(encoder, PeftPlan.from_dict(meta["peft"]))
         except PeftError as err:
-            raise ModelFolderError(f"{meta_path}: peft: {err}") from None
+            raise ModelFolderError(f"{folder / 'model.json'}: peft: {err}") from None
         encoder.requires_grad_(False)
-    if weights["encoder"]:
-        missing = set(weights["encoder"]) - {n for n, _ in encoder.named_parameters()}
-        if missing:
-            raise ModelFolderError(f"{folder}: fine-tuned weights {sorted(missing)[:3]} do not fit encoder {meta['encoder']}")
-        encoder.load_state_dict(weights["encoder"], strict=False)
-    s = TrialSettings.from_config(meta["settings"])
-    outputs = (len(meta["labels"]) if s.uses_categories else 0) + len(meta.get("dimensions") or [])
-    head = EmotionHead(meta["num_states"], meta["hidden_size"], outputs, layer=s.layer, kind=s.head,
-                       hidden=s.head_hidden, dropout=s.dropout)
-    head.load_state_dict(weights["head"])
+    load_tensors(encoder, weights["encoder"], weights_path, f"encoder {meta['encoder']}", complete=False)
+    head = _head(meta, folder / "model.json")
+    load_tensors(head, weights["head"], weights_path, "the head model.json describes", complete=True)
     head.eval()
     encoder.eval()
     return TunedModel(meta=meta, encoder=encoder, head=head)
+
+
+def read_meta(folder: Path) -> dict:
+    """``model.json`` of a model folder of this format (refusing format 1 without reading its pickle)."""
+    meta_path = folder / "model.json"
+    if not meta_path.is_file():
+        raise ModelFolderError(f"{folder}: not a ser_tune model folder (no model.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ModelFolderError(f"{meta_path}: not readable JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{meta_path}: must hold a JSON object")
+    if meta.get("format") in OLD_FORMATS:
+        raise ModelFolderError(f"{folder}: a model folder of format {meta['format']!r}, whose weights.pt is a pickle "
+                               f"(never loaded: unpickling can run code); {REEXPORT}")
+    if meta.get("format") != FORMAT:
+        raise ModelFolderError(f"{meta_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    missing = [k for k in ("encoder", "labels", "settings", "num_states", "hidden_size", "sample_rate")
+               if k not in meta]
+    if missing:
+        raise ModelFolderError(f"{meta_path}: lacks {missing[0]!r}")
+    return meta
+
+
+def _head(meta: dict, meta_path: Path) -> EmotionHead:
+    try:
+        s = TrialSettings.from_config(meta["settings"])
+        outputs = (len(meta["labels"]) if s.uses_categories else 0) + len(meta.get("dimensions") or [])
+        return EmotionHead(int(meta["num_states"]), int(meta["hidden_size"]), outputs, layer=s.layer, kind=s.head,
+                           hidden=s.head_hidden, dropout=s.dropout)
+    except (SettingsError, TypeError, ValueError) as err:
+        raise ModelFolderError(f"{meta_path}: {err}") from None
+
+
+def load_tensors(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path, what: str, *,
+                 complete: bool) -> None:
+    """Copy ``tensors`` into ``module`` (every one of its tensors when ``complete``) after checking names
+    and shapes: a ModelFolderError naming ``path`` and the first tensor that does not fit ``what``."""
+    expected = module.state_dict()
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise ModelFolderError(f"{path}: tensor {unknown[0]!r} does not fit {what}")
+    missing = sorted(set(expected) - set(tensors)) if complete else []
+    if missing:
+        raise ModelFolderError(f"{path}: tensor {missing[0]!r} of {what} is missing")
+    for name, value in tensors.items():
+        if value.shape != expected[name].shape:
+            raise ModelFolderError(f"{path}: tensor {name!r} has shape {tuple(value.shape)}; "
+                                   f"{what} needs {tuple(expected[name].shape)}")
+    module.load_state_dict(tensors, strict=complete)

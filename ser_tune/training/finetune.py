@@ -6,6 +6,9 @@ feature cache, so head epochs cost only the head and top-k epochs run only the t
 with ``features: naive`` every epoch re-encodes every clip (the reference code's way), kept
 for the benchmark. Each epoch reports validation BCA; the best epoch's model is evaluated once
 on the test speakers at the end.
+``FineTuner`` is shaped like a SpeechBrain ``Brain``: ``forward``, ``objective``, ``fit_batch``,
+``fit_epoch``, ``evaluate``, ``keep_epoch``, ``save_state`` and ``finish`` are its named steps;
+``run`` strings them together, and a caller may drive them itself (several tuners in lockstep).
 With ``peft`` (LoRA, bottleneck adapters; see ``peft.py``) the same top layers get new modules
 instead: only those and the head train, the pretrained weights stay as they are.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,17 +27,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..data import AudioStore, crop, pad_batch
+from ..data import SAMPLE_RATE, AudioStore, crop, pad_batch
+from ..data.corpus import DIMENSIONS
 from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
 from .export import save_model
 from .head import EmotionHead, masked_mean
-from .metrics import bca, ccc, ccc_loss, confusion
 from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
 from .settings import TrialSettings
+from .targets import Loss, Targets
 
-SAMPLE_RATE = 16000  # every supported encoder family consumes 16 kHz audio
-DIMENSIONS = ("arousal", "valence", "dominance")
+STATE_FILE = "state.pt"  # a trial's resumable epoch state, in its checkpoint folder
 
 
 class TrialError(RuntimeError):
@@ -105,7 +109,76 @@ class TrialResult:
                 **{f"cache_{k}": v for k, v in self.cache.items()}}
 
 
+@dataclass
+class TrialModel:
+    """What turns clips into head outputs: the head, the encoder when any layer runs live, and the
+    cached features (None on the naive path, which encodes every batch)."""
+    head: EmotionHead
+    encoder: SpeechEncoder | None
+    feats: CachedFeatures | None
+
+
+@dataclass
+class EpochOutcome:
+    """The last epoch ``fit_epoch`` trained: its validation metrics, mean training loss and whether the
+    encoder trained in it."""
+    metrics: dict
+    train_loss: float
+    encoder_trained: bool
+
+
+@dataclass
+class FitState:
+    """A fine-tuning in progress (from ``FineTuner.start``), advanced one epoch at a time by ``fit_epoch``."""
+    model: TrialModel
+    boundary: int | None                     # lowest trained encoder layer; None when no encoder layer trains
+    trained: dict[str, nn.Parameter]         # encoder parameters the optimiser updates once unfrozen
+    fixed: dict[str, nn.Parameter]           # encoder parameters taken from init_state and kept fixed
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loss: Loss
+    rng: np.random.Generator                 # the training clips' order, epoch by epoch
+    torch_rng: torch.Tensor                  # this run's own torch RNG state (dropout), see FineTuner._own_rng
+    live_from_start: bool                    # encoder weights differ from the cached features' from epoch 1
+    num_epochs: int
+    hidden_size: int                         # the encoder's feature width
+    epoch: int = 0                           # epochs trained so far
+    history: list[dict] = field(default_factory=list)
+    # The kept epoch: its objective score, number, validation metrics and weights (see keep_epoch).
+    best: dict = field(default_factory=lambda: {"score": -math.inf, "epoch": 0, "state": None, "metrics": {}})
+    last: EpochOutcome | None = None         # the epoch fit_epoch trained last (None right after start)
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.num_epochs
+
+    @property
+    def num_states(self) -> int:
+        return self.model.head.num_states
+
+
 class FineTuner:
+    """One trial's fine-tuning, in the shape of a SpeechBrain ``Brain``.
+
+    Steps: ``forward`` (pooled features -> head outputs), ``objective`` (the loss), ``fit_batch``,
+    ``fit_epoch`` (one epoch of batches, then ``evaluate`` on the validation part), ``keep_epoch``
+    (the epoch whose model ``finish`` returns), ``save_state`` (what ``start(resume_dir=...)``
+    continues from) and ``finish`` (the kept epoch's model and its test metrics). ``run`` strings
+    them together, keeping the epoch with the best validation objective. A caller may drive the
+    steps itself, e.g. one tuner per cross-validation fold in lockstep, choosing the epoch on
+    the folds' mean::
+
+        states = [tuner.start() for tuner in tuners]
+        best = -math.inf
+        for _ in range(num_epochs):
+            scores = [tuner.fit_epoch(state)["val_bca"] for tuner, state in zip(tuners, states)]
+            if np.mean(scores) > best:
+                best = np.mean(scores)
+                for tuner, state in zip(tuners, states):
+                    tuner.keep_epoch(state)
+        results = [tuner.finish(state) for tuner, state in zip(tuners, states)]
+    """
+
     def __init__(self, settings: TrialSettings, data: TrialData, *, encoder_spec: str,
                  cache_root: str | Path | None = None,
                  encoder_loader: Callable[[str], SpeechEncoder] = load_encoder):
@@ -117,6 +190,7 @@ class FineTuner:
         self.spec = encoder_spec
         self._encoder: SpeechEncoder | None = None
         self._encoder_loader = encoder_loader
+        self._targets: Targets | None = None
         self.seconds = {"load": 0.0, "encode": 0.0, "train": 0.0}
         self.max_length = effective_max_length(settings.max_length, data.durations)
         self.cache = None
@@ -126,7 +200,7 @@ class FineTuner:
                 raise TrialError("features: cache needs a cache folder")
             self.cache = FeatureCache(cache_root, encoder_spec, spec_fingerprint(encoder_spec), self._load_encoder)
 
-    # --- pieces ---------------------------------------------------------------------------
+    # --- inputs ------------------------------------------------------------------------------
     def _load_encoder(self) -> SpeechEncoder:
         if self._encoder is None:
             start = time.perf_counter()
@@ -136,58 +210,124 @@ class FineTuner:
                 raise TrialError(f"{self.spec}: expects {self._encoder.sample_rate} Hz audio; only {SAMPLE_RATE} is supported")
         return self._encoder
 
-    def _wave(self, i: int) -> np.ndarray:
+    def clip_wave(self, i: int) -> np.ndarray:
+        """Clip ``i``'s waveform as the encoder sees it (cropped to ``max_length``)."""
         return crop(self.data.audio.get(self.data.paths[i]), self.max_length, SAMPLE_RATE)
 
     def _waves(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_batch([self._wave(int(i)) for i in idx])
+        return pad_batch([self.clip_wave(int(i)) for i in idx])
 
-    # --- the run ---------------------------------------------------------------------------
+    def cached_features(self) -> CachedFeatures:
+        """The feature cache's entry for this tuner's clips: every layer's pooled features and, when the
+        encoder trains, the input of the lowest trained layer ("all": the frozen front end's output).
+        Encodes what is missing; needs ``features: cache``."""
+        if self.cache is None:
+            raise TrialError("cached features need 'features: cache'")
+        boundaries = [self._boundary(self.s.top_k)] if self.s.encoder_trains else []
+        return self.cache.get(self.data.paths, self.clip_wave, self.max_length, boundaries)
+
+    @property
+    def targets(self) -> Targets:
+        """The head's outputs, loss and metrics for this tuner's clips (dimensions standardised on train)."""
+        if self._targets is None:
+            if self.s.uses_dimensions:
+                self._check_dimension_labels()
+            self._targets = Targets(self.s, self.data)
+        return self._targets
+
+    def _check_dimension_labels(self) -> None:
+        if self.data.dims is None:
+            raise TrialError(f"task '{self.s.task}' needs arousal/valence/dominance columns; the corpus has none")
+        if self.data.labelled_dims("train") == 0 or self.data.labelled_dims("val") == 0:
+            raise TrialError("no clip of the train or validation speakers has dimensional labels")
+
+    # --- the run -----------------------------------------------------------------------------
     def run(self, report: Callable[[dict], None] | None = None, checkpoint_dir: str | Path | None = None,
             resume_dir: str | Path | None = None, *, init_state: dict | None = None,
             freeze: Sequence[str] = ()) -> TrialResult:
-        """Train and evaluate. ``init_state`` ({"encoder": {name: tensor}, "head": state dict or None},
-        e.g. another trial's ``result.state``) starts from those weights; ``freeze`` keeps groups of
-        them fixed ("lora", "adapter", "head"; see ``peft.start_from``)."""
-        s = self.s
-        torch.manual_seed(s.seed)
-        rng = np.random.default_rng(s.seed)
-        top_k = s.top_k
-        feats: CachedFeatures | None = None
-        if self.cache is not None:
-            # Boundary = input of the lowest trained layer ("all": the frozen front end's output).
-            boundaries = [self._boundary(top_k)] if s.encoder_trains else []
-            start = time.perf_counter()
-            feats = self.cache.get(self.data.paths, self._wave, self.max_length, boundaries)
-            self.seconds["encode"] += self.cache.stats.encode_seconds
-            num_states, dim = feats.pooled.shape[1], feats.pooled.shape[2]
-        else:
-            enc = self._load_encoder()
-            num_states, dim = enc.num_layers + 1, enc.hidden_size
-        num_layers = num_states - 1
-        boundary = None
-        if s.encoder_trains:
-            boundary = 0 if top_k is None else num_layers - min(top_k, num_layers)
-        encoder = self._load_encoder() if (s.encoder_trains or feats is None) else None
+        """Train and evaluate, keeping the epoch with the best validation objective. ``report`` gets each
+        epoch's history row (the last one with the test metrics); ``checkpoint_dir`` receives the epoch
+        state after every epoch and the exported model at the end; ``resume_dir`` continues from its
+        epoch state. ``init_state`` and ``freeze``: see ``start``."""
+        state = self.start(init_state=init_state, freeze=freeze, resume_dir=resume_dir)
+        while not state.done:
+            metrics = self.fit_epoch(state)
+            if metrics[self.s.objective] > state.best["score"]:
+                self.keep_epoch(state)
+            if checkpoint_dir is not None:
+                self.save_state(state, checkpoint_dir)
+            if report is not None and not state.done:
+                report(dict(state.history[-1], **self._timing()))
+        result = self.finish(state)
+        if checkpoint_dir is not None:
+            # The trial's last checkpoint becomes its best model in the export format; training state
+            # is no longer needed once the run is complete.
+            self.export(result, Path(checkpoint_dir) / "model")
+            (Path(checkpoint_dir) / STATE_FILE).unlink(missing_ok=True)
+        if report is not None:
+            report(dict(state.history[-1], **self._timing(), **result.test_metrics, test_confusion=result.test_confusion,
+                        trainable_params=result.trainable_params, total_params=result.total_params))
+        return result
 
-        n_classes = len(self.data.labels) if s.uses_categories else 0
-        self._prepare_dimensions()
-        head = EmotionHead(num_states, dim, n_classes + len(self._dim_names), layer=s.layer, kind=s.head,
-                           hidden=s.head_hidden, dropout=s.dropout)
-        trained = {}
-        if encoder is not None and s.encoder_trains:
-            if s.peft != "none":  # PEFT modules on the layers that train; their original weights stay frozen
-                self._peft = PeftPlan.from_settings(s, boundary)
-                trained = apply_peft(encoder, self._peft)
+    def start(self, init_state: dict | None = None, freeze: Sequence[str] = (),
+              resume_dir: str | Path | None = None) -> FitState:
+        """The model, optimiser and schedule before the first epoch (or at the epoch state saved in
+        ``resume_dir``, when it holds one). ``init_state`` ({"encoder": {name: tensor}, "head": state
+        dict or None}, e.g. another trial's ``result.state``) starts from those weights; ``freeze`` keeps
+        groups of them fixed ("lora", "adapter", "head"; see ``peft.start_from``)."""
+        s = self.s
+        with torch.random.fork_rng(devices=[]):   # seeded here, the caller's torch RNG left as it was
+            torch.manual_seed(s.seed)
+            feats: CachedFeatures | None = None
+            if self.cache is not None:
+                feats = self.cached_features()
+                self.seconds["encode"] += self.cache.stats.encode_seconds
+                num_states, dim = feats.pooled.shape[1], feats.pooled.shape[2]
             else:
-                trained = self._trainable_encoder_params(encoder, boundary, top_k)
-        fixed: dict[str, nn.Parameter] = {}
-        if init_state is not None:
-            trained, fixed = start_from(init_state, encoder=encoder if s.encoder_trains else None, head=head,
-                                        trained=trained, freeze=freeze)
-        # Encoder weights that differ from the pretrained ones from the start: the cache's pooled
-        # features of the trained layers no longer hold, so those layers always run live.
-        self._live_from_start = bool(init_state is not None and init_state.get("encoder"))
+                enc = self._load_encoder()
+                num_states, dim = enc.num_layers + 1, enc.hidden_size
+            boundary = None
+            if s.encoder_trains:
+                boundary = 0 if s.top_k is None else (num_states - 1) - min(s.top_k, num_states - 1)
+            encoder = self._load_encoder() if (s.encoder_trains or feats is None) else None
+            head = EmotionHead(num_states, dim, self.targets.outputs, layer=s.layer, kind=s.head,
+                               hidden=s.head_hidden, dropout=s.dropout)
+            trained = self._encoder_parameters(encoder, boundary)
+            fixed: dict[str, nn.Parameter] = {}
+            if init_state is not None:
+                trained, fixed = start_from(init_state, encoder=encoder if s.encoder_trains else None, head=head,
+                                            trained=trained, freeze=freeze)
+            torch_rng = torch.get_rng_state()
+        optimizer, schedule = self._optimizer(head, trained, freeze)
+        state = FitState(model=TrialModel(head, encoder, feats), boundary=boundary, trained=trained, fixed=fixed,
+                         optimizer=optimizer, schedule=schedule,
+                         loss=self.targets.loss_function(self.data.parts["train"]),
+                         rng=np.random.default_rng(s.seed), torch_rng=torch_rng,
+                         # Encoder weights that differ from the pretrained ones from the start: the cache's
+                         # pooled features of the trained layers no longer hold, so those layers run live.
+                         live_from_start=bool(init_state is not None and init_state.get("encoder")),
+                         num_epochs=s.num_epochs, hidden_size=dim)
+        if resume_dir is not None and (Path(resume_dir) / STATE_FILE).exists():
+            self._restore(state, Path(resume_dir) / STATE_FILE)
+        return state
+
+    def _encoder_parameters(self, encoder: SpeechEncoder | None, boundary: int | None) -> dict[str, nn.Parameter]:
+        """The encoder parameters that train: new PEFT modules on the trained layers (their original
+        weights stay frozen), or the trained layers' own weights."""
+        s = self.s
+        if encoder is None or not s.encoder_trains:
+            return {}
+        if s.peft != "none":
+            self._peft = PeftPlan.from_settings(s, boundary)
+            return apply_peft(encoder, self._peft)
+        return self._trainable_encoder_params(encoder, boundary, s.top_k)
+
+    def _optimizer(self, head: EmotionHead, trained: dict[str, nn.Parameter], freeze: Sequence[str]):
+        """AdamW over the head (unless frozen) and the trained encoder parameters; the learning rate warms
+        up linearly over ``warmup_fraction`` of all epochs' steps, then decays to 0 along a half cosine."""
+        from transformers.optimization import get_cosine_schedule_with_warmup  # imported once per process
+
+        s = self.s
         head_lr = s.head_lr if s.head_lr is not None else s.lr * s.head_lr_scale
         groups = [{"params": list(head.parameters()), "lr": head_lr}] if "head" not in freeze else []
         if trained:
@@ -195,158 +335,208 @@ class FineTuner:
         if not groups:
             raise TrialError("nothing to train: the head is frozen and no encoder parameter trains")
         optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
-        train_idx = self.data.parts["train"]
-        steps_per_epoch = math.ceil(len(train_idx) / s.batch_size)
-        total = steps_per_epoch * s.num_epochs
-        warmup = max(1, int(total * s.warmup_fraction))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        loss_fn = self._loss_function(train_idx, n_classes)
+        total = len(self._batches(self.data.parts["train"])) * s.num_epochs   # optimiser steps of the run
+        return optimizer, get_cosine_schedule_with_warmup(optimizer, int(total * s.warmup_fraction), total)
 
-        history: list[dict] = []
-        best = {"score": -math.inf, "epoch": 0, "state": None, "metrics": {}}
-        first_epoch = 0
-        if resume_dir is not None and (Path(resume_dir) / "state.pt").exists():
-            ck = torch.load(Path(resume_dir) / "state.pt", weights_only=False)
-            head.load_state_dict(ck["head"])
-            for name, p in trained.items():
-                p.data.copy_(ck["encoder"][name])
-            optimizer.load_state_dict(ck["optimizer"])
-            schedule.load_state_dict(ck["schedule"])
-            history, best, first_epoch = ck["history"], ck["best"], ck["epoch"]
-            rng = ck["rng"]
-            torch.set_rng_state(ck["torch_rng"])
-
-        for epoch in range(first_epoch, s.num_epochs):
-            t0 = time.perf_counter()
-            unfrozen = s.encoder_trains and epoch >= s.unfreeze_epoch
-            live = boundary if (unfrozen or self._live_from_start) else None
-            for p in trained.values():
-                p.requires_grad_(unfrozen)
-            head.train()
-            self._set_encoder_mode(encoder, boundary, train=unfrozen)
-            order = rng.permutation(train_idx)
-            losses = []
-            # A lone last clip joins the previous batch: the head's BatchNorm cannot train on one clip
-            # (a training set of N = k * batch_size + 1 clips, e.g. a labelled subset in active learning).
-            starts = list(range(0, len(order), s.batch_size))
-            if len(starts) > 1 and len(order) - starts[-1] == 1:
-                starts.pop()
-            for j, b in enumerate(starts):
-                idx = order[b: starts[j + 1] if j + 1 < len(starts) else len(order)]
-                pooled = self._pooled(idx, feats, encoder, live, grad=unfrozen)
-                loss = loss_fn(head(pooled), idx)
-                if loss is None:  # no labelled clip in this batch (dimensions missing)
-                    continue
-                if not torch.isfinite(loss):
-                    raise TrialError(f"loss became {loss.item()} at epoch {epoch + 1} (lr={s.lr:g}); trial stopped")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-                optimizer.step()
-                schedule.step()
-                losses.append(loss.item())
-            outputs = self._outputs(self.data.parts["val"], head, feats, encoder, live)
-            metrics = self._metrics(self.data.parts["val"], outputs, n_classes, prefix="val_")
-            score = metrics[s.objective]
-            if score > best["score"]:
-                best = {"score": score, "epoch": epoch + 1, "metrics": metrics,
-                        "state": {"head": copy.deepcopy(head.state_dict()),
-                                  "encoder": {n: p.detach().clone() for n, p in trained.items()},
-                                  "encoder_trained": unfrozen}}
-            self.seconds["train"] += time.perf_counter() - t0
-            # Each metric at the best epoch so far (the model a trial keeps), and this epoch's own values.
-            row = {"epoch": epoch + 1, **best["metrics"], **{f"epoch_{k}": v for k, v in metrics.items()},
-                   "best_epoch": best["epoch"], "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                   "reported_at": time.time(), "encoder_trained": unfrozen}
-            history.append(row)
-            if checkpoint_dir is not None:
-                self._save_checkpoint(checkpoint_dir, head, trained, optimizer, schedule, history, best, epoch + 1, rng)
-            if report is not None and epoch + 1 < s.num_epochs:
-                report(dict(row, **self._timing()))
-
-        result = self._finish(head, trained, feats, encoder, boundary, best, history, n_classes, fixed)
-        result.num_states, result.hidden_size = num_states, dim
-        if checkpoint_dir is not None:
-            # The trial's last checkpoint becomes its best model in the export format; training state
-            # is no longer needed once the run is complete.
-            self.export(result, Path(checkpoint_dir) / "model")
-            (Path(checkpoint_dir) / "state.pt").unlink(missing_ok=True)
-        if report is not None:
-            final = {k: v for k, v in result.test_metrics.items()}
-            report(dict(history[-1], **self._timing(), **final, test_confusion=result.test_confusion,
-                        trainable_params=result.trainable_params, total_params=result.total_params))
-        return result
-
-    # --- targets ----------------------------------------------------------------------------
-    def _prepare_dimensions(self) -> None:
-        """Dimensional targets standardised with the training clips' statistics (CCC is unchanged by
-        applying the same affine map to prediction and target, so metrics are computed in this space)."""
-        self._dim_names: tuple[str, ...] = ()
-        if not self.s.uses_dimensions:
-            return
-        if self.data.dims is None:
-            raise TrialError(f"task '{self.s.task}' needs arousal/valence/dominance columns; the corpus has none")
-        if self.data.labelled_dims("train") == 0 or self.data.labelled_dims("val") == 0:
-            raise TrialError("no clip of the train or validation speakers has dimensional labels")
-        train = self.data.dims[self.data.parts["train"]]
-        self._dim_names = self.data.dim_names
-        self._dim_mean = np.nanmean(train, 0)
-        self._dim_std = np.nanstd(train, 0) + 1e-6
-        self._dims_z = (self.data.dims - self._dim_mean) / self._dim_std
-
-    def _loss_function(self, train_idx, n_classes: int):
-        s = self.s
-        ce = None
-        if n_classes:
-            weights = None
-            if s.class_weighted:
-                counts = np.bincount(self.data.y[train_idx], minlength=n_classes).astype(np.float64)
-                weights = torch.tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(counts), 0.0),
-                                       dtype=torch.float32)
-            ce = nn.CrossEntropyLoss(weight=weights)
-
-        def loss(out: torch.Tensor, idx) -> torch.Tensor | None:
-            total = None
-            if ce is not None:
-                total = ce(out[:, :n_classes], torch.from_numpy(self.data.y[idx]))
-            if self._dim_names:
-                target = torch.from_numpy(self._dims_z[idx].astype(np.float32))
-                keep = torch.isfinite(target).all(1)
-                if int(keep.sum()) >= 2:
-                    pred = out[keep, n_classes:]
-                    part = ccc_loss(pred, target[keep]) if s.dimension_loss == "ccc" else \
-                        nn.functional.mse_loss(pred, target[keep])
-                    part = part * (s.dimension_weight if ce is not None else 1.0)
-                    total = part if total is None else total + part
-            return total
-
-        return loss
-
-    def _metrics(self, idx, out: np.ndarray, n_classes: int, prefix: str) -> dict:
-        metrics = {}
-        if n_classes:
-            pred = out[:, :n_classes].argmax(1)
-            metrics[f"{prefix}bca"] = bca(self.data.y[idx], pred)
-        if self._dim_names:
-            target = self._dims_z[idx]
-            keep = np.isfinite(target).all(1)
-            values = [ccc(out[keep, n_classes + j], target[keep, j]) if keep.sum() >= 2 else float("nan")
-                      for j in range(len(self._dim_names))]
-            for name, v in zip(self._dim_names, values):
-                metrics[f"{prefix}ccc_{name}"] = v
-            metrics[f"{prefix}ccc"] = float(np.nanmean(values)) if keep.sum() >= 2 else float("nan")
+    # --- one epoch ---------------------------------------------------------------------------
+    def fit_epoch(self, state: FitState) -> dict:
+        """Train ``state`` one epoch, then evaluate the validation part; returns that epoch's validation
+        metrics ({"val_bca": ...} and/or {"val_ccc": ...}). The epoch joins ``state.history``; call
+        ``keep_epoch`` next to make its model the one ``finish`` returns."""
+        if state.done:
+            raise TrialError(f"all {state.num_epochs} epochs are trained already")
+        start = time.perf_counter()
+        unfrozen = self._encoder_trains_in(state.epoch)
+        live = self._live_boundary(state, state.epoch)
+        for p in state.trained.values():
+            p.requires_grad_(unfrozen)
+        state.model.head.train()
+        self._set_encoder_mode(state.model.encoder, state.boundary, train=unfrozen)
+        with self._own_rng(state):
+            losses = [loss for idx in self._batches(state.rng.permutation(self.data.parts["train"]))
+                      if (loss := self.fit_batch(state, idx, live, grad=unfrozen)) is not None]
+        state.epoch += 1
+        metrics = self.evaluate(state, "val")
+        state.last = EpochOutcome(metrics, float(np.mean(losses)) if losses else float("nan"), unfrozen)
+        self.seconds["train"] += time.perf_counter() - start
+        self._record_epoch(state)
         return metrics
 
+    @staticmethod
+    @contextmanager
+    def _own_rng(state: FitState):
+        """Run with ``state``'s own torch RNG (dropout): tuners trained in lockstep in one process draw
+        the same numbers as each one alone, and a resumed run continues its own stream."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(state.torch_rng)
+            yield
+            state.torch_rng = torch.get_rng_state()
+
+    def _batches(self, order: np.ndarray) -> list[np.ndarray]:
+        # A lone last clip joins the previous batch: the head's BatchNorm cannot train on one clip
+        # (a training set of N = k * batch_size + 1 clips, e.g. a labelled subset in active learning).
+        starts = list(range(0, len(order), self.s.batch_size))
+        if len(starts) > 1 and len(order) - starts[-1] == 1:
+            starts.pop()
+        return [order[b: starts[j + 1] if j + 1 < len(starts) else len(order)] for j, b in enumerate(starts)]
+
+    def fit_batch(self, state: FitState, idx: np.ndarray, live: int | None, grad: bool) -> float | None:
+        """One optimiser step on clips ``idx``; returns the loss (None: no labelled clip in the batch)."""
+        loss = self.objective(state, self.forward(state.model, idx, live, grad), idx)
+        if loss is None:
+            return None
+        if not torch.isfinite(loss):
+            raise TrialError(f"loss became {loss.item()} at epoch {state.epoch + 1} (lr={self.s.lr:g}); trial stopped")
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in state.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)
+        state.optimizer.step()
+        state.schedule.step()
+        return loss.item()
+
+    def forward(self, model: TrialModel, idx, live: int | None, grad: bool) -> torch.Tensor:
+        """Head outputs (class logits, then standardised dimensions) for clips ``idx``."""
+        return model.head(self.pooled(model, idx, live, grad))
+
+    @staticmethod
+    def objective(state: FitState, outputs: torch.Tensor, idx) -> torch.Tensor | None:
+        """The training loss of ``outputs`` for clips ``idx`` (None when none of them has a label to learn)."""
+        return state.loss(outputs, idx)
+
+    def evaluate(self, state: FitState, part: str = "val") -> dict:
+        """Metrics of the current model (the last epoch trained) on a part ("val", "test"), prefixed
+        with the part's name."""
+        idx = self.data.parts[part]
+        live = self._live_boundary(state, state.epoch - 1)
+        return self.targets.metrics(idx, self._outputs(state.model, idx, live), prefix=f"{part}_")
+
+    def _encoder_trains_in(self, epoch: int) -> bool:
+        """Whether the encoder trains in epoch ``epoch`` (counted from 0)."""
+        return self.s.encoder_trains and epoch >= self.s.unfreeze_epoch
+
+    def _live_boundary(self, state: FitState, epoch: int) -> int | None:
+        """From which layer on the encoder runs live in epoch ``epoch``: the trained layers once they train
+        or differ from the cached ones; None when every feature comes from the cache."""
+        return state.boundary if (self._encoder_trains_in(epoch) or state.live_from_start) else None
+
+    def keep_epoch(self, state: FitState) -> None:
+        """Keep the model of the epoch ``fit_epoch`` just trained: ``finish`` returns it (unless a later
+        epoch is kept). ``run`` keeps the epoch with the best validation objective; a caller driving
+        several tuners may keep whichever epoch it chooses, e.g. the best on the folds' mean."""
+        last = state.last
+        if last is None:
+            raise TrialError("keep_epoch: no epoch was trained since start (call fit_epoch first)")
+        start = time.perf_counter()
+        state.best = {"score": last.metrics[self.s.objective], "epoch": state.epoch,
+                      "metrics": last.metrics,
+                      "state": {"head": copy.deepcopy(state.model.head.state_dict()),
+                                "encoder": {n: p.detach().clone() for n, p in state.trained.items()},
+                                "encoder_trained": last.encoder_trained}}
+        self.seconds["train"] += time.perf_counter() - start
+        self._record_epoch(state)
+
+    def _record_epoch(self, state: FitState) -> dict:
+        """The last epoch's history row: each metric at the kept epoch so far (the model a trial keeps),
+        then this epoch's own values (``epoch_`` prefix)."""
+        last, best = state.last, state.best
+        row = {"epoch": state.epoch, **best["metrics"], **{f"epoch_{k}": v for k, v in last.metrics.items()},
+               "best_epoch": best["epoch"], "train_loss": last.train_loss, "reported_at": time.time(),
+               "encoder_trained": last.encoder_trained}
+        if state.history and state.history[-1]["epoch"] == state.epoch:
+            state.history[-1] = row   # keep_epoch after fit_epoch: the same epoch, now kept
+        else:
+            state.history.append(row)
+        return row
+
+    # --- checkpoint --------------------------------------------------------------------------
+    def save_state(self, state: FitState, folder: str | Path) -> Path:
+        """Write what ``start(resume_dir=folder)`` continues from to ``folder/state.pt``, atomically.
+        Only tensors and plain values (the numpy generator as its state dict): the file lives on shared
+        storage, and reading it back must not be able to run code."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (STATE_FILE + ".tmp")
+        torch.save({"head": state.model.head.state_dict(), "encoder": {n: p.detach() for n, p in state.trained.items()},
+                    "optimizer": state.optimizer.state_dict(), "schedule": state.schedule.state_dict(),
+                    "history": state.history, "best": state.best, "epoch": state.epoch,
+                    "rng": state.rng.bit_generator.state, "torch_rng": state.torch_rng}, tmp)
+        tmp.replace(folder / STATE_FILE)
+        return folder / STATE_FILE
+
+    @staticmethod
+    def _restore(state: FitState, path: Path) -> None:
+        """``state`` as saved in ``path``; a TrialError naming the file when it is not such a state."""
+        try:
+            ck = torch.load(path, weights_only=True)   # tensors and plain values only: no code runs
+        except Exception as err:   # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+            raise TrialError(f"{path}: not a trial state this version wrote ({type(err).__name__}; it may hold "
+                             "more than tensors and plain values, and was not loaded); delete it to restart "
+                             "the trial") from None
+        try:
+            _check_tensors(ck["head"], state.model.head.state_dict())
+            _check_tensors(ck["encoder"], state.trained)
+            if ck["best"]["state"] is not None:
+                _check_tensors(ck["best"]["state"]["head"], state.model.head.state_dict())
+                _check_tensors(ck["best"]["state"]["encoder"], state.trained)
+            state.model.head.load_state_dict(ck["head"])
+            for name, p in state.trained.items():
+                p.data.copy_(ck["encoder"][name])
+            state.optimizer.load_state_dict(ck["optimizer"])
+            state.schedule.load_state_dict(ck["schedule"])
+            state.rng.bit_generator.state = ck["rng"]
+            state.torch_rng = torch.as_tensor(ck["torch_rng"], dtype=torch.uint8)
+            state.history, state.best, state.epoch = list(ck["history"]), dict(ck["best"]), int(ck["epoch"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+            why = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise TrialError(f"{path}: does not fit this trial ({type(err).__name__}: {why}); delete it to "
+                             "restart the trial") from None
+
+    # --- the end -----------------------------------------------------------------------------
+    def finish(self, state: FitState) -> TrialResult:
+        """The kept epoch's model, evaluated once on the test part."""
+        kept = state.best["state"]
+        if kept is None:
+            raise TrialError(f"no epoch was kept: the validation {self.s.objective} was never a number")
+        head, encoder = state.model.head, state.model.encoder
+        head.load_state_dict(kept["head"])
+        for name, p in state.trained.items():
+            p.data.copy_(kept["encoder"][name])
+        encoder_live = kept["encoder_trained"] or state.live_from_start
+        test_idx = self.data.parts["test"]
+        test_metrics, test_conf, preds = {}, None, None
+        if len(test_idx):
+            t0 = time.perf_counter()
+            out = self._outputs(state.model, test_idx, state.boundary if encoder_live else None)
+            test_metrics, test_conf, preds = self.targets.test_scores(test_idx, out)
+            self.seconds["train"] += time.perf_counter() - t0
+        n_train = sum(p.numel() for p in head.parameters() if p.requires_grad) + sum(
+            p.numel() for p in state.trained.values())
+        n_total = sum(p.numel() for p in head.parameters()) + (
+            sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0)
+        # With PEFT the encoder weights are always exported: small, and the model folder re-injects them.
+        changed = encoder_live or self._peft is not None
+        encoder_state = {**{n: p.detach().clone() for n, p in state.fixed.items()}, **kept["encoder"]}
+        cache_stats = {"hits": self.cache.stats.hits, "misses": self.cache.stats.misses} if self.cache else {}
+        best = state.best
+        return TrialResult(val_bca=best["metrics"].get("val_bca"), best_epoch=best["epoch"],
+                           test_bca=test_metrics.get("test_bca"), test_accuracy=test_metrics.get("test_accuracy"),
+                           test_confusion=test_conf, history=state.history, seconds=dict(self.seconds),
+                           cache=cache_stats, trainable_params=n_train, total_params=n_total,
+                           state={"head": kept["head"], "encoder": encoder_state if changed else {}},
+                           settings=self.s.to_dict(), test_predictions=preds, num_states=state.num_states,
+                           hidden_size=state.hidden_size,
+                           val_metrics=dict(best["metrics"]), test_metrics=test_metrics)
+
     def export(self, result: "TrialResult", folder: str | Path) -> Path:
+        targets = self.targets
         return save_model(folder, state=result.state, encoder_spec=self.spec, labels=self.data.labels,
                           settings=self.s.to_dict(), num_states=result.num_states, hidden_size=result.hidden_size,
                           metrics={"best_epoch": result.best_epoch, **result.val_metrics, **result.test_metrics},
-                          extra={"task": self.s.task, "dimensions": list(self._dim_names),
+                          extra={"task": self.s.task, "dimensions": list(targets.dim_names),
                                  "peft": self._peft.to_dict() if self._peft is not None else None,
-                                 "dimension_mean": getattr(self, "_dim_mean", np.zeros(0)).tolist(),
-                                 "dimension_std": getattr(self, "_dim_std", np.zeros(0)).tolist()})
+                                 "dimension_mean": targets.dim_mean.tolist(),
+                                 "dimension_std": targets.dim_std.tolist()})
 
     @torch.no_grad()
     def class_probabilities(self, result: "TrialResult", idx) -> np.ndarray:
@@ -357,17 +547,14 @@ class FineTuner:
         if not s.uses_categories:
             raise TrialError(f"class probabilities need task 'categories' or 'both' (task is '{s.task}')")
         idx = np.asarray(idx, dtype=np.int64)
-        n_classes = len(self.data.labels)
-        if not hasattr(self, "_dim_names"):
-            self._prepare_dimensions()
-        head = EmotionHead(result.num_states, result.hidden_size, n_classes + len(self._dim_names), layer=s.layer,
+        head = EmotionHead(result.num_states, result.hidden_size, self.targets.outputs, layer=s.layer,
                            kind=s.head, hidden=s.head_hidden, dropout=s.dropout)
         head.load_state_dict(result.state["head"])
         weights = result.state.get("encoder") or {}
         boundary = self._boundary(s.top_k) if weights else None
         feats = None
         if self.cache is not None:
-            feats = self.cache.get(self.data.paths, self._wave, self.max_length, [] if boundary is None else [boundary])
+            feats = self.cache.get(self.data.paths, self.clip_wave, self.max_length, [] if boundary is None else [boundary])
         encoder = None
         if weights or feats is None:
             encoder = self._load_encoder()
@@ -379,9 +566,11 @@ class FineTuner:
                 if name not in params:
                     raise TrialError(f"the result's encoder weight {name!r} is not in {self.spec}")
                 params[name].data.copy_(value)
-        out = self._outputs(idx, head, feats, encoder, boundary)
+        out = self._outputs(TrialModel(head, encoder, feats), idx, boundary)
+        n_classes = self.targets.n_classes
         return torch.softmax(torch.from_numpy(out[:, :n_classes]).double(), dim=1).numpy()
 
+    # --- features ----------------------------------------------------------------------------
     def _boundary(self, top_k: int | None) -> int:
         if top_k is None:
             return 0
@@ -419,86 +608,49 @@ class FineTuner:
             for layer in encoder.transformer_layers()[boundary:]:
                 layer.train()
 
-    def _pooled(self, idx, feats: CachedFeatures | None, encoder, boundary: int | None, grad: bool) -> torch.Tensor:
-        """Per-layer pooled features (B, L+1, D) for clips ``idx``; layers >= boundary run live (with grad
+    def pooled(self, model: TrialModel, idx, live: int | None, grad: bool) -> torch.Tensor:
+        """Per-layer pooled features (B, L+1, D) for clips ``idx``; layers >= ``live`` run live (with grad
         if ``grad``), the rest come from the cache when there is one."""
-        if feats is not None and boundary is None:
+        feats, encoder = model.feats, model.encoder
+        if feats is not None and live is None:
             return torch.from_numpy(feats.pooled[idx])
         if feats is not None:
-            frames = [torch.from_numpy(np.array(feats.frames_of(boundary, int(i)))) for i in idx]
+            frames = [torch.from_numpy(np.array(feats.frames_of(live, int(i)))) for i in idx]
             lengths = torch.tensor([f.shape[0] for f in frames])
             hidden = nn.utils.rnn.pad_sequence(frames, batch_first=True)
             mask = torch.arange(hidden.shape[1])[None] < lengths[:, None]
             with torch.set_grad_enabled(grad):
-                live = encoder.run_layers(hidden, mask, boundary)
-                live_pooled = torch.stack([masked_mean(h, mask) for h in live], dim=1)
-            return torch.cat([torch.from_numpy(feats.pooled[idx, : boundary + 1]), live_pooled], dim=1)
+                states = encoder.run_layers(hidden, mask, live)
+                live_pooled = torch.stack([masked_mean(h, mask) for h in states], dim=1)
+            return torch.cat([torch.from_numpy(feats.pooled[idx, : live + 1]), live_pooled], dim=1)
         # naive path, or "all" layers training: encode the waveforms now
         start = time.perf_counter()
         x, lengths = self._waves(idx)
-        cut = encoder.num_layers if boundary is None else boundary
+        cut = encoder.num_layers if live is None else live
         with torch.no_grad():
             hidden, mask = encoder.embed(x, lengths)
             low = [hidden, *encoder.run_layers(hidden, mask, 0, cut)]
-        if boundary is None or not grad:
+        if live is None or not grad:
             self.seconds["encode"] += time.perf_counter() - start
         with torch.set_grad_enabled(grad):
             high = encoder.run_layers(low[-1], mask, cut) if cut < encoder.num_layers else []
-        states = low + high
-        return torch.stack([masked_mean(h, mask) for h in states], dim=1)
+        return torch.stack([masked_mean(h, mask) for h in low + high], dim=1)
 
     @torch.no_grad()
-    def _outputs(self, idx, head, feats, encoder, boundary) -> np.ndarray:
-        """Raw head outputs (class logits, then standardised dimensions) for clips ``idx``."""
-        head.eval()
-        self._set_encoder_mode(encoder, boundary, train=False)
-        outs = []
+    def _outputs(self, model: TrialModel, idx, live: int | None) -> np.ndarray:
+        """Raw head outputs (class logits, then standardised dimensions) for clips ``idx``, in eval mode."""
+        model.head.eval()
+        self._set_encoder_mode(model.encoder, live, train=False)
         batch = max(self.s.batch_size, 32)
-        with torch.no_grad():
-            for b in range(0, len(idx), batch):
-                part = idx[b: b + batch]
-                outs.append(head(self._pooled(part, feats, encoder, boundary, grad=False)))
-        return torch.cat(outs).numpy() if outs else np.zeros((0, head.classifier_outputs))
+        outs = [self.forward(model, idx[b: b + batch], live, grad=False) for b in range(0, len(idx), batch)]
+        return torch.cat(outs).numpy() if outs else np.zeros((0, model.head.classifier_outputs))
 
-    def _finish(self, head, trained, feats, encoder, boundary, best, history, n_classes, fixed=None) -> TrialResult:
-        state = best["state"]
-        head.load_state_dict(state["head"])
-        for name, p in trained.items():
-            p.data.copy_(state["encoder"][name])
-        # With PEFT the encoder weights are always exported: small, and the model folder re-injects them.
-        changed = state["encoder_trained"] or self._live_from_start or self._peft is not None
-        live_boundary = boundary if (state["encoder_trained"] or self._live_from_start) else None
-        test_idx = self.data.parts["test"]
-        test_metrics, test_conf, preds = {}, None, None
-        if len(test_idx):
-            t0 = time.perf_counter()
-            out = self._outputs(test_idx, head, feats, encoder, live_boundary)
-            test_metrics = self._metrics(test_idx, out, n_classes, prefix="test_")
-            if n_classes:
-                preds = out[:, :n_classes].argmax(1)
-                y = self.data.y[test_idx]
-                test_metrics["test_accuracy"] = float((preds == y).mean())
-                test_conf = confusion(y, preds, n_classes)
-            self.seconds["train"] += time.perf_counter() - t0
-        n_train = sum(p.numel() for p in head.parameters() if p.requires_grad) + sum(p.numel() for p in trained.values())
-        n_total = sum(p.numel() for p in head.parameters()) + (
-            sum(p.numel() for p in encoder.parameters()) if encoder is not None else 0)
-        encoder_state = {**{n: p.detach().clone() for n, p in (fixed or {}).items()}, **state["encoder"]}
-        export_state = {"head": state["head"], "encoder": encoder_state if changed else {}}
-        cache_stats = {"hits": self.cache.stats.hits, "misses": self.cache.stats.misses} if self.cache else {}
-        return TrialResult(val_bca=best["metrics"].get("val_bca"), best_epoch=best["epoch"],
-                           test_bca=test_metrics.get("test_bca"), test_accuracy=test_metrics.get("test_accuracy"),
-                           test_confusion=test_conf, history=history,
-                           seconds=dict(self.seconds), cache=cache_stats, trainable_params=n_train,
-                           total_params=n_total, state=export_state, settings=self.s.to_dict(),
-                           test_predictions=preds, val_metrics=dict(best["metrics"]), test_metrics=test_metrics)
 
-    @staticmethod
-    def _save_checkpoint(folder, head, trained, optimizer, schedule, history, best, epoch, rng):
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "state.pt.tmp"
-        torch.save({"head": head.state_dict(), "encoder": {n: p.detach() for n, p in trained.items()},
-                    "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
-                    "best": best, "epoch": epoch, "rng": rng, "torch_rng": torch.get_rng_state()}, tmp)
-        tmp.replace(folder / "state.pt")
+def _check_tensors(got: dict, expected: dict) -> None:
+    """ValueError naming the first tensor of ``got`` whose name or shape is not ``expected``'s."""
+    if set(got) != set(expected):
+        name = sorted(set(got) ^ set(expected))[0]
+        raise ValueError(f"tensor {name!r} is {'missing' if name in expected else 'not of this trial'}")
+    for name, value in got.items():
+        if not isinstance(value, torch.Tensor) or value.shape != expected[name].shape:
+            raise ValueError(f"tensor {name!r} is not a tensor of shape {tuple(expected[name].shape)}")

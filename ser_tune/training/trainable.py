@@ -15,9 +15,9 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from ..data import AudioStore
+from ..data import SAMPLE_RATE, AudioStore
 from ..encoders import SpeechEncoder, load_encoder
-from .finetune import SAMPLE_RATE, FineTuner, TrialData
+from .finetune import STATE_FILE, FineTuner, TrialData
 from .settings import TrialSettings
 
 # A trainable's last report carries this key: the trial ran to its end (the driver tells a finished
@@ -49,7 +49,13 @@ _AUDIO: dict[int, AudioStore] = {}
 _ENCODERS: dict[str, SpeechEncoder] = {}
 
 
-def _encoder_copy(spec: str) -> SpeechEncoder:
+def worker_audio(sample_rate: int = SAMPLE_RATE) -> AudioStore:
+    """This process's store of decoded audio at ``sample_rate``, shared by every trial it runs."""
+    return _AUDIO.setdefault(sample_rate, AudioStore(sample_rate))
+
+
+def pristine_encoder(spec: str) -> SpeechEncoder:
+    """A fresh copy of this process's once-loaded encoder ``spec`` (an ``encoder_loader`` for FineTuner)."""
     if spec not in _ENCODERS:
         _ENCODERS[spec] = load_encoder(spec)
     return copy.deepcopy(_ENCODERS[spec])  # trials change weights in place; keep the original clean
@@ -72,10 +78,9 @@ def run_trial(config: dict, context: StudyContext) -> None:
     # its exported model, recorded in trials.csv, so keep the console for what needs reading.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     settings = context.settings_for(config)
-    audio = _AUDIO.setdefault(SAMPLE_RATE, AudioStore(SAMPLE_RATE))
-    data = TrialData.from_table(context.table, context.assignment, context.labels, audio=audio)
+    data = TrialData.from_table(context.table, context.assignment, context.labels, audio=worker_audio())
     tuner = FineTuner(settings, data, encoder_spec=context.encoder_spec, cache_root=context.cache_root,
-                      encoder_loader=_encoder_copy)
+                      encoder_loader=pristine_encoder)
     # Epoch state lives in the study folder under the trial's id, written atomically by FineTuner: a
     # resumed study or a trial retried on another node continues from its last epoch. Ray's own
     # per-epoch checkpoints are not used for this: with num_to_keep=1 a kill between Ray deleting the
@@ -98,7 +103,7 @@ def run_trial(config: dict, context: StudyContext) -> None:
         else:
             tune.report(dict(metrics, **searched))
 
-    resume_dir = state_dir if (state_dir / "state.pt").exists() else None
+    resume_dir = state_dir if (state_dir / STATE_FILE).exists() else None
     tuner.run(report=report, checkpoint_dir=state_dir, resume_dir=resume_dir)
 
 

@@ -5,11 +5,9 @@ Loaded by hub id or local folder through ``from_pretrained``; a tiny model saved
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 

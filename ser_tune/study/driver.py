@@ -22,6 +22,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..training.trainable import TRIAL_COMPLETE as FINAL_KEY
+from ..training.trainable import read_reports
 from .folder import EPOCHS_FILE, TRIALS_FILE, UNIT_DONE, UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
 from .progress import TrialProgress
 from .session import Cluster
@@ -190,21 +191,28 @@ def trial_rows(unit: Unit, result) -> tuple[dict, list[dict]]:
            "error": one_line(result.error) if result.error else ""}
     row.update({f"raw_{k}": v for k, v in (result.config or {}).items()})
     row.update({k: encode_cell(v) for k, v in metrics.items() if k not in RAY_BOOKKEEPING})
-    if result.checkpoint is not None and not result.error:
-        row["checkpoint"] = result.checkpoint.path
-    frame = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
     reports = [{"unit": unit.name, **unit.tags, "trial_id": trial_id, **report_row(r, unit.report_keys)}
-               for r in frame.to_dict("records")]
+               for r in trial_reports(result)]
     if reports:
         row.setdefault("started_at", reports[0]["timestamp"] - reports[0].get("time_total_s", 0.0))
         row.setdefault("finished_at", reports[-1]["timestamp"])
     return row, reports
 
 
+def trial_reports(result) -> list[dict]:
+    """A trial's rows, one per epoch (or round): its own report log when it keeps one (every epoch, also
+    across a resume), else what it reported to Ray."""
+    log = (result.metrics or {}).get("reports")
+    if log:
+        return read_reports(log)
+    frame = result.metrics_dataframe
+    return frame.to_dict("records") if frame is not None else []
+
+
 # Ray's own bookkeeping in every result: not a trial's metric
 RAY_BOOKKEEPING = {"config", "checkpoint_dir_name", "done", "training_iteration", "date", "timestamp", "pid",
                    "hostname", "node_ip", "time_this_iter_s", "time_since_restore", "iterations_since_restore",
-                   "experiment_tag", "reported_at", FINAL_KEY}
+                   "experiment_tag", "reported_at", "should_checkpoint", "reports", FINAL_KEY}
 
 
 def report_row(record: dict, keys: tuple[str, ...]) -> dict:

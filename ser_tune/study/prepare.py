@@ -29,7 +29,8 @@ def load_study_corpus(corpus, storage: Path) -> Corpus:
     root = corpus.root
     if corpus.name == "synthetic" and root is None:
         root = Path(storage).expanduser().resolve() / "_synthetic"
-    return load_corpus(corpus.name, root, label_map=corpus.label_map, **(corpus.options or {}))
+    return load_corpus(corpus.name, root, label_map=corpus.label_map, drop_labels=corpus.drop_labels,
+                       min_duration=corpus.min_duration, **(corpus.options or {}))
 
 
 def study_split(folder: StudyFolder, corpus: Corpus, spec: dict) -> Split:
@@ -81,7 +82,8 @@ def cache_root(storage) -> Path:
 def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops) -> dict:
     """Encode every clip once per effective max_length, with the frame-level hidden states at the
     boundaries below the top ``k`` layers for each k in ``boundary_tops`` (None: all layers train).
-    Returns {"seconds", "encoder" (its description), "cache"} for study.json."""
+    Returns {"seconds", "encoder" (its description), "cache"} for study.json, and "pooled": the per-layer
+    pooled features at the first max_length (the linear probe's)."""
     encoder = load_encoder(encoder_spec)
     set_threads(os.cpu_count() or 1)
     n = encoder.num_layers
@@ -91,11 +93,13 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     durations = table["duration"].to_numpy(float)
     cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: encoder)
     start = time.perf_counter()
-    lengths = {effective_max_length(m, durations) for m in max_lengths}
-    for ml in sorted(lengths, key=lambda v: (v is None, v)):
-        cache.get(paths, lambda i, ml=ml: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml, boundaries)
-    return {"seconds": time.perf_counter() - start, "encoder": encoder.describe(),
-            "cache": {"root": str(root), "max_lengths": [str(m) for m in sorted(lengths, key=str)],
+    lengths = [effective_max_length(m, durations) for m in max_lengths]
+    pooled = {}
+    for ml in sorted(set(lengths), key=lambda v: (v is None, v)):
+        pooled[ml] = cache.get(paths, lambda i, ml=ml: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml,
+                               boundaries).pooled
+    return {"seconds": time.perf_counter() - start, "encoder": encoder.describe(), "pooled": pooled[lengths[0]],
+            "cache": {"root": str(root), "max_lengths": [str(m) for m in sorted(set(lengths), key=str)],
                       "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}}
 
 

@@ -30,7 +30,7 @@ from ..training.settings import TrialSettings
 from ..training.trainable import StudyContext, run_refit, run_trial
 from .driver import StudyError, StudyKind, Unit
 from .folder import TRIALS_FILE, StudyFolder
-from .prepare import (FoldPlan, cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
+from .prepare import (cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
                       study_split)
 from .progress import TrialProgress
 from .session import Cluster
@@ -72,7 +72,8 @@ class StrategyStudy(StudyKind):
             return 0.0
         max_lengths = candidates(exp, "max_length", TrialSettings.max_length)
         tops = {TrialSettings(unfreeze=u).top_k for u in candidates(exp, "unfreeze", TrialSettings.unfreeze)}
-        done = encode_once(self.corpus.table, exp.encoder, cache_root(exp.storage), max_lengths or [None],
+        done = encode_once(self.corpus.table, exp.encoder, cache_root(exp.storage),
+                           max_lengths or [TrialSettings.max_length],
                            [k for k in tops if k != 0])
         folder.meta.update(encoder=done["encoder"], cache=done["cache"])
         folder.meta["encode_seconds"] = folder.meta.get("encode_seconds", 0.0) + done["seconds"]
@@ -207,17 +208,17 @@ def best_search_trial(folder: StudyFolder, metric: str, mode: str) -> pd.Series 
 def export_best(folder: StudyFolder, metric: str, mode: str) -> Path | None:
     """Copy the best trial's model (its final checkpoint) to ``best_model/``."""
     best = best_search_trial(folder, metric, mode)
-    if best is None or pd.isna(best.get("checkpoint")):
+    if best is None or pd.isna(best.get("model_dir")):
         return None
-    return export_model(folder, Path(best["checkpoint"]) / "model", best)
+    return export_model(folder, Path(best["model_dir"]), best)
 
 
 def export_refit(folder: StudyFolder) -> Path | None:
     trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
     refit = trials[(trials["unit"] == REFIT) & (trials["status"] == "TERMINATED")]
-    if refit.empty or pd.isna(refit.iloc[0].get("checkpoint")):
+    if refit.empty or pd.isna(refit.iloc[0].get("model_dir")):
         return None
-    return export_model(folder, Path(refit.iloc[0]["checkpoint"]) / "model", refit.iloc[0])
+    return export_model(folder, Path(refit.iloc[0]["model_dir"]), refit.iloc[0])
 
 
 def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | None:

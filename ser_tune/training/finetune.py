@@ -56,6 +56,7 @@ class TrialData:
     # Continuous attributes (arousal, valence, dominance; NaN where a clip has none), when the corpus has them.
     dims: np.ndarray | None = field(default=None, repr=False)
     dim_names: tuple[str, ...] = ()
+    speakers: np.ndarray | None = field(default=None, repr=False)   # each clip's speaker (normalisation)
 
     def labelled_dims(self, part: str) -> int:
         """Clips of a part with every dimensional label (the others are excluded from CCC and its loss)."""
@@ -65,13 +66,18 @@ class TrialData:
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, assignment: pd.Series, labels: list[str] | None = None,
-                   audio: AudioStore | None = None) -> "TrialData":
+                   audio: AudioStore | None = None, *, refit: bool = False) -> "TrialData":
+        """The clips of ``table`` in the parts of ``assignment``. ``refit``: a run for a fixed number of
+        epochs on every clip it may use, with no validation speakers: the train clips stand in for them
+        (the epoch is not chosen on them)."""
         labels = list(labels) if labels is not None else sorted(table["label"].unique())
         index = {name: i for i, name in enumerate(labels)}
         missing = sorted(set(table["label"]) - set(index))
         if missing:
             raise TrialError(f"labels {missing} are not in the label list {labels}")
         parts = {p: np.flatnonzero(assignment.reindex(table.index).to_numpy() == p) for p in ("train", "val", "test")}
+        if refit:
+            parts["val"] = parts["train"]
         for p in ("train", "val"):
             if not len(parts[p]):
                 raise TrialError(f"the split has no '{p}' clips")
@@ -79,7 +85,8 @@ class TrialData:
         dims = table[list(dim_names)].to_numpy(np.float32) if dim_names else None
         return cls(paths=[str(p) for p in table["path"]], durations=table["duration"].to_numpy(float),
                    y=table["label"].map(index).to_numpy(np.int64), labels=labels, parts=parts,
-                   audio=audio or AudioStore(SAMPLE_RATE), dims=dims, dim_names=dim_names)
+                   audio=audio or AudioStore(SAMPLE_RATE), dims=dims, dim_names=dim_names,
+                   speakers=table["speaker"].astype(str).to_numpy() if "speaker" in table else None)
 
 
 @dataclass
@@ -257,7 +264,7 @@ class FineTuner:
             if checkpoint_dir is not None:
                 self.save_state(state, checkpoint_dir)
             if report is not None and not state.done:
-                report(dict(state.history[-1], **self._timing()))
+                report(dict(state.history[-1], **self.timing()))
         result = self.finish(state)
         if checkpoint_dir is not None:
             # The trial's last checkpoint becomes its best model in the export format; training state
@@ -265,7 +272,7 @@ class FineTuner:
             self.export(result, Path(checkpoint_dir) / "model")
             (Path(checkpoint_dir) / STATE_FILE).unlink(missing_ok=True)
         if report is not None:
-            report(dict(state.history[-1], **self._timing(), **result.test_metrics, test_confusion=result.test_confusion,
+            report(dict(state.history[-1], **self.timing(), **result.test_metrics, test_confusion=result.test_confusion,
                         trainable_params=result.trainable_params, total_params=result.total_params))
         return result
 
@@ -577,7 +584,7 @@ class FineTuner:
         enc = self._load_encoder()
         return enc.num_layers - min(top_k, enc.num_layers)
 
-    def _timing(self) -> dict:
+    def timing(self) -> dict:
         stats = self.cache.stats if self.cache is not None else None
         return {"load_seconds": self.seconds["load"], "encode_seconds": self.seconds["encode"],
                 "train_seconds": self.seconds["train"], "cache_hits": stats.hits if stats else 0,

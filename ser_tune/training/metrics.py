@@ -32,7 +32,6 @@ def ccc(x, y) -> float:
 
 def ccc_loss(pred, target):
     """1 - CCC per column, averaged: the differentiable loss for dimensional targets (torch tensors)."""
-    import torch
 
     mp, mt = pred.mean(0), target.mean(0)
     vp, vt = pred.var(0, unbiased=False), target.var(0, unbiased=False)

@@ -1,4 +1,4 @@
-"""The Ray Tune trainable: a plain function that runs one fine-tuning and reports every epoch.
+"""The Ray Tune trainables: plain functions that run one fine-tuning (on K inner folds) and report.
 
 Everything a trial needs but does not search over travels in a ``StudyContext`` (via
 ``tune.with_parameters``, so the table goes through Ray's object store once).
@@ -6,8 +6,10 @@ Everything a trial needs but does not search over travels in a ``StudyContext`` 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,18 +19,21 @@ import torch
 
 from ..data import SAMPLE_RATE, AudioStore
 from ..encoders import SpeechEncoder, load_encoder
+from .crossval import FoldedRun
+from .export import to_jsonable
 from .finetune import STATE_FILE, FineTuner, TrialData
 from .settings import TrialSettings
 
 # A trainable's last report carries this key: the trial ran to its end (the driver tells a finished
 # trial from one cut off by an interrupt by it).
 TRIAL_COMPLETE = "trial_complete"
+REPORTS_FILE = "reports.jsonl"
 
 
 @dataclass
 class StudyContext:
     table: pd.DataFrame
-    assignment: pd.Series
+    assignments: list[pd.Series]                        # the trial's inner folds (one: a single split)
     labels: list[str]
     encoder_spec: str
     cache_root: str
@@ -41,6 +46,10 @@ class StudyContext:
         values = dict(self.fixed)
         values.update(self.decode(config) if self.decode is not None else config)
         return TrialSettings.from_config(values)
+
+    def fold_data(self, *, refit: bool = False) -> list[TrialData]:
+        return [TrialData.from_table(self.table, a, self.labels, audio=worker_audio(), refit=refit)
+                for a in self.assignments]
 
 
 # Per worker process: decoded audio and pristine encoders survive across trials when Ray reuses
@@ -71,40 +80,124 @@ def set_threads(cpus: int) -> None:
 
 
 def run_trial(config: dict, context: StudyContext) -> None:
+    """One trial: its settings on every inner fold in lockstep, a row per epoch in its report log, one
+    report to Ray at the end (per-epoch reports cost Ray more than they give a search without a
+    scheduler; the log keeps every epoch, also across an interruption)."""
+    from ray import tune
+
+    settings = context.settings_for(config)
+    state_dir = trial_state_dir(context)
+    log = ReportLog(state_dir)
+    run = FoldedRun(settings, context.fold_data(), encoder_spec=context.encoder_spec,
+                    cache_root=context.cache_root, encoder_loader=pristine_encoder)
+    result = fit_in_lockstep(run, state_dir, log)
+    final = {**log.last(), **result.metrics(), **run.timing(), **searched_settings(context, config, settings),
+             "reports": str(log.path), TRIAL_COMPLETE: True}
+    if len(run.tuners) == 1:   # the trial's own model: what the study exports when it stands for the study
+        run.tuners[0].export(result.results[0], state_dir / "model")
+        final["model_dir"] = str(state_dir / "model")
+    tune.report(final)
+
+
+def run_refit(config: dict, context: StudyContext) -> None:
+    """The study's best configuration trained once more, for its fixed epoch count, on every speaker the
+    search may use (``context.assignments[0]``: train, and test speakers when there are any), then
+    exported: the study's model when its trials trained on folds."""
+    from ray import tune
+
+    settings = context.settings_for(config)
+    state_dir = trial_state_dir(context)
+    log = ReportLog(state_dir)
+    tuner = FineTuner(settings, context.fold_data(refit=True)[0], encoder_spec=context.encoder_spec,
+                      cache_root=context.cache_root, encoder_loader=pristine_encoder)
+    state = tuner.start(resume_dir=state_dir if (state_dir / STATE_FILE).exists() else None)
+    while not state.done:
+        tuner.fit_epoch(state)
+        tuner.keep_epoch(state)          # the last epoch: the count was chosen by the search
+        tuner.save_state(state, state_dir)
+        log.append(dict(state.history[-1]))
+    result = tuner.finish(state)
+    tuner.export(result, state_dir / "model")
+    tune.report({**log.last(), **result.test_metrics, **tuner.timing(), "model_dir": str(state_dir / "model"),
+                 "best_epoch": result.best_epoch, "trainable_params": result.trainable_params,
+                 "total_params": result.total_params, **searched_settings(context, config, settings),
+                 "reports": str(log.path), TRIAL_COMPLETE: True})
+
+
+def fit_in_lockstep(run: FoldedRun, state_dir: Path, log: "ReportLog"):
+    states = run.start(state_dir)
+    if states[0].epoch == 0:
+        log.clear()                       # a trial that starts over reports its epochs again
+    while not states[0].done:
+        row = run.fit_epoch(states)
+        run.save(states, state_dir)
+        log.append(row)
+    return run.finish(states, log.rows())
+
+
+def trial_state_dir(context: StudyContext) -> Path:
+    """This trial's own folder on the study's storage: epoch states, report log, exported model. A resumed
+    study, or a trial retried on another node, continues from its last epoch there. (Ray's own per-epoch
+    checkpoints are not used: with num_to_keep=1 a kill between Ray deleting the old checkpoint and
+    snapshotting the experiment left a resumed trial pointing at nothing.)"""
     from ray import tune
 
     set_threads(context.cpus_per_trial)
-    # Ray logs every persisted checkpoint at INFO on the driver's console; a trial's one checkpoint is
-    # its exported model, recorded in trials.csv, so keep the console for what needs reading.
+    # Ray logs every persisted checkpoint at INFO on the driver's console; keep it for what needs reading.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    settings = context.settings_for(config)
-    data = TrialData.from_table(context.table, context.assignment, context.labels, audio=worker_audio())
-    tuner = FineTuner(settings, data, encoder_spec=context.encoder_spec, cache_root=context.cache_root,
-                      encoder_loader=pristine_encoder)
-    # Epoch state lives in the study folder under the trial's id, written atomically by FineTuner: a
-    # resumed study or a trial retried on another node continues from its last epoch. Ray's own
-    # per-epoch checkpoints are not used for this: with num_to_keep=1 a kill between Ray deleting the
-    # old checkpoint and snapshotting the experiment left a resumed trial pointing at nothing.
-    trial_id = tune.get_context().get_trial_id()
     root = Path(context.state_root) if context.state_root else Path(tempfile.gettempdir()) / "ser_tune_trials"
-    state_dir = root / str(trial_id)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    folder = root / str(tune.get_context().get_trial_id())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def searched_settings(context: StudyContext, config: dict, settings: TrialSettings) -> dict:
+    """The settings the search chose (``cfg_<name>``, decoded), and where the trial ran."""
     varied = context.decode(config) if context.decode is not None else config
-    searched = {f"cfg_{k}": v for k, v in settings.to_dict().items() if k in varied}
-    searched["node"] = _node_name()
+    return {**{f"cfg_{k}": v for k, v in settings.to_dict().items() if k in varied}, "node": _node_name()}
 
-    def report(metrics: dict) -> None:
-        final = "test_confusion" in metrics or metrics.get("epoch") == settings.num_epochs
-        if final:
-            metrics = dict(metrics, **{TRIAL_COMPLETE: True})
-        if final and (state_dir / "model").exists():
-            # the trial's one Ray checkpoint: its exported best model (what the launcher exports)
-            tune.report(dict(metrics, **searched), checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
-        else:
-            tune.report(dict(metrics, **searched))
 
-    resume_dir = state_dir if (state_dir / STATE_FILE).exists() else None
-    tuner.run(report=report, checkpoint_dir=state_dir, resume_dir=resume_dir)
+class ReportLog:
+    """A trial's rows, one per epoch, appended to ``reports.jsonl`` in its folder as they happen; the
+    study's epochs.csv is made from these logs, so every epoch is kept even when the trial was cut off
+    and resumed. ``time_total_s`` counts the trial's own seconds across resumes."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / REPORTS_FILE
+        previous = self.rows()
+        self.offset = float(previous[-1].get("time_total_s", 0.0)) if previous else 0.0
+        self.started = time.perf_counter()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.offset = 0.0
+
+    def append(self, row: dict) -> None:
+        row = dict(row, time_total_s=self.offset + time.perf_counter() - self.started)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row, default=to_jsonable) + "\n")
+
+    def rows(self) -> list[dict]:
+        return read_reports(self.path)
+
+    def last(self) -> dict:
+        rows = self.rows()
+        return rows[-1] if rows else {}
+
+
+def read_reports(path: str | Path) -> list[dict]:
+    """The rows of a report log, one per epoch, the last row kept where an epoch repeats (a resume)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    by_epoch: dict = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:   # a line cut off by a kill
+            continue
+        by_epoch[row.get("epoch")] = row
+    return list(by_epoch.values())
 
 
 def _node_name() -> str:

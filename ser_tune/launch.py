@@ -91,7 +91,9 @@ def run_crosscorpus(folder, exp) -> None:
 
 
 def launch_json(summary: dict, folder) -> dict:
-    """The --json object: per strategy trials, best_val_bca, best_config, seconds_to_0.9, and study_dir."""
+    """The --json object: per strategy its trials, best validation metric, best config, test metric,
+    seconds_to_0.9 (one run) or repeats, ert and verdict (several runs), nested_test_bca and
+    gain_over_probe; the baselines and outer folds; study_dir, status, incomplete and best_model."""
     entry = summary["studies"][0]
     strategies = {}
     for name, s in entry["strategies"].items():
@@ -100,7 +102,8 @@ def launch_json(summary: dict, folder) -> dict:
         strategies[name] = row
     incomplete = [name for name, s in strategies.items() if s.get("status") != "done"]
     return {"study_dir": str(folder.dir), "status": folder.meta.get("status"), "incomplete": incomplete,
-            "strategies": strategies, "best_model": folder.meta.get("best_model", {}).get("path")}
+            "strategies": strategies, "baselines": entry.get("baselines"), "outer_folds": entry.get("outer_folds"),
+            "best_model": folder.meta.get("best_model", {}).get("path")}
 
 
 def print_comparison(summary: dict) -> None:
@@ -108,19 +111,33 @@ def print_comparison(summary: dict) -> None:
     print("\nstrategy comparison (validation speakers guide the search; test speakers never seen by it):")
     metric = entry.get("metric", "val_bca")
     test_key = "test_" + metric[4:]
-    thresholds = entry.get("thresholds") or [0.9]
-    top = max(thresholds)
-    header = f"{'strategy':10} {'trials':>6} {'best ' + metric:>14} {test_key:>9}  time to {top:g} (wall-clock)"
-    print(header)
+    top = max(entry.get("thresholds") or [0.9])
+    print(f"{'strategy':10} {'runs':>4} {'trials':>6} {'best ' + metric:>14} {test_key + ' (held out)':>22}  "
+          f"time to {top:g}")
     complete = {n: s for n, s in entry["strategies"].items() if s.get("status") == "done"}
     for name, s in [*complete.items(), *((n, s) for n, s in entry["strategies"].items() if n not in complete)]:
-        val = s.get("best_" + metric)
-        test = s.get(test_key)
-        t = (s.get("seconds_to") or {}).get(f"{top:g}")
-        reached = f"{t:.1f} s" if t is not None else f"not reached in {s.get('trials')} trials"
-        if name not in complete:
-            reached = f"INCOMPLETE ({s.get('status')}: {s.get('trials')} trials ended; not ranked; --resume finishes it)"
-        print(f"{name:10} {s.get('trials', 0):>6} {_fmt(val):>14} {_fmt(test):>9}  {reached}")
+        nested = s.get("nested_test_bca") or {}
+        held = _fmt(nested.get("mean")) + (f" ± {nested['sd']:.3f}" if nested.get("sd") else "")
+        print(f"{name:10} {s.get('runs', 1):>4} {s.get('trials', 0):>6} {_fmt(s.get('best_' + metric)):>14} "
+              f"{held:>22}  {_time_to(s, top, name in complete)}")
+    for name, values in (entry.get("baselines") or {}).items():
+        if values:
+            sd = f" ± {values['sd']:.3f}" if values.get("sd") else ""
+            print(f"{'baseline ' + name:28} {_fmt(values.get('mean')) + sd:>26}")
+    for name, s in entry["strategies"].items():
+        if s.get("verdict"):
+            print(f"  {s['verdict']}")
+
+
+def _time_to(s: dict, top: float, complete: bool) -> str:
+    if not complete:
+        return f"INCOMPLETE ({s.get('status')}: {s.get('trials')} trials ended; not ranked; --resume finishes it)"
+    ert = (s.get("ert") or {}).get(f"{top:g}")
+    if ert is not None:
+        seconds = "not reached" if ert.get("seconds") is None else f"ERT {ert['seconds']:.1f} s"
+        return f"{seconds} ({ert['reached']}/{ert['runs']} runs reached it)"
+    t = (s.get("seconds_to") or {}).get(f"{top:g}")
+    return f"{t:.1f} s" if t is not None else f"not reached in {s.get('trials')} trials"
 
 
 def _fmt(value) -> str:

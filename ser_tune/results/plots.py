@@ -16,8 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from . import timing
 from ..study.folder import StudyFolder
+from . import repeats, timing
+from .ert import run_tables
 from .tables import best_trial, config_columns
 
 LOG_SCALE_SETTINGS = ("cfg_lr", "cfg_head_lr", "cfg_learning_rate", "cfg_weight_decay")
@@ -67,56 +68,89 @@ def plot_best_so_far(studies: list[StudyFolder], thresholds: list[float], out_di
 
 def _plot_best_vs_time(studies, thresholds, path, several) -> PlotResult:
     title = "Best-so-far validation metric against wall-clock"
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    drawn = 0
-    for study in studies:
-        for strategy in study.strategies:
-            reports = timing.usable_reports(study, strategy)
-            if reports.empty:
-                continue
-            seconds = reports["timestamp"] - timing.strategy_started_at(study, strategy)
-            best = _running_best(reports[study.metric].reset_index(drop=True), study.mode)
-            ax.step(seconds.to_numpy(), best.to_numpy(), where="post", marker=".",
-                    label=_series_label(study, strategy, several))
-            drawn += 1
-    if not drawn:
-        return PlotResult(title, skipped="no epoch reports with a validation metric (epochs.csv empty)")
-    _draw_thresholds(ax, thresholds)
-    ax.set_xlabel("seconds since the strategy started")
-    ax.set_ylabel(f"best {_metric_label(studies)} so far")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return PlotResult(title, _save(fig, path))
+    return _plot_best(studies, thresholds, path, several, "seconds", title,
+                      "seconds since the strategy (each run) started")
 
 
 def _plot_best_vs_trials(studies, thresholds, path, several) -> PlotResult:
     title = "Best-so-far validation metric against trial index"
+    return _plot_best(studies, thresholds, path, several, "trials", title,
+                      "trials (order of start within the strategy's run)")
+
+
+def _plot_best(studies, thresholds, path, several, clock: str, title: str, xlabel: str) -> PlotResult:
+    """A step line per strategy with one run; with several runs, their mean with a ± SE band."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     drawn = 0
     for study in studies:
         for strategy in study.strategies:
-            trials = study.strategy_trials(strategy)
-            # ERROR trials take a place in the order but add no value.
-            values = trials[study.metric].where(trials["status"] != "ERROR")
-            if values.notna().sum() == 0:
+            curves = [c for c in (_run_curve(study, unit, clock) for unit in study.runs(strategy)) if len(c)]
+            if not curves:
                 continue
-            best = _running_best(values.reset_index(drop=True), study.mode)
-            ax.step(trials["trial_index"].to_numpy(), best.to_numpy(), where="post", marker="o",
-                    label=_series_label(study, strategy, several))
+            label = _series_label(study, strategy, several)
+            if len(curves) == 1:
+                ax.step(curves[0].index, curves[0].to_numpy(), where="post", marker=".", label=label)
+            else:
+                grid = np.linspace(0, max(float(c.index.max()) for c in curves), 200)
+                band = repeats.mean_se_curve(curves, grid)
+                se = band["se"].fillna(0)
+                ax.plot(band["x"], band["mean"], label=f"{label} (mean ± SE of {len(curves)} runs)")
+                ax.fill_between(band["x"], band["mean"] - se, band["mean"] + se, alpha=0.2)
             drawn += 1
     if not drawn:
-        return PlotResult(title, skipped="no trial has a validation metric")
+        return PlotResult(title, skipped="no epoch reports with a validation metric (epochs.csv empty)"
+                          if clock == "seconds" else "no trial has a validation metric")
     _draw_thresholds(ax, thresholds)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("trial index (order of start within the strategy)")
+    if clock == "trials":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"best {_metric_label(studies)} so far")
     ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return PlotResult(title, _save(fig, path))
+
+
+def _run_curve(study: StudyFolder, unit: str, clock: str) -> pd.Series:
+    """One run's best-so-far: against seconds from its epoch reports; against trials from each trial's
+    best value (trials.csv: ERROR trials take a place in the order but add no value)."""
+    if clock == "seconds":
+        frame, _ = timing.run_reports(study, unit)
+        return repeats.best_so_far(frame, "seconds", study.mode)
+    trials = study.unit_trials(unit)
+    values = trials[study.metric].where(trials["status"] != "ERROR")
+    best = _running_best(values.reset_index(drop=True), study.mode)
+    keep = best.notna().to_numpy()
+    return pd.Series(best.to_numpy()[keep], index=trials["trial_index"].to_numpy(float)[keep] + 1)
+
+
+def plot_runtime_ecdf(studies: list[StudyFolder], thresholds: list[float], out_dir: Path) -> PlotResult | None:
+    """Fraction of each strategy's runs that reached the highest threshold, against wall-clock seconds;
+    None (no plot) when every strategy ran once."""
+    title = "Runs that reached the threshold against wall-clock (runtime ECDF)"
+    if not thresholds or not any(len(s.runs(st)) > 1 for s in studies for st in s.strategies):
+        return None
+    top = max(thresholds)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for study in studies:
+        runs = run_tables(study, [top])[float(top)]
+        ecdf = repeats.runtime_ecdf(runs, "seconds")
+        end = float(runs["seconds_total"].max())
+        for strategy in study.strategies:
+            own = ecdf[ecdf["strategy"] == strategy]
+            x = np.concatenate([[0.0], own["seconds"].to_numpy(float), [end]])
+            y = np.concatenate([[0.0], own["fraction"].to_numpy(float),
+                                [own["fraction"].iloc[-1] if len(own) else 0.0]])
+            ax.step(x, y, where="post", label=_series_label(study, strategy, len(studies) > 1))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel(f"fraction of runs with best {_metric_label(studies)} >= {top:g}")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return PlotResult(title, _save(fig, out_dir / "runtime_ecdf.png"))
 
 
 def plot_hyperparameters(studies: list[StudyFolder], out_dir: Path) -> PlotResult:
@@ -246,12 +280,13 @@ def plot_confusion(studies: list[StudyFolder], out_dir: Path) -> PlotResult:
     return PlotResult(title, _save(fig, out_dir / "confusion.png"))
 
 
-PLOT_FILES = ("best_vs_time.png", "best_vs_trials.png", "hyperparameters.png", "confusion.png")
+PLOT_FILES = ("best_vs_time.png", "best_vs_trials.png", "runtime_ecdf.png", "hyperparameters.png", "confusion.png")
 
 
 def make_plots(studies: list[StudyFolder], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
     out_dir = Path(out_dir)
     for name in PLOT_FILES:  # a plot skipped now must not leave an earlier run's file behind
         (out_dir / name).unlink(missing_ok=True)
-    return [*plot_best_so_far(studies, thresholds, out_dir), plot_hyperparameters(studies, out_dir),
-            plot_confusion(studies, out_dir)]
+    plots = [*plot_best_so_far(studies, thresholds, out_dir), plot_runtime_ecdf(studies, thresholds, out_dir),
+             plot_hyperparameters(studies, out_dir), plot_confusion(studies, out_dir)]
+    return [plot for plot in plots if plot is not None]

@@ -317,7 +317,7 @@ def vargha_delaney_a12(x: Sequence[float], y: Sequence[float], larger_is_better:
 
 def compare_to_reference(values: pd.DataFrame, column: str, *, larger_is_better: bool,
                          claim: str, reference: str = "random",
-                         alpha: float = 0.05) -> pd.DataFrame:
+                         alpha: float = 0.05, runs_word: str = "repeats") -> pd.DataFrame:
     """Each strategy against ``reference`` over runs: one-sided Mann-Whitney U test.
 
     ``values`` has one row per run with ``strategy`` and ``column``; runs with NaN there are
@@ -354,20 +354,21 @@ def compare_to_reference(values: pd.DataFrame, column: str, *, larger_is_better:
     table["p_holm"] = math.nan
     table.loc[tested, "p_holm"] = holm(table.loc[tested, "p"].to_numpy())
     table["significant"] = tested & (table["p_holm"] <= alpha)
-    table["verdict"] = [verdict(row, claim) for row in table.to_dict("records")]
+    table["verdict"] = [verdict(row, claim, runs_word) for row in table.to_dict("records")]
     return table[["strategy", "reference", "runs", "reference_runs", "statistic", "p", "p_holm",
                   "a12", "significant", "verdict"]]
 
 
-def verdict(row: Mapping, claim: str) -> str:
-    """One sentence on a ``compare_to_reference`` row."""
+def verdict(row: Mapping, claim: str, runs_word: str = "repeats") -> str:
+    """One sentence on a ``compare_to_reference`` row (``runs_word``: what a run is, e.g. "runs"
+    when a run is one repeat on one outer fold)."""
     strategy, reference = row["strategy"], row["reference"]
     runs, reference_runs = int(row["runs"]), int(row["reference_runs"])
     if runs < 2 or reference_runs < 2:
         few, count = (strategy, runs) if runs < 2 else (reference, reference_runs)
         return (f"{strategy} vs {reference}: cannot be tested with {_runs(count)} of {few} "
                 f"(a rank test needs at least 2 on each side)")
-    repeats = f"{runs} repeats" if runs == reference_runs else f"{runs} and {reference_runs} repeats"
+    repeats = f"{runs} {runs_word}" if runs == reference_runs else f"{runs} and {reference_runs} {runs_word}"
     numbers = f"Holm p = {format_p(row['p_holm'])}, A12 = {row['a12']:.2f}"
     if row["significant"]:
         return f"{strategy} {claim} than {reference} ({numbers}, {repeats})"
@@ -384,7 +385,7 @@ def _runs(count: int) -> str:
 
 
 def time_to_target_comparison(runs: pd.DataFrame, clock: str, *, reference: str = "random",
-                              alpha: float = 0.05) -> pd.DataFrame:
+                              alpha: float = 0.05, runs_word: str = "repeats") -> pd.DataFrame:
     """``compare_to_reference`` on time to target; unreached runs rank last (as infinite time).
 
     Unreached runs tie with each other, whichever strategy they belong to.
@@ -397,7 +398,7 @@ def time_to_target_comparison(runs: pd.DataFrame, clock: str, *, reference: str 
              "cpu_seconds": f"reaches {threshold:g} in less CPU time",
              "trials": f"reaches {threshold:g} in fewer trials"}[clock]
     return compare_to_reference(ranked, "to", larger_is_better=False, claim=claim,
-                                reference=reference, alpha=alpha)
+                                reference=reference, alpha=alpha, runs_word=runs_word)
 
 
 # ---------------------------------------------------------------- paired per-fold gains

@@ -9,6 +9,7 @@ import pandas as pd
 
 from .plots import PlotResult, make_plots, overall_best
 from ..study.folder import StudyFolder, test_column
+from .held_out import held_out_table
 from .tables import as_studies, compare, summary_json, trial_config
 
 TIMING_DEFINITIONS = """\
@@ -56,13 +57,17 @@ def write_report(study_dir, *, thresholds=None, others: list = (), out_dir=None)
     tables = compare(studies, thresholds)
     drawn_thresholds = sorted(set(tables["thresholds"]["threshold"])) or (thresholds or [])
     plots = make_plots(studies, drawn_thresholds, out / "plots")
-    (out / "summary.json").write_text(json.dumps(summary_json(studies, thresholds), indent=2) + "\n")
+    summary = summary_json(studies, thresholds)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if (tables["strategies"]["runs"] > 1).any():
+        tables["runs"].to_csv(out / "runs.csv", index=False)
     path = out / "report.md"
-    path.write_text(render_report(studies, tables, plots, out))
+    path.write_text(render_report(studies, tables, plots, out, summary))
     return path
 
 
-def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResult], out: Path) -> str:
+def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResult], out: Path,
+                  summary: dict | None = None) -> str:
     several = len(studies) > 1
     metric = studies[0].metric
     title = (f"ser_tune comparison: {', '.join(s.name for s in studies)}" if several
@@ -76,13 +81,21 @@ def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResu
     parts.append(f"\nThe test column is the test-speaker score of the trial with the best {metric}; "
                  f"the test speakers were never seen by the search.\n")
     parts.append("## Time to threshold\n")
-    parts.append(_threshold_table(complete["thresholds"], several))
+    single = set(complete["strategies"].loc[complete["strategies"]["runs"] == 1, "strategy"])
+    once = complete["thresholds"][complete["thresholds"]["strategy"].isin(single)]
+    parts.append(_threshold_table(once, several) if len(once) or not len(complete["thresholds"]) else
+                 "Every strategy ran several times: see *Repeated runs* below (each run's times are in runs.csv "
+                 "and epochs.csv).\n")
     if not incomplete["strategies"].empty:
         parts.append("\n## Incomplete strategies (not ranked beside the complete ones)\n")
         parts.append("Their budget was not spent (the study was interrupted or is still running): "
                      "`python -m ser_tune.launch CONFIG --resume` finishes them. Partial figures:\n")
         parts.append(_comparison_table(incomplete["strategies"], several))
         parts.append(_threshold_table(incomplete["thresholds"], several))
+    summary = summary if summary is not None else summary_json(studies)
+    for study, entry in zip(studies, summary["studies"]):
+        parts.append(held_out_section(study, entry, several))
+        parts.append(repeated_section(entry, several))
     parts.append("\n## What the times include\n")
     parts.append(TIMING_DEFINITIONS.format(metric=_short(metric)))
     parts.append("\n## Plots\n")
@@ -119,6 +132,70 @@ def split_complete(tables: dict) -> tuple[dict, dict]:
         return frame[mask] if len(frame) else frame
 
     return ({k: part(v, True) for k, v in tables.items()}, {k: part(v, False) for k, v in tables.items()})
+
+
+def held_out_section(study: StudyFolder, entry: dict, several: bool) -> str:
+    """Test metric on held-out speakers per outer fold, beside the untuned baselines on the same folds."""
+    table = held_out_table(study, entry)
+    if table.empty:
+        return ""
+    folds = [c for c in table.columns if c.startswith("fold ")]
+    speakers = [", ".join(map(str, f["test_speakers"])) for f in entry["outer_folds"]]
+    rows = [[r["model"], _spread(r["mean"], r["sd"]), *(_number(r[c]) for c in folds), _gain(r["gain"])]
+            for r in table.to_dict("records")]
+    header = ["Model", f"{study.test_metric} mean ± sd", *(f"{c} ({s})" for c, s in zip(folds, speakers)),
+              "Gain over the probe (paired)"]
+    title = f"## Speakers the search never heard{': ' + study.name if several else ''}\n"
+    note = ("\nEach strategy's value on a fold is its best trial's (by the validation objective) test metric, "
+            "the mean over repeats; the fold's test speakers are in the column head. The linear probe is "
+            "logistic regression on the frozen features, its layer and C chosen on the same inner folds as the "
+            "trials; the default is one trial with the untuned settings. The gain is the strategy's value minus "
+            "the probe's on each fold, with a one-sided Wilcoxon p (few folds cannot give a small p).\n")
+    if study.meta.get("best_model", {}).get("unit") == "refit":
+        note += (f"\nExported model: {next(iter(study.runs('refit')), 'refit')}'s "
+                 f"{study.unit_meta('refit').get('notes', '')}.\n")
+    return title + markdown_table(header, rows) + note
+
+
+def repeated_section(entry: dict, several: bool) -> str:
+    """ERT to each threshold with its interval, success rate and the verdict against random search."""
+    strategies = {n: e for n, e in entry["strategies"].items() if e.get("ert")}
+    if not strategies:
+        return ""
+    rows = []
+    for name, e in strategies.items():
+        for threshold, ert in e["ert"].items():
+            rows.append([name, threshold, f"{ert['reached']}/{ert['runs']}", _interval(ert, "seconds"),
+                         _interval(ert, "cpu_seconds"), _interval(ert, "trials", digits=1)])
+    header = ["Strategy", "Threshold", "Runs that reached it", "ERT wall-clock s [95 % CI]",
+              "ERT trial CPU-s [95 % CI]", "ERT trials [95 % CI]"]
+    verdicts = "\n".join(f"- {e['verdict']}" for e in strategies.values() if e.get("verdict"))
+    return (f"\n## Repeated runs{': ' + entry['name'] if several else ''}\n"
+            "ERT (expected running time, COCO/BBOB): all time every run spent (until it reached the threshold, "
+            "else all of it) over the runs that reached it; infinite when none did. The interval is a bootstrap "
+            "over runs. A run is one repeat of a strategy on one outer fold.\n\n"
+            + markdown_table(header, rows) + "\nAgainst random search (one-sided Mann-Whitney over runs, Holm-"
+            "corrected over strategies; unreached runs rank last):\n\n" + verdicts + "\n")
+
+
+def _interval(ert: dict, clock: str, digits: int = 0) -> str:
+    value, low, high = ert.get(clock), ert.get(f"{clock}_low"), ert.get(f"{clock}_high")
+    if value is None:
+        return "not reached (∞)"
+    fmt = lambda v: "∞" if v is None else f"{v:.{digits}f}"   # noqa: E731 - JSON null is infinity here
+    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+
+
+def _spread(mean, sd) -> str:
+    return "—" if mean is None else f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}"
+
+
+def _gain(gain: dict | None) -> str:
+    if not gain:
+        return "—"
+    p = "" if gain.get("p") is None else f", p = {gain['p']:.2g}"
+    sd = "" if gain.get("sd") is None else f" ± {gain['sd']:.3f}"
+    return f"{gain['mean']:+.3f}{sd}{p}"
 
 
 def _modes_section(study: StudyFolder) -> str:
@@ -213,12 +290,13 @@ def _comparison_table(frame: pd.DataFrame, several: bool) -> str:
     metrics = set(frame["metric"])
     one_metric = len(metrics) == 1
     rows = []
+    repeated = bool((frame["runs"] > 1).any())
     for row in frame.to_dict("records"):
-        best_val = _number(row["best_val"]) + ("" if one_metric else f" ({row['metric']})")
+        best_val = _mean_se(row, "best_val") + ("" if one_metric else f" ({row['metric']})")
         rows.append(([row["study"]] if several else []) + [
-            row["strategy"], row["status"], str(row["trials"]), str(row["errors"]),
-            best_val, _config_text(row["best_config"]),
-            _number(row["best_test"]), _seconds(row["wall_clock_seconds"]),
+            row["strategy"] + (f" ({row['runs']} runs)" if row["runs"] > 1 else ""), row["status"],
+            str(row["trials"]), str(row["errors"]), best_val, _config_text(row["best_config"]),
+            _mean_se(row, "best_test"), _seconds(row["wall_clock_seconds"]),
             _seconds(row["trial_seconds"]), _seconds(row["load_seconds"]),
             _seconds(row["trial_encode_seconds"]), str(row["concurrency"]),
             _seconds(row["overhead_seconds"]), _number(row["per_minute"], 4)])
@@ -228,7 +306,17 @@ def _comparison_table(frame: pd.DataFrame, several: bool) -> str:
         f"{test_column(next(iter(metrics)))} of best trial" if one_metric else "Test of best trial", "Wall-clock", "Trial time (sum)", "Load (sum)",
         "Per-trial encode (sum)", "Concurrency", "Ray overhead",
         f"{_short(next(iter(metrics)))} per minute" if one_metric else "Best val per minute"]
-    return markdown_table(header, rows)
+    note = ("\nA strategy with several runs (repeats x outer folds): best values are the mean ± SE over its runs "
+            "(each run's best trial), wall-clock the mean per run, times and counts summed; the best config "
+            "is its best trial over all runs.\n") if repeated else ""
+    return markdown_table(header, rows) + note
+
+
+def _mean_se(row: dict, key: str) -> str:
+    se = row.get(f"{key}_se")
+    if row.get("runs", 1) > 1 and se is not None and not pd.isna(se) and not pd.isna(row[key]):
+        return f"{row[key]:.3f} ± {se:.3f}"
+    return _number(row[key])
 
 
 def _threshold_table(frame: pd.DataFrame, several: bool) -> str:

@@ -10,6 +10,8 @@ import pandas as pd
 
 from . import timing
 from ..study.folder import StudyFolder, load_study
+from .ert import add_repeated
+from .held_out import held_out_summary
 
 
 def as_studies(study_dirs: Iterable) -> list[StudyFolder]:
@@ -17,9 +19,15 @@ def as_studies(study_dirs: Iterable) -> list[StudyFolder]:
     return [s if isinstance(s, StudyFolder) else load_study(s) for s in study_dirs]
 
 
-def best_trial(study: StudyFolder, strategy: str | None = None) -> pd.Series | None:
-    """Best non-ERROR trial by the objective (whole study when strategy is None); ties: earliest."""
-    trials = study.trials if strategy is None else study.strategy_trials(strategy)
+def best_trial(study: StudyFolder, strategy: str | None = None, *, unit: str | None = None) -> pd.Series | None:
+    """Best non-ERROR trial by the objective, of a run (``unit``), of a strategy's runs, or of the
+    study's searches (both None; baselines are not searches); ties: earliest."""
+    if unit is not None:
+        trials = study.unit_trials(unit)
+    elif strategy is not None:
+        trials = study.strategy_trials(strategy)
+    else:
+        trials = study.trials[study.trials["strategy"].isin(study.strategies)]
     usable = trials[(trials["status"] != "ERROR") & trials[study.metric].notna()]
     if usable.empty:
         return None
@@ -43,30 +51,28 @@ def config_columns(study: StudyFolder) -> list[str]:
     return [c for c in study.trials.columns if c.startswith("cfg_")]
 
 
-def strategy_row(study: StudyFolder, strategy: str) -> dict[str, Any]:
-    trials = study.strategy_trials(strategy)
-    epochs = study.strategy_epochs(strategy)
-    info = study.strategy_meta(strategy)
-    best = best_trial(study, strategy)
-    started = timing.strategy_started_at(study, strategy)
-    finished = timing.strategy_finished_at(study, strategy)
+def run_row(study: StudyFolder, unit: str) -> dict[str, Any]:
+    """One run of a strategy (a unit): its trials, best trial, times and overhead."""
+    trials = study.unit_trials(unit)
+    epochs = study.unit_epochs(unit)
+    info = study.unit_meta(unit)
+    best = best_trial(study, unit=unit)
+    started, finished = timing.started_at(study, unit), timing.finished_at(study, unit)
     wall = finished - started
-    seconds = [timing.trial_seconds(t, epochs[epochs["trial_id"] == t["trial_id"]])
-               for _, t in trials.iterrows()]
+    seconds = [timing.trial_seconds(t, epochs[epochs["trial_id"] == t["trial_id"]]) for _, t in trials.iterrows()]
     trial_total = float(sum(seconds))
-    # Still-running trials are taken to run until the strategy's last observed event.
+    # Still-running trials are taken to run until the run's last observed event.
     ends = trials["finished_at"].fillna(finished)
     concurrency = timing.peak_concurrency(trials["started_at"], ends) if len(trials) else 1
     best_val = float(best[study.metric]) if best is not None else math.nan
+    tags = info.get("tags") or {}
     return {
-        "study": study.name, "study_dir": str(study.dir), "strategy": strategy,
+        "study": study.name, "study_dir": str(study.dir), "strategy": tags.get("strategy", unit), "unit": unit,
+        "outer_fold": tags.get("outer_fold", 0), "repeat": tags.get("repeat", 0),
         "status": info.get("status", "unknown"), "notes": info.get("notes", ""),
-        "budget": info.get("budget"), "warmup": info.get("warmup"),
-        "metric": study.metric, "mode": study.mode,
-        "trials_started": int(len(trials)),
-        "trials": int((trials["status"] == "TERMINATED").sum()),
-        "errors": int((trials["status"] == "ERROR").sum()),
-        "best_val": best_val,
+        "budget": info.get("budget"), "warmup": info.get("warmup"), "metric": study.metric, "mode": study.mode,
+        "trials_started": int(len(trials)), "trials": int((trials["status"] == "TERMINATED").sum()),
+        "errors": int((trials["status"] == "ERROR").sum()), "best_val": best_val,
         "best_trial_id": str(best["trial_id"]) if best is not None else None,
         "best_trial_index": int(best["trial_index"]) if best is not None else None,
         "best_config": trial_config(study, best) if best is not None else {},
@@ -74,20 +80,46 @@ def strategy_row(study: StudyFolder, strategy: str) -> dict[str, Any]:
         "best_test_accuracy": _float(best.get("test_accuracy")) if best is not None else math.nan,
         "started_at": started, "finished_at": finished, "wall_clock_seconds": wall,
         "per_minute": best_val / (wall / 60.0) if wall > 0 else math.nan,
-        "trial_seconds": trial_total,
-        "load_seconds": float(trials["load_seconds"].sum()),
+        "trial_seconds": trial_total, "load_seconds": float(trials["load_seconds"].sum()),
         "trial_encode_seconds": float(trials["encode_seconds"].sum()),
-        "train_seconds": float(trials["train_seconds"].sum()),
-        "concurrency": concurrency,
-        "overhead_seconds": wall - trial_total / concurrency,
-        "shared_encode_seconds": study.encode_seconds,
+        "train_seconds": float(trials["train_seconds"].sum()), "concurrency": concurrency,
+        "overhead_seconds": wall - trial_total / concurrency, "shared_encode_seconds": study.encode_seconds,
     }
 
 
-def threshold_row(study: StudyFolder, strategy: str, threshold: float, wall: float) -> dict[str, Any]:
-    crossing = timing.first_crossing(study, strategy, threshold)
+SUMMED = ("trials_started", "trials", "errors", "trial_seconds", "load_seconds", "trial_encode_seconds",
+          "train_seconds", "overhead_seconds")
+AVERAGED = ("best_val", "best_test", "best_test_accuracy", "wall_clock_seconds", "per_minute")
+
+
+def strategy_row(study: StudyFolder, strategy: str) -> dict[str, Any]:
+    """A strategy over its runs: one run's row as it is; several runs' counts and times summed, their
+    best values and wall-clocks averaged (with the standard error), the best trial over all runs."""
+    runs = [run_row(study, unit) for unit in study.runs(strategy)]
+    if not runs:
+        runs = [run_row(study, strategy)]
+    if len(runs) == 1:
+        return {**runs[0], "unit": runs[0]["unit"], "runs": 1}
+    frame = pd.DataFrame(runs)
+    best = max((r for r in runs if not math.isnan(r["best_val"])), default=runs[0],
+               key=lambda r: r["best_val"] if study.mode == "max" else -r["best_val"])
+    info = study.strategy_meta(strategy)
+    row = {**best, "unit": None, "runs": len(runs), "status": info.get("status", "unknown"),
+           "started_at": float(frame["started_at"].min()), "finished_at": float(frame["finished_at"].max()),
+           "concurrency": int(frame["concurrency"].max())}
+    row.update({k: float(frame[k].sum()) for k in SUMMED})
+    row.update({k: float(frame[k].mean()) for k in AVERAGED})
+    row.update({f"{k}_se": float(frame[k].sem()) for k in AVERAGED})
+    for k in ("trials_started", "trials", "errors"):
+        row[k] = int(row[k])
+    return row
+
+
+def threshold_row(study: StudyFolder, unit: str, threshold: float, wall: float) -> dict[str, Any]:
+    crossing = timing.first_crossing(study, unit, threshold)
+    tags = study.unit_meta(unit).get("tags") or {}
     return {
-        "study": study.name, "study_dir": str(study.dir), "strategy": strategy,
+        "study": study.name, "study_dir": str(study.dir), "strategy": tags.get("strategy", unit), "unit": unit,
         "metric": study.metric, "threshold": float(threshold), "reached": crossing.reached,
         "seconds_to": crossing.seconds_to,
         "seconds_to_incl_encode": crossing.seconds_to + study.encode_seconds,
@@ -95,28 +127,30 @@ def threshold_row(study: StudyFolder, strategy: str, threshold: float, wall: flo
         "trials_to": crossing.trials_to,
         "crossing_trial_id": crossing.trial_id, "crossing_epoch": crossing.epoch,
         "crossing_value": crossing.value,
-        "trials_started": int(len(study.strategy_trials(strategy))),
+        "trials_started": int(len(study.unit_trials(unit))),
         "wall_clock_seconds": wall,
     }
 
 
 def compare(study_dirs: list, thresholds: list[float] | None = None) -> dict[str, pd.DataFrame]:
-    """{"strategies": one row per (study, strategy), "thresholds": one row per (study, strategy, threshold)}.
+    """{"strategies": one row per (study, strategy), over its runs; "runs": one row per (study, run);
+    "thresholds": one row per (study, run, threshold)}.
 
     thresholds=None uses each study's own experiment.thresholds (else 0.8 and 0.9).
     Censored (never reached) thresholds have NaN times and reached=False.
     """
-    strategy_rows, threshold_rows = [], []
+    strategy_rows, run_rows, threshold_rows = [], [], []
     for study in as_studies(study_dirs):
         for strategy in study.strategies:
-            row = strategy_row(study, strategy)
-            strategy_rows.append(row)
-            for threshold in (thresholds if thresholds is not None else study.thresholds):
-                threshold_rows.append(threshold_row(study, strategy, threshold,
-                                                    row["wall_clock_seconds"]))
-    strategies = pd.DataFrame(strategy_rows, columns=list(_STRATEGY_COLUMNS))
-    threshold_frame = pd.DataFrame(threshold_rows, columns=list(_THRESHOLD_COLUMNS))
-    return {"strategies": strategies, "thresholds": threshold_frame}
+            strategy_rows.append(strategy_row(study, strategy))
+            for unit in study.runs(strategy) or [strategy]:
+                row = run_row(study, unit)
+                run_rows.append(row)
+                for threshold in (thresholds if thresholds is not None else study.thresholds):
+                    threshold_rows.append(threshold_row(study, unit, threshold, row["wall_clock_seconds"]))
+    return {"strategies": pd.DataFrame(strategy_rows, columns=list(_STRATEGY_COLUMNS)),
+            "runs": pd.DataFrame(run_rows, columns=list(_RUN_COLUMNS)),
+            "thresholds": pd.DataFrame(threshold_rows, columns=list(_THRESHOLD_COLUMNS))}
 
 
 def summary_json(study_dirs, thresholds: list[float] | None = None) -> dict:
@@ -125,50 +159,60 @@ def summary_json(study_dirs, thresholds: list[float] | None = None) -> dict:
     tables = compare(studies, thresholds)
     out = []
     for study in studies:
-        metric_name = study.metric[4:] if study.metric.startswith("val_") else study.metric
+        own = thresholds if thresholds is not None else study.thresholds
         rows = tables["strategies"][tables["strategies"]["study_dir"] == str(study.dir)]
         marks = tables["thresholds"][tables["thresholds"]["study_dir"] == str(study.dir)]
-        strategies = {}
-        for row in rows.to_dict("records"):
-            own = marks[marks["strategy"] == row["strategy"]]
-            def by_threshold(column: str) -> dict:
-                return {threshold_key(t): _json_number(v) for t, v in zip(own["threshold"], own[column])}
-            strategies[row["strategy"]] = {
-                "trials": row["trials"], "errors": row["errors"],
-                f"best_{study.metric}": _json_number(row["best_val"]),
-                "best_config": row["best_config"],
-                study.test_metric: _json_number(row["best_test"]),
-                "best_trial_id": row["best_trial_id"],
-                "seconds_to": by_threshold("seconds_to"),
-                "seconds_to_incl_encode": by_threshold("seconds_to_incl_encode"),
-                "trial_seconds_to": by_threshold("trial_seconds_to"),
-                "trials_to": {k: (int(v) if v is not None else None)
-                              for k, v in by_threshold("trials_to").items()},
-                "wall_clock_seconds": _json_number(row["wall_clock_seconds"]),
-                f"{metric_name}_per_minute": _json_number(row["per_minute"]),
-                "trials_started": row["trials_started"], "status": row["status"],
-            }
-        out.append({"study_dir": str(study.dir), "name": study.name, "metric": study.metric,
-                    "mode": study.mode, "encode_seconds": study.encode_seconds,
-                    "thresholds": [float(t) for t in (thresholds if thresholds is not None
-                                                      else study.thresholds)],
-                    "strategies": strategies})
-    # Round-trip proves the object is plain JSON (no numpy scalars, no NaN).
+        strategies = {row["strategy"]: strategy_summary(study, row, marks) for row in rows.to_dict("records")}
+        entry = {"study_dir": str(study.dir), "name": study.name, "metric": study.metric, "mode": study.mode,
+                 "encode_seconds": study.encode_seconds, "thresholds": [float(t) for t in own],
+                 "strategies": strategies}
+        entry.update(held_out_summary(study, strategies))
+        if any(row["runs"] > 1 for row in rows.to_dict("records")):
+            add_repeated(study, own, strategies)
+        out.append(entry)
+    # Round-trip proves the object is plain JSON (no numpy scalars, no NaN, no infinity).
     return json.loads(json.dumps(_plain_json({"studies": out}), allow_nan=False))
+
+
+def strategy_summary(study: StudyFolder, row: dict, marks: pd.DataFrame) -> dict:
+    """One strategy's entry of the --json object. With one run: its times to each threshold; with
+    several, ``repeats`` and (see ``add_repeated``) ERT and the verdict instead."""
+    metric_name = study.metric[4:] if study.metric.startswith("val_") else study.metric
+    own = marks[marks["strategy"] == row["strategy"]]
+    single = row["runs"] == 1
+
+    def by_threshold(column: str) -> dict:
+        return {threshold_key(t): _json_number(v) if single else None for t, v in zip(own["threshold"], own[column])}
+
+    return {"trials": row["trials"], "errors": row["errors"], "runs": row["runs"],
+            f"best_{study.metric}": _json_number(row["best_val"]), "best_config": row["best_config"],
+            study.test_metric: _json_number(row["best_test"]), "best_trial_id": row["best_trial_id"],
+            "seconds_to": by_threshold("seconds_to"), "seconds_to_incl_encode": by_threshold("seconds_to_incl_encode"),
+            "trial_seconds_to": by_threshold("trial_seconds_to"),
+            "trials_to": {k: (int(v) if v is not None else None) for k, v in by_threshold("trials_to").items()},
+            "wall_clock_seconds": _json_number(row["wall_clock_seconds"]),
+            f"{metric_name}_per_minute": _json_number(row["per_minute"]),
+            "trials_started": row["trials_started"], "status": row["status"]}
 
 
 def threshold_key(threshold: float) -> str:
     return repr(float(threshold))
 
 
+_RUN_COLUMNS = (
+    "study", "study_dir", "strategy", "unit", "outer_fold", "repeat", "status", "notes", "budget", "warmup",
+    "metric", "mode", "trials_started", "trials", "errors", "best_val", "best_trial_id", "best_trial_index",
+    "best_config", "best_test", "best_test_accuracy", "started_at", "finished_at", "wall_clock_seconds",
+    "per_minute", "trial_seconds", "load_seconds", "trial_encode_seconds", "train_seconds", "concurrency",
+    "overhead_seconds", "shared_encode_seconds")
 _STRATEGY_COLUMNS = (
-    "study", "study_dir", "strategy", "status", "notes", "budget", "warmup", "metric", "mode",
+    "study", "study_dir", "strategy", "runs", "status", "notes", "budget", "warmup", "metric", "mode",
     "trials_started", "trials", "errors", "best_val", "best_trial_id", "best_trial_index",
     "best_config", "best_test", "best_test_accuracy", "started_at", "finished_at",
     "wall_clock_seconds", "per_minute", "trial_seconds", "load_seconds", "trial_encode_seconds",
-    "train_seconds", "concurrency", "overhead_seconds", "shared_encode_seconds")
+    "train_seconds", "concurrency", "overhead_seconds", "shared_encode_seconds", "best_val_se", "best_test_se")
 _THRESHOLD_COLUMNS = (
-    "study", "study_dir", "strategy", "metric", "threshold", "reached", "seconds_to",
+    "study", "study_dir", "strategy", "unit", "metric", "threshold", "reached", "seconds_to",
     "seconds_to_incl_encode", "trial_seconds_to", "trials_to", "crossing_trial_id",
     "crossing_epoch", "crossing_value", "trials_started", "wall_clock_seconds")
 
@@ -185,8 +229,8 @@ def _plain_json(value):
         return [_plain_json(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None   # NaN (unknown) and infinity (an ERT never reached): null in JSON
     return value
 
 

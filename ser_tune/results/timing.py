@@ -1,13 +1,13 @@
-"""Time-to-threshold and time accounting of one strategy.
+"""Time-to-threshold and time accounting of one run (a unit: one strategy's Tuner on one fold and repeat).
 
 Definitions (also printed in the report, see ``report.TIMING_DEFINITIONS``):
 - A crossing is the first epochs.csv report, in timestamp order, of a non-ERROR trial of the
-  strategy whose validation metric is at least the threshold (at most, for mode "min").
+  run whose validation metric is at least the threshold (at most, for mode "min").
   ERROR trials left no usable model, so their reports never count as reaching a threshold;
   their time still counts as spent.
-- seconds_to: crossing timestamp minus the strategy's started_at (study wall-clock).
+- seconds_to: crossing timestamp minus the run's started_at (study wall-clock).
 - trial_seconds_to (the reference paper's measure): at the crossing time t*, the sum over the
-  strategy's trials that had started by t* of Ray's time_total_s at the trial's last report at or
+  run's trials that had started by t* of Ray's time_total_s at the trial's last report at or
   before t* (a trial with no report by t* counts t* - started_at), minus the trial's load_seconds
   once it had finished loading (a trial with no report whose elapsed time is under its
   load_seconds was still loading and counts 0).
@@ -40,44 +40,43 @@ class Crossing:
     trials_to: float = NAN
 
 
-def strategy_started_at(study: StudyFolder, strategy: str) -> float:
-    """study.json's started_at of the strategy; else its earliest trial start or report."""
-    given = study.strategy_meta(strategy).get("started_at")
+def started_at(study: StudyFolder, unit: str) -> float:
+    """study.json's started_at of the unit (a strategy's run); else its earliest trial start or report."""
+    given = study.unit_meta(unit).get("started_at")
     if given is not None:
         return float(given)
-    candidates = [study.strategy_trials(strategy)["started_at"].min(),
-                  study.strategy_epochs(strategy)["timestamp"].min(), study.meta.get("started_at")]
+    candidates = [study.unit_trials(unit)["started_at"].min(), study.unit_epochs(unit)["timestamp"].min(),
+                  study.meta.get("started_at")]
     return _first_known(candidates)
 
 
-def strategy_finished_at(study: StudyFolder, strategy: str) -> float:
-    """study.json's finished_at of the strategy; while running or interrupted, its last observed event."""
-    given = study.strategy_meta(strategy).get("finished_at")
+def finished_at(study: StudyFolder, unit: str) -> float:
+    """study.json's finished_at of the unit; while running or interrupted, its last observed event."""
+    given = study.unit_meta(unit).get("finished_at")
     if given is not None:
         return float(given)
-    trials = study.strategy_trials(strategy)
-    observed = [trials["finished_at"].max(), trials["started_at"].max(),
-                study.strategy_epochs(strategy)["timestamp"].max()]
+    trials = study.unit_trials(unit)
+    observed = [trials["finished_at"].max(), trials["started_at"].max(), study.unit_epochs(unit)["timestamp"].max()]
     observed = [float(t) for t in observed if t is not None and not pd.isna(t)]
     return max(observed) if observed else NAN
 
 
-def strategy_wall_clock(study: StudyFolder, strategy: str) -> float:
-    return strategy_finished_at(study, strategy) - strategy_started_at(study, strategy)
+def wall_clock(study: StudyFolder, unit: str) -> float:
+    return finished_at(study, unit) - started_at(study, unit)
 
 
-def usable_reports(study: StudyFolder, strategy: str) -> pd.DataFrame:
-    """Reports of the strategy's non-ERROR trials that have a metric value, in timestamp order."""
-    trials = study.strategy_trials(strategy)
+def usable_reports(study: StudyFolder, unit: str) -> pd.DataFrame:
+    """Reports of the unit's non-ERROR trials that have a metric value, in timestamp order."""
+    trials = study.unit_trials(unit)
     usable = trials.loc[trials["status"] != "ERROR", ["trial_id", "trial_index"]]
-    reports = study.strategy_epochs(strategy).merge(usable, on="trial_id", how="inner")
+    reports = study.unit_epochs(unit).merge(usable, on="trial_id", how="inner")
     reports = reports.dropna(subset=[study.metric, "timestamp"])
     # Stable order: time, then start order and epoch for reports stamped in the same instant.
     return reports.sort_values(["timestamp", "trial_index", "epoch"], kind="mergesort")
 
 
-def first_crossing(study: StudyFolder, strategy: str, threshold: float) -> Crossing:
-    reports = usable_reports(study, strategy)
+def first_crossing(study: StudyFolder, unit: str, threshold: float) -> Crossing:
+    reports = usable_reports(study, unit)
     reached = [study.is_better_or_equal(v, threshold) for v in reports[study.metric]]
     hits = reports[np.array(reached, dtype=bool)] if len(reports) else reports
     if hits.empty:
@@ -87,10 +86,35 @@ def first_crossing(study: StudyFolder, strategy: str, threshold: float) -> Cross
     return Crossing(
         threshold=float(threshold), reached=True, timestamp=t_star, trial_id=str(hit["trial_id"]),
         epoch=float(hit["epoch"]), value=float(hit[study.metric]),
-        seconds_to=t_star - strategy_started_at(study, strategy),
-        trial_seconds_to=cumulative_trial_seconds(study.strategy_trials(strategy),
-                                                  study.strategy_epochs(strategy), t_star),
+        seconds_to=t_star - started_at(study, unit),
+        trial_seconds_to=cumulative_trial_seconds(study.unit_trials(unit), study.unit_epochs(unit), t_star),
         trials_to=float(hit["trial_index"]) + 1)
+
+
+def run_reports(study: StudyFolder, unit: str) -> tuple[pd.DataFrame, dict]:
+    """A run's reports on the three clocks of a repeated comparison, and its totals on each:
+    ``time`` (seconds since the run started), ``cpu_seconds`` (trial CPU-seconds spent by then: each
+    trial's elapsed time up to that moment, load included, times the CPUs a trial holds), ``trial``
+    (1-based start order) and ``value`` (the objective); see ``results.repeats``."""
+    start = started_at(study, unit)
+    trials = study.unit_trials(unit)
+    cpus = float(((study.experiment.get("resources") or {}).get("cpus_per_trial")) or 1)
+    begin = trials["started_at"].to_numpy(float)
+    end = trials["finished_at"].fillna(finished_at(study, unit)).to_numpy(float)
+    known = ~(np.isnan(begin) | np.isnan(end))
+    begin, length = begin[known], np.maximum(end[known] - begin[known], 0.0)
+
+    def cpu_at(times: np.ndarray) -> np.ndarray:
+        return cpus * np.clip(times[:, None] - begin[None, :], 0.0, length[None, :]).sum(axis=1)
+
+    reports = usable_reports(study, unit)
+    times = reports["timestamp"].to_numpy(float)
+    frame = pd.DataFrame({"time": times - start, "cpu_seconds": cpu_at(times),
+                          "trial": reports["trial_index"].to_numpy(float) + 1,
+                          "value": reports[study.metric].to_numpy(float)})
+    totals = {"seconds": wall_clock(study, unit), "cpu_seconds": float(cpus * length.sum()),
+              "trials": float(len(trials))}
+    return frame, totals
 
 
 def cumulative_trial_seconds(trials: pd.DataFrame, epochs: pd.DataFrame, t_star: float) -> float:

@@ -183,40 +183,55 @@ class StudyFolder:
         return [str(label) for label in self.meta.get("labels") or []]
 
     @property
-    def strategies(self) -> list[str]:
-        """Strategies in study.json order (of its units), then any that only trials.csv names."""
-        names = list(dict.fromkeys(u["tags"]["strategy"] for u in self.units.values() if "strategy" in u.get("tags", {})))
-        names += [s for s in self.meta.get("strategies") or {} if s not in names]
-        names += [s for s in pd.unique(self.trials["strategy"]) if s not in names]
-        return names
+    def units(self) -> dict[str, dict]:
+        """Units of work by name (study.json "units"); an older or hand-made folder that names only
+        "strategies" has one unit per strategy, named after it."""
+        if self.meta.get("units"):
+            return self.meta["units"]
+        legacy = dict.fromkeys([*(self.meta.get("strategies") or {}), *pd.unique(self.trials["strategy"])])
+        return {name: {**((self.meta.get("strategies") or {}).get(name) or {}), "tags": {"strategy": name}}
+                for name in legacy}
 
     @property
-    def units(self) -> dict[str, dict]:
-        return self.meta.get("units") or {}
+    def strategies(self) -> list[str]:
+        """The search strategies, in the order of their units (baselines are not strategies)."""
+        names = [u["tags"]["strategy"] for u in self.units.values()
+                 if "strategy" in u.get("tags", {}) and not u["tags"].get("baseline")]
+        return list(dict.fromkeys(names))
 
-    def strategy_units(self, strategy: str) -> dict[str, dict]:
-        """The units (runs) of one strategy: name -> study.json entry."""
-        return {name: u for name, u in self.units.items() if u.get("tags", {}).get("strategy") == strategy}
+    def runs(self, strategy: str) -> list[str]:
+        """The units (runs: repeats x outer folds) of one strategy, or of one baseline."""
+        return [name for name, u in self.units.items() if u.get("tags", {}).get("strategy") == strategy]
+
+    def unit_meta(self, unit: str) -> dict:
+        return self.units.get(unit) or {}
+
+    def unit_trials(self, unit: str) -> pd.DataFrame:
+        rows = self.trials[self.trials["unit"] == unit]
+        return rows.sort_values("trial_index", kind="mergesort")
+
+    def unit_epochs(self, unit: str) -> pd.DataFrame:
+        return self.epochs[self.epochs["unit"] == unit]
 
     def strategy_meta(self, strategy: str) -> dict:
         """What study.json says of a strategy: its runs' budget, warm-up and notes, its status (done when
-        every run is), first start and last end (while every run is done). Older folders and hand-made
-        ones may say it directly under "strategies"."""
-        runs = list(self.strategy_units(strategy).values())
+        every run is), first start and last end (while every run is done)."""
+        runs = [self.unit_meta(u) for u in self.runs(strategy)]
         if not runs:
-            return (self.meta.get("strategies") or {}).get(strategy) or {}
-        statuses = {r.get("status") for r in runs}
-        status = UNIT_DONE if statuses == {UNIT_DONE} else (
+            return {}
+        statuses = {r.get("status", "unknown") for r in runs}
+        status = statuses.pop() if len(statuses) == 1 else (
             UNIT_INTERRUPTED if UNIT_INTERRUPTED in statuses else UNIT_RUNNING)
         starts = [r["started_at"] for r in runs if r.get("started_at") is not None]
         ends = [r["finished_at"] for r in runs if r.get("finished_at") is not None]
-        return {**{k: v for k, v in runs[0].items() if k not in ("started_at", "finished_at", "status")},
+        return {**{k: v for k, v in runs[0].items() if k not in ("started_at", "finished_at", "status", "tags")},
                 "status": status, "runs": len(runs), "started_at": min(starts) if starts else None,
                 "finished_at": max(ends) if status == UNIT_DONE and ends else None}
 
     def strategy_trials(self, strategy: str) -> pd.DataFrame:
+        """Every trial of every run of a strategy."""
         rows = self.trials[self.trials["strategy"] == strategy]
-        return rows.sort_values("trial_index", kind="mergesort")
+        return rows.sort_values(["unit", "trial_index"], kind="mergesort")
 
     def strategy_epochs(self, strategy: str) -> pd.DataFrame:
         return self.epochs[self.epochs["strategy"] == strategy]

@@ -186,14 +186,31 @@ def _random_head(model, seed: int):
     return head.eval()
 
 
-def _frozen_classifier(x: np.ndarray, y: np.ndarray, seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def normalized_features(pooled: np.ndarray, speakers, normalize: str) -> np.ndarray:
+    """Features z-scored as a model with ``normalize`` sees them on a corpus of its own: with that
+    corpus's statistics (``corpus``), each speaker's (``speaker``), or as they are (``none``)."""
+    from .training.normalize import FeatureNorm
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced",
-                                                             random_state=seed))
-    return clf.fit(x.reshape(len(x), -1), y)
+    norm = FeatureNorm.fit(normalize, pooled, speakers=speakers, rows=np.arange(len(pooled)))
+    return pooled if norm is None else norm.apply(pooled, np.arange(len(pooled)))
+
+
+def fit_frozen_baseline(pooled: np.ndarray, rows: pd.DataFrame, y: np.ndarray, normalize: str, seed: int):
+    """The linear probe on the source's frozen features: its layer and C chosen by speaker
+    cross-validation on the source (one layer, not every layer at once, which fits the source's own
+    recording conditions), features normalised as the model's are."""
+    from .data import speaker_folds
+    from .training.probe import linear_probe
+
+    x = normalized_features(pooled, rows["speaker"].astype(str).to_numpy(), normalize)
+    table = rows.reset_index(drop=True)
+    k = min(4, table["speaker"].nunique())
+    if k >= 2:
+        folds = [(np.flatnonzero(~held), np.flatnonzero(held)) for held in speaker_folds(table, k, seed=seed)]
+    else:   # one source speaker: half its clips validate the other half
+        order = np.random.default_rng(seed).permutation(len(table))
+        folds = [(order[len(order) // 2:], order[: len(order) // 2])]
+    return linear_probe(x, y, folds, train=np.arange(len(table)), test=np.zeros(0, np.int64), seed=seed)
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -208,7 +225,10 @@ def scores(y_true, y_pred, num_classes: int) -> dict:
 
 # --- source ------------------------------------------------------------------------------------
 def _study_source(model_meta: dict) -> dict | None:
-    """The model's study corpus and train split, from model.json "study" -> study.json; None if unknown."""
+    """The corpus and training speakers the model was trained on: model.json's "source" (every model
+    folder written by this version), else its study's study.json; None if unknown."""
+    if model_meta.get("source"):
+        return dict(model_meta["source"])
     study = model_meta.get("study")
     if not study or not (Path(study) / "study.json").is_file():
         return None
@@ -256,7 +276,10 @@ def _source_training_set(source: dict, mapper: LabelMapper) -> tuple[pd.DataFram
     rows = table
     part = "all clips"
     split_file = source.get("split_file")
-    if split_file and Path(split_file).is_file():
+    if source.get("train_speakers"):
+        rows = table[table["speaker"].astype(str).isin([str(x) for x in source["train_speakers"]])]
+        part = "the model's training speakers"
+    elif split_file and Path(split_file).is_file():
         split = Split.load(split_file, table)
         rows = split.part(table, "train")
         part = "the study's train split"
@@ -350,8 +373,9 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
                 pooled = original.pooled([str(p) for p in table["path"]], table["duration"].to_numpy(float))
                 at = table.index.get_indexer(rows.index)
                 y = rows["model_label"].map({l: i for i, l in enumerate(labels)}).to_numpy(np.int64)
-                frozen = _frozen_classifier(pooled[at], y, seed)
-                source_info["classes"] = sorted(rows["model_label"].unique().tolist())
+                frozen = fit_frozen_baseline(pooled[at], rows, y, model.normalize, seed)
+                source_info.update(classes=sorted(rows["model_label"].unique().tolist()), probe_layer=frozen.layer,
+                                   probe_C=frozen.C, probe_cv_bca=frozen.cv_bca)
 
         result = {"model": str(model_dir), "encoder": model.meta["encoder"], "labels": labels,
                   "encoder_fine_tuned": fine_tuned, "sample_rate": model.sample_rate,
@@ -391,7 +415,9 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
         return entry
     index = {l: i for i, l in enumerate(labels)}
     y = used["model_label"].map(index).to_numpy(np.int64)
-    tuned = _predict_head(model.head, feats, len(labels))
+    speakers = used["speaker"].astype(str).to_numpy()
+    head_input = normalized_features(feats, speakers, model.normalize)   # the target's own statistics
+    tuned = _predict_head(model.head, head_input, len(labels))
     entry.update(scores(y, tuned, len(labels)))
 
     predictions = pd.DataFrame({"path": used["path"].astype(str), "speaker": used["speaker"].astype(str),
@@ -399,7 +425,7 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
                                 "predicted": [labels[i] for i in tuned]})
     random_scores = []
     for s in seeds:
-        pred = _predict_head(_random_head(model, s), feats, len(labels))
+        pred = _predict_head(_random_head(model, s), head_input, len(labels))
         predictions[f"random_head_s{s}"] = [labels[i] for i in pred]
         random_scores.append(scores(y, pred, len(labels)))
     bcas = [r["bca"] for r in random_scores]
@@ -410,12 +436,15 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
     if frozen is not None:
         # Head-only models share the original encoder's features; otherwise embed with the original weights.
         base = feats if not fine_tuned else original.pooled(list(predictions["path"]), used["duration"].to_numpy(float))
-        pred = frozen.predict(base.reshape(len(base), -1))
+        pred = frozen.predict(normalized_features(base, speakers, model.normalize))
         predictions["frozen_head"] = [labels[i] for i in pred]
         s = scores(y, pred, len(labels))
         frozen_bca = s["bca"]
-        details["frozen_head"] = {**s, "classifier": "standardised features + logistic regression (class-balanced)",
-                                  "features": "original encoder weights, per-layer pooled"}
+        details["frozen_head"] = {**s, "classifier": "linear probe: logistic regression (class-balanced) on one "
+                                                     "layer's standardised features, layer and C by source speaker CV",
+                                  "layer": frozen.layer, "C": frozen.C,
+                                  "features": f"original encoder weights, per-layer pooled, normalize={model.normalize} "
+                                              "(each corpus its own statistics)"}
     entry["baselines"] = {"random_head": details["random_head"]["bca_mean"], "frozen_head": frozen_bca}
     entry["baseline_details"] = details
     entry["predictions"] = predictions.to_dict("records")

@@ -1,6 +1,7 @@
 """``python -m ser_tune.predict MODEL_DIR FILE.wav [FILE.wav ...]``: the emotion of each file.
 
-Any sample rate or channel count. A file the corpus loader would skip (missing, unreadable,
+Any sample rate or channel count. Files are predicted together: a model trained on speaker-normalised
+features takes its statistics from them (``--speakers`` says whose each file is). A file the corpus loader would skip (missing, unreadable,
 truncated, shorter than data.MIN_DURATION, silent, of an audio format that is not read) gets an
 error line naming it and the reason; the other files are still predicted (exit code 1 when any
 file failed).
@@ -12,27 +13,37 @@ import json
 import sys
 
 
-def predict_files(model, paths) -> list[dict]:
+def predict_files(model, paths, speakers=None) -> list[dict]:
+    """One row per file: its prediction, or the reason it was refused. The files that decode are
+    predicted together, so a model trained on speaker-normalised features uses their own statistics
+    (per speaker when ``speakers`` names each file's; else as one speaker)."""
     from .data import MIN_DURATION, AudioError, audio_info, load_audio
 
-    rows = []
-    for path in paths:
+    rows, waves, who = [], [], []
+    for i, path in enumerate(paths):
         try:
             audio_info(path, scan_samples=False, min_duration=MIN_DURATION)   # the loaders' header checks
-            wave = load_audio(path, model.sample_rate)                         # and their sample checks
+            waves.append(load_audio(path, model.sample_rate))                  # and their sample checks
         except AudioError as exc:
             rows.append({"file": str(path), "error": str(exc)})
             continue
-        rows.append({"file": str(path), **model.predict(wave)})
-    return rows
+        who.append(speakers[i] if speakers is not None else "speaker")
+        rows.append({"file": str(path)})
+    predicted = iter(model.predict_many(waves, who) if waves else [])
+    return [row if "error" in row else {**row, **next(predicted)} for row in rows]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ser_tune.predict", description=__doc__.splitlines()[0])
     p.add_argument("model_dir", help="an exported model folder (a study's best_model/ or train --export)")
     p.add_argument("files", nargs="+", help="audio files")
+    p.add_argument("--speakers", nargs="+", metavar="SPEAKER",
+                   help="each file's speaker, in order (for a model trained on speaker-normalised features: "
+                        "statistics per speaker; default: all files are one speaker)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    if args.speakers is not None and len(args.speakers) != len(args.files):
+        p.error(f"--speakers: {len(args.speakers)} given for {len(args.files)} files; give one per file")
     from .encoders import EncoderError
     from .training.export import ModelFolderError, load_model
     from .training.trainable import set_threads
@@ -43,7 +54,7 @@ def main(argv=None) -> int:
     except (ModelFolderError, EncoderError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rows = predict_files(model, args.files)
+    rows = predict_files(model, args.files, args.speakers)
     if args.json:
         print(json.dumps({"model": args.model_dir, "labels": model.labels, "predictions": rows}))
     else:

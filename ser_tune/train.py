@@ -67,7 +67,9 @@ def main(argv=None) -> int:
         tuner = FineTuner(settings, data, encoder_spec=resolve_spec(args.encoder), cache_root=args.cache)
         result = tuner.run(report=None if args.json else _print_epoch)
         seconds = time.perf_counter() - start
-        exported = str(tuner.export(result, args.export)) if args.export else None
+        source = {"name": corpus.name, "root": str(corpus.root), "label_map": args.label_map, "options": {},
+                  "train_speakers": split.speakers(corpus.table, "train")}
+        exported = str(tuner.export(result, args.export, source=source)) if args.export else None
     except (DataError, EncoderError, SettingsError, TrialError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

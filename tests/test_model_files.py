@@ -147,7 +147,7 @@ def test_tensor_names_outside_head_and_encoder_are_refused(trained, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(trained[2], bad)
     save_file({"optimizer.step": torch.zeros(1)}, str(bad / WEIGHTS_FILE))
-    with pytest.raises(ModelFolderError, match="'optimizer.step' is neither head"):
+    with pytest.raises(ModelFolderError, match="'optimizer.step' is not head.<name>, encoder.<name> or norm"):
         load_model(bad)
 
 

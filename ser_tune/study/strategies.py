@@ -131,7 +131,9 @@ class StrategyStudy(StudyKind):
                             cache_root=str(cache_root(exp.storage)),
                             fixed={"objective": exp.objective.metric, **dict(exp.trial)},
                             cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))), decode=decode,
-                            state_root=str(folder.state_dir(name)))
+                            state_root=str(folder.state_dir(name)),
+                            source={"name": self.corpus.name, "root": str(self.corpus.root),
+                                    "label_map": exp.corpus.label_map, "options": dict(exp.corpus.options or {})})
 
     def strategy_unit(self, folder: StudyFolder, strategy: str, fold: int, repeat: int, cluster: Cluster) -> Unit:
         exp = self.experiment

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,13 @@ from torch import nn
 from ..data import SAMPLE_RATE
 from ..encoders import SpeechEncoder, load_encoder
 from .head import EmotionHead, masked_mean
+from .normalize import FeatureNorm
 from .settings import SettingsError, TrialSettings
 
 FORMAT = "ser_tune.model/2"
 OLD_FORMATS = ("ser_tune.model/1",)      # weights in a pickle (weights.pt): never loaded
 WEIGHTS_FILE = "weights.safetensors"
-WEIGHT_GROUPS = ("head", "encoder")      # tensor name prefixes in WEIGHTS_FILE
+WEIGHT_GROUPS = ("head", "encoder", "norm")   # tensor name prefixes in WEIGHTS_FILE ("norm": feature statistics)
 REEXPORT = ("export it again with this version: run its study again, or "
             "`python -m ser_tune.train ... --export DIR`")
 
@@ -72,7 +73,7 @@ def read_weights(path: str | Path) -> dict[str, dict[str, torch.Tensor]]:
     for key, value in tensors.items():
         group, _, name = key.partition(".")
         if group not in groups or not name:
-            raise ModelFolderError(f"{path}: tensor {key!r} is neither head.<name> nor encoder.<name>")
+            raise ModelFolderError(f"{path}: tensor {key!r} is not head.<name>, encoder.<name> or norm.<name>")
         groups[group][name] = value
     return groups
 
@@ -91,6 +92,7 @@ class TunedModel:
     meta: dict
     encoder: SpeechEncoder
     head: EmotionHead
+    norm: dict = field(default_factory=dict)   # the training clips' feature statistics ("mean", "std")
 
     @property
     def labels(self) -> list[str]:
@@ -121,17 +123,46 @@ class TunedModel:
     def dimensions(self) -> list[str]:
         return list(self.meta.get("dimensions") or [])
 
+    @property
+    def normalize(self) -> str:
+        return str(self.meta.get("settings", {}).get("normalize", "none"))
+
+    def normalized(self, features: torch.Tensor, speakers=None, *, own_statistics: bool = False) -> torch.Tensor:
+        """``features`` (N, L+1, D) of clips taken together, z-scored as the model was trained: with its
+        training corpus's statistics (``corpus``; the clips' own with ``own_statistics``, e.g. another
+        corpus), or each speaker's own (``speaker``; ``speakers`` gives the clips' speakers, default:
+        one speaker)."""
+        if self.normalize == "none":
+            return features
+        speakers = ["speaker"] * len(features) if speakers is None else list(speakers)
+        reference = None if own_statistics else (self.norm["mean"].double().numpy(), self.norm["std"].double().numpy())
+        norm = FeatureNorm.fit(self.normalize, features.numpy(), speakers=speakers, rows=np.arange(len(features)),
+                               reference=reference)
+        return norm.apply(features, np.arange(len(features)))
+
+    @torch.no_grad()
+    def outputs(self, waves: list[np.ndarray], speakers=None) -> np.ndarray:
+        """Head outputs (N, outputs) of waves taken together (normalised together, see ``normalized``)."""
+        features = torch.cat([self.embed(w) for w in waves])
+        return self.head(self.normalized(features, speakers)).numpy()
+
     @torch.no_grad()
     def predict_proba(self, wave: np.ndarray) -> np.ndarray:
         if not self.n_classes:
             raise ModelFolderError("this model predicts dimensions only, not emotion categories")
-        return torch.softmax(self.head(self.embed(wave))[:, : self.n_classes], -1)[0].numpy()
+        return torch.softmax(torch.from_numpy(self.outputs([wave])[:, : self.n_classes]), -1)[0].numpy()
 
     @torch.no_grad()
     def predict(self, wave: np.ndarray) -> dict:
         """{"emotion", "probabilities"} for categories and {"dimensions": {name: value}} (the corpus's
         own scale, e.g. 1-5) for dimensional models."""
-        out = self.head(self.embed(wave))[0].numpy()
+        return self.describe_output(self.outputs([wave])[0])
+
+    def predict_many(self, waves: list[np.ndarray], speakers=None) -> list[dict]:
+        """``predict`` for clips taken together (``speaker`` normalisation uses their own statistics)."""
+        return [self.describe_output(out) for out in self.outputs(waves, speakers)]
+
+    def describe_output(self, out: np.ndarray) -> dict:
         result: dict = {}
         if self.n_classes:
             probs = np.exp(out[: self.n_classes] - out[: self.n_classes].max())
@@ -165,7 +196,9 @@ def load_model(folder: str | Path) -> TunedModel:
     load_tensors(head, weights["head"], weights_path, "the head model.json describes", complete=True)
     head.eval()
     encoder.eval()
-    return TunedModel(meta=meta, encoder=encoder, head=head)
+    if meta.get("settings", {}).get("normalize", "none") != "none" and set(weights["norm"]) != {"mean", "std"}:
+        raise ModelFolderError(f"{weights_path}: a model with normalised features needs norm.mean and norm.std")
+    return TunedModel(meta=meta, encoder=encoder, head=head, norm=weights["norm"])
 
 
 def read_meta(folder: Path) -> dict:

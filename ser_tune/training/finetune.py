@@ -33,6 +33,7 @@ from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
 from .export import save_model
 from .head import EmotionHead, masked_mean
+from .normalize import FeatureNorm
 from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
 from .settings import TrialSettings
 from .targets import Loss, Targets
@@ -202,10 +203,14 @@ class FineTuner:
         self.max_length = effective_max_length(settings.max_length, data.durations)
         self.cache = None
         self._peft: PeftPlan | None = None
+        self._norm: FeatureNorm | None = None
         if settings.features == "cache":
             if cache_root is None:
                 raise TrialError("features: cache needs a cache folder")
             self.cache = FeatureCache(cache_root, encoder_spec, spec_fingerprint(encoder_spec), self._load_encoder)
+        elif settings.normalize != "none":
+            raise TrialError(f"normalize: {settings.normalize} takes its statistics from the cached features; "
+                             "it needs 'features: cache'")
 
     # --- inputs ------------------------------------------------------------------------------
     def _load_encoder(self) -> SpeechEncoder:
@@ -223,6 +228,15 @@ class FineTuner:
 
     def _waves(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
         return pad_batch([self.clip_wave(int(i)) for i in idx])
+
+    @property
+    def norm(self) -> FeatureNorm | None:
+        """The feature normalisation of ``settings.normalize`` (see ``training.normalize``), its
+        statistics from the frozen encoder's cached features of this tuner's clips."""
+        if self._norm is None and self.s.normalize != "none":
+            self._norm = FeatureNorm.fit(self.s.normalize, self.cached_features().pooled, speakers=self.data.speakers,
+                                         rows=self.data.parts["train"])
+        return self._norm
 
     def cached_features(self) -> CachedFeatures:
         """The feature cache's entry for this tuner's clips: every layer's pooled features and, when the
@@ -530,12 +544,16 @@ class FineTuner:
                            test_bca=test_metrics.get("test_bca"), test_accuracy=test_metrics.get("test_accuracy"),
                            test_confusion=test_conf, history=state.history, seconds=dict(self.seconds),
                            cache=cache_stats, trainable_params=n_train, total_params=n_total,
-                           state={"head": kept["head"], "encoder": encoder_state if changed else {}},
+                           state={"head": kept["head"], "encoder": encoder_state if changed else {},
+                                  "norm": self.norm.tensors() if self.norm is not None else {}},
                            settings=self.s.to_dict(), test_predictions=preds, num_states=state.num_states,
                            hidden_size=state.hidden_size,
                            val_metrics=dict(best["metrics"]), test_metrics=test_metrics)
 
-    def export(self, result: "TrialResult", folder: str | Path) -> Path:
+    def export(self, result: "TrialResult", folder: str | Path, *, source: dict | None = None) -> Path:
+        """The model folder of ``result``. ``source`` ({name, root, label_map, options, train_speakers}):
+        the corpus and speakers it trained on, which cross-corpus evaluation's frozen-feature baseline
+        trains on too."""
         targets = self.targets
         return save_model(folder, state=result.state, encoder_spec=self.spec, labels=self.data.labels,
                           settings=self.s.to_dict(), num_states=result.num_states, hidden_size=result.hidden_size,
@@ -543,7 +561,7 @@ class FineTuner:
                           extra={"task": self.s.task, "dimensions": list(targets.dim_names),
                                  "peft": self._peft.to_dict() if self._peft is not None else None,
                                  "dimension_mean": targets.dim_mean.tolist(),
-                                 "dimension_std": targets.dim_std.tolist()})
+                                 "dimension_std": targets.dim_std.tolist(), "source": source})
 
     @torch.no_grad()
     def class_probabilities(self, result: "TrialResult", idx) -> np.ndarray:
@@ -616,8 +634,13 @@ class FineTuner:
                 layer.train()
 
     def pooled(self, model: TrialModel, idx, live: int | None, grad: bool) -> torch.Tensor:
-        """Per-layer pooled features (B, L+1, D) for clips ``idx``; layers >= ``live`` run live (with grad
-        if ``grad``), the rest come from the cache when there is one."""
+        """Per-layer pooled features (B, L+1, D) for clips ``idx``, normalised as ``settings.normalize``
+        says; layers >= ``live`` run live (with grad if ``grad``), the rest come from the cache."""
+        features = self.raw_pooled(model, idx, live, grad)
+        return features if self.norm is None else self.norm.apply(features, idx)
+
+    def raw_pooled(self, model: TrialModel, idx, live: int | None, grad: bool) -> torch.Tensor:
+        """``pooled`` before normalisation."""
         feats, encoder = model.feats, model.encoder
         if feats is not None and live is None:
             return torch.from_numpy(feats.pooled[idx])

@@ -4,11 +4,13 @@
 
 - ``none``: features as the encoder gives them.
 - ``corpus``: every layer's features minus the mean, over the standard deviation, of the clips the
-  model trains on (the train part; no labels). Evaluated on another corpus (cross-corpus), that
-  corpus's own statistics replace them: the usual unsupervised adaptation to a new recording setup.
+  model trains on (the train part; no labels); an exported model keeps them for ``predict``.
+  Evaluated on another corpus (cross-corpus), that corpus's own statistics replace them: the usual
+  unsupervised adaptation to a new recording setup.
 - ``speaker``: each speaker's clips z-scored with that speaker's own statistics, test speakers' included.
   This is transductive (it uses unlabelled audio of the speakers it scores), and it assumes each
-  speaker's clips span the emotions, as acted corpora do: reports that use it say both.
+  speaker's clips span the emotions, as acted corpora do: reports that use it say both. ``predict``
+  takes the statistics of the clips it is given together, per speaker when told the speakers.
 
 The statistics come from the frozen encoder's features (the feature cache). When encoder layers train,
 their features get the same fixed map (it is not re-estimated as the layers change): a fixed affine
@@ -37,27 +39,31 @@ class FeatureNorm:
     kind: str
     mean: np.ndarray             # (groups, states, dim)
     std: np.ndarray              # (groups, states, dim)
-    group_of_row: np.ndarray     # (clips,) index into the groups, per clip of the table
+    group_of_row: np.ndarray     # (clips,) index into the groups, per clip
+    reference: tuple[np.ndarray, np.ndarray]   # (states, dim) mean and std of the clips the model trains on
 
     @classmethod
-    def fit(cls, kind: str, pooled: np.ndarray, *, speakers, rows: np.ndarray) -> "FeatureNorm | None":
-        """Statistics of ``pooled`` (clips, states, dim) for ``kind``; ``rows``: the clips ``corpus``
-        statistics come from (e.g. the train part). None for ``none``."""
+    def fit(cls, kind: str, pooled: np.ndarray, *, speakers, rows: np.ndarray,
+            reference: tuple[np.ndarray, np.ndarray] | None = None) -> "FeatureNorm | None":
+        """Statistics of ``pooled`` (clips, states, dim) for ``kind``. ``reference``: the corpus statistics
+        (``corpus``) and the fallback of speakers with too few clips (``speaker``); by default those of
+        the clips ``rows`` (the train part). None for ``none``."""
         if kind not in NORMALIZE:
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZE)} (got {kind!r})")
         if kind == "none":
             return None
         pooled = np.asarray(pooled, dtype=np.float64)
-        overall = moments(pooled[np.asarray(rows)])
+        reference = moments(pooled[np.asarray(rows)]) if reference is None else reference
         if kind == "corpus":
-            return cls(kind, overall[0][None], overall[1][None], np.zeros(len(pooled), np.int64))
+            return cls(kind, reference[0][None], reference[1][None], np.zeros(len(pooled), np.int64), reference)
         names, group = np.unique(np.asarray(speakers).astype(str), return_inverse=True)
-        stats = [moments(pooled[group == g]) if (group == g).sum() >= MIN_CLIPS else overall
+        stats = [moments(pooled[group == g]) if (group == g).sum() >= MIN_CLIPS else reference
                  for g in range(len(names))]
-        return cls(kind, np.stack([m for m, _ in stats]), np.stack([s for _, s in stats]), group.astype(np.int64))
+        return cls(kind, np.stack([m for m, _ in stats]), np.stack([s for _, s in stats]),
+                   group.astype(np.int64), reference)
 
     def apply(self, features, rows):
-        """z-scored ``features`` (len(rows), states, dim) of the table's clips ``rows`` (numpy or torch)."""
+        """z-scored ``features`` (len(rows), states, dim) of the clips ``rows`` (numpy or torch)."""
         group = self.group_of_row[np.asarray(rows, dtype=np.int64)]
         mean, std = self.mean[group], self.std[group]
         if hasattr(features, "detach"):   # a torch tensor: keep it one (and its gradient path)
@@ -66,6 +72,13 @@ class FeatureNorm:
             mean = torch.as_tensor(mean, dtype=features.dtype)
             std = torch.as_tensor(std, dtype=features.dtype)
         return (features - mean) / std
+
+    def tensors(self) -> dict:
+        """What an exported model keeps: the reference statistics (the "norm" weight group)."""
+        import torch
+
+        return {"mean": torch.from_numpy(self.reference[0].astype(np.float32)),
+                "std": torch.from_numpy(self.reference[1].astype(np.float32))}
 
 
 def moments(pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,12 @@ class ProbeResult:
     test_predictions: np.ndarray | None = field(default=None, repr=False)
     seconds: float = 0.0
     grid: dict = field(default_factory=dict, repr=False)   # "layer|C" -> mean inner BCA
+    model: object = field(default=None, repr=False)       # the refit pipeline (predicts layer_features)
+
+    def predict(self, pooled: np.ndarray) -> np.ndarray:
+        """Class indices of other clips' pooled features (normalised as the probe's were)."""
+        with threadpool_limits(limits=1):
+            return self.model.predict(layer_features(pooled, self.layer))
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "C": self.C, "cv_bca": self.cv_bca, "test_bca": self.test_bca,
@@ -84,4 +90,6 @@ def linear_probe(pooled: np.ndarray, y: np.ndarray, folds, *, train: np.ndarray,
     preds = model.predict(x[test]) if len(test) else None
     test_bca = float(balanced_accuracy_score(y[test], preds)) if len(test) else None
     return ProbeResult(layer=layer, C=float(c), cv_bca=best, test_bca=test_bca, test_predictions=preds,
-                       seconds=time.perf_counter() - start, grid={f"{k[0]}|{k[1]:g}": v for k, v in grid.items()})
+                       seconds=time.perf_counter() - start, grid={f"{k[0]}|{k[1]:g}": v for k, v in grid.items()},
+                       model=model)
+

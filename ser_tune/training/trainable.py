@@ -41,11 +41,19 @@ class StudyContext:
     cpus_per_trial: int = 1
     decode: Callable[[dict], dict] | None = None        # raw searcher config -> settings (gp's float relaxation)
     state_root: str | None = None                       # per-trial epoch state, on the study's shared storage
+    source: dict | None = None                          # the corpus, for exported models (see FineTuner.export)
 
     def settings_for(self, config: dict) -> TrialSettings:
         values = dict(self.fixed)
         values.update(self.decode(config) if self.decode is not None else config)
         return TrialSettings.from_config(values)
+
+    def model_source(self, fold: int) -> dict | None:
+        """``source`` with the training speakers of inner fold ``fold``."""
+        if self.source is None:
+            return None
+        speakers = self.table.loc[(self.assignments[fold] == "train").to_numpy(), "speaker"].astype(str)
+        return {**self.source, "train_speakers": sorted(speakers.unique())}
 
     def fold_data(self, *, refit: bool = False) -> list[TrialData]:
         return [TrialData.from_table(self.table, a, self.labels, audio=worker_audio(), refit=refit)
@@ -94,7 +102,7 @@ def run_trial(config: dict, context: StudyContext) -> None:
     final = {**log.last(), **result.metrics(), **run.timing(), **searched_settings(context, config, settings),
              "reports": str(log.path), TRIAL_COMPLETE: True}
     if len(run.tuners) == 1:   # the trial's own model: what the study exports when it stands for the study
-        run.tuners[0].export(result.results[0], state_dir / "model")
+        run.tuners[0].export(result.results[0], state_dir / "model", source=context.model_source(0))
         final["model_dir"] = str(state_dir / "model")
     tune.report(final)
 
@@ -117,7 +125,7 @@ def run_refit(config: dict, context: StudyContext) -> None:
         tuner.save_state(state, state_dir)
         log.append(dict(state.history[-1]))
     result = tuner.finish(state)
-    tuner.export(result, state_dir / "model")
+    tuner.export(result, state_dir / "model", source=context.model_source(0))
     tune.report({**log.last(), **result.test_metrics, **tuner.timing(), "model_dir": str(state_dir / "model"),
                  "best_epoch": result.best_epoch, "trainable_params": result.trainable_params,
                  "total_params": result.total_params, **searched_settings(context, config, settings),

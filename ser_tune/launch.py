@@ -15,6 +15,7 @@ EPILOG = """examples:
   python -m ser_tune.launch experiments/emodb.yaml --strategies tpe gp --trials 15
   python -m ser_tune.launch experiments/emodb.yaml --address auto   # on a running Ray cluster
   python -m ser_tune.launch experiments/emodb.yaml --resume         # continue the latest interrupted study
+  python -m ser_tune.launch experiments/emodb.yaml --cv-folds 4 --outer-folds 5 --repeats 10
 """
 
 
@@ -26,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, help="trial budget per strategy")
     p.add_argument("--minutes", type=float, help="optional time budget per strategy")
     p.add_argument("--concurrency", type=int, help="max concurrent trials per strategy")
+    p.add_argument("--repeats", type=int, help="independent runs of every strategy (budget.repeats)")
+    p.add_argument("--cv-folds", type=int, help="speaker folds each trial is scored on (objective.cv_folds)")
+    p.add_argument("--outer-folds", type=int, help="outer folds of test speakers (evaluation.outer_folds)")
     p.add_argument("--seed", type=int)
     add_common_arguments(p)
     p.add_argument("--ray-verbose", type=int, choices=(0, 1, 2), default=0,
@@ -40,7 +44,8 @@ def load(args):
 
     overrides = {"strategies": args.strategies, "budget.trials": args.trials, "budget.minutes": args.minutes,
                  "resources.cpus_per_trial": args.cpus_per_trial, "concurrency": args.concurrency,
-                 "storage": args.storage, "seed": args.seed}
+                 "storage": args.storage, "seed": args.seed, "budget.repeats": args.repeats,
+                 "objective.cv_folds": args.cv_folds, "evaluation.outer_folds": args.outer_folds}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
         exp = load_experiment(args.config) if args.config else default_experiment()
@@ -67,7 +72,8 @@ def main(argv=None) -> int:
     from .study.strategies import StrategyStudy
 
     verbose = 0 if args.json else args.ray_verbose
-    outcome = run_study_cli(StrategyStudy(exp), exp, args, verbose=verbose)
+    outcome = run_study_cli(StrategyStudy(exp), args, name=exp.name, storage=exp.storage, resources=exp.resources,
+                            verbose=verbose)
     folder = outcome.folder
     if exp.crosscorpus and not outcome.interrupted:
         run_crosscorpus(folder, exp)

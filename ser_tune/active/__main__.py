@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     from .study import ActiveStudy
 
     active = cfg.active
-    outcome = run_study_cli(ActiveStudy(cfg), cfg.experiment, args)
+    exp = cfg.experiment
+    outcome = run_study_cli(ActiveStudy(cfg), args, name=exp.name, storage=exp.storage, resources=exp.resources)
     if outcome.interrupted:
         return finish_cli(outcome, {"study_dir": str(outcome.folder.dir), "status": "interrupted"})
     summary = write_results(outcome.folder.dir, meta=outcome.folder.meta)

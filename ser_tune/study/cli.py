@@ -32,8 +32,9 @@ class Outcome:
     json_out: object | None      # the real stdout with --json
 
 
-def run_study_cli(kind: StudyKind, experiment, args, *, verbose: int = 0) -> Outcome:
-    """Run (or resume) a study from the command line; exits with status 2 on bad input."""
+def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbose: int = 0) -> Outcome:
+    """Run (or resume) a study of ``name`` under ``storage`` from the command line (``args``: the common
+    arguments); exits with status 2 on bad input."""
     json_out = keep_stdout_for_json() if args.json else None
     folder = None
 
@@ -44,13 +45,11 @@ def run_study_cli(kind: StudyKind, experiment, args, *, verbose: int = 0) -> Out
         fail(message)
 
     try:
-        folder = open_folder(experiment, args.resume)
+        folder = open_folder(storage, name, args.resume)
         print(f"study folder: {folder.dir}", flush=True)
         kind.prepare(folder)
-        local = not (args.address or os.environ.get("RAY_ADDRESS"))
-        if local:   # a local Ray would have this machine's CPUs: say so before starting it
-            kind.check_cluster(Cluster(cpus=os.cpu_count() or 1, largest_node=os.cpu_count() or 1, nodes=1,
-                                       dashboard=None))
+        if not (args.address or os.environ.get("RAY_ADDRESS")):
+            kind.check_cluster(local_cluster())   # say so before starting a local Ray
         cluster = start_ray(args.address, quiet=args.json, token_dir=folder.dir)
         kind.check_cluster(cluster)
     except INPUT_ERRORS as exc:
@@ -59,19 +58,49 @@ def run_study_cli(kind: StudyKind, experiment, args, *, verbose: int = 0) -> Out
         token = f" (token: {cluster.token_file})" if cluster.token_file else ""
         print(f"Ray dashboard: {cluster.dashboard}{token}", flush=True)
     folder.meta["machine"].update(nodes=cluster.nodes, cluster_cpus=cluster.cpus)
-    interrupted = run_until_interrupted(kind, folder, cluster, experiment, verbose, fail_before_trials)
+    interrupted = run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials)
+    stop_ray()
     return Outcome(folder=folder, cluster=cluster, interrupted=interrupted, json_out=json_out)
 
 
-def open_folder(experiment, resume: str | None) -> StudyFolder:
+def run_in_process(kind: StudyKind, *, name: str, storage, resources) -> StudyFolder:
+    """Run a new study in this process on a local Ray (a library call, not a command line: bad input
+    and interrupts raise)."""
+    folder = StudyFolder.create(storage, name)
+    kind.prepare(folder)
+    kind.check_cluster(local_cluster())
+    cluster = start_ray(None, quiet=True, token_dir=folder.dir)
+    try:
+        kind.encode(folder)
+        run_study(kind, folder, cluster, resources=trial_resources(resources))
+    finally:
+        stop_ray()
+    return folder
+
+
+def stop_ray() -> None:
+    """Shut Ray down once the units are done, before the report: the driver stops listening to the
+    workers first, so their own shutdown (a SystemExit each) prints nothing on the user's terminal."""
+    import ray
+
+    ray.shutdown()
+
+
+def local_cluster() -> Cluster:
+    """What a local Ray would have: this machine's CPUs."""
+    cpus = os.cpu_count() or 1
+    return Cluster(cpus=cpus, largest_node=cpus, nodes=1, dashboard=None)
+
+
+def open_folder(storage, name: str, resume: str | None) -> StudyFolder:
     if resume == "latest":
-        return StudyFolder.latest(experiment.storage, experiment.name)
+        return StudyFolder.latest(storage, name)
     if resume:
         return StudyFolder.open(Path(resume))
-    return StudyFolder.create(experiment.storage, experiment.name)
+    return StudyFolder.create(storage, name)
 
 
-def run_until_interrupted(kind, folder, cluster, experiment, verbose, fail_before_trials) -> str | None:
+def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials) -> str | None:
     previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:
         try:
@@ -79,7 +108,7 @@ def run_until_interrupted(kind, folder, cluster, experiment, verbose, fail_befor
         except (EncoderError, DataError, OSError) as exc:
             fail_before_trials(str(exc))
         print(f"shared encode (frozen features, once per study): {seconds:.1f} s", flush=True)
-        run_study(kind, folder, cluster, resources=trial_resources(experiment.resources), verbose=verbose)
+        run_study(kind, folder, cluster, resources=trial_resources(resources), verbose=verbose)
         return None
     except StudyInterrupted as exc:
         return str(exc)

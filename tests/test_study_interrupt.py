@@ -1,0 +1,118 @@
+"""A local study is closed (loopback only, token on the job API), and an interrupt never passes for a
+finished study: Ctrl-C exits non-zero, study.json says interrupted, --resume spends every budget."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET = 3
+
+
+def _config(tmp_path: Path) -> Path:
+    raw = {
+        "name": "t",
+        "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"), "options": {"clips_per_cell": 2}},
+        "split": {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0},
+        "encoder": "tiny-whisper",
+        # a trained top layer makes each trial last a few seconds: long enough to be cut off
+        "trial": {"unfreeze": "top:1", "max_length": 1.0, "batch_size": 8},
+        "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [8, 10]}},
+        "strategies": ["tpe", "random"],
+        "budget": {"trials": BUDGET},
+        "storage": str(tmp_path / "studies"),
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _wait_for(condition, what: str, timeout: float = 300.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _listening(pid: int) -> list[str]:
+    """Addresses the process tree of ``pid`` listens on (TCP)."""
+    tree = {pid} | {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    return [c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in tree]
+
+
+def _get(url: str, token: str | None) -> int:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _finished_trials(studies: Path) -> int:
+    logs = list(studies.glob("t-*/tpe/*/result.json"))
+    return sum('"trial_complete": true' in p.read_text() for p in logs)
+
+
+def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(tmp_path):
+    cfg = _config(tmp_path)
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1"], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        line = _wait_for(lambda: re.search(r"Ray dashboard: (\S+) \(token: (\S+)\)", log.read_text()), "the dashboard")
+        url, token = line.group(1), Path(line.group(2)).read_text().strip()
+        _wait_for(lambda: _finished_trials(tmp_path / "studies") >= 1, "a finished trial")
+        # every process of the local Ray listens on loopback only
+        addresses = _listening(proc.pid)
+        assert addresses and all(ipaddress.ip_address(a.split("%")[0].replace("::ffff:", "")).is_loopback
+                                 for a in addresses), addresses
+        # the job API (code execution for whoever may call it) wants the study's token
+        assert _get(f"{url}/api/jobs/", None) == 401
+        assert _get(f"{url}/api/jobs/", "not-the-token") in (401, 403)
+        assert _get(f"{url}/api/jobs/", token) == 200
+        os.killpg(proc.pid, signal.SIGINT)    # Ctrl-C: the whole foreground process group
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc != 0, log.read_text()[-3000:]
+    study = next((tmp_path / "studies").glob("t-*"))
+    meta = json.loads((study / "study.json").read_text())
+    assert meta["status"] == "interrupted"
+    assert any(u["status"] == "interrupted" for u in meta["units"].values())
+    assert "Traceback" not in log.read_text()
+
+    run = subprocess.run([sys.executable, "-m", "ser_tune.launch", str(cfg), "--resume", str(study), "--json"],
+                         cwd=REPO, text=True, capture_output=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout)
+    assert out["status"] == "done" and out["incomplete"] == []
+    trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
+    epochs = pd.read_csv(study / "epochs.csv", dtype={"trial_id": str})
+    for strategy in ("tpe", "random"):
+        rows = trials[trials.unit == strategy]
+        assert len(rows) == BUDGET and rows.trial_id.is_unique and (rows.status == "TERMINATED").all()
+        for trial in rows.itertuples():
+            # every epoch of every trial is kept, also those before the interruption
+            assert sorted(epochs[epochs.trial_id == trial.trial_id].epoch) == list(range(1, int(trial.cfg_num_epochs) + 1))

@@ -1,0 +1,93 @@
+"""Repeated runs and outer folds end to end: the units a study runs, what --json carries, and that repeats
+differ by their searcher seed and agree when it is the same."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _study(tmp_path: Path, name: str, **changes) -> dict:
+    raw = {
+        "name": name,
+        "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"), "options": {"clips_per_cell": 2}},
+        "split": {"kind": "speaker", "val_speakers": 1, "test_speakers": 2, "seed": 0},
+        "encoder": "tiny-whisper",
+        "trial": {"unfreeze": "none", "max_length": 1.0, "num_epochs": 3},
+        "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "dropout": {"uniform": [0.0, 0.5]}},
+        "strategies": ["tpe", "random"],
+        "budget": {"trials": 3, "repeats": 2},
+        "concurrency": 1,
+        "storage": str(tmp_path / "studies"),
+        "thresholds": [0.3, 0.9],
+        **changes,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = subprocess.run([sys.executable, "-m", "ser_tune.launch", str(path), "--json"], cwd=REPO, text=True,
+                         capture_output=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout)
+
+
+def _configs(study_dir: str, unit: str) -> list[tuple]:
+    trials = pd.read_csv(Path(study_dir) / "trials.csv")
+    rows = trials[trials.unit == unit].sort_values("trial_index")
+    return list(zip(rows.cfg_lr.round(12), rows.cfg_dropout.round(12)))
+
+
+def test_repeats_differ_by_seed_agree_with_it_and_carry_ert_and_verdicts(tmp_path):
+    first = _study(tmp_path, "a")
+    again = _study(tmp_path, "b")
+    for strategy in ("tpe", "random"):
+        assert _configs(first["study_dir"], f"{strategy}-r0") != _configs(first["study_dir"], f"{strategy}-r1")
+        for repeat in (0, 1):   # the same searcher seed, the same trials
+            unit = f"{strategy}-r{repeat}"
+            assert _configs(first["study_dir"], unit) == _configs(again["study_dir"], unit)
+    tpe = first["strategies"]["tpe"]
+    assert tpe["repeats"] == 2 and tpe["runs"] == 2
+    assert set(tpe["ert"]) == {"0.3", "0.9"}
+    for ert in tpe["ert"].values():
+        assert {"seconds", "low", "high", "trials", "success_rate"} <= set(ert)
+        assert 0 <= ert["success_rate"] <= 1
+    assert "random" in tpe["verdict"]
+    # the held-out figures and the baselines beside them, on the study's one fold
+    assert len(first["outer_folds"]) == 1
+    assert first["baselines"]["probe"]["folds"][0] is not None
+    assert first["baselines"]["default"]["folds"][0] is not None
+    assert tpe["nested_test_bca"]["mean"] == pytest.approx(tpe["nested_test_bca"]["folds"][0])
+    report = (Path(first["study_dir"]) / "report.md").read_text()
+    assert "## Repeated runs" in report and "## Speakers the search never heard" in report
+    assert (Path(first["study_dir"]) / "plots" / "runtime_ecdf.png").is_file()
+
+
+def test_outer_folds_and_cross_validated_trials_test_every_speaker_once(tmp_path):
+    out = _study(tmp_path, "nested", budget={"trials": 2}, strategies=["random"],
+                 objective={"metric": "val_bca", "mode": "max", "cv_folds": 2},
+                 evaluation={"outer_folds": 2})
+    study = Path(out["study_dir"])
+    meta = json.loads((study / "study.json").read_text())
+    tested = [s for fold in out["outer_folds"] for s in fold["test_speakers"]]
+    assert sorted(tested) == sorted(set(tested)) and len(tested) == meta["corpus"]["speakers"]
+    assert set(meta["units"]) == {"default-f0", "random-f0", "default-f1", "random-f1", "refit"}
+    trials = pd.read_csv(study / "trials.csv")
+    search = trials[trials.unit.str.startswith("random")]
+    # each trial's objective is the mean over its two inner folds, with each fold's value kept
+    for row in search.itertuples():
+        folds = json.loads(row.val_bca_folds)
+        assert len(folds) == 2 and row.val_bca == pytest.approx(sum(folds) / 2)
+    nested = out["strategies"]["random"]["nested_test_bca"]
+    assert len(nested["folds"]) == 2 and None not in nested["folds"]
+    assert out["best_model"] and (Path(out["best_model"]) / "model.json").is_file()
+    exported = json.loads((Path(out["best_model"]) / "model.json").read_text())
+    # refit on every speaker: the exported model's training speakers are all of them
+    assert sorted(exported["source"]["train_speakers"]) == sorted(tested)

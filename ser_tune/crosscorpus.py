@@ -363,19 +363,7 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
         cache = Path(cache_root or (source or {}).get("cache_root") or tmp)
         original = OriginalFeatures(model.meta["encoder"], model.sample_rate, model.max_length, cache)
         fine_tuned = _encoder_fine_tuned(model, original.encoder())
-        frozen, source_info = None, None
-        if source is not None:
-            table, rows, source_info = _source_training_set(source, mapper)
-            if rows["model_label"].nunique() < 2:
-                notes.append(f"frozen-feature baseline skipped: the source has {rows['model_label'].nunique()} "
-                             "class(es) in the model's labels")
-            else:
-                pooled = original.pooled([str(p) for p in table["path"]], table["duration"].to_numpy(float))
-                at = table.index.get_indexer(rows.index)
-                y = rows["model_label"].map({l: i for i, l in enumerate(labels)}).to_numpy(np.int64)
-                frozen = fit_frozen_baseline(pooled[at], rows, y, model.normalize, seed)
-                source_info.update(classes=sorted(rows["model_label"].unique().tolist()), probe_layer=frozen.layer,
-                                   probe_C=frozen.C, probe_cv_bca=frozen.cv_bca)
+        frozen, source_info = source_baseline(model, source, mapper, original, seed, notes)
 
         result = {"model": str(model_dir), "encoder": model.meta["encoder"], "labels": labels,
                   "encoder_fine_tuned": fine_tuned, "sample_rate": model.sample_rate,
@@ -392,6 +380,26 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
+
+
+def source_baseline(model, source: dict | None, mapper: LabelMapper, original: "OriginalFeatures", seed: int,
+                    notes: list[str]):
+    """(the frozen-feature baseline fitted on the source, the source's description), or (None, ...)
+    with a note saying why there is none."""
+    if source is None:
+        return None, None
+    table, rows, info = _source_training_set(source, mapper)
+    if rows["model_label"].nunique() < 2:
+        notes.append(f"frozen-feature baseline skipped: the source has {rows['model_label'].nunique()} "
+                     "class(es) in the model's labels")
+        return None, info
+    pooled = original.pooled([str(p) for p in table["path"]], table["duration"].to_numpy(float))
+    at = table.index.get_indexer(rows.index)
+    y = rows["model_label"].map({label: i for i, label in enumerate(mapper.labels)}).to_numpy(np.int64)
+    frozen = fit_frozen_baseline(pooled[at], rows, y, model.normalize, seed)
+    info.update(classes=sorted(rows["model_label"].unique().tolist()), probe_layer=frozen.layer, probe_C=frozen.C,
+                probe_cv_bca=frozen.cv_bca)
+    return frozen, info
 
 
 def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds, embedded: dict) -> dict:

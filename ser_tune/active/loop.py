@@ -114,6 +114,31 @@ class LoopResult:
         return np.concatenate(self.selected) if self.selected else np.zeros(0, np.int64)
 
 
+def pool_probabilities(tuner: FineTuner, result: TrialResult, pool: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """Class probabilities of the pool's unlabelled clips under the last round's model (uniform for the
+    labelled ones, which are never picked again)."""
+    classes = len(tuner.data.labels)
+    rest = np.flatnonzero(~labelled)
+    probs = np.full((len(pool), classes), 1.0 / classes)
+    probs[rest] = tuner.class_probabilities(result, pool[rest])
+    return probs
+
+
+def round_row(r: int, rounds: int, target: float, labelled: np.ndarray, picked: np.ndarray, pool: np.ndarray,
+              data: TrialData, result: TrialResult, select_seconds: float, fit_seconds: float,
+              cumulative: float) -> dict:
+    """What a trial reports after round ``r``."""
+    return {"round": r, "rounds": rounds, "labelled_count": int(labelled.sum()),
+            "labelled_fraction": float(labelled.sum() / len(pool)), "target_fraction": float(target),
+            "pool_size": int(len(pool)), "added": int(len(picked)),
+            "classes_labelled": int(len(np.unique(data.y[pool[labelled]]))),
+            "val_bca": result.val_bca, "test_bca": result.test_bca, "test_accuracy": result.test_accuracy,
+            "best_epoch": result.best_epoch, "train_seconds": result.seconds["train"],
+            "load_seconds": result.seconds["load"], "encode_seconds": result.seconds["encode"],
+            "select_seconds": select_seconds, "fit_seconds": fit_seconds,
+            "round_seconds": select_seconds + fit_seconds, "cumulative_seconds": cumulative}
+
+
 def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cache_root: str | Path,
              acquisition: str, fractions: list[float], cold_start: str = "random", reinit: bool = True,
              seed: int = 0, report: Callable[[dict], None] | None = None,
@@ -131,15 +156,11 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
     targets = [1.0] if acquisition == FULL else list(fractions)[:len(counts)]
     rng = np.random.default_rng(seed)
     labelled = np.zeros(len(pool), bool)
-    needs_embeddings = acquisition != FULL and (
-        cold_start == "kmeans" or ACQUISITIONS[acquisition].needs == "embeddings")
-    embeddings = None
-    embed_seconds = 0.0
-    if needs_embeddings:
-        t0 = time.perf_counter()
-        embeddings = pool_embeddings(data, pool, encoder_spec=encoder_spec, cache_root=cache_root, settings=settings,
-                                     encoder_loader=encoder_loader)
-        embed_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    embeddings = pool_embeddings(data, pool, encoder_spec=encoder_spec, cache_root=cache_root, settings=settings,
+                                 encoder_loader=encoder_loader) if acquisition != FULL and (
+        cold_start == "kmeans" or ACQUISITIONS[acquisition].needs == "embeddings") else None
+    embed_seconds = time.perf_counter() - t0 if embeddings is not None else 0.0
 
     rows: list[dict] = []
     selected: list[np.ndarray] = []
@@ -155,11 +176,8 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
             picked = select(cold_start, k, embeddings=embeddings, labelled_mask=labelled, rng=rng) \
                 if cold_start == "kmeans" else select("random", k, labelled_mask=labelled, rng=rng)
         else:
-            probs = None
-            if ACQUISITIONS[acquisition].needs == "probs":
-                rest = np.flatnonzero(~labelled)
-                probs = np.full((len(pool), len(data.labels)), 1.0 / len(data.labels))
-                probs[rest] = tuner.class_probabilities(result, pool[rest])
+            probs = pool_probabilities(tuner, result, pool, labelled) \
+                if ACQUISITIONS[acquisition].needs == "probs" else None
             picked = select(acquisition, k, probs=probs, embeddings=embeddings, labelled_mask=labelled, rng=rng)
         if labelled[picked].any() or len(set(picked.tolist())) != len(picked):
             raise LoopError(f"round {r}: {acquisition} picked a clip twice")     # select() guarantees it
@@ -168,27 +186,14 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
         if on_select is not None:
             on_select(r, pool[picked])
         select_seconds = time.perf_counter() - t0 + (embed_seconds if r == 1 else 0.0)
-
         t1 = time.perf_counter()
-        round_data = dataclasses.replace(data, parts={"train": pool[labelled], "val": data.parts["val"],
-                                                      "test": data.parts["test"]})
-        init_state = None if (reinit or result is None) else result.state
-        tuner = FineTuner(settings, round_data, encoder_spec=encoder_spec, cache_root=cache_root,
-                          encoder_loader=encoder_loader)
-        result = tuner.run(init_state=init_state)
+        tuner = FineTuner(settings, dataclasses.replace(data, parts={**data.parts, "train": pool[labelled]}),
+                          encoder_spec=encoder_spec, cache_root=cache_root, encoder_loader=encoder_loader)
+        result = tuner.run(init_state=None if (reinit or result is None) else result.state)
         fit_seconds = time.perf_counter() - t1
-        round_seconds = select_seconds + fit_seconds
-        cumulative += round_seconds
-        row = {"round": r, "rounds": len(counts), "labelled_count": int(labelled.sum()),
-               "labelled_fraction": float(labelled.sum() / len(pool)), "target_fraction": float(target),
-               "pool_size": int(len(pool)), "added": int(len(picked)),
-               "classes_labelled": int(len(np.unique(data.y[pool[labelled]]))),
-               "val_bca": result.val_bca, "test_bca": result.test_bca, "test_accuracy": result.test_accuracy,
-               "best_epoch": result.best_epoch, "train_seconds": result.seconds["train"],
-               "load_seconds": result.seconds["load"], "encode_seconds": result.seconds["encode"],
-               "select_seconds": select_seconds, "fit_seconds": fit_seconds, "round_seconds": round_seconds,
-               "cumulative_seconds": cumulative}
-        rows.append(row)
+        cumulative += select_seconds + fit_seconds
+        rows.append(round_row(r, len(counts), target, labelled, picked, pool, data, result,
+                              select_seconds, fit_seconds, cumulative))
         if report is not None:
-            report(dict(row))
+            report(dict(rows[-1]))
     return LoopResult(rounds=rows, selected=selected, pool=pool, result=result)

@@ -333,17 +333,12 @@ def pretrain(encoder_spec: str, waves: list[np.ndarray], settings: TaptSettings,
     """Run TAPT on ``waves`` (mono float32) and save the adapted encoder to ``out_dir`` (written to a
     temporary sibling, then renamed). ``out_dir`` must not exist or be empty."""
     import torch
-    from transformers.optimization import get_linear_schedule_with_warmup
 
     from ser_tune.encoders import resolve_spec
 
     check_tapt_supported(encoder_spec)
     spec = resolve_spec(encoder_spec)
-    if isinstance(settings, dict):
-        settings = TaptSettings.from_dict(settings)
-    if not isinstance(settings, TaptSettings):
-        raise TaptError(f"TAPT settings must be TaptSettings or a mapping, got {type(settings).__name__}")
-    settings = TaptSettings.from_dict(settings.to_dict())   # validate fields set directly
+    settings = checked_settings(settings)
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise TaptError(f"TAPT output folder {out_dir} already exists and is not empty")
@@ -352,72 +347,88 @@ def pretrain(encoder_spec: str, waves: list[np.ndarray], settings: TaptSettings,
     start = time.perf_counter()
     model, source_config, fe, fresh, notes = _load_pretraining_model(spec, settings)
     do_normalize = bool(getattr(fe, "do_normalize", True))
-    min_frames = 2 * settings.mask_length   # two mask spans fit, so each clip has >= 2 masked frames
+    usable = usable_clips(model, spec, waves, settings, do_normalize, notes)
+    with torch.random.fork_rng():
+        torch.manual_seed(settings.seed)
+        eval_batch = _Batches(model, usable, settings, do_normalize, settings.seed + 1).next()
+        if settings.freeze_feature_encoder:
+            model.freeze_feature_encoder()
+        eval_before = fixed_batch_loss(model, eval_batch)
+        losses = train_steps(model, _Batches(model, usable, settings, do_normalize, settings.seed), settings, spec)
+        eval_after = fixed_batch_loss(model, eval_batch)
+    seconds = time.perf_counter() - start
+    log.info("TAPT %s: %d steps in %.1f s, loss %.3f -> %.3f (fixed batch %.3f -> %.3f)", spec, settings.steps,
+             seconds, losses[0], losses[-1], eval_before, eval_after)
+    info = {"version": TAPT_VERSION, "source_spec": spec, "settings": settings.to_dict(),
+            "sample_rate": MODEL_SAMPLE_RATE, "n_clips": len(waves), "n_clips_used": len(usable),
+            "audio_seconds": round(float(sum(len(w) for w in usable)) / MODEL_SAMPLE_RATE, 3), "losses": losses,
+            "eval_loss_before": eval_before, "eval_loss_after": eval_after, "seconds": seconds,
+            "fresh_parameters": fresh, "notes": notes, **(extra_info or {})}
+    _save(model, source_config, fe, info, out_dir)
+    return TaptResult(spec=f"hf:{out_dir}", folder=out_dir, losses=losses, seconds=seconds, reused=False,
+                      eval_loss_before=eval_before, eval_loss_after=eval_after, info=info)
+
+
+def checked_settings(settings) -> TaptSettings:
+    """TaptSettings (or a mapping of them), every field checked (also fields set directly)."""
+    if isinstance(settings, dict):
+        settings = TaptSettings.from_dict(settings)
+    if not isinstance(settings, TaptSettings):
+        raise TaptError(f"TAPT settings must be TaptSettings or a mapping, got {type(settings).__name__}")
+    return TaptSettings.from_dict(settings.to_dict())
+
+
+def usable_clips(model, spec: str, waves: list[np.ndarray], settings: TaptSettings, do_normalize: bool,
+                 notes: list[str]) -> list[np.ndarray]:
+    """The clips long enough for two mask spans (so each has >= 2 masked frames); a note says how many
+    were left out."""
+    min_frames = 2 * settings.mask_length
     probe = _Batches(model, waves, settings, do_normalize, settings.seed)
     usable = [w for w in waves if probe.frames(min(len(w), probe.max_samples)) >= min_frames]
     if not usable:
         longest = max(len(w) for w in waves) / MODEL_SAMPLE_RATE
         raise TaptError(f"TAPT on '{spec}': every clip is too short for mask_length {settings.mask_length} "
-                        f"(needs {min_frames} frames; longest clip {longest:.2f} s, "
-                        f"max_length {settings.max_length} s)")
+                        f"(needs {min_frames} frames; longest clip {longest:.2f} s, max_length {settings.max_length} s)")
     if len(usable) < len(waves):
         notes.append(f"{len(waves) - len(usable)} clips shorter than 2 x mask_length frames left out")
         log.info("TAPT %s: %s", spec, notes[-1])
+    return usable
 
-    with torch.random.fork_rng():
-        torch.manual_seed(settings.seed)
-        eval_batch = _Batches(model, usable, settings, do_normalize, settings.seed + 1).next()
-        batches = _Batches(model, usable, settings, do_normalize, settings.seed)
-        if settings.freeze_feature_encoder:
-            model.freeze_feature_encoder()
-        model.eval()
-        with torch.no_grad():
-            eval_before = float(_batch_loss(model, eval_batch))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * settings.steps),
-                                                    settings.steps)
-        losses: list[float] = []
-        model.train()
-        for step in range(settings.steps):
-            frac = step / max(1, settings.steps - 1)
-            model.set_gumbel_temperature(settings.gumbel_start * (settings.gumbel_end / settings.gumbel_start) ** frac)
-            loss = _batch_loss(model, batches.next())
-            if not torch.isfinite(loss):
-                raise TaptError(f"TAPT on '{spec}': loss became {float(loss)} at step {step + 1} "
-                                f"(lower tapt lr, now {settings.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-        model.eval()
-        with torch.no_grad():
-            eval_after = float(_batch_loss(model, eval_batch))
-    seconds = time.perf_counter() - start
-    log.info("TAPT %s: %d steps in %.1f s, loss %.3f -> %.3f (fixed batch %.3f -> %.3f)", spec, settings.steps,
-             seconds, losses[0], losses[-1], eval_before, eval_after)
 
-    info = {
-        "version": TAPT_VERSION,
-        "source_spec": spec,
-        "settings": settings.to_dict(),
-        "sample_rate": MODEL_SAMPLE_RATE,
-        "n_clips": len(waves),
-        "n_clips_used": len(usable),
-        "audio_seconds": round(float(sum(len(w) for w in usable)) / MODEL_SAMPLE_RATE, 3),
-        "losses": losses,
-        "eval_loss_before": eval_before,
-        "eval_loss_after": eval_after,
-        "seconds": seconds,
-        "fresh_parameters": fresh,
-        "notes": notes,
-        **(extra_info or {}),
-    }
-    _save(model, source_config, fe, info, out_dir)
-    return TaptResult(spec=f"hf:{out_dir}", folder=out_dir, losses=losses, seconds=seconds, reused=False,
-                      eval_loss_before=eval_before, eval_loss_after=eval_after, info=info)
+def fixed_batch_loss(model, batch) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return float(_batch_loss(model, batch))
+
+
+def train_steps(model, batches: "_Batches", settings: TaptSettings, spec: str) -> list[float]:
+    """``settings.steps`` optimiser steps of the contrastive objective (AdamW, linear warm-up and decay,
+    the Gumbel temperature annealed geometrically); returns each step's loss."""
+    import torch
+    from transformers.optimization import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_fraction * settings.steps),
+                                                settings.steps)
+    losses: list[float] = []
+    model.train()
+    for step in range(settings.steps):
+        frac = step / max(1, settings.steps - 1)
+        model.set_gumbel_temperature(settings.gumbel_start * (settings.gumbel_end / settings.gumbel_start) ** frac)
+        loss = _batch_loss(model, batches.next())
+        if not torch.isfinite(loss):
+            raise TaptError(f"TAPT on '{spec}': loss became {float(loss)} at step {step + 1} "
+                            f"(lower tapt lr, now {settings.lr})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def _prepare_waves(spec: str, waves: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:

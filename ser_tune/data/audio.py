@@ -7,12 +7,16 @@ import os
 import struct
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
 from .errors import AudioError, DataError
+
+if TYPE_CHECKING:   # annotations only: loading a corpus does not import torch
+    import torch
 
 SILENCE_PEAK = 1e-6   # a file whose peak |sample| stays below this is treated as silent
 _BLOCK = 1 << 16      # frames read at a time when scanning a file's samples

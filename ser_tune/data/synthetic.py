@@ -152,10 +152,19 @@ def _resonator(freq: float, bw: float, sr: int) -> tuple[np.ndarray, np.ndarray]
 
 def _synthesise(p: dict, speaker: Speaker, text: str, duration: float, sr: int,
                 rng: np.random.Generator) -> np.ndarray:
+    # The steps draw from ``rng`` in this order: changing it changes every generated corpus.
     n = int(round(duration * sr))
     t = np.arange(n) / sr
-    # Syllable plan: the text fixes the vowel sequence and relative lengths; the clip fills its
-    # duration with syllables at the emotion's rate (cycling the text), after a short lead-in.
+    plan = _syllable_plan(p, text, duration, rng)
+    phase, f0 = _pitch(p, speaker, plan, t, n, sr, rng)
+    source = _glottal_source(p, speaker, phase, f0, n, sr, rng)
+    out = _syllables(source, plan, speaker, n, sr, rng)
+    return _leveled(out, p, speaker, n, rng)
+
+
+def _syllable_plan(p: dict, text: str, duration: float, rng: np.random.Generator) -> dict:
+    """The text fixes the vowel sequence and relative lengths; the clip fills its duration with
+    syllables at the emotion's rate (cycling the text), after a short lead-in."""
     text_rng = np.random.default_rng(TEXTS.index(text) if text in TEXTS else 0)
     vowels = text_rng.integers(len(VOWELS), size=8)
     rel = text_rng.uniform(0.7, 1.3, size=8)
@@ -172,49 +181,60 @@ def _synthesise(p: dict, speaker: Speaker, text: str, duration: float, sr: int,
         k += 1
     if not onsets:   # a very short clip still gets one syllable
         onsets, lengths, idx = [lead], [duration - lead - 0.03], [0]
+    return {"vowels": vowels, "stressed": stressed, "lead": lead, "onsets": onsets, "lengths": lengths, "idx": idx}
 
-    # Pitch: level x contour x stress bumps x tremor x slow drift x jitter.
+
+def _pitch(p: dict, speaker: Speaker, plan: dict, t: np.ndarray, n: int, sr: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Glottal phase and f0: level x contour x stress bumps x tremor x slow drift x jitter."""
+    onsets, lengths, lead = plan["onsets"], plan["lengths"], plan["lead"]
     end = onsets[-1] + lengths[-1]
     u = np.clip((t - lead) / max(end - lead, 1e-3), 0, 1)
     semitones = p["f0_range"] * _contour(p["contour"], u)
-    for on, ln, i in zip(onsets, lengths, idx):
-        if i in stressed:
+    for on, ln, i in zip(onsets, lengths, plan["idx"]):
+        if i in plan["stressed"]:
             semitones += 0.35 * p["f0_range"] * np.exp(-0.5 * ((t - on - 0.4 * ln) / (0.25 * ln)) ** 2)
     semitones += p["tremor"] * np.sin(2 * np.pi * rng.uniform(5, 7) * t + rng.uniform(0, 2 * np.pi))
     semitones += 0.4 * np.sin(2 * np.pi * rng.uniform(0.5, 1.5) * t + rng.uniform(0, 2 * np.pi))
     f0 = speaker.f0 * p["f0"] * 2 ** (semitones / 12)
     f0 *= 1 + p["jitter"] * _held_noise(rng, n, speaker.f0 * p["f0"], sr)
-    phase = np.cumsum(f0 / sr) % 1.0
+    return np.cumsum(f0 / sr) % 1.0, f0
 
-    # Source: derivative of a raised-sine glottal flow, low-passed for tilt, plus aspiration noise.
+
+def _glottal_source(p: dict, speaker: Speaker, phase: np.ndarray, f0: np.ndarray, n: int, sr: int, rng) -> np.ndarray:
+    """Derivative of a raised-sine glottal flow, low-passed for tilt, plus aspiration noise."""
     oq = p["open_q"]
     flow = np.where(phase < oq, np.sin(np.pi * phase / oq) ** 2, 0.0)
     source = np.diff(flow, prepend=0.0) * sr / (speaker.f0 * 4)
     source = lfilter([1 - p["tilt"]], [1, -p["tilt"]], source) * 8   # higher pole = duller voice
     source *= 1 + p["shimmer"] * _held_noise(rng, n, speaker.f0 * p["f0"], sr)
     aspiration = np.diff(rng.standard_normal(n), prepend=0.0) * (0.4 + 0.6 * (phase < oq))
-    source = source + p["breath"] * aspiration
+    return source + p["breath"] * aspiration
 
-    # Syllables: gate the source, shape each through its vowel's formants, add a consonant burst.
+
+def _syllables(source: np.ndarray, plan: dict, speaker: Speaker, n: int, sr: int, rng) -> np.ndarray:
+    """Gate the source, shape each syllable through its vowel's formants, add a consonant burst."""
     out = np.zeros(n)
-    for on, ln, i in zip(onsets, lengths, idx):
+    for on, ln, i in zip(plan["onsets"], plan["lengths"], plan["idx"]):
         a, b = int(on * sr), min(n, int((on + ln) * sr))
         if b - a < 8:
             continue
         # Voiced nucleus over ~80% of the slot, then a short gap: the syllable rhythm is audible.
         voiced = int((b - a) * rng.uniform(0.72, 0.88))
         env = np.zeros(b - a)
-        env[:voiced] = np.sin(np.pi * np.linspace(0, 1, voiced)) ** 0.6 * (1.25 if i in stressed else 1.0)
+        env[:voiced] = np.sin(np.pi * np.linspace(0, 1, voiced)) ** 0.6 * (1.25 if i in plan["stressed"] else 1.0)
         seg = source[a:b] * env
-        formants = VOWELS[vowels[i]] * speaker.tract * rng.uniform(0.95, 1.05, 3)
+        formants = VOWELS[plan["vowels"][i]] * speaker.tract * rng.uniform(0.95, 1.05, 3)
         for f, bw in zip(formants, BANDWIDTHS):
             bb, aa = _resonator(min(f, 0.45 * sr), bw, sr)
             seg = lfilter(bb, aa, seg)
         burst = min(b - a, int(rng.uniform(0.015, 0.035) * sr))
         seg[:burst] += 0.15 * np.diff(rng.standard_normal(burst), prepend=0.0) * np.hanning(burst)
         out[a:b] += seg
+    return out
 
-    # Level: target RMS over the voiced part, then a faint noise floor so pauses are not digital zero.
+
+def _leveled(out: np.ndarray, p: dict, speaker: Speaker, n: int, rng) -> np.ndarray:
+    """Target RMS over the voiced part, then a faint noise floor so pauses are not digital zero."""
     voiced = np.abs(out) > 0
     rms = np.sqrt(np.mean(out[voiced] ** 2)) if voiced.any() else 1.0
     level_db = -24 + p["energy_db"] + speaker.level_db

@@ -218,36 +218,50 @@ def _modes_section(study: StudyFolder) -> str:
 
 
 def _setup_section(study: StudyFolder, several: bool) -> str:
-    meta = study.meta
-    lines = [f"## Setup{': ' + study.name if several else ''}\n"]
+    lines = [f"## Setup{': ' + study.name if several else ''}\n", *_corpus_lines(study.meta),
+             *_split_lines(study.meta), *_machine_lines(study.meta), *_protocol_lines(study), *_strategy_lines(study)]
+    if (study.dir / "best_model").is_dir():
+        lines.append(f"- Best model exported to `{study.dir / 'best_model'}`")
+    return "\n".join(lines) + "\n"
+
+
+def _corpus_lines(meta: dict) -> list[str]:
     corpus = meta.get("corpus") or {}
-    if corpus:
-        labels = corpus.get("labels") or {}
-        counts = ", ".join(f"{k} {v}" for k, v in labels.items())
-        lines.append(f"- Corpus: **{corpus.get('name', '?')}** ({corpus.get('files', '?')} files, "
-                     f"{corpus.get('speakers', '?')} speakers, root `{corpus.get('root', '?')}`)"
-                     + (f"; labels: {counts}" if counts else ""))
-        if corpus.get("synthetic"):
-            lines.append("- **SYNTHETIC stand-in corpus: figures are not comparable to real corpora.**")
-        dims = corpus.get("dimensions_labelled")
-        if dims:
-            lines.append("- Dimensional labels (arousal/valence/dominance): "
-                         + ", ".join(f"{part} {d['labelled']} of {d['files']} clips" for part, d in dims.items())
-                         + "; clips without them are excluded from CCC and its loss")
-    else:
-        lines.append("- Corpus: not recorded in study.json")
+    if not corpus:
+        return ["- Corpus: not recorded in study.json"]
+    counts = ", ".join(f"{k} {v}" for k, v in (corpus.get("labels") or {}).items())
+    lines = [f"- Corpus: **{corpus.get('name', '?')}** ({corpus.get('files', '?')} files, "
+             f"{corpus.get('speakers', '?')} speakers, root `{corpus.get('root', '?')}`)"
+             + (f"; labels: {counts}" if counts else "")]
+    if corpus.get("synthetic"):
+        lines.append("- **SYNTHETIC stand-in corpus: figures are not comparable to real corpora.**")
+    dims = corpus.get("dimensions_labelled")
+    if dims:
+        lines.append("- Dimensional labels (arousal/valence/dominance): "
+                     + ", ".join(f"{part} {d['labelled']} of {d['files']} clips" for part, d in dims.items())
+                     + "; clips without them are excluded from CCC and its loss")
+    return lines
+
+
+def _split_lines(meta: dict) -> list[str]:
     split = meta.get("split") or {}
-    if split:
-        counts = split.get("counts") or {}
-        lines.append(f"- Split: {split.get('kind', '?')} (train {counts.get('train', '?')} / "
-                     f"val {counts.get('val', '?')} / test {counts.get('test', '?')} files)")
-        for part in ("train", "val", "test"):
-            speakers = split.get(f"{part}_speakers")
-            if speakers:
-                lines.append(f"  - {part} speakers: {', '.join(map(str, speakers))}")
-        if split.get("speaker_dependent"):
-            lines.append("- **SPEAKER-DEPENDENT split (speakers appear in train and test, as in the "
-                         "reference paper's code): test BCA is optimistic.**")
+    if not split:
+        return []
+    counts = split.get("counts") or {}
+    lines = [f"- Split: {split.get('kind', '?')} (train {counts.get('train', '?')} / "
+             f"val {counts.get('val', '?')} / test {counts.get('test', '?')} files)"]
+    for part in ("train", "val", "test"):
+        speakers = split.get(f"{part}_speakers")
+        if speakers:
+            lines.append(f"  - {part} speakers: {', '.join(map(str, speakers))}")
+    if split.get("speaker_dependent"):
+        lines.append("- **SPEAKER-DEPENDENT split (speakers appear in train and test, as in the "
+                     "reference paper's code): test BCA is optimistic.**")
+    return lines
+
+
+def _machine_lines(meta: dict) -> list[str]:
+    lines = []
     encoder = meta.get("encoder") or {}
     if encoder:
         lines.append(f"- Encoder: `{encoder.get('spec', '?')}` ({encoder.get('family', '?')}, "
@@ -258,30 +272,44 @@ def _setup_section(study: StudyFolder, several: bool) -> str:
                      f"{machine.get('nodes', 1)} node(s); {machine.get('platform', '')}; "
                      f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')}, "
                      f"Ray {machine.get('ray', '?')}")
-    experiment = meta.get("experiment") or {}
-    budget = experiment.get("budget") or {}
-    resources = experiment.get("resources") or {}
-    lines.append(f"- Objective: {study.metric} ({study.mode}); thresholds: "
-                 f"{', '.join(f'{t:g}' for t in study.thresholds)}")
+    return lines
+
+
+def _protocol_lines(study: StudyFolder) -> list[str]:
+    experiment = study.experiment
+    budget, resources = experiment.get("budget") or {}, experiment.get("resources") or {}
+    lines = [f"- Objective: {study.metric} ({study.mode}); thresholds: {', '.join(f'{t:g}' for t in study.thresholds)}"]
+    cv = (experiment.get("objective") or {}).get("cv_folds", 1)
+    outer = (experiment.get("evaluation") or {}).get("outer_folds", 1)
+    if cv > 1 or outer > 1:
+        lines.append(f"- Evaluation: {outer} outer fold(s) of test speakers, each tested once; every trial is "
+                     f"scored by the mean over {cv} speaker fold(s) of the other speakers"
+                     + (" (trained encoder layers cost that many times more)" if cv > 1 else ""))
     if budget:
-        lines.append(f"- Budget per strategy: {budget.get('trials', 'no limit on')} trials, "
-                     f"{budget.get('minutes') or 'no limit on'} minutes; "
+        lines.append(f"- Budget per strategy and run: {budget.get('trials', 'no limit on')} trials, "
+                     f"{budget.get('minutes') or 'no limit on'} minutes; {budget.get('repeats', 1)} repeat(s); "
                      f"{resources.get('cpus_per_trial', '?')} CPU(s) per trial")
-    lines.append(f"- Shared frozen-feature extraction (once, before all strategies): "
-                 f"{_seconds(study.encode_seconds)}")
-    lines.append("- Strategies:")
+    normalize = (experiment.get("trial") or {}).get("normalize", "none")
+    if normalize == "speaker" or "normalize" in (experiment.get("space") or {}):
+        lines.append("- **Speaker-normalised features: transductive** (each test speaker's own unlabelled clips "
+                     "set its statistics), and it assumes each speaker's clips span the emotions, as in acted corpora.")
+    lines.append(f"- Shared frozen-feature extraction (once, before all strategies): {_seconds(study.encode_seconds)}")
+    return lines
+
+
+def _strategy_lines(study: StudyFolder) -> list[str]:
+    lines = ["- Strategies:"]
     for strategy in study.strategies:
         info = study.strategy_meta(strategy)
         warmup = info.get("warmup")
         detail = [f"budget {info['budget']} trials" if info.get("budget") is not None else None,
                   f"{warmup} random warm-up trial{'' if warmup == 1 else 's'}" if warmup is not None else None,
+                  f"{info['runs']} runs" if info.get("runs", 1) > 1 else None,
                   f"status {info.get('status', 'unknown')}"]
         notes = f" — {info['notes']}" if info.get("notes") else ""
         partial = " (**partial results**)" if info.get("status") in ("running", "interrupted") else ""
         lines.append(f"  - `{strategy}`: {', '.join(d for d in detail if d)}{notes}{partial}")
-    if (study.dir / "best_model").is_dir():
-        lines.append(f"- Best model exported to `{study.dir / 'best_model'}`")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _comparison_table(frame: pd.DataFrame, several: bool) -> str:

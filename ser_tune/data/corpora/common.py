@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..audio import unread_format_reason
 from ..errors import CorpusError
@@ -79,3 +81,43 @@ def label_for(code: str, corpus: str, view: str | None, what: str) -> tuple[str,
     if label is None:
         return f"'{native}' (code {code}) has no counterpart in view {view}"
     return native, label
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How a corpus names its audio files: ``pattern`` matches a file stem and has a ``code`` group
+    (the emotion code of ``corpus`` in label_maps.yaml, described as ``code_name``)."""
+    title: str
+    corpus: str
+    pattern: re.Pattern
+    example: str
+    code_name: str
+
+
+def scan_named(root: Path, files: list[Path], naming: Naming, view: str | None,
+               describe: Callable[[re.Match], "dict | str"], result: Scan) -> Scan:
+    """Records of the files whose names follow ``naming``; ``describe(match)`` gives a record's other
+    columns (speaker, gender, ...) or the reason to skip the file. Stops when no file is named so."""
+    matched = 0
+    for path in files:
+        m = naming.pattern.match(path.stem)
+        if m is None:
+            result.skip(path, f"not {article(naming.title)} {naming.title} file name (expected e.g. {naming.example})")
+            continue
+        matched += 1
+        fields = describe(m)
+        found = fields if isinstance(fields, str) else label_for(m["code"], naming.corpus, view, naming.code_name)
+        if isinstance(found, str):
+            result.skip(path, found)
+            continue
+        native, label = found
+        # the path as walked: build_table resolves (and de-duplicates) it
+        result.records.append({"path": str(path), "label": label, **fields, "original_label": native})
+    if matched == 0:
+        raise CorpusError(f"{root}: no {naming.title} files found ({len(files)} .wav files, none named "
+                          f"like {naming.example})")
+    return result
+
+
+def article(word: str) -> str:
+    return "an" if word[:1].upper() in "AEIOU" else "a"

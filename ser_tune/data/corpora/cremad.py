@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import CorpusError
-from .common import Scan, corpus_files, existing_folder, label_for
+from .common import Naming, Scan, corpus_files, existing_folder, scan_named
 
 NAME = re.compile(r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<code>[A-Z]{3})_(?P<level>[A-Z]{1,2})$")
 
@@ -44,32 +44,12 @@ def scan(root: Path, view: str | None) -> Scan:
     demographics = find_demographics(root, everything)
     genders = read_genders(demographics) if demographics else {}
     result = Scan()
-    files = result.take_wavs(everything)
-    matched = 0
-    for path in files:
-        m = NAME.match(path.stem)
-        if m is None:
-            result.skip(path, "not a CREMA-D file name (expected e.g. 1001_DFA_ANG_XX.wav)")
-            continue
-        matched += 1
+    naming = Naming("CREMA-D", "cremad", NAME, "1001_DFA_ANG_XX.wav", "CREMA-D emotion code")
+
+    def describe(m) -> dict | str:
         if m["level"] not in LEVEL:
-            result.skip(path, f"unknown CREMA-D emotion level '{m['level']}'")
-            continue
-        found = label_for(m["code"], "cremad", view, "CREMA-D emotion code")
-        if isinstance(found, str):
-            result.skip(path, found)
-            continue
-        native, label = found
-        result.records.append({
-            "path": str(path),   # resolved (and de-duplicated) by build_table
-            "label": label,
-            "speaker": m["actor"],
-            "gender": genders.get(m["actor"]),
-            "intensity": LEVEL[m["level"]],
-            "text": m["sentence"],
-            "original_label": native,
-        })
-    if matched == 0:
-        raise CorpusError(f"{root}: no CREMA-D files found ({len(files)} .wav files, none named "
-                          f"like 1001_DFA_ANG_XX.wav)")
-    return result
+            return f"unknown CREMA-D emotion level '{m['level']}'"
+        return {"speaker": m["actor"], "gender": genders.get(m["actor"]), "intensity": LEVEL[m["level"]],
+                "text": m["sentence"]}
+
+    return scan_named(root, result.take_wavs(everything), naming, view, describe, result)

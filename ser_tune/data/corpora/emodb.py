@@ -4,8 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import CorpusError
-from .common import Scan, corpus_files, existing_folder, label_for
+from .common import Naming, Scan, corpus_files, existing_folder, scan_named
 
 NAME = re.compile(r"^(?P<speaker>\d{2})(?P<text>[a-z]\d{2})(?P<code>[A-Za-z])(?P<version>[a-z])$")
 
@@ -19,28 +18,9 @@ SPEAKER_GENDER = {
 def scan(root: Path, view: str | None, *, title: str = "EmoDB") -> Scan:
     existing_folder(root, title)
     result = Scan()
-    files = result.take_wavs(corpus_files(root))
-    matched = 0
-    for path in files:
-        m = NAME.match(path.stem)
-        if m is None:
-            result.skip(path, "not an EmoDB file name (expected e.g. 03a01Fa.wav)")
-            continue
-        matched += 1
-        found = label_for(m["code"], "emodb", view, "EmoDB emotion letter")
-        if isinstance(found, str):
-            result.skip(path, found)
-            continue
-        native, label = found
-        result.records.append({
-            "path": str(path),   # resolved (and de-duplicated) by build_table
-            "label": label,
-            "speaker": m["speaker"],
-            "gender": SPEAKER_GENDER.get(m["speaker"]),
-            "text": m["text"],
-            "original_label": native,
-        })
-    if matched == 0:
-        raise CorpusError(
-            f"{root}: no {title} files found ({len(files)} .wav files, none named like 03a01Fa.wav)")
-    return result
+    naming = Naming(title, "emodb", NAME, "03a01Fa.wav", "EmoDB emotion letter")
+
+    def describe(m) -> dict:
+        return {"speaker": m["speaker"], "gender": SPEAKER_GENDER.get(m["speaker"]), "text": m["text"]}
+
+    return scan_named(root, result.take_wavs(corpus_files(root)), naming, view, describe, result)

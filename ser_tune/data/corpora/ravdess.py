@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import CorpusError
-from .common import Scan, corpus_files, existing_folder, label_for
+from .common import Naming, Scan, corpus_files, existing_folder, scan_named
 
 NAME = re.compile(
     r"^(?P<modality>\d{2})-(?P<channel>\d{2})-(?P<code>\d{2})-(?P<intensity>\d{2})-"
@@ -20,37 +19,15 @@ STATEMENT = {"01": "Kids are talking by the door", "02": "Dogs are sitting by th
 def scan(root: Path, view: str | None) -> Scan:
     existing_folder(root, "RAVDESS")
     result = Scan()
-    files = result.take_wavs(corpus_files(root))
-    matched = 0
-    for path in files:
-        m = NAME.match(path.stem)
-        if m is None:
-            result.skip(path, "not a RAVDESS file name (expected e.g. 03-01-06-01-02-01-12.wav)")
-            continue
-        matched += 1
+    naming = Naming("RAVDESS", "ravdess", NAME, "03-01-06-01-02-01-12.wav", "RAVDESS emotion code")
+
+    def describe(m) -> dict | str:
         if m["modality"] != AUDIO_ONLY or m["channel"] != SPEECH:
-            result.skip(path, f"not audio-only speech (modality {m['modality']}, vocal channel "
-                              f"{m['channel']}; expected {AUDIO_ONLY}, {SPEECH})")
-            continue
+            return (f"not audio-only speech (modality {m['modality']}, vocal channel {m['channel']}; "
+                    f"expected {AUDIO_ONLY}, {SPEECH})")
         if m["intensity"] not in INTENSITY:
-            result.skip(path, f"unknown RAVDESS intensity code '{m['intensity']}'")
-            continue
-        found = label_for(m["code"], "ravdess", view, "RAVDESS emotion code")
-        if isinstance(found, str):
-            result.skip(path, found)
-            continue
-        native, label = found
-        actor = int(m["actor"])
-        result.records.append({
-            "path": str(path),   # resolved (and de-duplicated) by build_table
-            "label": label,
-            "speaker": m["actor"],
-            "gender": "m" if actor % 2 == 1 else "f",   # odd-numbered actors are male
-            "intensity": INTENSITY[m["intensity"]],
-            "text": STATEMENT.get(m["statement"], m["statement"]),
-            "original_label": native,
-        })
-    if matched == 0:
-        raise CorpusError(f"{root}: no RAVDESS files found ({len(files)} .wav files, none named "
-                          f"like 03-01-06-01-02-01-12.wav)")
-    return result
+            return f"unknown RAVDESS intensity code '{m['intensity']}'"
+        return {"speaker": m["actor"], "gender": "m" if int(m["actor"]) % 2 == 1 else "f",   # odd actors are male
+                "intensity": INTENSITY[m["intensity"]], "text": STATEMENT.get(m["statement"], m["statement"])}
+
+    return scan_named(root, result.take_wavs(corpus_files(root)), naming, view, describe, result)

@@ -132,6 +132,24 @@ def test_killed_study_resumes_to_the_full_budget(tmp_path):
     for name in done_before:
         lines = (study / "tpe" / name / "result.json").read_text().strip().splitlines()
         assert [json.loads(l)["epoch"] for l in lines] == sorted({json.loads(l)["epoch"] for l in lines})
+    # every epoch of every trial is in epochs.csv, those of the trial cut off by the kill included
+    epochs = pd.read_csv(study / "epochs.csv", dtype={"trial_id": str})
+    for row in trials.itertuples():
+        assert sorted(epochs[epochs.trial_id == str(row.trial_id)].epoch) == list(range(1, int(row.cfg_num_epochs) + 1))
+    # the resumed tpe goes on counting from the trials it had finished
+    counts = [int(l.split()[1].split("/")[0]) for l in run.stderr.splitlines() if l.startswith("tpe ")]
+    assert counts and counts[0] >= len(done_before) + 1, counts
+
+
+def test_storage_that_is_a_file_and_too_many_cpus_are_one_line_before_ray_starts(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    for change, message in (({"storage": str(tmp_path / "afile")}, "is a file, not a folder"),
+                            ({"resources": {"cpus_per_trial": 64}}, "cpus_per_trial = 64")):
+        run = _launch(_config(tmp_path, **change), timeout=180)
+        assert run.returncode == 2
+        errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
+        assert "Traceback" not in run.stderr and "Ray dashboard" not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("change, message", [

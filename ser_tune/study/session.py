@@ -8,6 +8,7 @@ through the dashboard's job API. A cluster is joined with the nodes' own token, 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import sys
@@ -42,6 +43,7 @@ def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")   # snapshot after every result: resume keeps all
     kwargs = dict(log_to_driver=not quiet, configure_logging=True, logging_level="WARNING")
+    quiet_transient_sync_errors()
     if address:
         context = _join(address, kwargs)
     else:
@@ -52,6 +54,27 @@ def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None
     url = getattr(context, "dashboard_url", None)
     return Cluster(cpus=float(sum(cpus)), largest_node=float(max(cpus) if cpus else 0), nodes=len(nodes),
                    dashboard=f"http://{url}" if url else None, token_file=token_file)
+
+
+class TransientSyncError(logging.Filter):
+    """Ray Tune copies its experiment snapshot to storage in the background; when it lists a searcher's
+    temporary state file that is renamed before the copy reaches it, it logs the FileNotFoundError with a
+    traceback. The next snapshot copies the renamed file, so say it in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, FileNotFoundError) and "-tmp-" in str(error):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "experiment snapshot: a temporary file vanished while being copied; the next snapshot has it"
+            record.args = ()
+        return record.levelno >= logging.WARNING
+
+
+def quiet_transient_sync_errors() -> None:
+    log = logging.getLogger("ray.tune.execution.experiment_state")
+    if not any(isinstance(f, TransientSyncError) for f in log.filters):
+        log.addFilter(TransientSyncError())
 
 
 def _close_local_ray(token_dir: Path | None) -> str | None:

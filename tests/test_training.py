@@ -191,3 +191,18 @@ def test_a_worker_loads_each_encoder_once_and_hands_each_trial_a_clean_copy(monk
         next(first.parameters()).add_(1.0)   # a trial changing its copy in place
     assert not torch.equal(next(first.parameters()), next(second.parameters()))
     assert trainable.worker_audio() is trainable.worker_audio()
+
+
+def test_the_fine_tuning_schedule_is_transformers_cosine_with_warmup_step_for_step():
+    from transformers.optimization import get_cosine_schedule_with_warmup
+
+    from ser_tune.training.finetune import warmup_cosine
+
+    for warmup, total in [(0, 10), (3, 20), (5, 5), (2, 7)]:
+        ours, theirs = (torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0) for _ in range(2))
+        schedules = (warmup_cosine(ours, warmup, total), get_cosine_schedule_with_warmup(theirs, warmup, total))
+        for _ in range(total + 2):
+            assert ours.param_groups[0]["lr"] == theirs.param_groups[0]["lr"]
+            for optimizer, schedule in zip((ours, theirs), schedules):
+                optimizer.step()
+                schedule.step()

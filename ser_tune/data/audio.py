@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from .errors import AudioError, DataError
 
@@ -142,6 +141,8 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     if orig_sr == target_sr:
         return wave
     g = math.gcd(int(orig_sr), int(target_sr))
+    from scipy.signal import resample_poly   # late: 1 CPU-second of import that trials on cached features skip
+
     return resample_poly(wave, int(target_sr) // g, int(orig_sr) // g).astype(np.float32, copy=False)
 
 

@@ -41,6 +41,20 @@ from .targets import Loss, Targets
 STATE_FILE = "state.pt"  # a trial's resumable epoch state, in its checkpoint folder
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then half a cosine down to 0 at ``total``: the schedule of
+    transformers' ``get_cosine_schedule_with_warmup``, step for step. Written here because importing
+    transformers costs every Ray worker about 6 CPU-seconds before its first trial, and a study starts
+    new workers for every unit of work."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class TrialError(RuntimeError):
     """A trial cannot go on (NaN loss, broken input); the message says why and where."""
 
@@ -346,8 +360,6 @@ class FineTuner:
     def _optimizer(self, head: EmotionHead, trained: dict[str, nn.Parameter], freeze: Sequence[str]):
         """AdamW over the head (unless frozen) and the trained encoder parameters; the learning rate warms
         up linearly over ``warmup_fraction`` of all epochs' steps, then decays to 0 along a half cosine."""
-        from transformers.optimization import get_cosine_schedule_with_warmup  # imported once per process
-
         s = self.s
         head_lr = s.head_lr if s.head_lr is not None else s.lr * s.head_lr_scale
         groups = [{"params": list(head.parameters()), "lr": head_lr}] if "head" not in freeze else []
@@ -357,7 +369,7 @@ class FineTuner:
             raise TrialError("nothing to train: the head is frozen and no encoder parameter trains")
         optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
         total = len(self._batches(self.data.parts["train"])) * s.num_epochs   # optimiser steps of the run
-        return optimizer, get_cosine_schedule_with_warmup(optimizer, int(total * s.warmup_fraction), total)
+        return optimizer, warmup_cosine(optimizer, int(total * s.warmup_fraction), total)
 
     # --- one epoch ---------------------------------------------------------------------------
     def fit_epoch(self, state: FitState) -> dict:

@@ -28,6 +28,9 @@ from .settings import TrialSettings
 # trial from one cut off by an interrupt by it).
 TRIAL_COMPLETE = "trial_complete"
 REPORTS_FILE = "reports.jsonl"
+# A trial's epoch state is written at most this often: short head-only epochs would otherwise spend
+# more time writing state than training, and a trial cut off loses no more than this.
+STATE_EVERY_S = 10.0
 
 
 @dataclass
@@ -133,12 +136,18 @@ def run_refit(config: dict, context: StudyContext) -> None:
 
 
 def fit_in_lockstep(run: FoldedRun, state_dir: Path, log: "ReportLog"):
+    """Every epoch of the trial's folds; the epoch state is saved when STATE_EVERY_S seconds have passed
+    since the last save (what resume needs: a trial cut off loses at most that much), every epoch's row
+    goes to the report log."""
     states = run.start(state_dir)
     if states[0].epoch == 0:
         log.clear()                       # a trial that starts over reports its epochs again
+    saved = time.perf_counter()
     while not states[0].done:
         row = run.fit_epoch(states)
-        run.save(states, state_dir)
+        if time.perf_counter() - saved >= STATE_EVERY_S:
+            run.save(states, state_dir)
+            saved = time.perf_counter()
         log.append(row)
     return run.finish(states, log.rows())
 

@@ -29,9 +29,9 @@ Baselines, on the same clips:
   study's train-split clips, features read from the study's feature cache when present).
   Without a source the baseline is skipped, with a note.
 
-Each target clip is decoded and embedded once by the tuned model; those features serve the
-tuned head and the random heads. When fine-tuning left the encoder unchanged (head-only
-trials), the same features also serve the frozen-feature baseline.
+Each target clip is embedded once: by the tuned model when fine-tuning changed its encoder, else
+from the feature cache (the original encoder's features, computed once per corpus and reused); those
+features serve the tuned head, the random heads and, when the encoder is unchanged, the baseline.
 """
 from __future__ import annotations
 
@@ -409,7 +409,11 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
     used = table[table["model_label"].notna()].reset_index(drop=True)
     entry = {**info, "files": 0, "excluded": int(len(excluded)),
              "excluded_labels": {str(k): int(v) for k, v in sorted(Counter(excluded["label"]).items())}}
-    feats, kept, failed = _embed_files(model, [str(p) for p in used["path"]], embedded)
+    if fine_tuned:
+        feats, kept, failed = _embed_files(model, [str(p) for p in used["path"]], embedded)
+    else:   # the tuned model's encoder is the original: its features are the cached ones
+        feats = original.pooled([str(p) for p in used["path"]], used["duration"].to_numpy(float))
+        kept, failed = list(range(len(used))), []
     entry["skipped"] += len(failed)
     entry["skipped_examples"] = (entry["skipped_examples"] + failed)[:5]
     used = used.iloc[kept].reset_index(drop=True)

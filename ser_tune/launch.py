@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .study.session import add_common_arguments, fail
+from .study.session import add_common_arguments, fail, prepare_for
 
 EPILOG = """examples:
   python -m ser_tune.launch                                   # quickstart on the embedded synthetic corpus
@@ -66,6 +66,7 @@ def load(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    prepare_for(args.address)   # before anything imports Ray
     exp = load(args)
     from .results import summary_json, write_report
     from .study.cli import finish_cli, run_study_cli

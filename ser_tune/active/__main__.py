@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..study.session import add_common_arguments, fail
+from ..study.session import add_common_arguments, fail, prepare_for
 
 EPILOG = """examples:
   python -m ser_tune.active experiments/active_quickstart.yaml
@@ -47,6 +47,7 @@ def load(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    prepare_for(args.address)   # before anything imports Ray
     cfg = load(args)
     from ..study.cli import finish_cli, run_study_cli
     from .report import table_text, write_results

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..study.session import add_common_arguments, fail
+from ..study.session import add_common_arguments, fail, prepare_for
 
 
 def main(argv=None) -> int:
@@ -15,6 +15,7 @@ def main(argv=None) -> int:
     p.add_argument("config", help="two-stage configuration (YAML), e.g. experiments/twostage.yaml")
     add_common_arguments(p)
     args = p.parse_args(argv)
+    prepare_for(args.address)   # before anything imports Ray
     from .config import AdaptError, config_from_dict, load_config
 
     try:

@@ -48,7 +48,9 @@ def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None
         context = _join(address, kwargs)
     else:
         context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
-                           dashboard_host="127.0.0.1", **kwargs)
+                           dashboard_host="127.0.0.1",
+                           runtime_env={"worker_process_setup_hook": "ser_tune.study.session.calm_worker"},
+                           **kwargs)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in nodes]
     url = getattr(context, "dashboard_url", None)
@@ -78,10 +80,7 @@ def quiet_transient_sync_errors() -> None:
 
 
 def _close_local_ray(token_dir: Path | None) -> str | None:
-    # Ray binds its servers to the node's address; with this set, a Linux node's address is the
-    # loopback one (Ray's single-machine mode, the default on Windows and macOS), so nothing listens
-    # on another interface.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    keep_ray_on_loopback()
     os.environ["RAY_AUTH_MODE"] = "token"
     # Ray's C++ config is read once per process (already, if anything imported Ray): read it again so
     # this driver, not only the processes it starts, uses token mode (as Ray's own token setup does).
@@ -99,6 +98,33 @@ def _close_local_ray(token_dir: Path | None) -> str | None:
             fh.write(secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     return str(path)
+
+
+def calm_worker() -> None:
+    """Run in every worker of a local Ray as it starts. Ctrl-C in a terminal reaches every process of
+    its group, Ray's workers included, which then die printing tracebacks; the driver alone should
+    answer it (Ray Tune then stops the trials itself), so workers ignore SIGINT."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def keep_ray_on_loopback() -> None:
+    """Ray binds its servers to the node's address; in Ray's single-machine mode (the default on Windows
+    and macOS, an environment variable on Linux) that address is the loopback one, so nothing listens on
+    another interface. Ray reads the variable when it is first imported: the command lines call this
+    before importing anything that imports Ray; a process that imported Ray already gets the value set."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def prepare_for(address: str | None) -> None:
+    """Called by a command line first thing: a local study keeps Ray on loopback (see keep_ray_on_loopback)."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        keep_ray_on_loopback()
 
 
 def _join(address: str, kwargs: dict):

@@ -245,6 +245,11 @@ def _corpus_lines(meta: dict) -> list[str]:
 
 def _split_lines(meta: dict) -> list[str]:
     split = meta.get("split") or {}
+    folds = meta.get("folds") or {}
+    if len(folds.get("outer") or []) > 1:
+        tested = "; ".join(", ".join(map(str, f["test_speakers"])) for f in folds["outer"])
+        return [f"- Split: {len(folds['outer'])} outer folds of test speakers, every speaker tested once ({tested}); "
+                f"each trial trains and validates on {folds.get('cv_folds', 1)} fold(s) of the other speakers"]
     if not split:
         return []
     counts = split.get("counts") or {}
@@ -281,10 +286,10 @@ def _protocol_lines(study: StudyFolder) -> list[str]:
     lines = [f"- Objective: {study.metric} ({study.mode}); thresholds: {', '.join(f'{t:g}' for t in study.thresholds)}"]
     cv = (experiment.get("objective") or {}).get("cv_folds", 1)
     outer = (experiment.get("evaluation") or {}).get("outer_folds", 1)
-    if cv > 1 or outer > 1:
-        lines.append(f"- Evaluation: {outer} outer fold(s) of test speakers, each tested once; every trial is "
-                     f"scored by the mean over {cv} speaker fold(s) of the other speakers"
-                     + (" (trained encoder layers cost that many times more)" if cv > 1 else ""))
+    if cv > 1:
+        lines.append(f"- Cross-validated objective: every trial is scored by the mean over {cv} speaker folds of "
+                     f"the non-test speakers{'' if outer > 1 else ' (the test speakers stay out)'}; trained "
+                     "encoder layers cost that many times more")
     if budget:
         lines.append(f"- Budget per strategy and run: {budget.get('trials', 'no limit on')} trials, "
                      f"{budget.get('minutes') or 'no limit on'} minutes; {budget.get('repeats', 1)} repeat(s); "

@@ -85,9 +85,39 @@ def test_outer_folds_and_cross_validated_trials_test_every_speaker_once(tmp_path
     for row in search.itertuples():
         folds = json.loads(row.val_bca_folds)
         assert len(folds) == 2 and row.val_bca == pytest.approx(sum(folds) / 2)
+    assert_a_trial_recomputes_from_the_folder(study, meta, search[search.unit == "random-f0"].iloc[0])
     nested = out["strategies"]["random"]["nested_test_bca"]
     assert len(nested["folds"]) == 2 and None not in nested["folds"]
     assert out["best_model"] and (Path(out["best_model"]) / "model.json").is_file()
     exported = json.loads((Path(out["best_model"]) / "model.json").read_text())
     # refit on every speaker: the exported model's training speakers are all of them
     assert sorted(exported["source"]["train_speakers"]) == sorted(tested)
+
+
+def assert_a_trial_recomputes_from_the_folder(study: Path, meta: dict, trial: pd.Series) -> None:
+    """The folds in study.json, the trial's settings in trials.csv and the shared cache give the trial's
+    per-fold validation values again."""
+    from ser_tune.data import load_corpus
+    from ser_tune.training.crossval import FoldedRun
+    from ser_tune.training.finetune import TrialData
+    from ser_tune.training.settings import TrialSettings
+
+    exp = meta["experiment"]
+    table = load_corpus("synthetic", exp["corpus"]["root"], **exp["corpus"]["options"]).table
+    speaker = table["speaker"].astype(str)
+    test = speaker.isin(meta["folds"]["outer"][0]["test_speakers"])
+    datas = []
+    for held in meta["folds"]["inner_val_speakers"]["f0-r0"]:
+        parts = pd.Series("train", index=table.index, dtype=object)
+        parts[speaker.isin(held)] = "val"
+        parts[test] = "test"
+        datas.append(TrialData.from_table(table, parts, meta["labels"]))
+    config = {c[4:]: trial[c] for c in trial.index if c.startswith("cfg_") and not pd.isna(trial[c])}
+    settings = TrialSettings.from_config({"objective": "val_bca", **exp["trial"], **config})
+    run = FoldedRun(settings, datas, encoder_spec=exp["encoder"], cache_root=str(Path(exp["storage"]) / "_feature_cache"))
+    states = run.start(None)
+    while not states[0].done:
+        run.fit_epoch(states)
+    again = run.finish(states, []).metrics()
+    assert again["val_bca_folds"] == pytest.approx(json.loads(trial.val_bca_folds), abs=1e-9)
+    assert again["test_bca"] == pytest.approx(trial.test_bca, abs=1e-9)

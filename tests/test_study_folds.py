@@ -103,3 +103,10 @@ def test_corpus_normalisation_takes_the_train_clips_statistics_only():
     assert np.allclose(norm.apply(pooled[:5], np.arange(5)).mean(0), 0)
     assert (norm.apply(pooled[5:], np.arange(5, 10)) > 50).all()
     assert np.allclose(norm.tensors()["mean"].numpy(), pooled[:5].mean(0))
+
+
+def test_normalised_features_keep_their_dtype():
+    pooled = np.random.default_rng(3).normal(size=(6, 2, 3)).astype(np.float32)
+    for kind in ("corpus", "speaker"):
+        norm = FeatureNorm.fit(kind, pooled, speakers=list("aabbcc"), rows=np.arange(6))
+        assert norm.apply(pooled, np.arange(6)).dtype == np.float32

@@ -71,6 +71,8 @@ class FeatureNorm:
 
             mean = torch.as_tensor(mean, dtype=features.dtype)
             std = torch.as_tensor(std, dtype=features.dtype)
+        else:                              # numpy: keep the features' dtype (a head wants float32)
+            mean, std = mean.astype(features.dtype, copy=False), std.astype(features.dtype, copy=False)
         return (features - mean) / std
 
     def tensors(self) -> dict:

@@ -16,6 +16,7 @@ from ..data import (SAMPLE_RATE, AudioStore, Corpus, Split, check_split, crop, l
                     outer_fold_assignments, speaker_folds)
 from ..encoders import load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
+from ..encoders.distributed import RayShardedEncode
 from ..training.trainable import set_threads
 from .folder import SPLIT_FILE, StudyFolder
 
@@ -82,8 +83,13 @@ def cache_root(storage) -> Path:
 def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops) -> dict:
     """Encode every clip once per effective max_length, with the frame-level hidden states at the
     boundaries below the top ``k`` layers for each k in ``boundary_tops`` (None: all layers train).
+    With Ray initialised (a study's driver) the clips are encoded as Ray tasks over every CPU of the
+    cluster (``encoders.distributed.RayShardedEncode``), else here with every core; same cache
+    entries either way, and a progress line on stderr while an entry is encoded.
     Returns {"seconds", "encoder" (its description), "cache"} for study.json, and "pooled": the per-layer
     pooled features at the first max_length (the linear probe's)."""
+    import ray
+
     encoder = load_encoder(encoder_spec)
     set_threads(os.cpu_count() or 1)
     n = encoder.num_layers
@@ -91,7 +97,9 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     audio = AudioStore(SAMPLE_RATE)
     paths = [str(p) for p in table["path"]]
     durations = table["duration"].to_numpy(float)
-    cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: encoder)
+    spread = RayShardedEncode(encoder_spec) if ray.is_initialized() else None
+    cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: encoder,
+                         encode_clips=spread, progress=True)
     start = time.perf_counter()
     lengths = [effective_max_length(m, durations) for m in max_lengths]
     pooled = {}

@@ -386,6 +386,43 @@ class LoopbackRayCluster:
         answer = json.loads(result.stdout.strip().splitlines()[-1])
         return answer["status"], answer["body"]
 
+    # ----- Ray jobs (the job API on the head's dashboard, as `ray job ...` from a host) -----
+    def submit_job(self, entrypoint: Sequence[str], *, submission_id: str, timeout_s: float = 120) -> CommandResult:
+        """``ray job submit --no-wait``: returns once the head accepted the job; the job outlives the client."""
+        return self.run(["ray", "job", "submit", "--address", self.dashboard_url, "--submission-id", submission_id,
+                         "--no-wait", "--", *entrypoint], timeout_s=timeout_s, check=True)
+
+    def job_status(self, submission_id: str) -> str:
+        """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED (the job API's answer)."""
+        status, body = self.dashboard_get(f"/api/jobs/{submission_id}")
+        if status != 200 or not isinstance(body, dict):
+            raise ClusterHarnessError(f"job {submission_id}: the job API answered {status}: {body}")
+        return str(body["status"])
+
+    def wait_for_job(self, submission_id: str, statuses: Sequence[str], *, timeout_s: float) -> str:
+        """Poll the job's status until it is one of ``statuses``; returns it."""
+        deadline = time.monotonic() + timeout_s
+        status = "?"
+        while time.monotonic() < deadline:
+            status = self.job_status(submission_id)
+            if status in statuses:
+                return status
+            if status in ("STOPPED", "SUCCEEDED", "FAILED"):
+                break   # terminal, and not what was awaited
+            time.sleep(1)
+        raise ClusterHarnessError(f"job {submission_id} is {status}, not {'/'.join(statuses)} "
+                                  f"(waited up to {timeout_s}s); its log:\n{self.job_logs(submission_id)[-3000:]}")
+
+    def stop_job(self, submission_id: str, *, timeout_s: float = 120) -> CommandResult:
+        """``ray job stop``: SIGTERM to the job's driver, SIGKILL after the head's RAY_JOB_STOP_WAIT_TIME_S;
+        returns once the job is stopped."""
+        return self.run(["ray", "job", "stop", "--address", self.dashboard_url, submission_id],
+                        timeout_s=timeout_s, check=True)
+
+    def job_logs(self, submission_id: str, *, timeout_s: float = 60) -> str:
+        return self.run(["ray", "job", "logs", "--address", self.dashboard_url, submission_id],
+                        timeout_s=timeout_s, check=True).stdout
+
     def wait_for_alive_nodes(self, count: int, *, timeout_s: float) -> list[dict]:
         deadline = time.monotonic() + timeout_s
         nodes: list[dict] = []

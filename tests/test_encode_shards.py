@@ -136,9 +136,11 @@ def test_shards_on_ray_give_the_local_bits(clips, tmp_path, capfd):
                 assert np.array_equal(here.frames[b][1], there.frames[b][1])
         err = capfd.readouterr().err
         assert f"{len(paths)}/{len(paths)}" in err
+        summary = spread.summary()
+        assert summary["tasks"] > 2 and sum(summary["clips_per_node"].values()) == 2 * len(paths)
         # encode_once takes the Ray path when Ray is up, and a second study finds the entries
         done = encode_once(table, SPEC, tmp_path / "ray", [1.0], [None])
-        assert done["cache"]["hits"] == 1 and done["cache"]["misses"] == 0
+        assert done["cache"]["hits"] == 1 and done["cache"]["misses"] == 0 and "ray" not in done["cache"]
     finally:
         ray.shutdown()
 

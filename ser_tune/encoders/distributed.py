@@ -57,11 +57,18 @@ def plan_shards(costs: Sequence[float], count: int) -> list[list[int]]:
 
 def encode_shard(encoder_spec: str, waves: list[np.ndarray], batches: list[list[int]], boundaries: list[int],
                  need_pooled: bool, threads: int) -> EncodedClips:
-    """One shard (the body of a Ray task): load the encoder, encode the batches (positions in ``waves``)."""
+    """One shard: load the encoder, encode the batches (positions in ``waves``)."""
     torch.set_num_threads(max(1, int(threads)))   # torch ignores Ray's CPU count
     encoder = load_encoder(encoder_spec)
     parts = list(encode_batches(encoder, waves, batches, boundaries, need_pooled))
     return EncodedClips.join(parts, len(waves))
+
+
+def shard_task(*args) -> tuple[str, EncodedClips]:
+    """The Ray task: :func:`encode_shard` and the node it ran on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), encode_shard(*args)
 
 
 class RayShardedEncode:
@@ -73,6 +80,8 @@ class RayShardedEncode:
         self.batch_size = batch_size
         self.cpus_per_task = max(1, int(cpus_per_task))
         self.shards_per_slot = max(1, int(shards_per_slot))
+        self.clips_per_node: dict[str, int] = {}   # what ran where (node id -> clips), over every call
+        self.tasks = 0
 
     def slots(self) -> int:
         """Tasks the cluster runs at once: its CPUs // CPUs per task (at least 1)."""
@@ -86,7 +95,7 @@ class RayShardedEncode:
 
         batches = equal_length_batches(waves, self.batch_size)
         costs = [float(sum(len(waves[i]) for i in batch)) for batch in batches]
-        task = ray.remote(encode_shard).options(num_cpus=self.cpus_per_task, max_retries=MAX_RETRIES,
+        task = ray.remote(shard_task).options(num_cpus=self.cpus_per_task, max_retries=MAX_RETRIES,
                                                 scheduling_strategy="SPREAD")
         pending = {}
         for shard in plan_shards(costs, self.slots() * self.shards_per_slot):
@@ -98,24 +107,30 @@ class RayShardedEncode:
             ref = task.remote(self.encoder_spec, [waves[i] for i in index], local, list(boundaries),
                               need_pooled, self.cpus_per_task)
             pending[ref] = index
-        return gather(pending, len(waves), progress)
+        self.tasks += len(pending)
+        return self.gather(pending, len(waves), progress)
 
+    def gather(self, pending: dict, n: int, progress) -> EncodedClips:
+        """The shards' features as they finish (``pending``: task ref -> the shard's clip positions);
+        cancels the rest when interrupted or when a shard fails."""
+        import ray
 
-def gather(pending: dict, n: int, progress) -> EncodedClips:
-    """The shards' features as they finish (``pending``: task ref -> the shard's clip positions);
-    cancels the rest when interrupted or when a shard fails."""
-    import ray
+        parts = []
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(done[0])
+                node, part = ray.get(done[0])
+                part.index = index[part.index]
+                parts.append(part)
+                self.clips_per_node[node] = self.clips_per_node.get(node, 0) + len(part)
+                progress.update(len(part))
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+        return EncodedClips.join(parts, n)
 
-    parts = []
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(done[0])
-            part = ray.get(done[0])
-            part.index = index[part.index]
-            parts.append(part)
-            progress.update(len(part))
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-    return EncodedClips.join(parts, n)
+    def summary(self) -> dict:
+        """For study.json: Ray tasks run and clips encoded per node (node id[:8])."""
+        return {"tasks": self.tasks, "slots": self.slots(),
+                "clips_per_node": {node[:8]: clips for node, clips in sorted(self.clips_per_node.items())}}

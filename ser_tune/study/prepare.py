@@ -86,7 +86,8 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     With Ray initialised (a study's driver) the clips are encoded as Ray tasks over every CPU of the
     cluster (``encoders.distributed.RayShardedEncode``), else here with every core; same cache
     entries either way, and a progress line on stderr while an entry is encoded.
-    Returns {"seconds", "encoder" (its description), "cache"} for study.json, and "pooled": the per-layer
+    Returns {"seconds", "encoder" (its description), "cache"} for study.json ("cache": entries, hits,
+    misses, and under "ray" the tasks and clips per node when Ray encoded), and "pooled": the per-layer
     pooled features at the first max_length (the linear probe's)."""
     import ray
 
@@ -106,9 +107,12 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     for ml in sorted(set(lengths), key=lambda v: (v is None, v)):
         pooled[ml] = cache.get(paths, lambda i, ml=ml: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml,
                                boundaries).pooled
+    summary = {"root": str(root), "max_lengths": [str(m) for m in sorted(set(lengths), key=str)],
+               "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}
+    if spread is not None and spread.tasks:
+        summary["ray"] = spread.summary()
     return {"seconds": time.perf_counter() - start, "encoder": encoder.describe(), "pooled": pooled[lengths[0]],
-            "cache": {"root": str(root), "max_lengths": [str(m) for m in sorted(set(lengths), key=str)],
-                      "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}}
+            "cache": summary}
 
 
 @dataclass

@@ -76,7 +76,9 @@ def test_a_killed_encode_leaves_no_entry_a_trial_would_read(clips, tmp_path, mon
 
     (folder / f"{STAGING_PREFIX}killed").mkdir()            # as a SIGKILL would leave it
     again = _cache(tmp_path)
+    assert not again.has(paths, 1.0)
     feats = again.get(paths, _wave(clips, 1.0), 1.0, [1])
+    assert again.has(paths, 1.0, [1]) and not again.has(paths, 1.0, [0])
     assert again.stats.misses == 1 and feats.pooled.shape[0] == len(paths)
     assert not any(folder.glob(f"{STAGING_PREFIX}*"))
 

@@ -169,6 +169,10 @@ class FeatureCache:
                              need_pooled=not (folder / "meta.json").exists(), meta=meta)
         return self._load(folder, wanted)
 
+    def has(self, clip_ids: Sequence[str], max_length: float | None, boundaries: Sequence[int] = ()) -> bool:
+        """Whether the entry (with the frames at ``boundaries``) is complete: a get would not encode."""
+        return self._complete(self.root / self.key(clip_ids, max_length), [int(b) for b in boundaries])
+
     @staticmethod
     def _complete(folder: Path, boundaries: Sequence[int]) -> bool:
         return (folder / "meta.json").exists() and all((folder / f"frames_{b}.npy").exists() for b in boundaries)

@@ -56,10 +56,13 @@ def plan_shards(costs: Sequence[float], count: int) -> list[list[int]]:
 
 
 def encode_shard(encoder_spec: str, waves: list[np.ndarray], batches: list[list[int]], boundaries: list[int],
-                 need_pooled: bool, threads: int) -> EncodedClips:
-    """One shard: load the encoder, encode the batches (positions in ``waves``)."""
+                 need_pooled: bool, threads: int) -> EncodedClips | None:
+    """One shard: load the encoder, encode the batches (positions in ``waves``). No batches: only load
+    it (a warm-up: the worker's imports are done once the next shard comes)."""
     torch.set_num_threads(max(1, int(threads)))   # torch ignores Ray's CPU count
     encoder = load_encoder(encoder_spec)
+    if not batches:
+        return None
     parts = list(encode_batches(encoder, waves, batches, boundaries, need_pooled))
     return EncodedClips.join(parts, len(waves))
 
@@ -82,6 +85,7 @@ class RayShardedEncode:
         self.shards_per_slot = max(1, int(shards_per_slot))
         self.clips_per_node: dict[str, int] = {}   # what ran where (node id -> clips), over every call
         self.tasks = 0
+        self.warming: list = []                     # warm-up tasks (kept so they are not dropped)
 
     def slots(self) -> int:
         """Tasks the cluster runs at once: its CPUs // CPUs per task (at least 1)."""
@@ -89,14 +93,25 @@ class RayShardedEncode:
 
         return max(1, int(ray.cluster_resources().get("CPU", 0) // self.cpus_per_task))
 
-    def __call__(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
-                 progress) -> EncodedClips:
+    def task(self):
         import ray
 
+        return ray.remote(shard_task).options(num_cpus=self.cpus_per_task, max_retries=MAX_RETRIES,
+                                              scheduling_strategy="SPREAD")
+
+    def warm_up(self) -> None:
+        """One shard without clips per CPU: each worker imports torch and the encoder's library and
+        loads the encoder once (seconds) while the driver loads its own copy and decodes the audio,
+        so the shards that follow start on warm workers."""
+        task = self.task()
+        self.warming = [task.remote(self.encoder_spec, [], [], [], False, self.cpus_per_task)
+                        for _ in range(self.slots())]
+
+    def __call__(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
+                 progress) -> EncodedClips:
         batches = equal_length_batches(waves, self.batch_size)
         costs = [float(sum(len(waves[i]) for i in batch)) for batch in batches]
-        task = ray.remote(shard_task).options(num_cpus=self.cpus_per_task, max_retries=MAX_RETRIES,
-                                                scheduling_strategy="SPREAD")
+        task = self.task()
         pending = {}
         for shard in plan_shards(costs, self.slots() * self.shards_per_slot):
             index = np.array([i for b in shard for i in batches[b]], dtype=np.int64)

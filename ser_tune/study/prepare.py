@@ -91,18 +91,19 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     pooled features at the first max_length (the linear probe's)."""
     import ray
 
+    paths = [str(p) for p in table["path"]]
+    lengths = [effective_max_length(m, table["duration"].to_numpy(float)) for m in max_lengths]
+    spread = RayShardedEncode(encoder_spec) if ray.is_initialized() else None
+    cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: encoder,
+                         encode_clips=spread, progress=True)
+    if spread is not None and not all(cache.has(paths, ml) for ml in lengths):
+        spread.warm_up()   # the cluster's workers load the encoder while this process does
     encoder = load_encoder(encoder_spec)
     set_threads(os.cpu_count() or 1)
     n = encoder.num_layers
     boundaries = sorted({0 if k is None else n - min(k, n) for k in boundary_tops})
     audio = AudioStore(SAMPLE_RATE)
-    paths = [str(p) for p in table["path"]]
-    durations = table["duration"].to_numpy(float)
-    spread = RayShardedEncode(encoder_spec) if ray.is_initialized() else None
-    cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: encoder,
-                         encode_clips=spread, progress=True)
     start = time.perf_counter()
-    lengths = [effective_max_length(m, durations) for m in max_lengths]
     pooled = {}
     for ml in sorted(set(lengths), key=lambda v: (v is None, v)):
         pooled[ml] = cache.get(paths, lambda i, ml=ml: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml,

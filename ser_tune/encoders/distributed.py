@@ -13,9 +13,9 @@ differently at another thread count, as they already do between trials of differ
 How the work is sized:
 
 - **1-CPU tasks** (``cpus_per_task``), as many at a time as the cluster has CPUs: every CPU of every
-  node is busy whatever the node sizes, with one torch thread each, which encodes more clips per
-  second than one task with many threads (torch's intra-op threads scale poorly on the short,
-  one-clip batches that real corpora give, whose clips rarely share a length);
+  node is busy whatever the node sizes, each with one torch thread on clips of its own: independent
+  clips parallelise without the synchronisation that intra-op threads pay on the short, one-clip
+  batches real corpora give (their clips rarely share a length);
 - **several shards per CPU** (``shards_per_slot``, dealt out by audio length so shards cost about
   the same): Ray hands the next shard to whichever CPU frees first, so a slower or busier node
   simply takes fewer; the progress line moves as shards finish; a shard lost with its node is
@@ -23,7 +23,9 @@ How the work is sized:
 
 Each task loads the encoder once for its shard and drops it when it returns, so no Ray worker
 keeps a copy into the trials that follow. Reloading costs little after a worker's first shard
-(its modules are imported and the weights sit in the page cache: about 0.1 s for Whisper-base).
+(its modules are imported and the weights sit in the page cache: about 0.1 s for Whisper-base);
+the first one's imports and load (seconds) are started by :meth:`RayShardedEncode.warm_up` while
+the driver loads its own copy and decodes the audio.
 """
 from __future__ import annotations
 

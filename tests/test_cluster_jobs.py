@@ -86,9 +86,9 @@ def test_study_as_a_ray_job_stops_and_resumes_to_its_budget(tmp_path, grace_s):
         assert cluster.job_status("study-1") == "STOPPED"
         meta = json.loads((study / "study.json").read_text())
         assert meta["status"] != "done"
-        # The shared encode ran as Ray tasks on both nodes (a resume finds the cache and encodes nothing).
-        spread = meta["cache"]["ray"]
-        assert len(spread["clips_per_node"]) == 2 and spread["tasks"] > 2, spread
+        # The shared encode ran as Ray tasks (a resume finds the cache and encodes nothing). Which nodes
+        # took its shards depends on which had a warm worker first: tests/test_cluster_launch.py pins it.
+        assert sum(meta["cache"]["ray"]["clips_per_node"].values()) == meta["corpus"]["files"]
         if grace_s is None:   # the driver had time to stop Ray Tune and say so
             assert meta["status"] == "interrupted" and meta["units"][unit]["status"] == "interrupted", meta["units"]
         first_log = cluster.job_logs("study-1")

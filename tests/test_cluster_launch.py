@@ -123,9 +123,11 @@ def test_launch_study_runs_on_both_nodes(cluster, tmp_path):
     assert used == {(HEAD_IP, alive[HEAD_IP]), (WORKER_IP, alive[WORKER_IP])}, trials.node.tolist()
     meta = json.loads((study / "study.json").read_text())
     assert meta["machine"]["nodes"] == 2 and meta["machine"]["cluster_cpus"] == 2
-    # The shared feature cache: the driver encoded once, every trial on either node only read it.
+    # The shared feature cache: encoded once, as Ray tasks on the worker (the head's CPU was held
+    # meanwhile, the driver sits on the head), and every trial on either node only read it.
     assert (storage / "_feature_cache").is_dir() and any((storage / "_feature_cache").rglob("*.npy"))
     assert meta["cache"]["misses"] == 1
+    assert meta["cache"]["ray"]["clips_per_node"] == {alive[WORKER_IP]: meta["corpus"]["files"]}
     assert (trials.cache_misses == 0).all() and (trials.cache_hits > 0).all(), \
         trials[["node", "cache_hits", "cache_misses"]]
 

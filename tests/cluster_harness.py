@@ -55,6 +55,11 @@ CLIENT_PORT = 10001
 HEAD_RESOURCE = "ser_tune_head"
 WORKER_RESOURCE = "ser_tune_worker"
 
+def worker_ip(index: int) -> str:
+    """The address of worker node ``index`` (0: WORKER_IP)."""
+    return f"127.0.0.{2 + index}"
+
+
 _UNSHARE_ARGS = ["--net", "--pid", "--fork", "--mount", "--mount-proc", "--kill-child"]
 
 
@@ -146,7 +151,8 @@ class CpuHold:
 
 
 class LoopbackRayCluster:
-    """Context manager: a Ray head (127.0.0.1) and one worker node (127.0.0.2) in a private namespace.
+    """Context manager: a Ray head (127.0.0.1) and ``workers`` worker nodes (127.0.0.2, 127.0.0.3, ...;
+    one by default, none for a one-node cluster) in a private namespace.
 
     Each node gets ``cpus_per_node`` CPUs, ``memory_bytes`` of task memory and an object store
     of ``object_store_bytes``, plus a custom resource (``ser_tune_head`` / ``ser_tune_worker``)
@@ -157,6 +163,7 @@ class LoopbackRayCluster:
         self,
         *,
         cpus_per_node: int = 1,
+        workers: int = 1,
         memory_bytes: int = 2 * 1024**3,
         object_store_bytes: int = 300 * 1000**2,
         start_timeout_s: float = 120.0,
@@ -164,6 +171,7 @@ class LoopbackRayCluster:
         keep_logs: bool | None = None,
     ):
         self.cpus_per_node = cpus_per_node
+        self.workers = workers
         self.memory_bytes = memory_bytes
         self.object_store_bytes = object_store_bytes
         self.start_timeout_s = start_timeout_s
@@ -244,14 +252,15 @@ class LoopbackRayCluster:
                 RAY_DASHBOARD_PORT=str(DASHBOARD_PORT),
                 RAY_CLIENT_PORT=str(CLIENT_PORT),
             )
-            self._start_node(
-                START_WORKER,
-                RAY_NODE_IP=WORKER_IP,
-                RAY_RESOURCES=json.dumps({WORKER_RESOURCE: 1}),
-                RAY_HEAD_ADDRESS=self.gcs_address,
-                RAY_HEAD_WAIT_S="30",
-            )
-            self.wait_for_alive_nodes(2, timeout_s=60)
+            for i in range(self.workers):
+                self._start_node(
+                    START_WORKER,
+                    RAY_NODE_IP=worker_ip(i),
+                    RAY_RESOURCES=json.dumps({WORKER_RESOURCE: 1}),
+                    RAY_HEAD_ADDRESS=self.gcs_address,
+                    RAY_HEAD_WAIT_S="30",
+                )
+            self.wait_for_alive_nodes(1 + self.workers, timeout_s=60)
         except BaseException:
             self.stop()
             raise
@@ -386,6 +395,43 @@ class LoopbackRayCluster:
         answer = json.loads(result.stdout.strip().splitlines()[-1])
         return answer["status"], answer["body"]
 
+    # ----- Ray jobs (the job API on the head's dashboard, as `ray job ...` from a host) -----
+    def submit_job(self, entrypoint: Sequence[str], *, submission_id: str, timeout_s: float = 120) -> CommandResult:
+        """``ray job submit --no-wait``: returns once the head accepted the job; the job outlives the client."""
+        return self.run(["ray", "job", "submit", "--address", self.dashboard_url, "--submission-id", submission_id,
+                         "--no-wait", "--", *entrypoint], timeout_s=timeout_s, check=True)
+
+    def job_status(self, submission_id: str) -> str:
+        """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED (the job API's answer)."""
+        status, body = self.dashboard_get(f"/api/jobs/{submission_id}")
+        if status != 200 or not isinstance(body, dict):
+            raise ClusterHarnessError(f"job {submission_id}: the job API answered {status}: {body}")
+        return str(body["status"])
+
+    def wait_for_job(self, submission_id: str, statuses: Sequence[str], *, timeout_s: float) -> str:
+        """Poll the job's status until it is one of ``statuses``; returns it."""
+        deadline = time.monotonic() + timeout_s
+        status = "?"
+        while time.monotonic() < deadline:
+            status = self.job_status(submission_id)
+            if status in statuses:
+                return status
+            if status in ("STOPPED", "SUCCEEDED", "FAILED"):
+                break   # terminal, and not what was awaited
+            time.sleep(1)
+        raise ClusterHarnessError(f"job {submission_id} is {status}, not {'/'.join(statuses)} "
+                                  f"(waited up to {timeout_s}s); its log:\n{self.job_logs(submission_id)[-3000:]}")
+
+    def stop_job(self, submission_id: str, *, timeout_s: float = 120) -> CommandResult:
+        """``ray job stop``: SIGTERM to the job's driver, SIGKILL after the head's RAY_JOB_STOP_WAIT_TIME_S;
+        returns once the job is stopped."""
+        return self.run(["ray", "job", "stop", "--address", self.dashboard_url, submission_id],
+                        timeout_s=timeout_s, check=True)
+
+    def job_logs(self, submission_id: str, *, timeout_s: float = 60) -> str:
+        return self.run(["ray", "job", "logs", "--address", self.dashboard_url, submission_id],
+                        timeout_s=timeout_s, check=True).stdout
+
     def wait_for_alive_nodes(self, count: int, *, timeout_s: float) -> list[dict]:
         deadline = time.monotonic() + timeout_s
         nodes: list[dict] = []
@@ -403,17 +449,15 @@ class LoopbackRayCluster:
         )
 
     def kill_worker(self, *, timeout_s: float = 60) -> list[int]:
-        """SIGKILL every process of the worker node (raylet, agents, its workers), as a lost machine would.
-
-        Returns the killed pids (namespace pids) once the head reports one alive node.
-        """
+        """SIGKILL every process of the (first) worker node (raylet, agents, its workers), as a lost
+        machine would. Returns the killed pids (namespace pids) once the head reports it gone."""
         result = self.run(
             [sys.executable, __file__, "--kill-node-ip", WORKER_IP], timeout_s=30, check=True
         )
         killed = json.loads(result.stdout.strip().splitlines()[-1])
         if not killed:
             raise ClusterHarnessError(f"no process of the worker node ({WORKER_IP}) was found")
-        self.wait_for_alive_nodes(1, timeout_s=timeout_s)
+        self.wait_for_alive_nodes(self.workers, timeout_s=timeout_s)
         return killed
 
     def log_excerpt(self, tail_chars: int = 1500) -> str:

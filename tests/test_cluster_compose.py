@@ -27,10 +27,13 @@ RAY_DAEMON_RESERVE_BYTES = 1 * GIB  # raylet, GCS, dashboard, agents per contain
 _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 
 
-def _interpolate_defaults(text: str) -> str:
-    """Compose variable syntax resolved to the file's defaults (the environment is ignored)."""
+def _interpolate_defaults(text: str, values: dict[str, str] | None = None) -> str:
+    """Compose variable syntax resolved to ``values`` (an --env-file's), else the file's defaults
+    (the environment is ignored)."""
 
     def replace(match: re.Match) -> str:
+        if values and match.group("name") in values:
+            return values[match.group("name")]
         if match.group("op") in (":-", "-"):
             return match.group("arg")
         raise AssertionError(f"{COMPOSE_FILE.name}: variable {match.group(0)} has no default")
@@ -38,8 +41,12 @@ def _interpolate_defaults(text: str) -> str:
     return _VARIABLE.sub(replace, text)
 
 
-def _load_compose() -> dict:
-    return yaml.safe_load(_interpolate_defaults(COMPOSE_FILE.read_text()))
+def _load_compose(env_file: Path | None = None) -> dict:
+    values = None
+    if env_file is not None:
+        lines = [line.strip() for line in env_file.read_text().splitlines()]
+        values = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    return yaml.safe_load(_interpolate_defaults(COMPOSE_FILE.read_text(), values))
 
 
 def _bytes(size) -> int:
@@ -156,6 +163,40 @@ def test_compose_has_head_and_scalable_workers():
     assert _env(head)["RAY_DASHBOARD_HOST"] == "0.0.0.0"  # inside the container; host side is loopback
     for svc in (head, worker):
         assert svc["build"] == {"context": ".", "dockerfile": "cluster/Dockerfile"}
+
+
+# ----- sizes for one 8-core machine (cluster/sizes/*.env) -----
+
+SIZES = sorted((REPO_ROOT / "cluster" / "sizes").glob("8core-*.env"))
+MACHINE_CPUS, MACHINE_MEMORY = 8, 32 * GIB     # the machine those files are written for
+
+
+def machine_fit_problems(compose: dict) -> list[str]:
+    """Head + N workers together within one 8-core, 32 GiB machine, using all of its cores."""
+    head, worker = compose["services"]["ray-head"], compose["services"]["worker"]
+    workers = int(worker.get("scale", 1))
+    cpus = float(head["cpus"]) + workers * float(worker["cpus"])
+    memory = _bytes(head["mem_limit"]) + workers * _bytes(worker["mem_limit"])
+    problems = []
+    if cpus != MACHINE_CPUS:
+        problems.append(f"{cpus:g} CPUs over head and {workers} workers, not the machine's {MACHINE_CPUS}")
+    if memory > MACHINE_MEMORY:
+        problems.append(f"memory limits add up to {memory / GIB:.1f} GiB, more than {MACHINE_MEMORY / GIB:.0f}")
+    return problems
+
+
+@pytest.mark.parametrize("env_file", SIZES, ids=lambda p: p.stem)
+def test_8_core_sizes_fit_the_machine(env_file):
+    compose = _load_compose(env_file)
+    assert resource_limit_problems(compose) == []
+    assert machine_fit_problems(compose) == []
+
+
+def test_8_core_sizes_exist_and_a_misfit_is_caught():
+    assert [p.stem for p in SIZES] == ["8core-head-and-3-workers", "8core-one-node"]
+    compose = _load_compose(SIZES[0])
+    compose["services"]["worker"]["scale"] = 4          # 10 CPUs
+    assert machine_fit_problems(compose)
 
 
 # ----- each check catches the fault it exists for -----

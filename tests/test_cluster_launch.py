@@ -5,12 +5,10 @@ network+PID namespace (tests/cluster_harness.py); the launcher runs inside it as
 would on a head node. Both nodes see this machine's file system, so a tmp folder is the shared
 storage, and the feature cache under it (``<storage>/_feature_cache``) is shared by every trial.
 
-Each node has one CPU and each trial takes one, so two concurrent trials are placed on different
-nodes. Ray Tune reuses a finished trial's actor for the next pending trial, though, and drops a
-pending trial's actor that has not come up yet: if a trial ends before the other node's actor has
-started (10-15 s on a loaded 2-core machine), every trial lands on one node. The studies are
-therefore grid searches whose first trials are long enough to cover that, and the fault test
-holds the head's CPU (LoopbackRayCluster.hold_cpu) to put its trials on the worker.
+Each node has one CPU and each trial takes one. Which node a trial gets is decided by holding the
+head's CPU (LoopbackRayCluster.hold_cpu) and by waiting on states, never on sleeps: on the trials'
+report logs (``_trial_state/<unit>/<trial id>/reports.jsonl``, a line per epoch), their final
+results and the cluster's alive nodes. Trials report to Ray once, at their end.
 Needs unshare/nsenter/ip and the right to create namespaces (root); skips with the reason otherwise.
 """
 
@@ -21,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import ray
-import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # cluster_harness sits beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers sit beside this file
 from cluster_harness import HEAD_IP, HEAD_RESOURCE, WORKER_IP, LoopbackRayCluster, namespace_support
+from cluster_studies import (check_units_complete, finished_trials, report_log, running_logs, wait_for,
+                             write_experiment)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -48,38 +46,31 @@ def cluster():
         yield running
 
 
-def _experiment(tmp_path: Path, grid: dict) -> Path:
-    """A grid study of ``BUDGET`` trials, two at a time. Ray's grid order varies lr fastest."""
-    raw = {
-        "name": "cluster",
-        "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"), "options": {"clips_per_cell": 2}},
-        "split": {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0},
-        "encoder": "tiny-whisper",
-        "trial": {"unfreeze": "none", "max_length": 1.0, "batch_size": 16},
-        "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "num_epochs": {"int": [1, 1000]}},
-        "grid": grid,
-        "strategies": [STRATEGY],
-        "budget": {"trials": BUDGET},
-        "resources": {"cpus_per_trial": 1},
-        "concurrency": 2,
-        "seed": 0,
-        "storage": str(tmp_path / "storage"),
-        "objective": {"metric": "val_bca", "mode": "max"},
-    }
-    path = tmp_path / "cluster.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+def _launch(cluster: LoopbackRayCluster, tmp_path: Path, grid: dict, concurrency: int):
+    """``python -m ser_tune.launch CONFIG --address ... --json`` started in the namespace (a grid study
+    of ``BUDGET`` trials, run in the grid's order). The driver gets RAY_AUTH_MODE=token and
+    RAY_AUTH_TOKEN_PATH from cluster.env(): without them the GCS refuses it."""
+    config = write_experiment(tmp_path, "cluster", grid=grid, strategies=[STRATEGY], budget={"trials": BUDGET},
+                              concurrency=concurrency)
+    out, err = tmp_path / "launch.out", tmp_path / "launch.err"
+    args = [sys.executable, "-m", "ser_tune.launch", str(config), "--address", cluster.gcs_address,
+            "--storage", str(tmp_path / "storage"), "--json"]
+    proc = cluster.popen(args, stdout_path=out, stderr_path=err, cwd=REPO)
+
+    def ended() -> str | None:
+        return None if proc.poll() is None else f"launcher exited {proc.returncode}:\n{err.read_text()[-3000:]}"
+    return proc, out, err, ended
 
 
-def _launch_args(cluster: LoopbackRayCluster, config: Path, storage: Path) -> list[str]:
-    # The driver gets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH from cluster.env(): without them
-    # the GCS refuses it (the launcher only turns auth off when it starts its own Ray).
-    return [sys.executable, "-m", "ser_tune.launch", str(config), "--address", cluster.gcs_address,
-            "--storage", str(storage), "--json"]
-
-
-def _study_dir(stdout: str) -> Path:
-    lines = stdout.strip().splitlines()
+def _finish(proc, out: Path, err: Path, timeout_s: float) -> Path:
+    """Wait for the launcher; its study folder (from the --json object, the last stdout line)."""
+    try:
+        proc.wait(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, f"launcher exited {proc.returncode}:\n{err.read_text()[-3000:]}"
+    lines = out.read_text().strip().splitlines()
     try:
         return Path(json.loads(lines[-1])["study_dir"])
     except (IndexError, ValueError, KeyError) as exc:
@@ -87,56 +78,44 @@ def _study_dir(stdout: str) -> Path:
                              + "\n".join(lines[-20:])) from None
 
 
-def _result_lines(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:  # a line still being written
-            pass
-    return lines
+def _study(storage: Path) -> Path | None:
+    found = sorted(storage.glob("cluster-*"))
+    return found[-1] if found else None
 
 
-def _check_budget_completed(trials: pd.DataFrame) -> None:
-    rows = trials[trials.strategy == STRATEGY]
-    assert len(rows) == BUDGET, rows
-    assert (rows.status == "TERMINATED").all(), rows[["trial_id", "status", "error"]]
-    assert rows.trial_id.is_unique, rows.trial_id.tolist()
-    assert rows.val_bca.between(0, 1).all() and rows.test_bca.between(0, 1).all(), rows
-
-
-def _on(node_ip: str, line: dict) -> bool:
-    return str(line.get("node", "")).startswith(f"{node_ip}/")
-
-
-def _wait_for(condition, proc, err: Path, what: str, timeout_s: float):
-    """Poll ``condition()`` until it returns something truthy, while the launcher is still running."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = condition()
-        if found:
-            return found
-        assert proc.poll() is None, f"launcher exited {proc.returncode} before {what}:\n{err.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout_s}s:\n{err.read_text()[-3000:]}"
-        time.sleep(0.2)
+def _grid_trial_running(storage: Path, min_epochs: int, max_epoch: int):
+    """A grid trial that has run at least ``min_epochs`` epochs and not past ``max_epoch``: (study, trial id)."""
+    def condition():
+        study = _study(storage)
+        if study is None:
+            return None
+        for trial, rows in running_logs(study, STRATEGY).items():
+            if min_epochs <= len(rows) and rows[-1]["epoch"] <= max_epoch:
+                return study, trial
+        return None
+    return condition
 
 
 def test_launch_study_runs_on_both_nodes(cluster, tmp_path):
     storage = tmp_path / "storage"
-    # Trials 0 and 1 (300 epochs, ~12 s warm, more cold) start together, one per node, and outlast
-    # either node's actor start; trials 2 and 3 (40 epochs) follow on whichever node frees first.
-    config = _experiment(tmp_path, {"lr": [1e-3, 3e-3], "num_epochs": [300, 40]})
-    run = cluster.run(_launch_args(cluster, config, storage), cwd=REPO, timeout_s=170)
-    print(f"[timing] {BUDGET}-trial launch study on 2 nodes: {run.duration_s:.1f}s")
-    assert run.returncode == 0, run.describe()
-    study = _study_dir(run.stdout)
+    started = time.monotonic()
+    # Trials 0 and 1 (1000 epochs, ~10 s on an idle machine) run at once, 2 and 3 (40 epochs) follow on
+    # whichever node frees first. The head's CPU is held until trial 0 runs on the worker: trial 1, whose
+    # actor waits for a CPU meanwhile, then starts on the head while trial 0 has most of its epochs to go
+    # (and were trial 0 done first, its actor would take trial 1 and the head's the next one).
+    hold = cluster.hold_cpu(HEAD_RESOURCE)
+    try:
+        proc, out, err, ended = _launch(cluster, tmp_path, {"num_epochs": [1000, 1001, 40, 41]},
+                                        concurrency=2)
+        wait_for(_grid_trial_running(storage, 1, 1001), "grid trial running on the worker", timeout_s=240,
+                 still_running=ended)
+    finally:
+        hold.release()
+    study = _finish(proc, out, err, timeout_s=400)
+    print(f"[timing] {BUDGET}-trial launch study on 2 nodes: {time.monotonic() - started:.1f}s")
     assert study.parent == storage
 
-    trials = pd.read_csv(study / "trials.csv")
-    _check_budget_completed(trials)
+    trials = check_units_complete(study, {"default": 1, STRATEGY: BUDGET})
     # `node` is "<ip>/<node id[:8]>": both nodes ran trials, and they are the cluster's two live nodes.
     alive = {n["node_ip"]: n["node_id"][:8] for n in cluster.alive_nodes()}
     assert set(alive) == {HEAD_IP, WORKER_IP}
@@ -144,8 +123,11 @@ def test_launch_study_runs_on_both_nodes(cluster, tmp_path):
     assert used == {(HEAD_IP, alive[HEAD_IP]), (WORKER_IP, alive[WORKER_IP])}, trials.node.tolist()
     meta = json.loads((study / "study.json").read_text())
     assert meta["machine"]["nodes"] == 2 and meta["machine"]["cluster_cpus"] == 2
-    # The shared feature cache: the driver encoded once, every trial on either node only read it.
-    assert (storage / "_feature_cache").is_dir() and any((storage / "_feature_cache").rglob("*"))
+    # The shared feature cache: encoded once, as Ray tasks on the worker (the head's CPU was held
+    # meanwhile, the driver sits on the head), and every trial on either node only read it.
+    assert (storage / "_feature_cache").is_dir() and any((storage / "_feature_cache").rglob("*.npy"))
+    assert meta["cache"]["misses"] == 1
+    assert meta["cache"]["ray"]["clips_per_node"] == {alive[WORKER_IP]: meta["corpus"]["files"]}
     assert (trials.cache_misses == 0).all() and (trials.cache_hits > 0).all(), \
         trials[["node", "cache_hits", "cache_misses"]]
 
@@ -157,59 +139,45 @@ def test_launch_study_runs_on_both_nodes(cluster, tmp_path):
 def test_launch_study_survives_losing_the_worker_node(cluster, tmp_path):
     storage = tmp_path / "storage"
     started = time.monotonic()
-    # Trials 0 and 1 (40 epochs) then 2 and 3 (150 epochs, ~6 s warm). The head's CPU is held until
-    # the kill, so every trial runs on the worker: 0 and 1 complete there, 2 is cut off mid-way.
-    config = _experiment(tmp_path, {"lr": [1e-3, 3e-3], "num_epochs": [40, 150]})
+    # One trial at a time, in grid order: 0 and 1 (40 epochs), 2 (1500 epochs), 3 (42). The head's CPU
+    # is held until the worker is dead, so the encode and every trial up to the kill run on the worker:
+    # 0 and 1 end there, 2 is cut off part-way (it has run more epochs than a short trial has, and at
+    # least 500 remain when the kill starts).
     hold = cluster.hold_cpu(HEAD_RESOURCE)
-    out, err = tmp_path / "launch.out", tmp_path / "launch.err"
-    proc = cluster.popen(_launch_args(cluster, config, storage), stdout_path=out, stderr_path=err, cwd=REPO)
-
-    def long_trial_running_on_worker():
-        for trial_dir in sorted(storage.glob(f"cluster-*/{STRATEGY}/run_trial_*")):
-            lines = _result_lines(trial_dir)
-            if lines and _on(WORKER_IP, lines[-1]) and lines[-1]["epoch"] < lines[-1]["cfg_num_epochs"] - 100:
-                return trial_dir
-        return None
-
     try:
-        try:
-            victim = _wait_for(long_trial_running_on_worker, proc, err, "150-epoch trial on the worker",
-                               timeout_s=150)
-            finished_before_kill = [d.name for d in victim.parent.glob("run_trial_*")
-                                    if any("test_bca" in line for line in _result_lines(d))]
-            kill_started = time.monotonic()
-            killed = cluster.kill_worker(timeout_s=60)
-        finally:
-            hold.release()
-        print(f"[timing] worker killed ({len(killed)} processes) during {victim.name}, "
-              f"declared dead in {time.monotonic() - kill_started:.1f}s")
-        proc.wait(timeout=150)
+        proc, out, err, ended = _launch(cluster, tmp_path, {"num_epochs": [40, 41, 1500, 42]},
+                                        concurrency=1)
+        study, victim = wait_for(_grid_trial_running(storage, 60, 1000), "1500-epoch trial on the worker",
+                                 timeout_s=240, still_running=ended)
+        ended_before = {trial for unit, trial in finished_trials(study) if unit == STRATEGY}
+        kill_started = time.time()
+        killed = cluster.kill_worker(timeout_s=60)      # returns once the head sees one alive node
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        hold.release()
+    print(f"[timing] worker killed ({len(killed)} processes) during trial {victim}, "
+          f"declared dead in {time.time() - kill_started:.1f}s")
+    study_dir = _finish(proc, out, err, timeout_s=400)
     print(f"[timing] fault launch study end to end: {time.monotonic() - started:.1f}s")
-    assert proc.returncode == 0, f"launcher exited {proc.returncode}:\n{err.read_text()[-3000:]}"
-    study = _study_dir(out.read_text())
-    assert len(finished_before_kill) == 2, finished_before_kill
+    assert study_dir == study
+    assert len(ended_before) == 2 and victim not in ended_before, ended_before
 
-    trials = pd.read_csv(study / "trials.csv")
-    _check_budget_completed(trials)
-    dirs = {row.trial_id: next(d for d in (study / STRATEGY).glob(f"run_trial_{row.trial_id}_*"))
-            for row in trials.itertuples()}
-    # Every trial ran to its last epoch; the one finished on the worker before the kill kept its
-    # result (on the shared storage) and was not run again.
-    for row in trials.itertuples():
-        lines = _result_lines(dirs[row.trial_id])
-        assert lines[-1]["epoch"] == row.cfg_num_epochs and "test_bca" in lines[-1], row.trial_id
-    for name in finished_before_kill:
-        lines = _result_lines(study / STRATEGY / name)
-        assert all(_on(WORKER_IP, line) for line in lines)
-        assert [line["epoch"] for line in lines] == list(range(1, len(lines) + 1)), f"{name} ran again"
-    # The trial cut off on the worker was retried on the head from its last epoch checkpoint.
-    lines = _result_lines(study / STRATEGY / victim.name)
-    assert _on(WORKER_IP, lines[0]) and _on(HEAD_IP, lines[-1]), [line["node"] for line in lines]
-    first_on_head = next(line["epoch"] for line in lines if _on(HEAD_IP, line))
-    last_on_worker = max(line["epoch"] for line in lines if _on(WORKER_IP, line))
-    assert 1 < first_on_head <= last_on_worker + 1, "retried from its checkpoint, not from scratch"
-    victim_node = [row.node for row in trials.itertuples() if dirs[row.trial_id].name == victim.name]
-    assert len(victim_node) == 1 and victim_node[0].startswith(f"{HEAD_IP}/"), victim_node
+    trials = check_units_complete(study, {"default": 1, STRATEGY: BUDGET}).set_index("trial_id")
+    grid = trials[trials.unit == STRATEGY]
+    # Every trial ran to its last epoch, each epoch once; the two that ended on the worker before the
+    # kill kept their results (on the shared storage) and did not run again.
+    for trial, row in grid.iterrows():
+        epochs = [r["epoch"] for r in report_log(study, STRATEGY, trial)]
+        assert epochs[-1] == row.cfg_num_epochs and epochs == sorted(epochs), trial
+    for trial in ended_before:
+        assert trials.loc[trial, "node"].startswith(f"{WORKER_IP}/")
+        log = report_log(study, STRATEGY, trial)
+        assert [r["epoch"] for r in log] == list(range(1, len(log) + 1)), f"{trial} ran again"
+        assert all(r["reported_at"] < kill_started for r in log)
+    # The trial cut off on the worker was retried on the head from its last epoch state, not from scratch:
+    # its epochs from the worker are still in its log and the head went on after them.
+    log = report_log(study, STRATEGY, victim)
+    on_worker = [r["epoch"] for r in log if r["reported_at"] < kill_started]
+    on_head = [r["epoch"] for r in log if r["reported_at"] >= kill_started]
+    assert len(on_worker) >= 60 and on_worker == list(range(1, len(on_worker) + 1)), on_worker[:5]
+    assert on_head and 1 < on_head[0] <= on_worker[-1] + 2, (on_worker[-3:], on_head[:3])
+    assert trials.loc[victim, "node"].startswith(f"{HEAD_IP}/"), trials.loc[victim, "node"]

@@ -1,7 +1,9 @@
 """A real two-node Ray cluster (head 127.0.0.1 + worker 127.0.0.2 in a private namespace).
 
 Trials spread over both nodes, the dashboard and job API demand the token, and a study
-survives losing the worker node mid-trial (that test kills the worker, so it runs last).
+survives losing the worker node mid-trial (that test kills the worker, so it runs last). The
+Tune drivers' trials wait for each other at their start (a folder of "started" files), so two
+run at once, one per 1-CPU node, however long a node's actor takes to come up.
 Needs unshare/nsenter/ip and the right to
 create namespaces (root); skips with the reason otherwise.
 """
@@ -42,21 +44,28 @@ def _write(path: Path, source: str) -> Path:
 
 SPREAD_DRIVER = """
     import json, sys, time
+    from pathlib import Path
     import ray
     from ray import tune
 
     def trainable(config):
         node_ip = ray.util.get_node_ip_address()
         node_id = ray.get_runtime_context().get_node_id()
+        # Two trials run at once, one per 1-CPU node: each waits until two have started, so the first
+        # cannot end (and hand its actor to the next trial) before the other node's trial is up.
+        started = Path(config["started"])
+        (started / str(config["x"])).touch()
+        deadline = time.time() + 120
+        while len(list(started.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.1)
         for step in range(3):
-            time.sleep(1.0)
             tune.report({"step": step, "score": config["x"] * step, "node": node_ip, "node_id": node_id})
 
-    address, storage, out = sys.argv[1:4]
+    address, storage, out, started = sys.argv[1:5]
     ray.init(address=address)
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
-        param_space={"x": tune.grid_search([1, 2, 3, 4])},
+        param_space={"x": tune.grid_search([1, 2, 3, 4]), "started": started},
         tune_config=tune.TuneConfig(metric="score", mode="max"),
         run_config=tune.RunConfig(name="spread", storage_path=storage, verbose=0),
     )
@@ -70,9 +79,10 @@ SPREAD_DRIVER = """
 
 def test_trials_run_on_both_nodes(cluster, tmp_path):
     driver = _write(tmp_path / "spread_driver.py", SPREAD_DRIVER)
-    out = tmp_path / "spread.json"
-    result = cluster.run([sys.executable, str(driver), cluster.gcs_address, str(tmp_path / "storage"), str(out)],
-                         timeout_s=150)
+    out, started = tmp_path / "spread.json", tmp_path / "started"
+    started.mkdir()
+    result = cluster.run([sys.executable, str(driver), cluster.gcs_address, str(tmp_path / "storage"), str(out),
+                          str(started)], timeout_s=240)
     print(f"[timing] 4-trial study on 2 nodes: {result.duration_s:.1f}s")
     assert result.returncode == 0, result.describe()
     summary = json.loads(out.read_text())
@@ -162,6 +172,13 @@ FAULT_DRIVER = """
             with checkpoint.as_directory() as d:
                 start = json.loads(Path(d, "state.json").read_text())["step"] + 1
         node_ip = ray.util.get_node_ip_address()
+        # Two trials run at once, one per node: each waits until two have started, so the worker gets
+        # one however long its actor takes to come up.
+        started = Path(config["started"])
+        (started / str(config["x"])).touch()
+        deadline = time.time() + 120
+        while len(list(started.iterdir())) < 2 and time.time() < deadline:
+            time.sleep(0.1)
         for step in range(start, STEPS):
             time.sleep(0.5)
             with tempfile.TemporaryDirectory() as d:
@@ -185,12 +202,12 @@ FAULT_DRIVER = """
         def on_trial_error(self, iteration, trials, trial, **info):
             self.errored.append(trial.config["x"])
 
-    address, storage, marker, out = sys.argv[1:5]
+    address, storage, marker, out, started = sys.argv[1:6]
     ray.init(address=address)
     events = Events()
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
-        param_space={"x": tune.grid_search([1, 2, 3, 4]), "marker": marker},
+        param_space={"x": tune.grid_search([1, 2, 3, 4]), "marker": marker, "started": started},
         tune_config=tune.TuneConfig(metric="step", mode="max"),
         run_config=tune.RunConfig(name="fault", storage_path=storage, verbose=0, callbacks=[events],
                                   failure_config=tune.FailureConfig(max_failures=2)),
@@ -205,10 +222,12 @@ FAULT_DRIVER = """
 
 def test_study_survives_losing_the_worker_node(cluster, tmp_path):
     driver = _write(tmp_path / "fault_driver.py", FAULT_DRIVER % {"worker_ip": WORKER_IP})
-    marker, out = tmp_path / "worker_trial_running", tmp_path / "fault.json"
+    marker, out, barrier = tmp_path / "worker_trial_running", tmp_path / "fault.json", tmp_path / "started"
+    barrier.mkdir()
     started = time.monotonic()
     proc = cluster.popen(
-        [sys.executable, str(driver), cluster.gcs_address, str(tmp_path / "storage"), str(marker), str(out)],
+        [sys.executable, str(driver), cluster.gcs_address, str(tmp_path / "storage"), str(marker), str(out),
+         str(barrier)],
         stdout_path=tmp_path / "driver.out", stderr_path=tmp_path / "driver.err",
     )
     try:

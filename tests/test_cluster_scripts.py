@@ -31,7 +31,8 @@ def fake_ray(tmp_path):
     fake.write_text(
         "#!/usr/bin/env python3\n"
         "import json, os, sys\n"
-        f"json.dump({{'argv': sys.argv[1:], 'auth': os.environ.get('RAY_AUTH_MODE')}}, open({str(record)!r}, 'w'))\n"
+        f"json.dump({{'argv': sys.argv[1:], 'auth': os.environ.get('RAY_AUTH_MODE'), "
+        f"'job_stop_wait': os.environ.get('RAY_JOB_STOP_WAIT_TIME_S')}}, open({str(record)!r}, 'w'))\n"
     )
     fake.chmod(0o755)
     token = tmp_path / "token"
@@ -65,6 +66,15 @@ def test_head_gets_limits_loopback_dashboard_and_token_auth(fake_ray):
     assert _flag(argv, "--ray-client-server-port") == "10001"
     assert json.loads(_flag(argv, "--resources")) == {"ser_tune_head": 1}
     assert called["auth"] == "token"
+    assert called["job_stop_wait"] == "60"   # `ray job stop` gives a study's driver a minute, not Ray's 3 s
+
+
+def test_head_keeps_a_given_job_stop_grace(fake_ray):
+    env, record = fake_ray
+    env.update(RAY_JOB_STOP_WAIT_TIME_S="0")
+    done = _run(START_HEAD, env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(record.read_text())["job_stop_wait"] == "0"
 
 
 def test_worker_waits_for_the_head_port_then_joins(fake_ray):
@@ -100,6 +110,7 @@ def test_worker_gives_up_on_an_unreachable_head(fake_ray):
         (START_HEAD, {"RAY_NUM_CPUS": "two"}, "RAY_NUM_CPUS must be a positive integer, got 'two'"),
         (START_HEAD, {"RAY_MEMORY_BYTES": "4g"}, "RAY_MEMORY_BYTES must be a positive integer"),
         (START_HEAD, {"RAY_AUTH_MODE": "none"}, "RAY_AUTH_MODE must be 'token' or 'disabled'"),
+        (START_HEAD, {"RAY_JOB_STOP_WAIT_TIME_S": "1m"}, "RAY_JOB_STOP_WAIT_TIME_S must be a whole number of seconds"),
         (START_HEAD, {"RAY_AUTH_TOKEN_PATH": "/nonexistent/token"}, "RAY_AUTH_TOKEN_PATH=/nonexistent/token does not exist"),
         (START_WORKER, {}, "RAY_HEAD_ADDRESS is not set"),
         (START_WORKER, {"RAY_HEAD_ADDRESS": "ray-head"}, "RAY_HEAD_ADDRESS must be HOST:PORT"),

@@ -10,22 +10,33 @@ max_length), not on the trial. One encoder pass stores, per clip:
 - ``frames`` at a layer boundary b (optional): the full (T_i, D) hidden state at index b, the
   input of the lowest layer a "top-k" trial trains (b = L - k), so such a trial runs only its top layers.
 
-Entries live on disk under the study's storage (shared by every trial and node), written to a
-temporary name and renamed, under an exclusive file lock so concurrent trials compute an entry once.
+Entries live on disk under the study's storage (shared by every trial and node), under an
+exclusive file lock so concurrent trials compute an entry once. An encode writes every file of the
+entry into a staging folder inside it and renames them into place at the end, the files that mark
+the entry complete (``frames_<b>.npy``, ``meta.json``) last: a killed encode leaves at most a
+staging folder (removed by the next encode) and files no reader looks at, never a half entry.
+
+Who computes a miss is the cache's ``encode_clips``: by default this process, batch by batch; the
+study's shared encode hands it ``distributed.RayShardedEncode``, which spreads the same batches
+over a Ray cluster's CPUs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 from filelock import FileLock
+from tqdm import tqdm
 
 from .base import SpeechEncoder
 
@@ -57,28 +68,68 @@ def effective_max_length(max_length: float | None, durations: Sequence[float]) -
     return None if max_length >= max(durations) else float(max_length)
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
+STAGING_PREFIX = ".partial-"   # an encode's staging folder inside its entry
+
+
+@dataclass
+class EncodedClips:
+    """What one encode computed for some clips of an entry: ``index`` holds their positions in it."""
+    index: np.ndarray                               # (k,) int64
+    lengths: np.ndarray                             # (k,) frames per clip
+    pooled: np.ndarray | None                       # (k, L+1, D) float32; None: the entry already has it
+    frames: dict[int, list[np.ndarray]] = field(default_factory=dict)   # b -> k arrays (T_i, D)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @classmethod
+    def join(cls, parts: Sequence["EncodedClips"], n: int) -> "EncodedClips":
+        """The parts (any order) as the entry's ``n`` clips in order; each clip must come exactly once."""
+        index = np.concatenate([p.index for p in parts]).astype(np.int64)
+        if len(index) != n or not np.array_equal(np.sort(index), np.arange(n)):
+            raise ValueError(f"encoded parts cover {len(np.unique(index))} distinct of {n} clips "
+                             f"({len(index)} in all): every clip must be encoded exactly once")
+        order = np.argsort(index, kind="stable")
+        pooled = np.concatenate([p.pooled for p in parts])[order] if parts[0].pooled is not None else None
+        frames = {b: [f for p in parts for f in p.frames[b]] for b in parts[0].frames}
+        return cls(index=np.arange(n, dtype=np.int64), lengths=np.concatenate([p.lengths for p in parts])[order],
+                   pooled=pooled, frames={b: [per_clip[i] for i in order] for b, per_clip in frames.items()})
+
+
+class ClipEncode(Protocol):
+    """How a cache miss is computed: the entry's cropped waves in, their features out; ``progress``
+    (a tqdm bar over the clips) is advanced as clips finish."""
+
+    def __call__(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
+                 progress: tqdm) -> EncodedClips: ...
+
+
+def encode_progress(total: int, label: str, *, enabled: bool = True) -> tqdm:
+    """The encode's progress line on stderr: clips done of ``total``, clips per second, time left.
+    Explicitly on sys.stderr: stdout may carry a --json object alone."""
+    return tqdm(total=total, desc=label, unit="clip", file=sys.stderr, disable=not enabled,
+                mininterval=1.0, dynamic_ncols=True)
 
 
 class FeatureCache:
     """Encode-once store of frozen features under ``root``.
 
-    ``encoder_loader`` is called only on a miss, so a head-only trial with a warm cache never
-    loads the encoder.
+    ``encoder_loader`` is called only on a miss computed here, so a head-only trial with a warm cache
+    never loads the encoder. ``encode_clips`` computes misses elsewhere (None: in this process, batch by
+    batch); ``progress`` shows the encode's progress line on stderr.
     """
 
     def __init__(self, root: str | Path, encoder_spec: str, encoder_fingerprint: str,
-                 encoder_loader: Callable[[], SpeechEncoder], *, batch_size: int = 16):
+                 encoder_loader: Callable[[], SpeechEncoder], *, batch_size: int = 16,
+                 encode_clips: ClipEncode | None = None, progress: bool = False):
         self.root = Path(root)
         self.encoder_spec = encoder_spec
         self.encoder_fingerprint = encoder_fingerprint
         self._loader = encoder_loader
         self._encoder: SpeechEncoder | None = None
         self.batch_size = batch_size
+        self.encode_clips: ClipEncode = encode_clips or self.encode_here
+        self.progress = progress
         self.stats = CacheStats()
 
     @property
@@ -105,18 +156,22 @@ class FeatureCache:
             self.stats.hits += 1
             return self._load(folder, wanted)
         with FileLock(folder / ".lock"):  # exclusive across processes: concurrent trials encode an entry once
-            missing = [b for b in wanted if not (folder / f"frames_{b}.npy").exists()]
             if self._complete(folder, wanted):  # another trial finished it while we waited
                 self.stats.hits += 1
             else:
                 self.stats.misses += 1
-                self._encode(folder, len(clip_ids), load_wave, missing,
-                             need_pooled=not (folder / "meta.json").exists())
-                (folder / "meta.json.tmp").write_text(json.dumps({
-                    "encoder": self.encoder_spec, "fingerprint": self.encoder_fingerprint,
-                    "max_length": max_length, "clips": len(clip_ids), "created": time.time()}))
-                os.replace(folder / "meta.json.tmp", folder / "meta.json")
+                for stale in folder.glob(f"{STAGING_PREFIX}*"):   # left by a killed encode (we hold the lock)
+                    shutil.rmtree(stale, ignore_errors=True)
+                missing = [b for b in wanted if not (folder / f"frames_{b}.npy").exists()]
+                meta = {"encoder": self.encoder_spec, "fingerprint": self.encoder_fingerprint,
+                        "max_length": max_length, "clips": len(clip_ids)}
+                self._encode(folder, [load_wave(i) for i in range(len(clip_ids))], missing,
+                             need_pooled=not (folder / "meta.json").exists(), meta=meta)
         return self._load(folder, wanted)
+
+    def has(self, clip_ids: Sequence[str], max_length: float | None, boundaries: Sequence[int] = ()) -> bool:
+        """Whether the entry (with the frames at ``boundaries``) is complete: a get would not encode."""
+        return self._complete(self.root / self.key(clip_ids, max_length), [int(b) for b in boundaries])
 
     @staticmethod
     def _complete(folder: Path, boundaries: Sequence[int]) -> bool:
@@ -129,43 +184,79 @@ class FeatureCache:
                                np.load(folder / f"offsets_{b}.npy"))
         return feats
 
-    @torch.no_grad()
-    def _encode(self, folder: Path, n: int, load_wave, boundaries: list[int], need_pooled: bool) -> None:
+    def _encode(self, folder: Path, waves: list[np.ndarray], boundaries: list[int], need_pooled: bool,
+                meta: dict) -> None:
         start = time.perf_counter()
-        encoder = self.encoder
-        encoder.eval()
-        waves = [load_wave(i) for i in range(n)]
-        deepest = encoder.num_layers if need_pooled else max(boundaries)
-        pooled = np.zeros((n, encoder.num_layers + 1, encoder.hidden_size), np.float32) if need_pooled else None
-        lengths = np.zeros(n, np.int64)
-        frames: dict[int, list[np.ndarray]] = {b: [None] * n for b in boundaries}
-        for batch in _equal_length_batches(waves, self.batch_size):
-            x = torch.from_numpy(np.stack([waves[i] for i in batch]))
-            lens = torch.full((len(batch),), x.shape[1], dtype=torch.long)
-            hidden, mask = encoder.embed(x, lens)
-            states = [hidden, *encoder.run_layers(hidden, mask, 0, deepest)]
-            m = mask[..., None].float()
-            counts = m.sum(1).clamp(min=1)
-            for row, i in enumerate(batch):
-                lengths[i] = int(mask[row].sum())
-            if pooled is not None:
-                means = torch.stack([(h * m).sum(1) / counts for h in states], dim=1)
-                pooled[batch] = means.numpy()
-            for b in boundaries:
-                for row, i in enumerate(batch):
-                    frames[b][i] = states[b][row, : lengths[i]].numpy().astype(np.float32)
-        if pooled is not None:
-            _atomic_save(folder / "pooled.npy", pooled)
-            _atomic_save(folder / "lengths.npy", lengths)
-        for b in boundaries:
-            offsets = np.concatenate([[0], np.cumsum([f.shape[0] for f in frames[b]])]).astype(np.int64)
-            _atomic_save(folder / f"offsets_{b}.npy", offsets)
-            _atomic_save(folder / f"frames_{b}.npy", np.concatenate(frames[b], axis=0))
+        label = f"encode {meta['clips']} clips (max_length {meta['max_length']})"
+        with encode_progress(len(waves), label, enabled=self.progress) as progress:
+            encoded = self.encode_clips(waves, boundaries, need_pooled, progress)
+        write_entry(folder, encoded, {**meta, "created": time.time()})
         self.stats.encode_seconds += time.perf_counter() - start
-        self.stats.clips_encoded += n
+        self.stats.clips_encoded += len(waves)
+
+    def encode_here(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
+                    progress: tqdm) -> EncodedClips:
+        """The default ``encode_clips``: every batch in this process with the cache's encoder."""
+        parts = []
+        for part in encode_batches(self.encoder, waves, equal_length_batches(waves, self.batch_size),
+                                   boundaries, need_pooled):
+            parts.append(part)
+            progress.update(len(part))
+        return EncodedClips.join(parts, len(waves))
 
 
-def _equal_length_batches(waves: Sequence[np.ndarray], batch_size: int) -> list[list[int]]:
+@torch.no_grad()
+def encode_batches(encoder: SpeechEncoder, waves: Sequence[np.ndarray], batches: Sequence[Sequence[int]],
+                   boundaries: Sequence[int], need_pooled: bool) -> Iterator[EncodedClips]:
+    """Each batch's features (``index``: positions in ``waves``): every hidden state's masked mean
+    over frames when ``need_pooled``, and the frames at each boundary. A clip's features depend only
+    on the clips of its batch, so the same batches give the same bits wherever they run."""
+    encoder.eval()
+    deepest = encoder.num_layers if need_pooled else max(boundaries)
+    for batch in batches:
+        x = torch.from_numpy(np.stack([waves[i] for i in batch]))
+        lens = torch.full((len(batch),), x.shape[1], dtype=torch.long)
+        hidden, mask = encoder.embed(x, lens)
+        states = [hidden, *encoder.run_layers(hidden, mask, 0, deepest)]
+        m = mask[..., None].float()
+        counts = m.sum(1).clamp(min=1)
+        lengths = mask.sum(1).numpy().astype(np.int64)
+        pooled = (torch.stack([(h * m).sum(1) / counts for h in states], dim=1).numpy().astype(np.float32, copy=False)
+                  if need_pooled else None)
+        frames = {b: [states[b][row, : lengths[row]].numpy().astype(np.float32) for row in range(len(batch))]
+                  for b in boundaries}
+        yield EncodedClips(index=np.asarray(batch, dtype=np.int64), lengths=lengths, pooled=pooled, frames=frames)
+
+
+def write_entry(folder: Path, encoded: EncodedClips, meta: dict) -> None:
+    """Write an encode's files into a staging folder inside ``folder``, then rename them into place:
+    the data first, then what marks the entry complete (``frames_<b>.npy``, then ``meta.json``)."""
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    try:
+        order = []
+        if encoded.pooled is not None:
+            order += save_arrays(staging, pooled=encoded.pooled, lengths=encoded.lengths)
+        for b, per_clip in encoded.frames.items():
+            offsets = np.concatenate([[0], np.cumsum([f.shape[0] for f in per_clip])]).astype(np.int64)
+            order += save_arrays(staging, **{f"offsets_{b}": offsets})
+        for b, per_clip in encoded.frames.items():
+            order += save_arrays(staging, **{f"frames_{b}": np.concatenate(per_clip, axis=0)})
+        (staging / "meta.json").write_text(json.dumps(meta))
+        for name in [*order, "meta.json"]:
+            os.replace(staging / name, folder / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_arrays(folder: Path, **arrays: np.ndarray) -> list[str]:
+    names = []
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array)
+        names.append(f"{name}.npy")
+    return names
+
+
+def equal_length_batches(waves: Sequence[np.ndarray], batch_size: int) -> list[list[int]]:
     """Batch only clips of identical length: no padding enters the encoder, so a clip's cached
     features do not depend on which clips shared its batch (wav2vec2-base's group norm would see padding)."""
     by_length: dict[int, list[int]] = {}

@@ -16,6 +16,7 @@ from ..data import (SAMPLE_RATE, AudioStore, Corpus, Split, check_split, crop, l
                     outer_fold_assignments, speaker_folds)
 from ..encoders import load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
+from ..encoders.distributed import RayShardedEncode
 from ..training.trainable import set_threads
 from .folder import SPLIT_FILE, StudyFolder
 
@@ -82,25 +83,37 @@ def cache_root(storage) -> Path:
 def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops) -> dict:
     """Encode every clip once per effective max_length, with the frame-level hidden states at the
     boundaries below the top ``k`` layers for each k in ``boundary_tops`` (None: all layers train).
-    Returns {"seconds", "encoder" (its description), "cache"} for study.json, and "pooled": the per-layer
+    With Ray initialised (a study's driver) the clips are encoded as Ray tasks over every CPU of the
+    cluster (``encoders.distributed.RayShardedEncode``), else here with every core; same cache
+    entries either way, and a progress line on stderr while an entry is encoded.
+    Returns {"seconds", "encoder" (its description), "cache"} for study.json ("cache": entries, hits,
+    misses, and under "ray" the tasks and clips per node when Ray encoded), and "pooled": the per-layer
     pooled features at the first max_length (the linear probe's)."""
+    import ray
+
+    paths = [str(p) for p in table["path"]]
+    lengths = [effective_max_length(m, table["duration"].to_numpy(float)) for m in max_lengths]
+    spread = RayShardedEncode(encoder_spec) if ray.is_initialized() else None
+    cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: encoder,
+                         encode_clips=spread, progress=True)
+    if spread is not None and not all(cache.has(paths, ml) for ml in lengths):
+        spread.warm_up()   # the cluster's workers load the encoder while this process does
     encoder = load_encoder(encoder_spec)
     set_threads(os.cpu_count() or 1)
     n = encoder.num_layers
     boundaries = sorted({0 if k is None else n - min(k, n) for k in boundary_tops})
     audio = AudioStore(SAMPLE_RATE)
-    paths = [str(p) for p in table["path"]]
-    durations = table["duration"].to_numpy(float)
-    cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: encoder)
     start = time.perf_counter()
-    lengths = [effective_max_length(m, durations) for m in max_lengths]
     pooled = {}
     for ml in sorted(set(lengths), key=lambda v: (v is None, v)):
         pooled[ml] = cache.get(paths, lambda i, ml=ml: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml,
                                boundaries).pooled
+    summary = {"root": str(root), "max_lengths": [str(m) for m in sorted(set(lengths), key=str)],
+               "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}
+    if spread is not None and spread.tasks:
+        summary["ray"] = spread.summary()
     return {"seconds": time.perf_counter() - start, "encoder": encoder.describe(), "pooled": pooled[lengths[0]],
-            "cache": {"root": str(root), "max_lengths": [str(m) for m in sorted(set(lengths), key=str)],
-                      "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}}
+            "cache": summary}
 
 
 @dataclass

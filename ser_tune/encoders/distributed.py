@@ -1,0 +1,153 @@
+"""The shared encode spread over a Ray cluster: an entry's clips in shards, one Ray task per shard.
+
+:class:`RayShardedEncode` is a ``FeatureCache`` ``encode_clips``: the cache still takes the entry's
+lock, checks it and writes it (``cache.write_entry``, renamed into place at the end); only the
+encoding itself runs on the cluster. The driver cuts the entry's clips into the very batches a
+local encode makes (``cache.equal_length_batches``), deals whole batches out to shards and
+gathers each shard's features as it finishes, so every clip is encoded in the same batch as
+locally: the features are the same bits wherever a shard ran, as long as the encoder's kernels do
+not depend on torch's thread count (the tiny encoders; a real encoder's float32 sums may round
+differently at another thread count, as they already do between trials of different
+``cpus_per_trial``).
+
+How the work is sized:
+
+- **1-CPU tasks** (``cpus_per_task``), as many at a time as the cluster has CPUs: every CPU of every
+  node is busy whatever the node sizes, each with one torch thread on clips of its own: independent
+  clips parallelise without the synchronisation that intra-op threads pay on the short, one-clip
+  batches real corpora give (their clips rarely share a length);
+- **several shards per CPU** (``shards_per_slot``, dealt out by audio length so shards cost about
+  the same): Ray hands the next shard to whichever CPU frees first, so a slower or busier node
+  simply takes fewer; the progress line moves as shards finish; a shard lost with its node is
+  retried elsewhere (``max_retries``) at the cost of that shard only.
+
+Each task loads the encoder once for its shard and drops it when it returns, so no Ray worker
+keeps a copy into the trials that follow. Reloading costs little after a worker's first shard
+(its modules are imported and the weights sit in the page cache: about 0.1 s for Whisper-base);
+the first one's imports and load (seconds) are started by :meth:`RayShardedEncode.warm_up` while
+the driver loads its own copy and decodes the audio.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import load_encoder
+from .cache import EncodedClips, encode_batches, equal_length_batches
+
+SHARDS_PER_SLOT = 4
+MAX_RETRIES = 3   # a shard whose node or worker died runs again elsewhere
+
+
+def plan_shards(costs: Sequence[float], count: int) -> list[list[int]]:
+    """Deal items (batches) of the given costs into at most ``count`` shards of about equal cost: the
+    dearest item goes to the cheapest shard so far. Shards come dearest first, so the big ones start first."""
+    count = max(1, min(int(count), len(costs)))
+    heap = [(0.0, s) for s in range(count)]
+    shards: list[list[int]] = [[] for _ in range(count)]
+    totals = [0.0] * count
+    for item in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        total, s = heapq.heappop(heap)
+        shards[s].append(item)
+        totals[s] = total + costs[item]
+        heapq.heappush(heap, (totals[s], s))
+    return [shards[s] for s in sorted(range(count), key=lambda s: -totals[s]) if shards[s]]
+
+
+def encode_shard(encoder_spec: str, waves: list[np.ndarray], batches: list[list[int]], boundaries: list[int],
+                 need_pooled: bool, threads: int) -> EncodedClips | None:
+    """One shard: load the encoder, encode the batches (positions in ``waves``). No batches: only load
+    it (a warm-up: the worker's imports are done once the next shard comes)."""
+    torch.set_num_threads(max(1, int(threads)))   # torch ignores Ray's CPU count
+    encoder = load_encoder(encoder_spec)
+    if not batches:
+        return None
+    parts = list(encode_batches(encoder, waves, batches, boundaries, need_pooled))
+    return EncodedClips.join(parts, len(waves))
+
+
+def shard_task(*args) -> tuple[str, EncodedClips]:
+    """The Ray task: :func:`encode_shard` and the node it ran on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), encode_shard(*args)
+
+
+class RayShardedEncode:
+    """A ``FeatureCache`` ``encode_clips`` that runs the entry's batches as Ray tasks (needs Ray initialised)."""
+
+    def __init__(self, encoder_spec: str, *, batch_size: int = 16, cpus_per_task: int = 1,
+                 shards_per_slot: int = SHARDS_PER_SLOT):
+        self.encoder_spec = encoder_spec
+        self.batch_size = batch_size
+        self.cpus_per_task = max(1, int(cpus_per_task))
+        self.shards_per_slot = max(1, int(shards_per_slot))
+        self.clips_per_node: dict[str, int] = {}   # what ran where (node id -> clips), over every call
+        self.tasks = 0
+        self.warming: list = []                     # warm-up tasks (kept so they are not dropped)
+
+    def slots(self) -> int:
+        """Tasks the cluster runs at once: its CPUs // CPUs per task (at least 1)."""
+        import ray
+
+        return max(1, int(ray.cluster_resources().get("CPU", 0) // self.cpus_per_task))
+
+    def task(self):
+        import ray
+
+        return ray.remote(shard_task).options(num_cpus=self.cpus_per_task, max_retries=MAX_RETRIES,
+                                              scheduling_strategy="SPREAD")
+
+    def warm_up(self) -> None:
+        """One shard without clips per CPU: each worker imports torch and the encoder's library and
+        loads the encoder once (seconds) while the driver loads its own copy and decodes the audio,
+        so the shards that follow start on warm workers."""
+        task = self.task()
+        self.warming = [task.remote(self.encoder_spec, [], [], [], False, self.cpus_per_task)
+                        for _ in range(self.slots())]
+
+    def __call__(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
+                 progress) -> EncodedClips:
+        batches = equal_length_batches(waves, self.batch_size)
+        costs = [float(sum(len(waves[i]) for i in batch)) for batch in batches]
+        task = self.task()
+        pending = {}
+        for shard in plan_shards(costs, self.slots() * self.shards_per_slot):
+            index = np.array([i for b in shard for i in batches[b]], dtype=np.int64)
+            local, start = [], 0
+            for b in shard:   # the shard's batches as positions in its own wave list
+                local.append(list(range(start, start + len(batches[b]))))
+                start += len(batches[b])
+            ref = task.remote(self.encoder_spec, [waves[i] for i in index], local, list(boundaries),
+                              need_pooled, self.cpus_per_task)
+            pending[ref] = index
+        self.tasks += len(pending)
+        return self.gather(pending, len(waves), progress)
+
+    def gather(self, pending: dict, n: int, progress) -> EncodedClips:
+        """The shards' features as they finish (``pending``: task ref -> the shard's clip positions);
+        cancels the rest when interrupted or when a shard fails."""
+        import ray
+
+        parts = []
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                index = pending.pop(done[0])
+                node, part = ray.get(done[0])
+                part.index = index[part.index]
+                parts.append(part)
+                self.clips_per_node[node] = self.clips_per_node.get(node, 0) + len(part)
+                progress.update(len(part))
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+        return EncodedClips.join(parts, n)
+
+    def summary(self) -> dict:
+        """For study.json: Ray tasks run and clips encoded per node (node id[:8])."""
+        return {"tasks": self.tasks, "slots": self.slots(),
+                "clips_per_node": {node[:8]: clips for node, clips in sorted(self.clips_per_node.items())}}

@@ -1,0 +1,110 @@
+"""A study as a Ray job on a running two-node cluster: submitted and left (``--no-wait``), stopped with
+``ray job stop``, resumed to its full budget.
+
+``ray job stop`` sends SIGTERM to the job's driver (and its child processes), waits the head's
+``RAY_JOB_STOP_WAIT_TIME_S`` (Ray's default 3 s; cluster/start-head.sh makes it 60 s), then SIGKILLs
+them. The driver turns SIGTERM into Ray Tune's graceful stop and records the unit as interrupted;
+killed before that is done (a grace of 0 here), the study still resumes cleanly: trials continue
+from their own epoch state and none runs twice.
+
+The cluster (head 127.0.0.1 + worker 127.0.0.2, one CPU each, token auth on) lives in a private
+network+PID namespace (tests/cluster_harness.py); the test drives it through the job API on the
+head's dashboard, as a host would. Needs root and unshare/nsenter/ip; skips with the reason otherwise.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers sit beside this file
+from cluster_harness import LoopbackRayCluster, namespace_support
+from cluster_studies import (check_units_complete, finished_trials, report_log, running_logs, wait_for,
+                             write_experiment)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+_SUPPORTED, _WHY_NOT = namespace_support()
+STRATEGIES = ("random", "tpe")
+BUDGET = 3
+UNITS = {"default": 1, **{s: BUDGET for s in STRATEGIES}}
+
+
+def _study(storage: Path) -> Path | None:
+    found = sorted(storage.glob("jobs-*"))
+    return found[-1] if found else None
+
+
+def _job_alive(cluster: LoopbackRayCluster, job: str):
+    def why_not() -> str | None:
+        status = cluster.job_status(job)
+        return None if status in ("PENDING", "RUNNING") else f"job {status}:\n{cluster.job_logs(job)[-3000:]}"
+    return why_not
+
+
+def _mid_study(storage: Path):
+    """Some trials have ended and another is part-way through its epochs: the moment to stop."""
+    def condition():
+        study = _study(storage)
+        if study is None or len(finished_trials(study)) < 2:
+            return None
+        done = {trial for _, trial in finished_trials(study)}
+        for unit in STRATEGIES:
+            for trial, rows in running_logs(study, unit).items():
+                if trial not in done and 20 <= len(rows) <= 200:
+                    return study, unit, trial
+        return None
+    return condition
+
+
+@pytest.mark.parametrize("grace_s", [None, 0], ids=["graceful", "killed-at-once"])
+def test_study_as_a_ray_job_stops_and_resumes_to_its_budget(tmp_path, grace_s):
+    if not _SUPPORTED:
+        pytest.skip(f"multi-node cluster tests need private namespaces: {_WHY_NOT}")
+    storage = tmp_path / "storage"
+    # head-only trials of 600-1200 epochs (6-12 s each on an idle machine): stopped mid-study while a trial
+    # has run 20-200 of its epochs, so that it is still part-way when the SIGTERM comes
+    config = write_experiment(tmp_path, "jobs", strategies=list(STRATEGIES), budget={"trials": BUDGET},
+                              space={"lr": {"loguniform": [1e-3, 1e-2]}, "num_epochs": {"int": [600, 1200]}},
+                              concurrency=None)
+    launch = [sys.executable, "-m", "ser_tune.launch", str(config), "--storage", str(storage)]
+    # None: cluster/start-head.sh's grace (60 s); 0: SIGKILL right after the SIGTERM
+    grace = {} if grace_s is None else {"RAY_JOB_STOP_WAIT_TIME_S": str(grace_s)}
+    with LoopbackRayCluster(cpus_per_node=1, extra_env=grace) as cluster:
+        submitted = cluster.submit_job(launch, submission_id="study-1")
+        print(f"[timing] ray job submit --no-wait returned in {submitted.duration_s:.1f}s")
+        study, unit, trial = wait_for(_mid_study(storage), "finished trials and one part-way", timeout_s=300,
+                                      still_running=_job_alive(cluster, "study-1"), poll_s=0.5)
+        before = report_log(study, unit, trial)
+        stopping = time.time()
+        stop = cluster.stop_job("study-1")
+        print(f"[timing] ray job stop (grace {grace_s}s) took {stop.duration_s:.1f}s")
+        assert cluster.job_status("study-1") == "STOPPED"
+        meta = json.loads((study / "study.json").read_text())
+        assert meta["status"] != "done"
+        # The shared encode ran as Ray tasks (a resume finds the cache and encodes nothing). Which nodes
+        # took its shards depends on which had a warm worker first: tests/test_cluster_launch.py pins it.
+        assert sum(meta["cache"]["ray"]["clips_per_node"].values()) == meta["corpus"]["files"]
+        if grace_s is None:   # the driver had time to stop Ray Tune and say so
+            assert meta["status"] == "interrupted" and meta["units"][unit]["status"] == "interrupted", meta["units"]
+        first_log = cluster.job_logs("study-1")
+        assert re.search(r"^default\s+1/1\s+val_bca", first_log, re.M), first_log[-3000:]
+        assert re.search(rf"^{STRATEGIES[0]}\s+1/{BUDGET}\s+val_bca", first_log, re.M), first_log[-3000:]
+
+        cluster.submit_job([*launch, "--resume"], submission_id="study-2")
+        cluster.wait_for_job("study-2", ["SUCCEEDED"], timeout_s=400)
+        resumed_log = cluster.job_logs("study-2")
+    assert f"study folder: {study}" in resumed_log
+    assert re.search(rf"^{STRATEGIES[-1]}\s+{BUDGET}/{BUDGET}\s+val_bca", resumed_log, re.M), resumed_log[-3000:]
+    check_units_complete(study, UNITS)
+    # The trial stopped part-way went on from its own epoch state: its epochs before the stop are kept
+    # and the run after the resume starts where they ended, not at epoch 1.
+    log = report_log(study, unit, trial)
+    kept = [row for row in log if row["reported_at"] < stopping]
+    after = [row for row in log if row["reported_at"] >= stopping]
+    assert [row["epoch"] for row in kept][:len(before)] == [row["epoch"] for row in before]
+    assert after and 1 < after[0]["epoch"] <= kept[-1]["epoch"] + 2, [r["epoch"] for r in log][:5]

@@ -23,9 +23,15 @@ The schema, with defaults (see experiments/*.yaml for worked examples)::
     concurrency: null               # max concurrent trials per strategy; null = cluster CPUs // cpus_per_trial
     seed: 0
     storage: studies                # folder of study folders
-    objective: {metric: val_bca, mode: max, cv_folds: 1}
+    objective: {metric: val_bca, mode: max, cv_folds: 1, metrics: null, constraints: [], deployment: false,
+                latency: {clips: 8, repeats: 5, warmup: 1}}
                                     # cv_folds > 1: each trial's objective is the mean over speaker
                                     # cross-validation folds of the non-test speakers (1 = the split's val part)
+                                    # metrics: objectives searched together, e.g. {val_bca: max,
+                                    # latency_ms_per_s: min}; the first is the validation metric (= metric)
+                                    # constraints: e.g. ["latency_ms_per_s <= 50"]: infeasible trials rank last
+                                    # deployment: measure every trial's deployment costs (DEPLOYMENT_METRICS;
+                                    # also whenever metrics or constraints name one), latency as in latency:
     evaluation: {outer_folds: 1}    # > 1: outer test folds of speakers (the study runs once per fold)
     thresholds: [0.8, 0.9]
     crosscorpus: []                 # [{name, root, label_map}] evaluated after the study
@@ -52,11 +58,14 @@ from ser_tune.data.corpus import CORPORA
 from ser_tune.data.labels import check_view
 from ser_tune.schema import (MappingOrNull, Section, choice, described, error_line, integer, invalid, kept_as_dict,
                              listed, number)
-from ser_tune.search import STRATEGY_NAMES
+from ser_tune.search import STRATEGY_NAMES, StrategyError, check_installed
 from ser_tune.search.space import SpaceError, default_grid, paper_space, parse_grid, parse_space, space_to_raw
 from ser_tune.training.settings import SettingsError, TrialSettings
 
 METRICS = ("val_bca", "val_ccc", "val_ccc_arousal", "val_ccc_valence", "val_ccc_dominance")
+# What a trial's exported model costs (training.latency.deployment_costs, and the trial's training CPU):
+# measured only when the study asks, better when lower.
+DEPLOYMENT_METRICS = ("latency_ms_per_s", "model_bytes", "trainable_params", "total_params", "train_cpu_seconds")
 SPLIT_KEYS = {                      # the keyword arguments of ser_tune.data.make_split per kind
     "speaker": ("val_speakers", "test_speakers", "seed"),
     "random": ("val_fraction", "test_fraction", "seed"),
@@ -263,17 +272,73 @@ class Budget(Section):
                         single=True, noun="a repeat target") = ["searcher"]
 
 
+Mode = choice(("max", "min"), what="'max' or 'min'")
+
+
+class Latency(Section):
+    """How a trial's inference latency is measured (training.latency.measure_latency, one CPU thread)."""
+    clips: PositiveInt = 8            # a fixed set of the corpus's clips, the same for every trial
+    repeats: PositiveInt = 5          # timed passes over them; the median is the trial's latency
+    warmup: NonNegativeInt = 1        # untimed passes first
+
+
 class Objective(Section):
     metric: choice(METRICS) = "val_bca"
-    mode: choice(("max", "min"), what="'max' or 'min'") = "max"
+    mode: Mode = "max"
     cv_folds: PositiveInt = 1
+    metrics: Optional[dict[str, Mode]] = None
+    constraints: listed(Annotated[str, described("a constraint such as 'latency_ms_per_s <= 50'")],
+                        "a list of constraints such as 'latency_ms_per_s <= 50'", single=True, empty=True) = []
+    deployment: Annotated[bool, Field(strict=True), described("true or false")] = False
+    latency: Latency = Field(default_factory=Latency)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_from_metrics(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("metrics"), dict) and raw["metrics"]:
+            first = next(iter(raw["metrics"]))
+            if first not in METRICS:
+                raise invalid(f": the first objective must be a validation metric ({', '.join(METRICS)}), "
+                              f"got {first!r}", "metrics")
+            if raw.setdefault("metric", first) != first:
+                raise invalid(f": the first objective must be objective.metric ({raw['metric']!r}), got {first!r}",
+                              "metrics")
+        return raw
 
     @model_validator(mode="after")
     def _higher_is_better(self):
         if self.mode == "min":
             # Every metric here is better when higher; the reference code's GP-BO minimised BCA by a sign slip.
             raise invalid(f": {self.metric} is better when higher, so mode must be 'max' (got 'min')", "mode")
+        for name, mode in (self.metrics or {}).items():
+            if name not in METRICS + DEPLOYMENT_METRICS:
+                raise invalid(f": unknown objective {name!r}; choose from {', '.join(METRICS + DEPLOYMENT_METRICS)}",
+                              "metrics")
+            better = "max" if name in METRICS else "min"
+            if mode != better:
+                raise invalid(f": {name} is better when {'higher' if better == 'max' else 'lower'}, so its mode "
+                              f"must be '{better}' (got '{mode}')", "metrics", name)
+        from ser_tune.results.pareto import parse_constraint   # late: the results package draws plots
+
+        for i, text in enumerate(self.constraints):
+            try:
+                parse_constraint(text, METRICS + DEPLOYMENT_METRICS)
+            except ValueError as err:
+                raise invalid(f": {err}", "constraints", i) from None
         return self
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        """Every objective and its mode, the validation metric first."""
+        return dict(self.metrics) if self.metrics else {self.metric: self.mode}
+
+    @property
+    def measures_deployment(self) -> bool:
+        """Whether trials measure their deployment costs: asked for, or named by an objective or constraint."""
+        from ser_tune.results.pareto import parse_constraint
+
+        named = set(self.objectives) | {parse_constraint(c, METRICS + DEPLOYMENT_METRICS)[0] for c in self.constraints}
+        return self.deployment or bool(named & set(DEPLOYMENT_METRICS))
 
 
 class Evaluation(Section):
@@ -329,6 +394,11 @@ class Experiment(StudyConfig):
             raise invalid(f": '{both[0]}' is both fixed in trial and searched in the grid; keep one", "grid", both[0])
         if self.objective.cv_folds > 1 and self.split["kind"] == "random":
             raise invalid(SPEAKER_FOLDS, "objective", "cv_folds")
+        for strategy in self.strategies:
+            try:
+                check_installed(strategy)
+            except StrategyError as err:
+                raise invalid(f": {err}", "strategies") from None
         return self
 
 

@@ -3,7 +3,7 @@
 Strategy modules (and their searcher libraries) load on first use, so that Ray workers,
 which only decode configs (base.native_config, relax.RelaxedDecoder), stay light.
 
->>> from ser_tune.search import STRATEGIES, make_plan
+>>> from ser_tune.search import STRATEGY_NAMES, make_plan
 >>> from ser_tune.search.space import paper_space
 >>> sorted(STRATEGY_NAMES)
 ['gp', 'grid', 'motpe', 'nsga2', 'random', 'skopt', 'tpe']

@@ -63,6 +63,9 @@ from ser_tune.search.space import SpaceError, default_grid, paper_space, parse_g
 from ser_tune.training.settings import SettingsError, TrialSettings
 
 METRICS = ("val_bca", "val_ccc", "val_ccc_arousal", "val_ccc_valence", "val_ccc_dominance")
+# The worst value each metric can take: what a trial that breaks a constraint is told (a little worse).
+METRIC_FLOOR = {"val_bca": 0.0, "val_ccc": -1.0, "val_ccc_arousal": -1.0, "val_ccc_valence": -1.0,
+                "val_ccc_dominance": -1.0}
 # What a trial's exported model costs (training.latency.deployment_costs, and the trial's training CPU):
 # measured only when the study asks, better when lower.
 DEPLOYMENT_METRICS = ("latency_ms_per_s", "model_bytes", "trainable_params", "total_params", "train_cpu_seconds")
@@ -331,6 +334,15 @@ class Objective(Section):
     def objectives(self) -> dict[str, str]:
         """Every objective and its mode, the validation metric first."""
         return dict(self.metrics) if self.metrics else {self.metric: self.mode}
+
+    def trial_constraints(self):
+        """The constraints as searchers and the study apply them to a trial's result (None without any)."""
+        from ser_tune.results.pareto import TrialConstraints
+
+        if not self.constraints:
+            return None
+        return TrialConstraints(tuple(self.constraints), METRICS + DEPLOYMENT_METRICS, self.metric, self.mode,
+                                worst=METRIC_FLOOR[self.metric])
 
     @property
     def measures_deployment(self) -> bool:

@@ -208,6 +208,12 @@ def parse_constraint(text: str, columns: Sequence[str]) -> tuple[str, str, float
     return match["column"], match["op"], number
 
 
+def measured(frame: pd.DataFrame, constraints: Sequence[str]) -> bool:
+    """Whether ``frame`` has the column every (well-formed) constraint names."""
+    return all((m := CONSTRAINT_FORM.match(str(text))) is not None and m["column"] in frame.columns
+               for text in constraints)
+
+
 def feasible(frame: pd.DataFrame, constraints: Sequence[str]) -> pd.Series:
     """Boolean Series (``frame``'s index): the rows that meet every constraint (NaN meets none).
 

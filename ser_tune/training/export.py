@@ -18,6 +18,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -221,13 +222,17 @@ class TunedModel:
         return result
 
 
-def load_model(folder: str | Path) -> TunedModel:
-    """The tuned model in ``folder``; a ModelFolderError naming the file for anything that does not fit."""
+def load_model(folder: str | Path, encoder_loader: Callable[[str], SpeechEncoder] | None = None) -> TunedModel:
+    """The tuned model in ``folder``; a ModelFolderError naming the file for anything that does not fit.
+    ``encoder_loader`` (default ``load_encoder``) gives a fresh encoder of a spec, e.g. a copy of one a
+    process keeps loaded; it is truncated here when the folder says so."""
     folder = Path(folder)
     meta = read_meta(folder)
     weights_path = folder / WEIGHTS_FILE
     weights = read_weights(weights_path)
-    encoder = load_encoder(meta["encoder"], num_layers=meta.get("encoder_layers"))
+    encoder = (encoder_loader or load_encoder)(meta["encoder"])
+    if meta.get("encoder_layers") is not None:
+        encoder.truncate(int(meta["encoder_layers"]))
     if meta.get("peft"):  # inject the same PEFT modules the trial trained before loading their weights
         from .peft import PeftError, PeftPlan, apply_peft
 

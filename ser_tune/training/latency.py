@@ -7,6 +7,10 @@ clips' total audio seconds, in milliseconds per second of audio. The reported va
 median over repeats; the spread (min, max, interquartile range, coefficient of variation) says
 how noisy the machine was.
 
+A trial of a study that asks for them (``objective.deployment``, or an objective or constraint naming
+one) gets :func:`deployment_costs` of the model it exports: ``latency_ms_per_s`` (with its spread),
+``model_bytes`` and ``total_params`` of the model as it would be deployed (see each function).
+
 What gets timed: a callable ``wave -> output``, or an object with ``embed(wave)`` and ``head``
 (a ``TunedModel`` of ``training.export``), timed as ``head(embed(wave))``. When the model has a
 ``max_length`` (seconds, as ``TunedModel``), it crops its input, so a clip counts at most that
@@ -145,3 +149,42 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; a parameter shared by several modules counts once."""
     params = list(module.parameters())  # nn.Module.parameters() already yields shared ones once
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    """How a study measures its trials' latency: the same clips (paths) for every trial, ``repeats``
+    timed passes after ``warmup`` untimed ones, on ``threads`` torch threads."""
+    clips: tuple[str, ...]
+    repeats: int = 5
+    warmup: int = 1
+    threads: int = 1
+
+
+def deployed_bytes(model: Any, folder: str | Path) -> int:
+    """Bytes on disk of a model as deployed: its folder, plus the encoder weights it loads from its
+    spec (those of ``model.encoder`` that the folder does not hold, as safetensors stores them: each
+    tensor's bytes). A head on a frozen encoder cut at layer k counts the k kept layers."""
+    from .export import WEIGHTS_FILE, read_weights
+
+    own = set(read_weights(Path(folder) / WEIGHTS_FILE)["encoder"])
+    spec_weights = sum(t.numel() * t.element_size() for name, t in model.encoder.state_dict().items()
+                       if name not in own)
+    return model_bytes(folder) + int(spec_weights)
+
+
+def deployment_costs(folder: str | Path, waves: Sequence[np.ndarray], sample_rate: int, *, repeats: int = 5,
+                     warmup: int = 1, threads: int = 1, encoder_loader: Callable | None = None) -> dict:
+    """The deployment costs of the model folder ``folder`` (loaded with ``load_model``; ``encoder_loader``
+    as there): latency per second of audio over ``waves`` with its spread (``latency_min_ms_per_s``,
+    ``latency_max_ms_per_s``, ``latency_iqr_ms_per_s``, ``latency_cv``), ``model_bytes``
+    (:func:`deployed_bytes`) and ``total_params`` (encoder as loaded, i.e. cut, and head)."""
+    from .export import load_model
+
+    model = load_model(folder, encoder_loader=encoder_loader)
+    latency = measure_latency(model, waves, sample_rate, repeats=repeats, warmup=warmup, threads=threads)
+    return {"latency_ms_per_s": latency.latency_ms_per_s, "latency_min_ms_per_s": latency.min_ms_per_s,
+            "latency_max_ms_per_s": latency.max_ms_per_s, "latency_iqr_ms_per_s": latency.iqr_ms_per_s,
+            "latency_cv": latency.cv, "latency_audio_seconds": latency.audio_seconds,
+            "model_bytes": deployed_bytes(model, folder),
+            "total_params": count_parameters(model.encoder)[1] + count_parameters(model.head)[1]}

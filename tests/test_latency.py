@@ -144,3 +144,31 @@ def test_count_parameters_splits_trainable_and_counts_shared_once():
     assert trainable == 0 and total == sum(p.numel() for p in encoder.parameters()) > 0
     encoder.truncate(1)
     assert count_parameters(encoder)[1] < total
+
+
+def test_deployment_costs_count_the_cut_encoder_a_model_loads(tmp_path):
+    """A head reading layer 1 ships one of tiny-whisper's three layers: fewer parameters and bytes than a
+    head mixing every layer, each counted as the loaded model holds them."""
+    from ser_tune.data import generate_synthetic, load_corpus, speaker_split
+    from ser_tune.training.export import load_model
+    from ser_tune.training.finetune import FineTuner, TrialData
+    from ser_tune.training.latency import deployed_bytes, deployment_costs
+    from ser_tune.training.settings import TrialSettings
+
+    root = generate_synthetic(tmp_path / "corpus", seed=1, n_speakers=3, clips_per_cell=1, duration_range=(0.5, 0.6))
+    table = load_corpus("synthetic", root).table
+    data = TrialData.from_table(table, speaker_split(table, val_speakers=1, test_speakers=1, seed=0).assignment)
+    costs = {}
+    for layer in ("weighted", 1):
+        tuner = FineTuner(TrialSettings(lr=1e-2, num_epochs=1, unfreeze="none", max_length=1.0, layer=layer), data,
+                          encoder_spec="tiny-whisper", cache_root=tmp_path / "cache")
+        folder = tuner.export(tuner.run(), tmp_path / str(layer))
+        costs[layer] = deployment_costs(folder, _clips(0.5, 0.5), RATE, repeats=2, warmup=0)
+        model = load_model(folder)
+        encoder_bytes = sum(t.numel() * t.element_size() for t in model.encoder.state_dict().values())
+        assert costs[layer]["model_bytes"] == deployed_bytes(model, folder) == model_bytes(folder) + encoder_bytes
+        assert costs[layer]["total_params"] == count_parameters(model.encoder)[1] + count_parameters(model.head)[1]
+        assert costs[layer]["latency_min_ms_per_s"] <= costs[layer]["latency_ms_per_s"] > 0
+        assert costs[layer]["latency_audio_seconds"] == 1.0
+    assert costs[1]["total_params"] < costs["weighted"]["total_params"]
+    assert costs[1]["model_bytes"] < costs["weighted"]["model_bytes"]

@@ -170,7 +170,8 @@ class StudyFolder:
     @property
     def objectives(self) -> dict[str, str]:
         """Every objective and its mode (experiment.objective.metrics), the validation metric first."""
-        return dict(self.objective.get("metrics") or {self.metric: self.mode})
+        others = {k: v for k, v in (self.objective.get("metrics") or {}).items() if k != self.metric}
+        return {self.metric: self.mode, **others}
 
     @property
     def constraints(self) -> list[str]:

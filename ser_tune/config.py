@@ -409,7 +409,32 @@ class Experiment(StudyConfig):
                 check_installed(strategy)
             except StrategyError as err:
                 raise invalid(f": {err}", "strategies") from None
+        self._resolve_encoder_choices()
         return self
+
+    def _resolve_encoder_choices(self) -> None:
+        """The ``encoder`` setting (a study searching among encoders: a choice of specs in the space or the
+        grid, or one in trial) with local folders resolved as the ``encoder`` field is."""
+        from ser_tune.encoders import resolve_spec
+        from ser_tune.search.space import Param
+
+        bases = [self.source.parent] if self.source is not None else []
+
+        def resolved(values, *where):
+            try:
+                return [resolve_spec(v, bases) for v in values]
+            except ValueError as err:
+                raise invalid(f": {err}", *where) from None
+
+        param = self.space.get("encoder")
+        if param is not None and param.kind != "choice":
+            raise invalid(": the encoder is searched as a choice of encoder specs", "space", "encoder")
+        if param is not None:
+            self.space["encoder"] = Param("encoder", "choice", values=tuple(resolved(param.values, "space", "encoder")))
+        if self.grid and "encoder" in self.grid:
+            self.grid["encoder"] = resolved(self.grid["encoder"], "grid", "encoder")
+        if self.trial.get("encoder") is not None:
+            self.trial["encoder"] = resolved([self.trial["encoder"]], "trial", "encoder")[0]
 
 
 # -- reading files ----------------------------------------------------------------------------------

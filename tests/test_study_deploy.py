@@ -131,3 +131,19 @@ def test_several_objectives_give_fronts_an_exported_front_and_a_model_by_latency
     assert run.returncode == 0, run.stderr[-2000:]
     chosen = json.loads(run.stdout)["front_model"]
     assert chosen["val_bca"] == max(m["val_bca"] for m in listing["models"])
+
+
+@pytest.mark.slow
+def test_a_study_searches_among_encoders(tmp_path):
+    """The grid runs each encoder: each trial's exported model names the encoder it trained on, both were
+    encoded once before any trial, and their costs differ."""
+    out, trials = _launch(_experiment(tmp_path, strategies=["grid"], space={"num_epochs": {"int": [1, 2]}},
+                                      grid={"encoder": ["tiny-whisper", "tiny-hubert"], "num_epochs": [1]},
+                                      objective={"metric": "val_bca", "deployment": True}))
+    search = trials[trials["strategy"] == "grid"]
+    assert sorted(search["cfg_encoder"]) == ["tiny-hubert", "tiny-whisper"]
+    for _, trial in search.iterrows():
+        assert json.loads((Path(trial["model_dir"]) / "model.json").read_text())["encoder"] == trial["cfg_encoder"]
+    assert search["total_params"].nunique() == 2
+    study = json.loads((Path(out["study_dir"]) / "study.json").read_text())
+    assert sorted(study["encoders"]) == ["tiny-hubert", "tiny-whisper"] and study["encoder"]["spec"] == "tiny-whisper"

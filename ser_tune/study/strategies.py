@@ -69,21 +69,27 @@ class StrategyStudy(StudyKind):
 
     # --- the shared encode and the probe ---------------------------------------------------------
     def encode(self, folder: StudyFolder) -> float:
-        """The frozen features every trial of every strategy may ask for, then the linear probe."""
+        """The frozen features every trial of every strategy may ask for (of each encoder, when the study
+        searches among them), then the linear probe (on the first encoder's)."""
         exp = self.experiment
         if exp.trial.get("features", "cache") == "naive" and "features" not in exp.space:
             return 0.0
         max_lengths = candidates(exp, "max_length", TrialSettings.max_length)
         tops = {TrialSettings(unfreeze=u).top_k for u in candidates(exp, "unfreeze", TrialSettings.unfreeze)}
-        done = encode_once(self.corpus.table, exp.encoder, cache_root(exp.storage),
-                           max_lengths or [TrialSettings.max_length],
-                           [k for k in tops if k != 0])
-        folder.meta.update(encoder=done["encoder"], cache=done["cache"])
-        folder.meta["encode_seconds"] = folder.meta.get("encode_seconds", 0.0) + done["seconds"]
+        specs = dict.fromkeys(spec or exp.encoder for spec in candidates(exp, "encoder", None))
+        done = {spec: encode_once(self.corpus.table, spec, cache_root(exp.storage),
+                                  max_lengths or [TrialSettings.max_length], [k for k in tops if k != 0])
+                for spec in specs}
+        first = done[next(iter(specs))]   # the study's own encoder, unless every trial uses another
+        folder.meta.update(encoder=first["encoder"], cache=first["cache"])
+        if len(done) > 1:   # a search among encoders
+            folder.meta["encoders"] = {spec: d["encoder"] for spec, d in done.items()}
+        seconds = sum(d["seconds"] for d in done.values())
+        folder.meta["encode_seconds"] = folder.meta.get("encode_seconds", 0.0) + seconds
         if "probe" not in folder.meta.get("baselines", {}):
-            folder.meta.setdefault("baselines", {})["probe"] = self.probe(done["pooled"])
+            folder.meta.setdefault("baselines", {})["probe"] = self.probe(first["pooled"])
         folder.save_meta()
-        return done["seconds"]
+        return seconds
 
     def probe(self, pooled: np.ndarray) -> dict:
         """The linear probe on each outer fold, for each normalisation the study uses."""
@@ -268,15 +274,17 @@ def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | 
 
 
 def candidates(exp: Experiment, name: str, default) -> list:
-    """The values a setting takes in this study: its choices when searched, else its fixed value.
-    A continuous max_length gives none: trials make those cache entries on demand."""
-    if name in exp.space:
-        param = exp.space[name]
-        if param.kind == "choice":
-            return list(param.values)
-        if name == "max_length":
-            return []
-    return [exp.trial.get(name, default)]
+    """The values a setting takes in this study: its choices when searched, else its fixed value, and the
+    grid's values when the grid strategy runs. A continuous max_length gives none of its own: trials make
+    those cache entries on demand."""
+    param = exp.space.get(name)
+    if param is not None and param.kind == "choice":
+        values = list(param.values)
+    else:
+        values = [] if param is not None and name == "max_length" else [exp.trial.get(name, default)]
+    if "grid" in exp.strategies and name in (exp.grid or {}):
+        values += [v for v in exp.grid[name] if v not in values]
+    return values
 
 
 def normalizations(exp: Experiment) -> list[str]:

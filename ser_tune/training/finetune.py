@@ -191,6 +191,9 @@ class FineTuner:
                  cache_root: str | Path | None = None,
                  encoder_loader: Callable[[str], SpeechEncoder] = load_encoder):
         settings.validate()  # also settles the default objective for the task
+        if settings.encoder is not None and settings.encoder != encoder_spec:
+            raise TrialError(f"trial setting 'encoder' = {settings.encoder!r}, but this run encodes with "
+                             f"{encoder_spec!r}; only a strategy study searches among encoders")
         if settings.peft != "none":
             check_peft_settings(settings)  # before any encoding: a bad lora_targets fails at once
         self.s = settings

@@ -50,6 +50,11 @@ class StudyContext:
         values.update(self.decode(config) if self.decode is not None else config)
         return TrialSettings.from_config(values)
 
+    def encoder_for(self, settings: TrialSettings) -> str:
+        """The encoder spec a trial uses: its own ``encoder`` setting (a study searching among encoders), else
+        the study's."""
+        return settings.encoder or self.encoder_spec
+
     def model_source(self, fold: int) -> dict | None:
         """``source`` with the training speakers of inner fold ``fold``."""
         if self.source is None:
@@ -98,7 +103,7 @@ def run_trial(config: dict, context: StudyContext) -> None:
     settings = context.settings_for(config)
     state_dir = trial_state_dir(context)
     log = ReportLog(state_dir, count_cpu=context.latency is not None)
-    run = FoldedRun(settings, context.fold_data(), encoder_spec=context.encoder_spec,
+    run = FoldedRun(settings, context.fold_data(), encoder_spec=context.encoder_for(settings),
                     cache_root=context.cache_root, encoder_loader=pristine_encoder)
     result = fit_in_lockstep(run, state_dir, log)
     final = {**log.last(), **result.metrics(), **run.timing(), **searched_settings(context, config, settings),
@@ -131,7 +136,7 @@ def run_refit(config: dict, context: StudyContext) -> None:
     settings = context.settings_for(config)
     state_dir = trial_state_dir(context)
     log = ReportLog(state_dir)
-    tuner = FineTuner(settings, context.fold_data(refit=True)[0], encoder_spec=context.encoder_spec,
+    tuner = FineTuner(settings, context.fold_data(refit=True)[0], encoder_spec=context.encoder_for(settings),
                       cache_root=context.cache_root, encoder_loader=pristine_encoder)
     state = tuner.start(resume_dir=state_dir if (state_dir / STATE_FILE).exists() else None)
     while not state.done:

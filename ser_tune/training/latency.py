@@ -38,7 +38,9 @@ True
 """
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -46,7 +48,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.benchmark.utils.common import set_torch_threads
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,18 @@ def check_inputs(model: Any, waves: Sequence[np.ndarray], sample_rate: int, repe
             raise ValueError(f"measure_latency: {name} must be at least {low}, got {value}")
 
 
+@contextmanager
+def torch_threads(threads: int):
+    """torch.utils.benchmark's ``set_torch_threads``, imported when first timed: that import loads
+    torch.utils.cpp_extension, which logs a warning on machines with CUDA_HOME but no CUDA runtime
+    (silenced: nothing here compiles), and the study driver imports this module."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.benchmark.utils.common import set_torch_threads
+
+    with set_torch_threads(threads):
+        yield
+
+
 def measure_latency(model: Any, waves: Sequence[np.ndarray], sample_rate: int, *, repeats: int = 5,
                     warmup: int = 1, threads: int = 1) -> LatencyResult:
     """Median CPU latency of ``model`` per second of audio over ``repeats`` passes over ``waves``.
@@ -118,7 +131,7 @@ def measure_latency(model: Any, waves: Sequence[np.ndarray], sample_rate: int, *
     waves = [np.asarray(w, dtype=np.float32) for w in waves]
     audio_seconds = counted_seconds(model, waves, sample_rate)
     per_repeat = []
-    with set_torch_threads(threads), torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         for _ in range(warmup):
             for wave in waves:
                 run(wave)

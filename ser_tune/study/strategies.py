@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..config import Experiment
 from ..results.fronts import export_front
-from ..results.pareto import rank_with_constraints
+from ..results.pareto import measured, rank_with_constraints
 from ..search import make_plan
 from ..training.latency import LatencyCheck
 from ..training.probe import linear_probe
@@ -238,7 +238,8 @@ def best_search_trial(folder: StudyFolder, metric: str, mode: str, constraints=(
         ok = ok[ok["baseline"].astype(str) != "True"]
     if ok.empty:
         return None
-    return rank_with_constraints(ok, metric, mode, list(constraints)).iloc[0]
+    # a constraint on a column no trial reported (e.g. val_ccc in a categorical study) is met by none
+    return rank_with_constraints(ok, metric, mode, list(constraints) if measured(ok, constraints) else []).iloc[0]
 
 
 def export_best(folder: StudyFolder, metric: str, mode: str, constraints=()) -> Path | None:

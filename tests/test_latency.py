@@ -51,6 +51,20 @@ def test_latency_is_per_second_of_audio_whatever_the_clip_lengths():
         assert len(result.per_repeat_ms_per_s) == result.repeats == 3
         assert result.iqr_ms_per_s >= 0 and result.cv >= 0
         assert result.latency_ms_per_s == pytest.approx(np.median(result.per_repeat_ms_per_s))
+        # sleeping takes wall-clock, not CPU: the thread's CPU time stays far below the latency
+        assert 0 <= result.cpu_ms_per_s < expected / 5 and result.cpu_iqr_ms_per_s >= 0
+
+
+def test_cpu_time_tracks_the_work_of_a_busy_model():
+    def busy(wave):   # about 40 ms of arithmetic per second of audio
+        end = time.thread_time() + len(wave) / RATE * 0.04
+        while time.thread_time() < end:
+            pass
+        return wave[:1]
+
+    result = measure_latency(busy, _clips(0.5, 0.5), RATE, repeats=3, warmup=0)
+    assert 40 * 0.99 <= result.cpu_ms_per_s < 40 * 1.3
+    assert result.cpu_ms_per_s <= result.latency_ms_per_s * 1.01
 
 
 def test_threads_are_set_while_measuring_and_restored():

@@ -21,8 +21,8 @@ from ..study.folder import FRONT_DIR, FRONT_FILE, StudyFolder
 from . import repeats, timing
 from .pareto import feasible, hypervolume, hypervolume_over_time, measured, pareto_front, reference_point
 
-# The latency columns a front table carries besides the objectives (the spread of the measurement).
-LATENCY_SPREAD = ("latency_iqr_ms_per_s", "latency_cv")
+# The latency columns a front row carries besides the objectives (both clocks, the spread of the measurement).
+LATENCY_COLUMNS = ("latency_ms_per_s", "latency_cpu_ms_per_s", "latency_iqr_ms_per_s", "latency_cv")
 
 
 def ranked_trials(study: StudyFolder, strategy: str | None = None) -> pd.DataFrame:
@@ -95,7 +95,7 @@ def front_rows(study: StudyFolder, front: pd.DataFrame) -> list[dict]:
     for _, trial in front.iterrows():
         row = {"trial_id": str(trial["trial_id"]), "strategy": trial["strategy"], "unit": trial["unit"],
                "config": trial_config(study, trial)}
-        for column in [*study.front_objectives, *LATENCY_SPREAD, study.test_metric, "model_bytes"]:
+        for column in dict.fromkeys([*study.front_objectives, *LATENCY_COLUMNS, study.test_metric, "model_bytes"]):
             if column in trial.index and not pd.isna(trial[column]):
                 row[column] = float(trial[column])
         rows.append(row)
@@ -116,6 +116,12 @@ def add_fronts(study: StudyFolder, strategies: dict) -> None:
                                 "se": float(pd.Series(values).sem()) if len(values) > 1 else None}
 
 
+def front_latency(study: StudyFolder) -> str:
+    """The latency column a front is chosen from (``predict --max-latency``): its latency objective, else
+    the wall-clock latency."""
+    return next((c for c in study.front_objectives if c.startswith("latency_")), "latency_ms_per_s")
+
+
 def export_front(study: StudyFolder) -> Path | None:
     """Copy the model of every trial on the study-wide front to ``front/<trial_id>/`` and list them in
     ``front/front.json`` (most accurate first); None when the study has no front."""
@@ -134,6 +140,7 @@ def export_front(study: StudyFolder) -> Path | None:
     folds = study.experiment.get("objective", {}).get("cv_folds", 1) > 1
     (target / FRONT_FILE).write_text(json.dumps({
         "objectives": study.front_objectives, "constraints": study.constraints, "metric": study.metric,
+        "latency": front_latency(study),
         "trained_on": "the first inner fold's train speakers" if folds else "the trial's train speakers",
         "models": models}, indent=2))
     return target
@@ -141,11 +148,17 @@ def export_front(study: StudyFolder) -> Path | None:
 
 def latency_spread(study: StudyFolder) -> dict | None:
     """How noisy the latency measurement was: over the study's measured trials, the median and range of
-    each trial's coefficient of variation and interquartile range over its timed passes."""
+    each trial's coefficient of variation over its timed passes, the median of their interquartile
+    range (also as a share of the trial's latency) and of the CPU-time clock's."""
     trials = study.trials
     if "latency_cv" not in trials.columns or trials["latency_cv"].dropna().empty:
         return None
     cv, iqr = trials["latency_cv"].dropna(), trials["latency_iqr_ms_per_s"].dropna()
-    return {"trials": int(len(cv)), "cv_median": float(cv.median()), "cv_min": float(cv.min()),
-            "cv_max": float(cv.max()), "iqr_median_ms_per_s": float(iqr.median()),
-            "audio_seconds": float(trials["latency_audio_seconds"].dropna().median())}
+    spread = {"trials": int(len(cv)), "cv_median": float(cv.median()), "cv_min": float(cv.min()),
+              "cv_max": float(cv.max()), "iqr_median_ms_per_s": float(iqr.median()),
+              "iqr_share_median": float((trials["latency_iqr_ms_per_s"] / trials["latency_ms_per_s"]).median()),
+              "audio_seconds": float(trials["latency_audio_seconds"].dropna().median())}
+    if "latency_cpu_iqr_ms_per_s" in trials.columns:
+        share = trials["latency_cpu_iqr_ms_per_s"] / trials["latency_cpu_ms_per_s"]
+        spread["cpu_iqr_share_median"] = float(share.median())
+    return spread

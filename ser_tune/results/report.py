@@ -230,7 +230,10 @@ def _latency_words(study: StudyFolder) -> str:
             f"second of audio. How noisy it is on this machine: a trial's passes varied by a coefficient of "
             f"variation of {spread['cv_median']:.1%} (median over {spread['trials']} trials; "
             f"{spread['cv_min']:.1%} to {spread['cv_max']:.1%}), an interquartile range of "
-            f"{spread['iqr_median_ms_per_s']:.2f} ms/s (median). Model MB: the model folder and the cut encoder's "
+            f"{spread['iqr_median_ms_per_s']:.2f} ms/s ({spread['iqr_share_median']:.1%} of its latency; medians)"
+            + (f"; the timing thread's CPU time per second of audio (`latency_cpu_ms_per_s`), which other processes "
+               f"do not inflate, by {spread['cpu_iqr_share_median']:.1%}" if "cpu_iqr_share_median" in spread else "")
+            + ". Model MB: the model folder and the cut encoder's "
             f"weights it loads from its spec. `train_cpu_seconds`: the trial process's CPU-seconds (all threads) "
             f"until its last epoch.")
 

@@ -10,8 +10,8 @@ study's own latency clips on one thread (``training.latency.measure_latency``, o
 of load hits every model alike. Per model: the median over rounds and its interquartile range of
 both clocks (wall-clock latency and the timing thread's CPU time, per second of audio), the
 layers its encoder keeps, its size and parameters, its validation and test BCA; and, from trials.csv,
-the study's own measurements of every trial that read that layer (median, min, max), how far the
-same architecture moved between trials. The study's fronts and hypervolumes are copied from its
+the study's own measurements (both clocks) of every trial that read that layer (median, min, max),
+how far the same architecture moved between trials. The study's fronts and hypervolumes are copied from its
 summary.json.
 """
 from __future__ import annotations
@@ -52,9 +52,10 @@ def models_by_layer(study) -> list[dict]:
         rows.append({"layer": value, "trial_id": best["trial_id"], "model_dir": best["model_dir"],
                      "val_bca": round(float(best["val_bca"]), 3), "test_bca": round(float(best["test_bca"]), 3),
                      "model_mb": float(best["model_bytes"]) / 1e6, "total_params": int(best["total_params"]),
-                     "study_trials": int(len(own)), "study_median": float(own["latency_ms_per_s"].median()),
-                     "study_min": float(own["latency_ms_per_s"].min()),
-                     "study_max": float(own["latency_ms_per_s"].max())})
+                     "study_trials": int(len(own)),
+                     **{f"study_{clock}_{stat}": float(getattr(own[column], stat)())
+                        for clock, column in (("wall", "latency_ms_per_s"), ("cpu", "latency_cpu_ms_per_s"))
+                        if column in own for stat in ("median", "min", "max")}})
     return rows
 
 
@@ -95,8 +96,11 @@ def main(argv=None) -> int:
     rows = models_by_layer(study)
     clips = latency_clips(study)
     time_in_rounds(rows, clips, args.rounds)
+    for row in rows:   # two decimals are all the noise allows
+        row.update({k: round(v, 2) for k, v in row.items() if isinstance(v, float) and k not in ("val_bca", "test_bca")})
     print_table(rows, ["layer", "encoder_layers", "trial_id", "val_bca", "test_bca", "wall_median", "wall_iqr",
-                       "cpu_median", "cpu_iqr", "study_median", "study_min", "study_max", "study_trials", "model_mb",
+                       "cpu_median", "cpu_iqr", "study_wall_median", "study_wall_min", "study_wall_max",
+                       "study_cpu_median", "study_cpu_min", "study_cpu_max", "study_trials", "model_mb",
                        "total_params"])
     summary = json.loads((study.dir / "summary.json").read_text())["studies"][0]["strategies"]
     run.finish({"study_dir": str(study.dir), "rounds": args.rounds, "clips": clips, "models": rows,

@@ -85,11 +85,11 @@ def test_hypervolume_per_run_against_one_reference_and_over_time(study):
     # BCA); random-r1: D (0.65, 15): 0.05 x 35
     assert fronts.final_hypervolumes(study, "random", reference) == pytest.approx([4.0, 1.75])
     curves = fronts.hypervolume_curves(study, "random", reference)
-    assert list(curves[0].index) == [20.0, 30.0, 40.0]   # X (10 s) is infeasible: not counted
-    assert curves[0].tolist() == pytest.approx([2.0, 4.0, 4.0])   # A alone: 0.2 x 10
+    assert list(curves[0].index) == [0.0, 20.0, 30.0, 40.0]   # X (10 s) is infeasible: not counted
+    assert curves[0].tolist() == pytest.approx([0.0, 2.0, 4.0, 4.0])   # A alone: 0.2 x 10
     band = fronts.hypervolume_band(study, "random", reference, points=5)   # grid 0, 10, 20, 30, 40 s
-    assert band["runs"].tolist() == [0, 0, 2, 2, 2]
-    assert band["mean"].iloc[2:].tolist() == pytest.approx([(2.0 + 1.75) / 2, (4.0 + 1.75) / 2, (4.0 + 1.75) / 2])
+    assert band["runs"].tolist() == [2, 2, 2, 2, 2]   # nothing ended yet is a hypervolume of 0, not a gap
+    assert band["mean"].tolist() == pytest.approx([0.0, 0.0, (2.0 + 1.75) / 2, (4.0 + 1.75) / 2, (4.0 + 1.75) / 2])
 
 
 def test_the_best_trial_meets_the_constraints_when_one_does(study):

@@ -56,7 +56,7 @@ def study_reference(study: StudyFolder) -> dict[str, float] | None:
 
 def hypervolume_curves(study: StudyFolder, strategy: str, reference: dict) -> list[pd.Series]:
     """One step curve per run of ``strategy``: the hypervolume of its trials ended by each second since
-    the run started (the first point at its first ended trial)."""
+    the run started (0 from its start until its first feasible trial ends)."""
     trials = ranked_trials(study, strategy)
     curves = []
     for unit in study.runs(strategy):
@@ -65,7 +65,7 @@ def hypervolume_curves(study: StudyFolder, strategy: str, reference: dict) -> li
             continue
         ended = own.assign(time=own["finished_at"].astype(float) - timing.started_at(study, unit))
         curve = hypervolume_over_time(ended, study.front_objectives, reference)
-        curves.append(pd.Series(curve["hypervolume"].to_numpy(), index=curve["time"].to_numpy()))
+        curves.append(pd.Series([0.0, *curve["hypervolume"]], index=[0.0, *curve["time"]]))
     return curves
 
 

@@ -41,8 +41,9 @@ def predict_files(model, paths, speakers=None) -> list[dict]:
 
 
 def choose_front_model(folder, max_latency: float) -> tuple[Path, dict]:
-    """The folder and front.json entry of the most accurate front model within ``max_latency`` ms per second
-    of audio; a ValueError naming the folder when there is no front or none is fast enough."""
+    """The folder and front.json entry (with ``chosen_by``: the latency column compared) of the most accurate
+    front model within ``max_latency`` ms per second of audio; a ValueError naming the folder when there is
+    no front or none is fast enough."""
     from .study.folder import FRONT_DIR, FRONT_FILE
 
     folder = Path(folder)
@@ -60,7 +61,7 @@ def choose_front_model(folder, max_latency: float) -> tuple[Path, dict]:
                    if quickest else "none has a measured latency")
         raise ValueError(f"{listing}: no front model within {max_latency:g} ms per second of audio; {fastest}")
     best = max(fast, key=lambda m: m.get(front["metric"], float("-inf")))
-    return listing.parent / best["path"], best
+    return listing.parent / best["path"], {**best, "chosen_by": clock}
 
 
 def main(argv=None) -> int:
@@ -86,8 +87,9 @@ def main(argv=None) -> int:
     try:
         if args.max_latency is not None:
             args.model_dir, chosen = choose_front_model(args.model_dir, args.max_latency)
-            print(f"front model {chosen['trial_id']} ({chosen['strategy']}): {chosen['latency_ms_per_s']:.1f} ms per "
-                  "second of audio", file=sys.stderr)
+            clock = chosen["chosen_by"]
+            print(f"front model {chosen['trial_id']} ({chosen['strategy']}): {chosen[clock]:.1f} ms per second of "
+                  f"audio ({clock})", file=sys.stderr)
         model = load_model(args.model_dir)
     except (ModelFolderError, EncoderError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

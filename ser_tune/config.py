@@ -23,9 +23,15 @@ The schema, with defaults (see experiments/*.yaml for worked examples)::
     concurrency: null               # max concurrent trials per strategy; null = cluster CPUs // cpus_per_trial
     seed: 0
     storage: studies                # folder of study folders
-    objective: {metric: val_bca, mode: max, cv_folds: 1}
+    objective: {metric: val_bca, mode: max, cv_folds: 1, metrics: null, constraints: [], deployment: false,
+                latency: {clips: 8, repeats: 5, warmup: 1}}
                                     # cv_folds > 1: each trial's objective is the mean over speaker
                                     # cross-validation folds of the non-test speakers (1 = the split's val part)
+                                    # metrics: objectives searched together, e.g. {val_bca: max,
+                                    # latency_ms_per_s: min}; metric: the (first) validation metric among them
+                                    # constraints: e.g. ["latency_ms_per_s <= 50"]: infeasible trials rank last
+                                    # deployment: measure every trial's deployment costs (DEPLOYMENT_METRICS;
+                                    # also whenever metrics or constraints name one), latency as in latency:
     evaluation: {outer_folds: 1}    # > 1: outer test folds of speakers (the study runs once per fold)
     thresholds: [0.8, 0.9]
     crosscorpus: []                 # [{name, root, label_map}] evaluated after the study
@@ -52,11 +58,20 @@ from ser_tune.data.corpus import CORPORA
 from ser_tune.data.labels import check_view
 from ser_tune.schema import (MappingOrNull, Section, choice, described, error_line, integer, invalid, kept_as_dict,
                              listed, number)
-from ser_tune.search import STRATEGY_NAMES
+from ser_tune.search import STRATEGY_NAMES, StrategyError, check_installed
 from ser_tune.search.space import SpaceError, default_grid, paper_space, parse_grid, parse_space, space_to_raw
 from ser_tune.training.settings import SettingsError, TrialSettings
 
 METRICS = ("val_bca", "val_ccc", "val_ccc_arousal", "val_ccc_valence", "val_ccc_dominance")
+# The worst value each metric can take: what a trial that breaks a constraint is told (a little worse).
+METRIC_FLOOR = {"val_bca": 0.0, "val_ccc": -1.0, "val_ccc_arousal": -1.0, "val_ccc_valence": -1.0,
+                "val_ccc_dominance": -1.0}
+# What a trial's exported model costs (training.latency.deployment_costs, and the trial's training CPU):
+# measured only when the study asks, better when lower.
+# latency_cpu_ms_per_s: the timing thread's CPU time per second of audio, a steadier measure of the same cost on
+# a machine other processes share.
+DEPLOYMENT_METRICS = ("latency_ms_per_s", "latency_cpu_ms_per_s", "model_bytes", "trainable_params", "total_params",
+                      "train_cpu_seconds")
 SPLIT_KEYS = {                      # the keyword arguments of ser_tune.data.make_split per kind
     "speaker": ("val_speakers", "test_speakers", "seed"),
     "random": ("val_fraction", "test_fraction", "seed"),
@@ -263,17 +278,80 @@ class Budget(Section):
                         single=True, noun="a repeat target") = ["searcher"]
 
 
+Mode = choice(("max", "min"), what="'max' or 'min'")
+
+
+class Latency(Section):
+    """How a trial's inference latency is measured (training.latency.measure_latency, one CPU thread)."""
+    clips: PositiveInt = 8            # a fixed set of the corpus's clips, the same for every trial
+    repeats: PositiveInt = 5          # timed passes over them; the median is the trial's latency
+    warmup: NonNegativeInt = 1        # untimed passes first
+
+
 class Objective(Section):
     metric: choice(METRICS) = "val_bca"
-    mode: choice(("max", "min"), what="'max' or 'min'") = "max"
+    mode: Mode = "max"
     cv_folds: PositiveInt = 1
+    metrics: Optional[dict[str, Mode]] = None
+    constraints: listed(Annotated[str, described("a constraint such as 'latency_ms_per_s <= 50'")],
+                        "a list of constraints such as 'latency_ms_per_s <= 50'", single=True, empty=True) = []
+    deployment: Annotated[bool, Field(strict=True), described("true or false")] = False
+    latency: Latency = Field(default_factory=Latency)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_from_metrics(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("metrics"), dict) and raw["metrics"]:
+            validation = [name for name in raw["metrics"] if name in METRICS]
+            if not validation:
+                raise invalid(f": name a validation metric ({', '.join(METRICS)}) among the objectives", "metrics")
+            if raw.setdefault("metric", validation[0]) not in raw["metrics"]:
+                raise invalid(f": objective.metric ({raw['metric']!r}) must be one of the objectives", "metrics")
+        return raw
 
     @model_validator(mode="after")
     def _higher_is_better(self):
         if self.mode == "min":
             # Every metric here is better when higher; the reference code's GP-BO minimised BCA by a sign slip.
             raise invalid(f": {self.metric} is better when higher, so mode must be 'max' (got 'min')", "mode")
+        for name, mode in (self.metrics or {}).items():
+            if name not in METRICS + DEPLOYMENT_METRICS:
+                raise invalid(f": unknown objective {name!r}; choose from {', '.join(METRICS + DEPLOYMENT_METRICS)}",
+                              "metrics")
+            better = "max" if name in METRICS else "min"
+            if mode != better:
+                raise invalid(f": {name} is better when {'higher' if better == 'max' else 'lower'}, so its mode "
+                              f"must be '{better}' (got '{mode}')", "metrics", name)
+        from ser_tune.results.pareto import parse_constraint   # late: the results package draws plots
+
+        for i, text in enumerate(self.constraints):
+            try:
+                parse_constraint(text, METRICS + DEPLOYMENT_METRICS)
+            except ValueError as err:
+                raise invalid(f": {err}", "constraints", i) from None
         return self
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        """Every objective and its mode, the validation metric (``metric``) first."""
+        return {self.metric: self.mode, **{k: v for k, v in (self.metrics or {}).items() if k != self.metric}}
+
+    def trial_constraints(self):
+        """The constraints as searchers and the study apply them to a trial's result (None without any)."""
+        from ser_tune.results.pareto import TrialConstraints
+
+        if not self.constraints:
+            return None
+        return TrialConstraints(tuple(self.constraints), METRICS + DEPLOYMENT_METRICS, self.metric, self.mode,
+                                worst=METRIC_FLOOR[self.metric])
+
+    @property
+    def measures_deployment(self) -> bool:
+        """Whether trials measure their deployment costs: asked for, or named by an objective or constraint."""
+        from ser_tune.results.pareto import parse_constraint
+
+        named = set(self.objectives) | {parse_constraint(c, METRICS + DEPLOYMENT_METRICS)[0] for c in self.constraints}
+        return self.deployment or bool(named & set(DEPLOYMENT_METRICS))
 
 
 class Evaluation(Section):
@@ -329,7 +407,37 @@ class Experiment(StudyConfig):
             raise invalid(f": '{both[0]}' is both fixed in trial and searched in the grid; keep one", "grid", both[0])
         if self.objective.cv_folds > 1 and self.split["kind"] == "random":
             raise invalid(SPEAKER_FOLDS, "objective", "cv_folds")
+        for strategy in self.strategies:
+            try:
+                check_installed(strategy)
+            except StrategyError as err:
+                raise invalid(f": {err}", "strategies") from None
+        self._resolve_encoder_choices()
         return self
+
+    def _resolve_encoder_choices(self) -> None:
+        """The ``encoder`` setting (a study searching among encoders: a choice of specs in the space or the
+        grid, or one in trial) with local folders resolved as the ``encoder`` field is."""
+        from ser_tune.encoders import resolve_spec
+        from ser_tune.search.space import Param
+
+        bases = [self.source.parent] if self.source is not None else []
+
+        def resolved(values, *where):
+            try:
+                return [resolve_spec(v, bases) for v in values]
+            except ValueError as err:
+                raise invalid(f": {err}", *where) from None
+
+        param = self.space.get("encoder")
+        if param is not None and param.kind != "choice":
+            raise invalid(": the encoder is searched as a choice of encoder specs", "space", "encoder")
+        if param is not None:
+            self.space["encoder"] = Param("encoder", "choice", values=tuple(resolved(param.values, "space", "encoder")))
+        if self.grid and "encoder" in self.grid:
+            self.grid["encoder"] = resolved(self.grid["encoder"], "grid", "encoder")
+        if self.trial.get("encoder") is not None:
+            self.trial["encoder"] = resolved([self.trial["encoder"]], "trial", "encoder")[0]
 
 
 # -- reading files ----------------------------------------------------------------------------------

@@ -144,10 +144,16 @@ class OriginalFeatures:
 
 
 def _encoder_fine_tuned(model, original) -> bool:
-    """True when any encoder weight of the tuned model differs from the encoder spec's own."""
+    """True when any encoder weight of the tuned model differs from the encoder spec's own (of the layers
+    it kept, when it was exported truncated at the layer its head reads)."""
+    import copy
+
     import torch
 
     tuned = model.encoder.state_dict()
+    if model.encoder.num_layers < original.num_layers:
+        original = copy.deepcopy(original)
+        original.truncate(model.encoder.num_layers)
     for name, value in original.state_dict().items():
         if name not in tuned or tuned[name].shape != value.shape or not torch.equal(tuned[name], value):
             return True
@@ -446,8 +452,10 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
                                "accuracy_mean": float(np.mean([r["accuracy"] for r in random_scores]))}}
     frozen_bca = None
     if frozen is not None:
-        # Head-only models share the original encoder's features; otherwise embed with the original weights.
-        base = feats if not fine_tuned else original.pooled(list(predictions["path"]), used["duration"].to_numpy(float))
+        # Head-only models share the original encoder's features (all of its layers unless truncated);
+        # otherwise embed with the original weights.
+        shared = not fine_tuned and feats.shape[1] == original.encoder().num_layers + 1
+        base = feats if shared else original.pooled(list(predictions["path"]), used["duration"].to_numpy(float))
         pred = frozen.predict(normalized_features(base, speakers, model.normalize))
         predictions["frozen_head"] = [labels[i] for i in pred]
         s = scores(y, pred, len(labels))

@@ -1,5 +1,11 @@
 """``python -m ser_tune.predict MODEL_DIR FILE.wav [FILE.wav ...]``: the emotion of each file.
 
+``--max-latency MS_PER_S`` with a study's exported Pareto front (``STUDY/front`` or the study folder)
+as MODEL_DIR: the front model with the best validation metric among those whose measured latency is
+at most MS_PER_S milliseconds per second of audio (front.json lists them, and names the latency its
+front was searched on: the wall-clock ``latency_ms_per_s`` or the CPU-time ``latency_cpu_ms_per_s``)
+predicts.
+
 Any sample rate or channel count. Files are predicted together: a model trained on speaker-normalised
 features takes its statistics from them (``--speakers`` says whose each file is). A file the corpus loader would skip (missing, unreadable,
 truncated, shorter than data.MIN_DURATION, silent, of an audio format that is not read) gets an
@@ -11,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def predict_files(model, paths, speakers=None) -> list[dict]:
@@ -33,6 +40,30 @@ def predict_files(model, paths, speakers=None) -> list[dict]:
     return [row if "error" in row else {**row, **next(predicted)} for row in rows]
 
 
+def choose_front_model(folder, max_latency: float) -> tuple[Path, dict]:
+    """The folder and front.json entry (with ``chosen_by``: the latency column compared) of the most accurate
+    front model within ``max_latency`` ms per second of audio; a ValueError naming the folder when there is
+    no front or none is fast enough."""
+    from .study.folder import FRONT_DIR, FRONT_FILE
+
+    folder = Path(folder)
+    listing = folder / FRONT_FILE if (folder / FRONT_FILE).is_file() else folder / FRONT_DIR / FRONT_FILE
+    if not listing.is_file():
+        raise ValueError(f"{folder}: --max-latency needs a study's exported front (STUDY/front/{FRONT_FILE}); "
+                         "there is none (its study measured no latency, or has not finished)")
+    front = json.loads(listing.read_text())
+    clock = front.get("latency", "latency_ms_per_s")   # the latency the front was searched on
+    timed = [m for m in front.get("models", []) if m.get(clock) is not None]
+    fast = [m for m in timed if m[clock] <= max_latency]
+    if not fast:
+        quickest = min(timed, key=lambda m: m[clock], default=None)
+        fastest = (f"the fastest, trial {quickest['trial_id']}, takes {quickest[clock]:.1f} ms/s ({clock})"
+                   if quickest else "none has a measured latency")
+        raise ValueError(f"{listing}: no front model within {max_latency:g} ms per second of audio; {fastest}")
+    best = max(fast, key=lambda m: m.get(front["metric"], float("-inf")))
+    return listing.parent / best["path"], {**best, "chosen_by": clock}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m ser_tune.predict", description=__doc__.splitlines()[0])
     p.add_argument("model_dir", help="an exported model folder (a study's best_model/ or train --export)")
@@ -40,6 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--speakers", nargs="+", metavar="SPEAKER",
                    help="each file's speaker, in order (for a model trained on speaker-normalised features: "
                         "statistics per speaker; default: all files are one speaker)")
+    p.add_argument("--max-latency", type=float, metavar="MS_PER_S",
+                   help="with a study's front (STUDY/front or STUDY): the most accurate front model whose latency "
+                        "is at most MS_PER_S ms per second of audio")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     if args.speakers is not None and len(args.speakers) != len(args.files):
@@ -49,14 +83,21 @@ def main(argv=None) -> int:
     from .training.trainable import set_threads
 
     set_threads(2)
+    chosen = None
     try:
+        if args.max_latency is not None:
+            args.model_dir, chosen = choose_front_model(args.model_dir, args.max_latency)
+            clock = chosen["chosen_by"]
+            print(f"front model {chosen['trial_id']} ({chosen['strategy']}): {chosen[clock]:.1f} ms per second of "
+                  f"audio ({clock})", file=sys.stderr)
         model = load_model(args.model_dir)
-    except (ModelFolderError, EncoderError, OSError) as exc:
+    except (ModelFolderError, EncoderError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rows = predict_files(model, args.files, args.speakers)
     if args.json:
-        print(json.dumps({"model": args.model_dir, "labels": model.labels, "predictions": rows}))
+        print(json.dumps({"model": str(args.model_dir), "labels": model.labels, "predictions": rows,
+                          **({"front_model": chosen} if chosen else {})}))
     else:
         for row in rows:
             if "error" in row:

@@ -455,3 +455,62 @@ def test_two_stage_file_errors(tmp_path):
         load_config(tmp_path / "bad.yaml")
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump({k: v for k, v in _two_stage().items() if k != "name"}))
     assert load_config(tmp_path / "mine.yaml").name == "mine"        # the name defaults to the file's stem
+
+
+# --- several objectives, constraints, deployment costs ----------------------------------------------
+def test_objectives_constraints_and_deployment_defaults_measure_nothing():
+    objective = default_experiment().objective
+    assert objective.objectives == {"val_bca": "max"} and objective.constraints == []
+    assert not objective.measures_deployment and objective.trial_constraints() is None
+    assert (objective.latency.clips, objective.latency.repeats, objective.latency.warmup) == (8, 5, 1)
+
+
+def test_several_objectives_and_constraints():
+    exp = experiment_from_dict(_with(objective={"metrics": {"val_bca": "max", "latency_ms_per_s": "min"},
+                                                "constraints": "model_bytes <= 1e8", "latency": {"clips": 3}}))
+    assert exp.objective.metric == "val_bca" and exp.objective.objectives == {"val_bca": "max",
+                                                                              "latency_ms_per_s": "min"}
+    assert exp.objective.constraints == ["model_bytes <= 1e8"] and exp.objective.measures_deployment
+    rules = exp.objective.trial_constraints()
+    assert rules.worst == 0.0 and not rules.meets({"model_bytes": 2e8})
+    saved = exp.to_dict()["objective"]
+    assert experiment_from_dict(_with(objective=saved)).objective == exp.objective   # round trip
+    # YAML writers may sort keys: the validation metric comes first wherever it is written
+    swapped = experiment_from_dict(_with(objective={"metrics": {"latency_ms_per_s": "min", "val_bca": "max"}}))
+    assert list(swapped.objective.objectives) == ["val_bca", "latency_ms_per_s"]
+    # a constraint on a cost, or deployment: true, measures the costs too
+    assert experiment_from_dict(_with(objective={"constraints": ["total_params <= 5e6"]})).objective.measures_deployment
+    assert experiment_from_dict(_with(objective={"deployment": True})).objective.measures_deployment
+    assert not experiment_from_dict(_with(objective={"constraints": ["val_bca >= 0.5"]})).objective.measures_deployment
+
+
+@pytest.mark.parametrize("objective, message", [
+    ({"metrics": {"latency_ms_per_s": "min", "model_bytes": "min"}},
+     "objective.metrics: name a validation metric (val_bca, val_ccc"),
+    ({"metric": "val_ccc", "metrics": {"val_bca": "max"}},
+     "objective.metrics: objective.metric ('val_ccc') must be one of the objectives"),
+    ({"metrics": {"val_bca": "max", "latency_ms_per_s": "max"}},
+     "objective.metrics.latency_ms_per_s: latency_ms_per_s is better when lower, so its mode must be 'min'"),
+    ({"metrics": {"val_bca": "max", "speed": "min"}}, "objective.metrics: unknown objective 'speed'"),
+    ({"metrics": {"val_bca": "best"}}, "objective.metrics.val_bca must be 'max' or 'min' (got 'best')"),
+    ({"constraints": ["latency <= 3"]}, "objective.constraints[0]: constraint 'latency <= 3': unknown column 'latency'"),
+    ({"constraints": ["latency_ms_per_s =< 3"]}, "objective.constraints[0]: constraint 'latency_ms_per_s =< 3': expected"),
+    ({"deployment": "yes"}, "objective.deployment must be true or false (got 'yes')"),
+    ({"latency": {"clips": 0}}, "objective.latency.clips must be a positive integer (got 0)"),
+    ({"latency": {"threads": 2}}, "objective.latency.threads is not a known key"),
+])
+def test_bad_objectives_name_the_field(objective, message):
+    with pytest.raises(ConfigError) as err:
+        experiment_from_dict(_with(objective=objective))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_optuna_strategies_need_optuna():
+    import importlib.util
+
+    raw = _with(strategies=["nsga2", "random"])
+    if importlib.util.find_spec("optuna") is None:
+        with pytest.raises(ConfigError, match="strategies: strategy 'nsga2' needs optuna"):
+            experiment_from_dict(raw)
+    else:
+        assert experiment_from_dict(raw).strategies == ["nsga2", "random"]

@@ -131,3 +131,70 @@ def test_whisper_base_truncates_exactly():
     full = load_encoder(f"hf:{WHISPER_BASE}")
     assert full.num_layers == 6
     _check_truncation(full, *_waves(seconds=3.0, batch=1))
+
+
+# --- through export and load_model: a head reading layer k ships an encoder cut at k --------------------
+EXPORT_CASES = {
+    # name: (settings, layer the head reads, PEFT modules kept in the folder)
+    "frozen": (dict(unfreeze="none"), 1, False),
+    "top layers trained below the cut": (dict(unfreeze="top:2", unfreeze_epoch=0), 2, False),
+    "lora above the cut": (dict(unfreeze="top:1", unfreeze_epoch=0, peft="lora"), 2, False),
+    "lora below the cut": (dict(unfreeze="top:2", unfreeze_epoch=0, peft="lora"), 2, True),
+}
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from ser_tune.data import generate_synthetic, load_corpus, speaker_split
+    from ser_tune.training.finetune import TrialData
+
+    root = generate_synthetic(tmp_path_factory.mktemp("cut"), seed=1, n_speakers=4, clips_per_cell=1,
+                              duration_range=(0.5, 0.6))
+    table = load_corpus("synthetic", root).table
+    return TrialData.from_table(table, speaker_split(table, val_speakers=1, test_speakers=1, seed=0).assignment)
+
+
+@pytest.mark.parametrize("case", list(EXPORT_CASES))
+def test_an_exported_model_reading_layer_k_is_cut_there_and_gives_the_same_features(case, small_data,
+                                                                                       feature_cache_root, tmp_path):
+    """The folder's encoder has k layers, its features equal the full encoder's states 0..k, and the
+    loaded model predicts what the trained one did."""
+    from ser_tune.training.export import load_model
+    from ser_tune.training.finetune import FineTuner
+    from ser_tune.training.head import masked_mean
+    from ser_tune.training.settings import TrialSettings
+
+    changes, k, peft_kept = EXPORT_CASES[case]
+    settings = TrialSettings(lr=1e-2, num_epochs=1, max_length=1.0, layer=k, **changes)
+    tuner = FineTuner(settings, small_data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
+    result = tuner.run()
+    model = load_model(tuner.export(result, tmp_path / "model"))
+    assert model.meta["encoder_layers"] == k and model.encoder.num_layers == k
+    assert model.meta["num_states"] == k + 1 and bool(model.meta["peft"]) is peft_kept
+    full = load_encoder("tiny-whisper")
+    wave = small_data.audio.get(small_data.paths[0])
+    x = torch.from_numpy(np.array(wave, dtype=np.float32))[None]
+    with torch.no_grad():
+        states, mask = full(x, torch.tensor([x.shape[1]]))
+        expected = torch.stack([masked_mean(h, mask) for h in states[: k + 1]], dim=1)
+    if settings.encoder_trains:   # trained layers below the cut change the states above them
+        torch.testing.assert_close(model.embed(wave)[:, :k - 1], expected[:, :k - 1])
+    else:
+        torch.testing.assert_close(model.embed(wave), expected)
+    test = small_data.parts["test"]
+    before = tuner.class_probabilities(result, test)
+    after = np.stack([model.predict_proba(small_data.audio.get(small_data.paths[i])) for i in test])
+    np.testing.assert_allclose(after, before, atol=1e-4)
+
+
+def test_a_head_mixing_every_layer_or_reading_the_top_keeps_the_whole_encoder(small_data, feature_cache_root,
+                                                                             tmp_path):
+    from ser_tune.training.export import load_model
+    from ser_tune.training.finetune import FineTuner
+    from ser_tune.training.settings import TrialSettings
+
+    for name, layer in (("mix", "weighted"), ("top", 3), ("negative top", -1)):
+        tuner = FineTuner(TrialSettings(lr=1e-2, num_epochs=1, max_length=1.0, unfreeze="none", layer=layer),
+                          small_data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
+        model = load_model(tuner.export(tuner.run(), tmp_path / name))
+        assert model.meta["encoder_layers"] is None and model.encoder.num_layers == 3, name

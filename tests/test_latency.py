@@ -51,6 +51,20 @@ def test_latency_is_per_second_of_audio_whatever_the_clip_lengths():
         assert len(result.per_repeat_ms_per_s) == result.repeats == 3
         assert result.iqr_ms_per_s >= 0 and result.cv >= 0
         assert result.latency_ms_per_s == pytest.approx(np.median(result.per_repeat_ms_per_s))
+        # sleeping takes wall-clock, not CPU: the thread's CPU time stays far below the latency
+        assert 0 <= result.cpu_ms_per_s < expected / 5 and result.cpu_iqr_ms_per_s >= 0
+
+
+def test_cpu_time_tracks_the_work_of_a_busy_model():
+    def busy(wave):   # about 40 ms of arithmetic per second of audio
+        end = time.thread_time() + len(wave) / RATE * 0.04
+        while time.thread_time() < end:
+            pass
+        return wave[:1]
+
+    result = measure_latency(busy, _clips(0.5, 0.5), RATE, repeats=3, warmup=0)
+    assert 40 * 0.99 <= result.cpu_ms_per_s < 40 * 1.3
+    assert result.cpu_ms_per_s <= result.latency_ms_per_s * 1.01
 
 
 def test_threads_are_set_while_measuring_and_restored():
@@ -144,3 +158,31 @@ def test_count_parameters_splits_trainable_and_counts_shared_once():
     assert trainable == 0 and total == sum(p.numel() for p in encoder.parameters()) > 0
     encoder.truncate(1)
     assert count_parameters(encoder)[1] < total
+
+
+def test_deployment_costs_count_the_cut_encoder_a_model_loads(tmp_path):
+    """A head reading layer 1 ships one of tiny-whisper's three layers: fewer parameters and bytes than a
+    head mixing every layer, each counted as the loaded model holds them."""
+    from ser_tune.data import generate_synthetic, load_corpus, speaker_split
+    from ser_tune.training.export import load_model
+    from ser_tune.training.finetune import FineTuner, TrialData
+    from ser_tune.training.latency import deployed_bytes, deployment_costs
+    from ser_tune.training.settings import TrialSettings
+
+    root = generate_synthetic(tmp_path / "corpus", seed=1, n_speakers=3, clips_per_cell=1, duration_range=(0.5, 0.6))
+    table = load_corpus("synthetic", root).table
+    data = TrialData.from_table(table, speaker_split(table, val_speakers=1, test_speakers=1, seed=0).assignment)
+    costs = {}
+    for layer in ("weighted", 1):
+        tuner = FineTuner(TrialSettings(lr=1e-2, num_epochs=1, unfreeze="none", max_length=1.0, layer=layer), data,
+                          encoder_spec="tiny-whisper", cache_root=tmp_path / "cache")
+        folder = tuner.export(tuner.run(), tmp_path / str(layer))
+        costs[layer] = deployment_costs(folder, _clips(0.5, 0.5), RATE, repeats=2, warmup=0)
+        model = load_model(folder)
+        encoder_bytes = sum(t.numel() * t.element_size() for t in model.encoder.state_dict().values())
+        assert costs[layer]["model_bytes"] == deployed_bytes(model, folder) == model_bytes(folder) + encoder_bytes
+        assert costs[layer]["total_params"] == count_parameters(model.encoder)[1] + count_parameters(model.head)[1]
+        assert costs[layer]["latency_min_ms_per_s"] <= costs[layer]["latency_ms_per_s"] > 0
+        assert costs[layer]["latency_audio_seconds"] == 1.0
+    assert costs[1]["total_params"] < costs["weighted"]["total_params"]
+    assert costs[1]["model_bytes"] < costs["weighted"]["model_bytes"]

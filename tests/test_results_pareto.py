@@ -171,3 +171,26 @@ def test_penalised_values_are_worse_than_any_feasible_one():
     assert values.tolist() == [0.7, -0.1, 0.1]
     with pytest.raises(ValueError, match="mode must be"):
         penalised(0.7, True, "best", worst=0.0)
+
+
+def test_violations_say_how_far_each_constraint_is_missed():
+    from ser_tune.results.pareto import TrialConstraints, measured, violation
+
+    assert violation(40.0, "<=", 50.0) == 0.0 and violation(70.0, "<=", 50.0) == 20.0
+    assert violation(50.0, "<", 50.0) > 0.0          # a strict bound broken by equality still counts
+    assert violation(None, "<=", 50.0) == math.inf and violation(math.nan, ">=", 0.0) == math.inf
+    rules = TrialConstraints(("latency_ms_per_s <= 50", "model_bytes < 2e7"), tuple(THREE), "val_bca", "max",
+                             worst=0.0)
+    assert rules.violations({"latency_ms_per_s": 60.0, "model_bytes": 1e7}) == [10.0, 0.0]
+    assert rules.meets({"latency_ms_per_s": 50.0, "model_bytes": 1e7})
+    assert not rules.meets({"latency_ms_per_s": 50.0})   # an unmeasured size is not known to fit
+    # what a single-objective searcher is told: the true value when feasible, a penalty below 0 otherwise
+    assert rules.told({"val_bca": 0.7, "latency_ms_per_s": 10.0, "model_bytes": 1.0})["val_bca"] == 0.7
+    assert rules.told({"val_bca": 0.9, "latency_ms_per_s": 90.0, "model_bytes": 1.0})["val_bca"] < 0.0
+    assert rules.told({"latency_ms_per_s": 90.0}) == {"latency_ms_per_s": 90.0}   # nothing to penalise
+    with pytest.raises(ValueError, match="unknown column 'speed'"):
+        TrialConstraints(("speed <= 3",), tuple(THREE), "val_bca", "max", worst=0.0)
+    assert measured(_table(), ["latency_ms_per_s <= 50"]) and not measured(_table(), ["speed <= 3"])
+    # the feasible rows of a table are the rows a TrialConstraints meets
+    table = _table()
+    assert feasible(table, list(rules.constraints)).tolist() == [rules.meets(r) for r in table.to_dict("records")]

@@ -1,6 +1,7 @@
 """Search strategies without a Tuner: plans, argument errors, and each searcher driven through the
 Searcher calls Ray Tune's controller makes (set_search_properties / suggest / on_trial_complete)."""
 import doctest
+import importlib.util
 import inspect
 import math
 
@@ -12,10 +13,11 @@ from ray.tune.search.bayesopt import BayesOptSearch
 from ray.tune.search.hyperopt import HyperOptSearch
 
 import ser_tune.search
-from ser_tune.search import STRATEGIES, StrategyError, default_warmup, make_plan
-from ser_tune.search import base, gp, grid, random, relax, skopt, tpe
+from ser_tune.search import OPTUNA_STRATEGIES, STRATEGY_NAMES, StrategyError, default_warmup, make_plan
+from ser_tune.search import base, constrained, gp, grid, random, relax, skopt, tpe
 from ser_tune.search.relax import RelaxedDecoder
 from ser_tune.search.skopt import SkoptSearcher
+from ser_tune.results.pareto import TrialConstraints
 from ser_tune.search.space import SpaceError, paper_space, parse_space
 from ser_tune.training.settings import SettingsError, TrialSettings
 
@@ -65,9 +67,15 @@ def drive(plan, n: int, *, concurrency: int = 1, mode: str = "max", value=object
 
 # -- plans ------------------------------------------------------------------------------
 
+def installed_strategies() -> list[str]:
+    """Every strategy whose searcher library is installed (nsga2 and motpe need optuna)."""
+    return [name for name in STRATEGY_NAMES if name not in OPTUNA_STRATEGIES or importlib.util.find_spec("optuna")]
+
+
 def test_registry_and_unknown_strategy():
-    assert set(STRATEGIES) == {"tpe", "gp", "skopt", "grid", "random"}
-    with pytest.raises(StrategyError, match="unknown strategy 'xyz'; choose from tpe, gp, skopt, grid, random"):
+    assert set(STRATEGY_NAMES) == {"tpe", "gp", "skopt", "grid", "random", "nsga2", "motpe"}
+    with pytest.raises(StrategyError, match="unknown strategy 'xyz'; choose from tpe, gp, skopt, grid, random, "
+                                            "nsga2, motpe"):
         make_plan("xyz", SPACE, budget=5, seed=0)
     assert issubclass(StrategyError, ValueError)
 
@@ -133,7 +141,7 @@ def test_bad_strategy_arguments(kwargs, message):
 
 
 def test_unknown_parameter_is_refused_by_every_strategy():
-    for name in STRATEGIES:
+    for name in installed_strategies():
         with pytest.raises(SpaceError, match="space.epochs: 'epochs' is not a trial setting"):
             make_plan(name, {"epochs": {"int": [1, 3]}}, budget=4, seed=0)
 
@@ -285,5 +293,83 @@ def test_searchers_restore_through_tunes_checkpoint_dir(strategy, tmp_path):
 
 
 def test_module_doctests():
-    for module in (ser_tune.search, base, gp, grid, random, relax, skopt, tpe):
+    for module in (ser_tune.search, base, constrained, gp, grid, random, relax, skopt, tpe):
+        assert doctest.testmod(module).failed == 0, module.__name__
+
+
+# -- constraints and several objectives ---------------------------------------------------------
+
+CONSTRAINTS = TrialConstraints(("latency_ms_per_s <= 50",), ("val_bca", "latency_ms_per_s"), "val_bca", "max",
+                               worst=0.0)
+
+
+class Recorder(Searcher):
+    """A searcher that only records what it is told."""
+
+    def __init__(self):
+        super().__init__(metric="val_bca", mode="max")
+        self.told = {}
+
+    def suggest(self, trial_id):
+        return {"lr": 1e-3}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.told[trial_id] = result
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "gp", "skopt"])
+def test_model_based_searchers_are_told_a_penalty_for_infeasible_trials(strategy):
+    plan = make_plan(strategy, SPACE, budget=6, seed=0, constraints=CONSTRAINTS)
+    assert isinstance(plan.searcher, constrained.ConstrainedLimiter) and "penalty" in plan.notes
+    limiter = constrained.ConstrainedLimiter(Recorder(), max_concurrent=2, constraints=CONSTRAINTS)
+    for trial_id in ("fast", "slow", "failed"):
+        limiter.suggest(trial_id)
+    fast = {"val_bca": 0.6, "latency_ms_per_s": 20.0}
+    slow = {"val_bca": 0.9, "latency_ms_per_s": 80.0}
+    limiter.on_trial_complete("fast", fast)
+    limiter.on_trial_complete("slow", slow)
+    assert limiter.searcher.told["fast"] == fast
+    assert limiter.searcher.told["slow"]["val_bca"] < 0.0 < 0.6 and slow["val_bca"] == 0.9   # caller's dict untouched
+    limiter.suggest("failed")
+    limiter.on_trial_complete("failed", None, error=True)
+    assert limiter.searcher.told["failed"] is None
+
+
+def test_without_constraints_plans_are_as_before():
+    for strategy in ("tpe", "gp", "skopt"):
+        plan = make_plan(strategy, SPACE, budget=6, seed=0)
+        assert type(plan.searcher) is ConcurrencyLimiter and not plan.several_metrics
+    notes = make_plan("random", SPACE, budget=6, seed=0, objectives={"val_bca": "max", "model_bytes": "min"},
+                      constraints=CONSTRAINTS).notes
+    assert "searches val_bca alone" in notes and "constraints rank its trials" in notes
+
+
+def test_the_first_objective_must_be_the_metric():
+    with pytest.raises(StrategyError, match="the first objective must be the metric 'val_bca'"):
+        make_plan("tpe", SPACE, budget=6, seed=0, objectives={"latency_ms_per_s": "min", "val_bca": "max"})
+
+
+@pytest.mark.parametrize("strategy", ["nsga2", "motpe"])
+def test_optuna_strategies_search_every_objective_and_store_constraints(strategy):
+    optuna = pytest.importorskip("optuna")
+    from ser_tune.search import motpe, nsga2, optuna_search
+
+    objectives = {"val_bca": "max", "latency_ms_per_s": "min"}
+    plan = make_plan(strategy, SPACE, budget=8, seed=0, objectives=objectives, constraints=CONSTRAINTS)
+    assert plan.several_metrics and plan.warmup == 2 and "sampler takes the constraints" in plan.notes
+    searcher = plan.searcher.searcher
+    assert searcher.metric == ["val_bca", "latency_ms_per_s"] and searcher.mode == ["max", "min"]
+    assert plan.searcher.set_search_properties(None, None, plan.param_space)
+    for i in range(8):   # a trade-off: more epochs, better and slower
+        config = plan.searcher.suggest(f"t{i}")
+        plan.searcher.on_trial_complete(f"t{i}", {"val_bca": objective(config),
+                                                  "latency_ms_per_s": 10.0 * config["num_epochs"]})
+    trials = searcher._ot_study.trials   # OptunaSearch keeps its Optuna study there
+    assert len(trials) == 8 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        latency = trial.values[1]
+        assert trial.constraints == {"latency_ms_per_s <= 50": 0.0 if latency <= 50 else latency - 50}
+    single = make_plan(strategy, SPACE, budget=8, seed=0)
+    assert not single.several_metrics and single.searcher.searcher.metric == "val_bca"
+    for module in (nsga2, motpe, optuna_search):
         assert doctest.testmod(module).failed == 0, module.__name__

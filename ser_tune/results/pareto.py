@@ -44,8 +44,10 @@ Example: four trials, BCA against latency.
 """
 from __future__ import annotations
 
+import math
 import operator
 import re
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -206,6 +208,12 @@ def parse_constraint(text: str, columns: Sequence[str]) -> tuple[str, str, float
     return match["column"], match["op"], number
 
 
+def measured(frame: pd.DataFrame, constraints: Sequence[str]) -> bool:
+    """Whether ``frame`` has the column every (well-formed) constraint names."""
+    return all((m := CONSTRAINT_FORM.match(str(text))) is not None and m["column"] in frame.columns
+               for text in constraints)
+
+
 def feasible(frame: pd.DataFrame, constraints: Sequence[str]) -> pd.Series:
     """Boolean Series (``frame``'s index): the rows that meet every constraint (NaN meets none).
 
@@ -246,3 +254,55 @@ def penalised(value, feasible, mode: str, *, worst: float, margin: float = 0.1):
     penalty = worst - margin if mode == "max" else worst + margin
     result = np.where(np.asarray(feasible, dtype=bool), np.asarray(value, dtype=float), penalty)
     return float(result) if result.ndim == 0 else result
+
+
+def violation(value, op: str, number: float) -> float:
+    """How far ``value`` breaks ``<op> number``: 0.0 when it holds, else the distance to ``number`` (at
+    least 1e-12, so a strict inequality broken by equality counts); infinite when ``value`` is missing
+    or NaN (a trial that did not measure it is not known to meet it)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.inf
+    if math.isnan(value):
+        return math.inf
+    return 0.0 if COMPARISONS[op](value, number) else max(abs(value - number), 1e-12)
+
+
+@dataclass(frozen=True)
+class TrialConstraints:
+    """A study's constraints applied to one trial's result (a mapping of its metrics, as Ray hands it to
+    a searcher): what a single-objective searcher is told of it (``told``) and how far it is from
+    feasible (``violations``, the form Optuna's ``constraints_func`` takes). ``worst`` is the worst
+    possible value of ``metric`` (see :func:`penalised`). Plain data, so searchers that keep it can
+    be saved with their experiment.
+
+    >>> rules = TrialConstraints(("latency_ms_per_s <= 50",), ("latency_ms_per_s",), "val_bca", "max", worst=0.0)
+    >>> rules.told({"val_bca": 0.8, "latency_ms_per_s": 70.0})["val_bca"], rules.violations({"latency_ms_per_s": 70.0})
+    (-0.1, [20.0])
+    """
+    constraints: tuple[str, ...]
+    columns: tuple[str, ...]          # the columns constraints may name
+    metric: str
+    mode: str
+    worst: float
+    margin: float = 0.1
+
+    def __post_init__(self):
+        for text in self.constraints:   # a bad constraint fails here, before any trial
+            parse_constraint(text, self.columns)
+
+    def violations(self, result: Mapping) -> list[float]:
+        """One value per constraint: 0.0 when met, else how far it is broken (see :func:`violation`)."""
+        parsed = [parse_constraint(text, self.columns) for text in self.constraints]
+        return [violation(result.get(column), op, number) for column, op, number in parsed]
+
+    def meets(self, result: Mapping) -> bool:
+        return all(v == 0.0 for v in self.violations(result))
+
+    def told(self, result: Mapping) -> dict:
+        """``result`` with ``metric`` replaced by its penalised value (itself when feasible)."""
+        if result.get(self.metric) is None:
+            return dict(result)
+        value = penalised(result[self.metric], self.meets(result), self.mode, worst=self.worst, margin=self.margin)
+        return {**result, self.metric: value}

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from ..study.folder import StudyFolder
-from . import repeats, timing
+from . import fronts, repeats, timing
 from .ert import run_tables
 from .tables import best_trial, config_columns
 
@@ -280,7 +280,64 @@ def plot_confusion(studies: list[StudyFolder], out_dir: Path) -> PlotResult:
     return PlotResult(title, _save(fig, out_dir / "confusion.png"))
 
 
-PLOT_FILES = ("best_vs_time.png", "best_vs_trials.png", "runtime_ecdf.png", "hyperparameters.png", "confusion.png")
+def plot_fronts(studies: list[StudyFolder], out_dir: Path) -> PlotResult | None:
+    """Each strategy's trials (dots) and Pareto front (a step line) in the first two front objectives;
+    None when no study has a front."""
+    title = "Pareto front of each strategy"
+    with_front = [s for s in studies if s.front_objectives and not fronts.ranked_trials(s).empty]
+    if not with_front:
+        return None
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    for study in with_front:
+        (y_name, _), (x_name, _) = list(study.front_objectives.items())[:2]
+        for strategy in study.strategies:
+            trials, front = fronts.ranked_trials(study, strategy), fronts.front_trials(study, strategy)
+            if trials.empty:
+                continue
+            front = front.sort_values(x_name, kind="mergesort")
+            line = ax.step(front[x_name], front[y_name], where="post", marker="o",
+                           label=_series_label(study, strategy, len(studies) > 1))[0]
+            ax.scatter(trials[x_name], trials[y_name], s=12, alpha=0.35, color=line.get_color())
+    ax.set_xlabel(x_name)
+    ax.set_ylabel(y_name)
+    ax.set_title(title + ("" if len(with_front[0].front_objectives) == 2 else " (first two objectives)"))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return PlotResult(title, _save(fig, out_dir / "fronts.png"))
+
+
+def plot_hypervolume(studies: list[StudyFolder], out_dir: Path) -> PlotResult | None:
+    """The hypervolume of each strategy's trials against wall-clock: one run as a step line, several as
+    their mean with a ± SE band (study-wide reference point); None when no study has a front."""
+    title = "Hypervolume against wall-clock"
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    drawn = 0
+    for study in studies:
+        reference = fronts.study_reference(study) if study.front_objectives else None
+        for strategy in study.strategies if reference is not None else []:
+            band = fronts.hypervolume_band(study, strategy, reference)
+            if band.empty:
+                continue
+            runs = int(band["runs"].max())
+            label = _series_label(study, strategy, len(studies) > 1) + (f" (mean ± SE of {runs} runs)" if runs > 1 else "")
+            ax.step(band["x"], band["mean"], where="post", label=label)
+            ax.fill_between(band["x"], band["mean"] - band["se"].fillna(0), band["mean"] + band["se"].fillna(0),
+                            step="post", alpha=0.2)
+            drawn += 1
+    if not drawn:
+        return None
+    ax.set_xlabel("seconds since the strategy (each run) started")
+    ax.set_ylabel("hypervolume of the trials ended")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return PlotResult(title, _save(fig, out_dir / "hypervolume_vs_time.png"))
+
+
+PLOT_FILES = ("best_vs_time.png", "best_vs_trials.png", "runtime_ecdf.png", "hyperparameters.png", "confusion.png",
+              "fronts.png", "hypervolume_vs_time.png")
 
 
 def make_plots(studies: list[StudyFolder], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
@@ -288,5 +345,6 @@ def make_plots(studies: list[StudyFolder], thresholds: list[float], out_dir: Pat
     for name in PLOT_FILES:  # a plot skipped now must not leave an earlier run's file behind
         (out_dir / name).unlink(missing_ok=True)
     plots = [*plot_best_so_far(studies, thresholds, out_dir), plot_runtime_ecdf(studies, thresholds, out_dir),
-             plot_hyperparameters(studies, out_dir), plot_confusion(studies, out_dir)]
+             plot_hyperparameters(studies, out_dir), plot_confusion(studies, out_dir),
+             plot_fronts(studies, out_dir), plot_hypervolume(studies, out_dir)]
     return [plot for plot in plots if plot is not None]

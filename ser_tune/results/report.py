@@ -9,6 +9,7 @@ import pandas as pd
 
 from .plots import PlotResult, make_plots, overall_best
 from ..study.folder import StudyFolder, test_column
+from . import fronts
 from .held_out import held_out_table
 from .tables import as_studies, compare, summary_json, trial_config
 
@@ -41,7 +42,8 @@ TIMING_DEFINITIONS = """\
   last observed event.
 """
 
-PLOT_WORDS = {"best_vs_time.png": "best so far against wall-clock",
+PLOT_WORDS = {"best_vs_time.png": "best so far against wall-clock", "fronts.png": "Pareto fronts",
+              "hypervolume_vs_time.png": "hypervolume against wall-clock",
               "best_vs_trials.png": "best so far against trial index",
               "hyperparameters.png": "hyper-parameters", "confusion.png": "confusion matrix"}
 
@@ -96,6 +98,7 @@ def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResu
     for study, entry in zip(studies, summary["studies"]):
         parts.append(held_out_section(study, entry, several))
         parts.append(repeated_section(entry, several))
+        parts.append(deployment_section(study, entry, several))
     parts.append("\n## What the times include\n")
     parts.append(TIMING_DEFINITIONS.format(metric=_short(metric)))
     parts.append("\n## Plots\n")
@@ -176,6 +179,71 @@ def repeated_section(entry: dict, several: bool) -> str:
             "over runs. A run is one repeat of a strategy on one outer fold.\n\n"
             + markdown_table(header, rows) + "\nAgainst random search (one-sided Mann-Whitney over runs, Holm-"
             "corrected over strategies; unreached runs rank last):\n\n" + verdicts + "\n")
+
+
+def deployment_section(study: StudyFolder, entry: dict, several: bool) -> str:
+    """Accuracy against deployment cost: how latency was measured and how noisy it was, each strategy's
+    Pareto front (with the front trials' test metric) and hypervolume, and the exported front models."""
+    if not study.front_objectives:
+        return ""
+    objectives = study.front_objectives
+    lines = [f"\n## Deployment: {' against '.join(objectives)}{': ' + study.name if several else ''}\n",
+             _latency_words(study), ""]
+    if study.constraints:
+        lines.append(f"Constraints: {', '.join(f'`{c}`' for c in study.constraints)}; a trial that breaks one "
+                     "ranks after every trial that does not, is on no front and is never exported as the best.\n")
+    outer = (study.experiment.get("evaluation") or {}).get("outer_folds", 1) > 1
+    speakers = "its outer fold's test speakers" if outer else "the test speakers"
+    header = ["Strategy", "Trial", "Settings", *objectives, "Model MB", f"{study.test_metric} ({speakers})"]
+    rows = []
+    for name, strategy in entry["strategies"].items():
+        for point in strategy.get("pareto") or []:
+            rows.append([name, point["trial_id"], _config_text(point["config"]),
+                         *(_cost(k, point.get(k)) for k in objectives), _cost("model_bytes", point.get("model_bytes")),
+                         _number(point.get(study.test_metric))])
+    lines += ["Each strategy's Pareto front (its finished trials no other of its trials beats in every objective):",
+              "", markdown_table(header, rows) if rows else "No trial measured every objective.\n"]
+    volumes = [[name, str(len(s["hypervolume"]["runs"])), _spread(s["hypervolume"]["mean"], s["hypervolume"]["se"])]
+               for name, s in entry["strategies"].items() if (s.get("hypervolume") or {}).get("runs")]
+    if volumes:
+        lines += ["Hypervolume of each strategy's trials once all ended (mean ± SE over its runs), against one "
+                  "study-wide reference point (the worst value of each objective over every strategy's trials); "
+                  "over wall-clock in the plot *Hypervolume against wall-clock*:", "",
+                  markdown_table(["Strategy", "Runs", "Hypervolume"], volumes)]
+    front = study.meta.get("front") or {}
+    if front.get("path"):
+        lines.append(f"The study-wide front's models are exported to `{front['path']}` (front.json lists them); "
+                     f"`python -m ser_tune.predict {front['path']} --max-latency MS_PER_S FILE.wav` picks the most "
+                     "accurate within a latency.\n")
+    return "\n".join(lines)
+
+
+def _latency_words(study: StudyFolder) -> str:
+    spread = fronts.latency_spread(study)
+    if spread is None:
+        return "No trial measured its latency."
+    latency = (study.objective.get("latency") or {})
+    return (f"Latency is measured on each trial's exported model as it would ship (the encoder cut at the layer "
+            f"its head reads), loaded and run one clip at a time on one CPU thread, encoder included: the median "
+            f"of {latency.get('repeats', '?')} timed passes over the same {latency.get('clips', '?')} clips "
+            f"({spread['audio_seconds']:.1f} s of audio) after {latency.get('warmup', '?')} untimed, in ms per "
+            f"second of audio. How noisy it is on this machine: a trial's passes varied by a coefficient of "
+            f"variation of {spread['cv_median']:.1%} (median over {spread['trials']} trials; "
+            f"{spread['cv_min']:.1%} to {spread['cv_max']:.1%}), an interquartile range of "
+            f"{spread['iqr_median_ms_per_s']:.2f} ms/s ({spread['iqr_share_median']:.1%} of its latency; medians)"
+            + (f"; the timing thread's CPU time per second of audio (`latency_cpu_ms_per_s`), which other processes "
+               f"do not inflate, by {spread['cpu_iqr_share_median']:.1%}" if "cpu_iqr_share_median" in spread else "")
+            + ". Model MB: the model folder and the cut encoder's "
+            f"weights it loads from its spec. `train_cpu_seconds`: the trial process's CPU-seconds (all threads) "
+            f"until its last epoch.")
+
+
+def _cost(column: str, value) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    if column == "model_bytes":
+        return f"{value / 1e6:.2f}"
+    return _number(value) if column.startswith("val_") else f"{value:.4g}"
 
 
 def _interval(ert: dict, clock: str, digits: int = 0) -> str:

@@ -11,6 +11,8 @@ import pandas as pd
 from . import timing
 from ..study.folder import StudyFolder, load_study
 from .ert import add_repeated
+from .fronts import add_fronts
+from .pareto import measured, rank_with_constraints
 from .held_out import held_out_summary
 
 
@@ -31,6 +33,8 @@ def best_trial(study: StudyFolder, strategy: str | None = None, *, unit: str | N
     usable = trials[(trials["status"] != "ERROR") & trials[study.metric].notna()]
     if usable.empty:
         return None
+    if study.constraints and measured(usable, study.constraints):   # feasible trials before any other
+        return rank_with_constraints(usable, study.metric, study.mode, study.constraints).iloc[0]
     values = usable[study.metric]
     position = int(np.argmin(values.to_numpy()) if study.mode == "min" else np.argmax(values.to_numpy()))
     return usable.iloc[position]
@@ -169,6 +173,8 @@ def summary_json(study_dirs, thresholds: list[float] | None = None) -> dict:
         entry.update(held_out_summary(study, strategies))
         if any(row["runs"] > 1 for row in rows.to_dict("records")):
             add_repeated(study, own, strategies)
+        if study.front_objectives:
+            add_fronts(study, strategies)
         out.append(entry)
     # Round-trip proves the object is plain JSON (no numpy scalars, no NaN, no infinity).
     return json.loads(json.dumps(_plain_json({"studies": out}), allow_nan=False))

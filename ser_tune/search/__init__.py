@@ -3,46 +3,64 @@
 Strategy modules (and their searcher libraries) load on first use, so that Ray workers,
 which only decode configs (base.native_config, relax.RelaxedDecoder), stay light.
 
->>> from ser_tune.search import STRATEGIES, make_plan
+>>> from ser_tune.search import STRATEGY_NAMES, make_plan
 >>> from ser_tune.search.space import paper_space
->>> sorted(STRATEGIES)
-['gp', 'grid', 'random', 'skopt', 'tpe']
+>>> sorted(STRATEGY_NAMES)
+['gp', 'grid', 'motpe', 'nsga2', 'random', 'skopt', 'tpe']
 >>> make_plan("tpe", paper_space(), budget=15, seed=0).notes
 'TPE (hyperopt), 5 random warm-up trials of 15'
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from ser_tune.search.base import SearchPlan, Strategy, StrategyError, default_warmup
 from ser_tune.search.space import (Param, SpaceError, grid_size, paper_grid, paper_space, parse_space,
                                    to_grid_space, to_tune_space)
 
-STRATEGY_NAMES = ("tpe", "gp", "skopt", "grid", "random")
+STRATEGY_NAMES = ("tpe", "gp", "skopt", "grid", "random", "nsga2", "motpe")
+OPTUNA_STRATEGIES = ("nsga2", "motpe")   # several objectives searched together; they need optuna
 _CLASSES = {"tpe": "TPEStrategy", "gp": "GPStrategy", "skopt": "SkoptStrategy", "grid": "GridStrategy",
-            "random": "RandomStrategy"}
+            "random": "RandomStrategy", "nsga2": "NSGA2Strategy", "motpe": "MOTPEStrategy"}
 
 
 def strategy_class(name: str) -> type:
     if name not in _CLASSES:
         raise StrategyError(f"unknown strategy '{name}'; choose from {', '.join(STRATEGY_NAMES)}")
+    check_installed(name)
     return getattr(importlib.import_module(f"ser_tune.search.{name}"), _CLASSES[name])
 
 
+def check_installed(name: str) -> None:
+    """A StrategyError naming what to install when a strategy's searcher library is missing."""
+    if name in OPTUNA_STRATEGIES and importlib.util.find_spec("optuna") is None:
+        raise StrategyError(f"strategy '{name}' needs optuna, which is not installed (pip install -e . installs it)")
+
+
 def __getattr__(attr: str):
-    # STRATEGIES: dict[str, type] ("tpe", "gp", "skopt", "grid", "random"), built on first access.
+    # STRATEGIES: dict[str, type] (every name in STRATEGY_NAMES), built on first access.
     if attr == "STRATEGIES":
         return {name: strategy_class(name) for name in STRATEGY_NAMES}
     raise AttributeError(f"module 'ser_tune.search' has no attribute '{attr}'")
 
 
 def make_plan(strategy: str, space, *, budget, seed, metric="val_bca", mode="max", max_concurrent=1,
-              warmup=None, grid=None) -> SearchPlan:
-    """Build the named strategy's plan; see :class:`~ser_tune.search.base.SearchPlan`."""
-    return strategy_class(strategy)(space, budget=budget, seed=seed, metric=metric, mode=mode,
-                                    max_concurrent=max_concurrent, warmup=warmup, grid=grid).plan()
+              warmup=None, grid=None, objectives=None, constraints=None) -> SearchPlan:
+    """Build the named strategy's plan; see :class:`~ser_tune.search.base.SearchPlan` (``objectives``
+    and ``constraints``: see the module docstring of :mod:`ser_tune.search.base`)."""
+    plan = strategy_class(strategy)(space, budget=budget, seed=seed, metric=metric, mode=mode,
+                                    max_concurrent=max_concurrent, warmup=warmup, grid=grid, objectives=objectives,
+                                    constraints=constraints).plan()
+    if objectives and len(objectives) > 1 and not plan.several_metrics:
+        plan.notes += f"; searches {metric} alone"
+    if constraints is not None:
+        plan.notes += ("; constraints rank its trials (it does not learn from them)" if strategy in ("random", "grid")
+                       else "; Optuna's sampler takes the constraints" if strategy in OPTUNA_STRATEGIES
+                       else f"; a trial that breaks a constraint is told a penalty as its {metric}")
+    return plan
 
 
-__all__ = ["STRATEGIES", "STRATEGY_NAMES", "strategy_class", "make_plan", "SearchPlan", "Strategy",
+__all__ = ["STRATEGIES", "STRATEGY_NAMES", "OPTUNA_STRATEGIES", "strategy_class", "check_installed", "make_plan", "SearchPlan", "Strategy",
            "StrategyError", "default_warmup", "Param", "SpaceError", "parse_space", "paper_space", "paper_grid",
            "to_tune_space", "to_grid_space", "grid_size"]

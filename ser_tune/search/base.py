@@ -12,6 +12,14 @@ its seeding there; ``plan()`` returns what the launcher hands to ``tune.Tuner``:
     # in the trainable: settings = TrialSettings.from_config(plan.decode(config))
     # the unit is complete once plan.expected_trials trials have ended
 
+Several objectives (``objectives``, metric -> mode, the first the validation metric): the
+multi-objective strategies (``nsga2``, ``motpe``) search them together, and their plan says so
+(``several_metrics``: TuneConfig then takes no metric, the searcher has them all); every other
+strategy searches the first alone. Constraints (``constraints``, a ``results.pareto.TrialConstraints``):
+a model-based single-objective searcher is told a penalty in place of the objective of a trial that
+breaks one (:class:`~ser_tune.search.constrained.ConstrainedLimiter`); Optuna's samplers take them natively; random and grid
+search do not learn, so constraints only rank their trials.
+
 A plan's searcher is stateful: build a new plan for every Tuner run. Every trial runs
 its full epochs: no strategy here uses a trial scheduler. ``reuse_actors=True`` saves a
 worker start per trial (seconds on a busy machine). Each strategy limits its own
@@ -46,6 +54,7 @@ class SearchPlan:
     decode: Callable[[dict], dict]   # raw Ray config -> trial settings values
     notes: str                       # one line for the report
     expected_trials: int = 0         # trials the plan runs in all (0: num_samples)
+    several_metrics: bool = False    # the searcher searches several objectives (TuneConfig gets no metric)
 
     def __post_init__(self):
         self.expected_trials = self.expected_trials or self.num_samples
@@ -56,7 +65,7 @@ class Strategy(Protocol):
 
     def __init__(self, space: dict[str, Param], *, budget: int, seed: int, metric: str = "val_bca",
                  mode: str = "max", max_concurrent: int = 1, warmup: int | None = None,
-                 grid: dict | None = None): ...
+                 grid: dict | None = None, objectives: dict | None = None, constraints: Any = None): ...
 
     def plan(self) -> SearchPlan: ...
 
@@ -97,7 +106,7 @@ class StrategyBase:
 
     def __init__(self, space: dict[str, Param], *, budget: int, seed: int, metric: str = "val_bca",
                  mode: str = "max", max_concurrent: int = 1, warmup: int | None = None,
-                 grid: dict | None = None):
+                 grid: dict | None = None, objectives: dict | None = None, constraints: Any = None):
         if not isinstance(budget, Integral) or isinstance(budget, bool) or budget < 1:
             raise StrategyError(f"{self.name}: budget must be a positive integer (got {budget!r})")
         if not isinstance(seed, Integral) or isinstance(seed, bool):
@@ -121,6 +130,22 @@ class StrategyBase:
         self.max_concurrent = int(max_concurrent)
         self.warmup = int(warmup) if warmup is not None else default_warmup(self.budget)
         self.grid = grid
+        self.objectives = dict(objectives) if objectives else {metric: mode}
+        if next(iter(self.objectives)) != metric:
+            raise StrategyError(f"{self.name}: the first objective must be the metric {metric!r} "
+                                f"(got {list(self.objectives)})")
+        self.constraints = constraints
+
+    def limited(self, searcher):
+        """``searcher`` in a ConcurrencyLimiter of ``max_concurrent`` trials at a time, which tells it
+        penalties for trials that break a constraint when the study has any."""
+        from ray.tune.search import ConcurrencyLimiter   # late: Ray workers import this module to decode
+
+        from ser_tune.search.constrained import ConstrainedLimiter
+
+        if self.constraints is None:
+            return ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent)
+        return ConstrainedLimiter(searcher, max_concurrent=self.max_concurrent, constraints=self.constraints)
 
     def _require_space(self) -> dict[str, Param]:
         if not self.space:
@@ -129,3 +154,4 @@ class StrategyBase:
 
     def plan(self) -> SearchPlan:
         raise NotImplementedError
+

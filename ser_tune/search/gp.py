@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from bayes_opt import BayesianOptimization
 from ray.tune.result import DEFAULT_METRIC
-from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.bayesopt import BayesOptSearch
 from ray.tune.search.bayesopt.bayesopt_search import _dict_hash
 from ray.tune.search.searcher import Searcher
@@ -89,7 +88,7 @@ class GPStrategy(StrategyBase):
                                         random_search_steps=self.warmup, patience=self.budget)
         return SearchPlan(
             strategy=self.name,
-            searcher=ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent),
+            searcher=self.limited(searcher),
             param_space=relax_space(space),
             num_samples=self.budget,
             warmup=self.warmup,

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import skopt
-from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search import Searcher
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized, Uniform
 from ray.tune.search.variant_generator import parse_spec_vars
 from ray.tune.utils.util import unflatten_dict
@@ -170,7 +170,7 @@ class SkoptStrategy(StrategyBase):
                                  random_state=self.seed, base_estimator="GP")
         return SearchPlan(
             strategy=self.name,
-            searcher=ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent),
+            searcher=self.limited(searcher),
             param_space=to_tune_space(self._require_space()),
             num_samples=self.budget,
             warmup=self.warmup,

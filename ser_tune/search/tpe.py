@@ -12,7 +12,6 @@ to the budget; at Ray's default of 20 a 15-trial study would never leave random 
 """
 from __future__ import annotations
 
-from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from ser_tune.search.base import SearchPlan, StrategyBase, native_config
@@ -27,7 +26,7 @@ class TPEStrategy(StrategyBase):
                                   n_initial_points=self.warmup, random_state_seed=self.seed)
         return SearchPlan(
             strategy=self.name,
-            searcher=ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent),
+            searcher=self.limited(searcher),
             param_space=to_tune_space(self._require_space()),
             num_samples=self.budget,
             warmup=self.warmup,

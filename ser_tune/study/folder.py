@@ -12,6 +12,9 @@ A study folder holds everything needed to report on a study and to resume it::
     <unit>/           Ray Tune's experiment folder of each unit (for --resume)
     _trial_state/     each trial's own epoch state and reports (written by the trainable)
     report.md, summary.json, plots/, best_model/   written at the end
+    front/            with several objectives (or measured deployment costs): the exported model of
+                      each trial on the study's Pareto front, front/<trial_id>/, and front/front.json
+                      listing them with their objectives (what ``predict --max-latency`` chooses from)
 
 Everything here works from the files alone, without Ray, so finished, interrupted and hand-made
 studies are read the same way. Bad input raises ``StudyFormatError`` naming the file and field.
@@ -34,6 +37,7 @@ STUDY_FILE = "study.json"
 TRIALS_FILE = "trials.csv"
 EPOCHS_FILE = "epochs.csv"
 SPLIT_FILE = "split.json"
+FRONT_DIR, FRONT_FILE = "front", "front.json"
 TRIAL_STATE = "_trial_state"
 DEFAULT_THRESHOLDS = (0.8, 0.9)
 
@@ -162,6 +166,26 @@ class StudyFolder:
     @property
     def mode(self) -> str:
         return str(self.objective.get("mode", "max"))
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        """Every objective and its mode (experiment.objective.metrics), the validation metric first."""
+        others = {k: v for k, v in (self.objective.get("metrics") or {}).items() if k != self.metric}
+        return {self.metric: self.mode, **others}
+
+    @property
+    def constraints(self) -> list[str]:
+        return [str(c) for c in self.objective.get("constraints") or []]
+
+    @property
+    def front_objectives(self) -> dict[str, str]:
+        """What the study's Pareto fronts are over: its objectives when there are several; else, when its
+        trials measured their latency, the validation metric against it; else nothing (no front)."""
+        if len(self.objectives) > 1:
+            return self.objectives
+        if "latency_ms_per_s" in self.trials.columns:
+            return {self.metric: self.mode, "latency_ms_per_s": "min"}
+        return {}
 
     @property
     def test_metric(self) -> str:

@@ -24,7 +24,10 @@ import numpy as np
 import pandas as pd
 
 from ..config import Experiment
+from ..results.fronts import export_front
+from ..results.pareto import measured, rank_with_constraints
 from ..search import make_plan
+from ..training.latency import LatencyCheck
 from ..training.probe import linear_probe
 from ..training.settings import TrialSettings
 from ..training.trainable import StudyContext, run_refit, run_trial
@@ -66,21 +69,27 @@ class StrategyStudy(StudyKind):
 
     # --- the shared encode and the probe ---------------------------------------------------------
     def encode(self, folder: StudyFolder) -> float:
-        """The frozen features every trial of every strategy may ask for, then the linear probe."""
+        """The frozen features every trial of every strategy may ask for (of each encoder, when the study
+        searches among them), then the linear probe (on the first encoder's)."""
         exp = self.experiment
         if exp.trial.get("features", "cache") == "naive" and "features" not in exp.space:
             return 0.0
         max_lengths = candidates(exp, "max_length", TrialSettings.max_length)
         tops = {TrialSettings(unfreeze=u).top_k for u in candidates(exp, "unfreeze", TrialSettings.unfreeze)}
-        done = encode_once(self.corpus.table, exp.encoder, cache_root(exp.storage),
-                           max_lengths or [TrialSettings.max_length],
-                           [k for k in tops if k != 0])
-        folder.meta.update(encoder=done["encoder"], cache=done["cache"])
-        folder.meta["encode_seconds"] = folder.meta.get("encode_seconds", 0.0) + done["seconds"]
+        specs = dict.fromkeys(spec or exp.encoder for spec in candidates(exp, "encoder", None))
+        done = {spec: encode_once(self.corpus.table, spec, cache_root(exp.storage),
+                                  max_lengths or [TrialSettings.max_length], [k for k in tops if k != 0])
+                for spec in specs}
+        first = done[next(iter(specs))]   # the study's own encoder, unless every trial uses another
+        folder.meta.update(encoder=first["encoder"], cache=first["cache"])
+        if len(done) > 1:   # a search among encoders
+            folder.meta["encoders"] = {spec: d["encoder"] for spec, d in done.items()}
+        seconds = sum(d["seconds"] for d in done.values())
+        folder.meta["encode_seconds"] = folder.meta.get("encode_seconds", 0.0) + seconds
         if "probe" not in folder.meta.get("baselines", {}):
-            folder.meta.setdefault("baselines", {})["probe"] = self.probe(done["pooled"])
+            folder.meta.setdefault("baselines", {})["probe"] = self.probe(first["pooled"])
         folder.save_meta()
-        return done["seconds"]
+        return seconds
 
     def probe(self, pooled: np.ndarray) -> dict:
         """The linear probe on each outer fold, for each normalisation the study uses."""
@@ -124,6 +133,17 @@ class StrategyStudy(StudyKind):
             name += f"-r{repeat}"
         return name
 
+    def latency_check(self) -> LatencyCheck | None:
+        """How trials measure their latency, when the study asks for deployment costs: the same clips for
+        every trial, spread evenly over the corpus table."""
+        objective = self.experiment.objective
+        if not objective.measures_deployment:
+            return None
+        table = self.corpus.table
+        rows = np.unique(np.linspace(0, len(table) - 1, min(objective.latency.clips, len(table))).round().astype(int))
+        return LatencyCheck(clips=tuple(str(p) for p in table["path"].iloc[rows]),
+                            repeats=objective.latency.repeats, warmup=objective.latency.warmup)
+
     def context(self, folder: StudyFolder, name: str, fold: int, repeat: int, decode=None) -> StudyContext:
         exp = self.experiment
         return StudyContext(table=self.corpus.table, assignments=self.plan.inner(fold, repeat),
@@ -133,7 +153,8 @@ class StrategyStudy(StudyKind):
                             cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))), decode=decode,
                             state_root=str(folder.state_dir(name)),
                             source={"name": self.corpus.name, "root": str(self.corpus.root),
-                                    "label_map": exp.corpus.label_map, "options": dict(exp.corpus.options or {})})
+                                    "label_map": exp.corpus.label_map, "options": dict(exp.corpus.options or {})},
+                            latency=self.latency_check())
 
     def strategy_unit(self, folder: StudyFolder, strategy: str, fold: int, repeat: int, cluster: Cluster) -> Unit:
         exp = self.experiment
@@ -141,10 +162,13 @@ class StrategyStudy(StudyKind):
         concurrency = exp.concurrency or max(1, int(cluster.cpus // exp.resources.cpus_per_trial))
         plan = make_plan(strategy, exp.space, budget=exp.budget.trials, seed=exp.seed + repeat,
                          metric=exp.objective.metric, mode=exp.objective.mode, max_concurrent=concurrency,
-                         grid=exp.grid)
+                         grid=exp.grid, objectives=exp.objective.objectives,
+                         constraints=exp.objective.trial_constraints())
         return Unit(name=name, trainable=run_trial, context=self.context(folder, name, fold, repeat, plan.decode),
                     param_space=plan.param_space, expected_trials=plan.expected_trials, searcher=plan.searcher,
-                    num_samples=plan.num_samples, metric=exp.objective.metric, mode=exp.objective.mode,
+                    num_samples=plan.num_samples, mode=exp.objective.mode,
+                    # a searcher of several objectives has them all; TuneConfig then takes none
+                    metric=None if plan.several_metrics else exp.objective.metric,
                     time_budget_s=exp.budget.minutes * 60 if exp.budget.minutes else None,
                     tags={"strategy": strategy, "outer_fold": fold, "repeat": repeat},
                     info={"budget": exp.budget.trials, "warmup": plan.warmup, "notes": plan.notes,
@@ -171,7 +195,7 @@ class StrategyStudy(StudyKind):
         """The best trial's configuration trained again on every speaker the search may use (every
         speaker, with outer folds), for its best epoch count; that model is exported."""
         exp = self.experiment
-        best = best_search_trial(folder, exp.objective.metric, exp.objective.mode)
+        best = best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
         if best is None:
             raise StudyError("no search trial finished with a metric: nothing to refit and export")
         config = {c[4:]: v for c, v in best.items() if c.startswith("cfg_") and not pd.isna(v)}
@@ -188,28 +212,39 @@ class StrategyStudy(StudyKind):
                                                 f"{config['num_epochs']} epochs"},
                     progress=TrialProgress(REFIT, 1, "test_bca", "max"))
 
+    def trial_row(self, unit: Unit, result) -> dict:
+        """With constraints, whether the trial meets them all (``feasible``)."""
+        constraints = self.experiment.objective.trial_constraints()
+        return {} if constraints is None else {"feasible": constraints.meets(result.metrics or {})}
+
     def finish(self, folder: StudyFolder) -> None:
         exp = self.experiment
         if self.needs_refit():
             export_refit(folder)
         else:
-            export_best(folder, exp.objective.metric, exp.objective.mode)
+            export_best(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
+        if folder.front_objectives:
+            front = export_front(folder)
+            folder.meta["front"] = {"path": str(front) if front else None, "objectives": folder.front_objectives}
+            folder.save_meta()
 
 
-def best_search_trial(folder: StudyFolder, metric: str, mode: str) -> pd.Series | None:
-    """The finished search trial (not a baseline) with the best objective over the whole study."""
+def best_search_trial(folder: StudyFolder, metric: str, mode: str, constraints=()) -> pd.Series | None:
+    """The finished search trial (not a baseline) with the best objective over the whole study; a trial
+    that meets every constraint before any that does not."""
     trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
     ok = trials[(trials["status"] == "TERMINATED") & trials[metric].notna()]
     if "baseline" in ok:
         ok = ok[ok["baseline"].astype(str) != "True"]
     if ok.empty:
         return None
-    return ok.sort_values(metric, ascending=mode == "min", kind="mergesort").iloc[0]
+    # a constraint on a column no trial reported (e.g. val_ccc in a categorical study) is met by none
+    return rank_with_constraints(ok, metric, mode, list(constraints) if measured(ok, constraints) else []).iloc[0]
 
 
-def export_best(folder: StudyFolder, metric: str, mode: str) -> Path | None:
+def export_best(folder: StudyFolder, metric: str, mode: str, constraints=()) -> Path | None:
     """Copy the best trial's model (its final checkpoint) to ``best_model/``."""
-    best = best_search_trial(folder, metric, mode)
+    best = best_search_trial(folder, metric, mode, constraints)
     if best is None or pd.isna(best.get("model_dir")):
         return None
     return export_model(folder, Path(best["model_dir"]), best)
@@ -240,15 +275,17 @@ def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | 
 
 
 def candidates(exp: Experiment, name: str, default) -> list:
-    """The values a setting takes in this study: its choices when searched, else its fixed value.
-    A continuous max_length gives none: trials make those cache entries on demand."""
-    if name in exp.space:
-        param = exp.space[name]
-        if param.kind == "choice":
-            return list(param.values)
-        if name == "max_length":
-            return []
-    return [exp.trial.get(name, default)]
+    """The values a setting takes in this study: its choices when searched, else its fixed value, and the
+    grid's values when the grid strategy runs. A continuous max_length gives none of its own: trials make
+    those cache entries on demand."""
+    param = exp.space.get(name)
+    if param is not None and param.kind == "choice":
+        values = list(param.values)
+    else:
+        values = [] if param is not None and name == "max_length" else [exp.trial.get(name, default)]
+    if "grid" in exp.strategies and name in (exp.grid or {}):
+        values += [v for v in exp.grid[name] if v not in values]
+    return values
 
 
 def normalizations(exp: Experiment) -> list[str]:

@@ -1,18 +1,24 @@
 """The one folder format of a tuned model, read by predict and cross-corpus evaluation.
 
-``model.json`` (encoder spec, labels, settings, preprocessing, metrics, and the PEFT plan when
-LoRA/adapters were injected) and ``weights.safetensors`` (the head's tensors as ``head.<name>`` and
+``model.json`` (encoder spec, labels, settings, preprocessing, metrics, the PEFT plan when
+LoRA/adapters were injected, and ``encoder_layers`` when the encoder is truncated) and ``weights.safetensors`` (the head's tensors as ``head.<name>`` and
 the encoder tensors fine-tuning changed or added as ``encoder.<name>``; the rest is the encoder
 spec's own weights, loaded from its source). Neither file can run code when read: a model folder
 may come from anywhere. Folders of format 1 kept a pickle (``weights.pt``); they are refused
 unread, with how to export the model again.
+
+A head that reads one hidden state k below the top needs only the encoder's layers 0..k-1: such a
+model is exported truncated there (:func:`cut_at_read_layer`; ``encoder_layers`` = k, and
+``load_model`` truncates the spec's encoder to it), a cheaper encoder giving the same features.
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,6 +59,46 @@ def save_model(folder: str | Path, *, state: dict, encoder_spec: str, labels: li
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+@dataclass
+class ExportCut:
+    """What a model folder keeps (see :func:`cut_at_read_layer`)."""
+    state: dict                   # {"head", "encoder", "norm"} tensors
+    settings: dict
+    num_states: int
+    encoder_layers: int | None    # transformer layers kept; None: every layer
+    peft: dict | None             # the PEFT plan, None when no PEFT module is kept
+
+
+def read_layer(settings: dict, num_states: int) -> int | None:
+    """The hidden state (0..num_states-1) a head with ``settings`` reads; None for a learned mix of all."""
+    layer = settings.get("layer", "weighted")
+    return None if layer == "weighted" else int(layer) % num_states
+
+
+def cut_at_read_layer(state: dict, settings: dict, num_states: int, hidden_size: int, *,
+                      encoder: SpeechEncoder | None = None, peft: dict | None = None) -> ExportCut:
+    """A model whose head reads hidden state k < num_states - 1, cut to what that state needs: the
+    encoder's layers 0..k-1 (``encoder_layers`` = k), the head's feature statistics and the
+    normalisation of states 0..k (the head's BatchNorm is per feature, so keeping a slice of it is
+    exact), and the encoder weights of the kept layers (``encoder``: the module those weights' names
+    belong to; needed only when ``state`` holds encoder weights). Anything else is returned as it is."""
+    k = read_layer(settings, num_states)
+    if k is None or k == num_states - 1:
+        return ExportCut(state, settings, num_states, None, peft)
+    width = (k + 1) * hidden_size
+    head = {name: value[:width] if name in ("norm.running_mean", "norm.running_var") else value
+            for name, value in state["head"].items()}
+    norm = {name: value[: k + 1] for name, value in (state.get("norm") or {}).items()}
+    weights = state.get("encoder") or {}
+    if weights:
+        kept = copy.deepcopy(encoder)
+        kept.truncate(k)
+        weights = {name: value for name, value in weights.items() if name in kept.state_dict()}
+    if peft is not None and int(peft["first_layer"]) >= k:
+        peft = None   # every adapted layer is above the cut
+    return ExportCut({"head": head, "encoder": weights, "norm": norm}, {**settings, "layer": k}, k + 1, k, peft)
 
 
 def write_weights(path: str | Path, state: dict) -> None:
@@ -176,13 +222,17 @@ class TunedModel:
         return result
 
 
-def load_model(folder: str | Path) -> TunedModel:
-    """The tuned model in ``folder``; a ModelFolderError naming the file for anything that does not fit."""
+def load_model(folder: str | Path, encoder_loader: Callable[[str], SpeechEncoder] | None = None) -> TunedModel:
+    """The tuned model in ``folder``; a ModelFolderError naming the file for anything that does not fit.
+    ``encoder_loader`` (default ``load_encoder``) gives a fresh encoder of a spec, e.g. a copy of one a
+    process keeps loaded; it is truncated here when the folder says so."""
     folder = Path(folder)
     meta = read_meta(folder)
     weights_path = folder / WEIGHTS_FILE
     weights = read_weights(weights_path)
-    encoder = load_encoder(meta["encoder"])
+    encoder = (encoder_loader or load_encoder)(meta["encoder"])
+    if meta.get("encoder_layers") is not None:
+        encoder.truncate(int(meta["encoder_layers"]))
     if meta.get("peft"):  # inject the same PEFT modules the trial trained before loading their weights
         from .peft import PeftError, PeftPlan, apply_peft
 

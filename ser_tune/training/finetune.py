@@ -31,7 +31,7 @@ from ..data import SAMPLE_RATE, AudioStore, crop, pad_batch
 from ..data.corpus import DIMENSIONS
 from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
-from .export import save_model
+from .export import cut_at_read_layer, save_model
 from .head import EmotionHead, masked_mean
 from .normalize import FeatureNorm
 from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
@@ -205,6 +205,9 @@ class FineTuner:
                  cache_root: str | Path | None = None,
                  encoder_loader: Callable[[str], SpeechEncoder] = load_encoder):
         settings.validate()  # also settles the default objective for the task
+        if settings.encoder is not None and settings.encoder != encoder_spec:
+            raise TrialError(f"trial setting 'encoder' = {settings.encoder!r}, but this run encodes with "
+                             f"{encoder_spec!r}; only a strategy study searches among encoders")
         if settings.peft != "none":
             check_peft_settings(settings)  # before any encoding: a bad lora_targets fails at once
         self.s = settings
@@ -567,11 +570,13 @@ class FineTuner:
         the corpus and speakers it trained on, which cross-corpus evaluation's frozen-feature baseline
         trains on too."""
         targets = self.targets
-        return save_model(folder, state=result.state, encoder_spec=self.spec, labels=self.data.labels,
-                          settings=self.s.to_dict(), num_states=result.num_states, hidden_size=result.hidden_size,
+        cut = cut_at_read_layer(result.state, self.s.to_dict(), result.num_states, result.hidden_size,
+                                encoder=self._encoder, peft=self._peft.to_dict() if self._peft is not None else None)
+        return save_model(folder, state=cut.state, encoder_spec=self.spec, labels=self.data.labels,
+                          settings=cut.settings, num_states=cut.num_states, hidden_size=result.hidden_size,
                           metrics={"best_epoch": result.best_epoch, **result.val_metrics, **result.test_metrics},
-                          extra={"task": self.s.task, "dimensions": list(targets.dim_names),
-                                 "peft": self._peft.to_dict() if self._peft is not None else None,
+                          extra={"task": self.s.task, "dimensions": list(targets.dim_names), "peft": cut.peft,
+                                 "encoder_layers": cut.encoder_layers,
                                  "dimension_mean": targets.dim_mean.tolist(),
                                  "dimension_std": targets.dim_std.tolist(), "source": source})
 

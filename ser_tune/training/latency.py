@@ -5,7 +5,15 @@ Latency is measured the way a user shipping SER on a CPU would run it: one clip 
 over the clips. One repeat runs every clip once; its latency is its total seconds over the
 clips' total audio seconds, in milliseconds per second of audio. The reported value is the
 median over repeats; the spread (min, max, interquartile range, coefficient of variation) says
-how noisy the machine was.
+how noisy the machine was. Beside that wall-clock latency, each repeat's CPU time of the calling
+thread is kept (``cpu_ms_per_s``, median over repeats): on one torch thread the inference runs on
+the calling thread, so its CPU time is what the model costs a free core, and it barely moves when
+other processes share the machine, which the wall-clock does (a busy 2-core machine: interquartile
+range about 5 % of the median against 40-60 % for the wall-clock).
+
+A trial of a study that asks for them (``objective.deployment``, or an objective or constraint naming
+one) gets :func:`deployment_costs` of the model it exports: ``latency_ms_per_s`` (with its spread),
+``model_bytes`` and ``total_params`` of the model as it would be deployed (see each function).
 
 What gets timed: a callable ``wave -> output``, or an object with ``embed(wave)`` and ``head``
 (a ``TunedModel`` of ``training.export``), timed as ``head(embed(wave))``. When the model has a
@@ -34,7 +42,9 @@ True
 """
 from __future__ import annotations
 
+import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -42,7 +52,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.benchmark.utils.common import set_torch_threads
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,8 @@ class LatencyResult:
     clips: int
     audio_seconds: float             # audio one repeat runs (after the model's crop)
     threads: int
+    cpu_ms_per_s: float = float("nan")       # median over repeats of the calling thread's CPU time
+    cpu_iqr_ms_per_s: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +113,18 @@ def check_inputs(model: Any, waves: Sequence[np.ndarray], sample_rate: int, repe
             raise ValueError(f"measure_latency: {name} must be at least {low}, got {value}")
 
 
+@contextmanager
+def torch_threads(threads: int):
+    """torch.utils.benchmark's ``set_torch_threads``, imported when first timed: that import loads
+    torch.utils.cpp_extension, which logs a warning on machines with CUDA_HOME but no CUDA runtime
+    (silenced: nothing here compiles), and the study driver imports this module."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.benchmark.utils.common import set_torch_threads
+
+    with set_torch_threads(threads):
+        yield
+
+
 def measure_latency(model: Any, waves: Sequence[np.ndarray], sample_rate: int, *, repeats: int = 5,
                     warmup: int = 1, threads: int = 1) -> LatencyResult:
     """Median CPU latency of ``model`` per second of audio over ``repeats`` passes over ``waves``.
@@ -113,24 +136,28 @@ def measure_latency(model: Any, waves: Sequence[np.ndarray], sample_rate: int, *
     run = inference_call(model)
     waves = [np.asarray(w, dtype=np.float32) for w in waves]
     audio_seconds = counted_seconds(model, waves, sample_rate)
-    per_repeat = []
-    with set_torch_threads(threads), torch.inference_mode():
+    per_repeat, cpu_per_repeat = [], []
+    with torch_threads(threads), torch.inference_mode():
         for _ in range(warmup):
             for wave in waves:
                 run(wave)
         for _ in range(repeats):
-            elapsed = 0.0
+            elapsed = cpu = 0.0
             for wave in waves:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.thread_time()
                 run(wave)
                 elapsed += time.perf_counter() - start
+                cpu += time.thread_time() - cpu_start
             per_repeat.append(elapsed / audio_seconds * 1000.0)
+            cpu_per_repeat.append(cpu / audio_seconds * 1000.0)
     values = np.asarray(per_repeat)
     q25, q75 = np.percentile(values, [25, 75])
+    cpu25, cpu75 = np.percentile(cpu_per_repeat, [25, 75])
     return LatencyResult(latency_ms_per_s=float(np.median(values)), min_ms_per_s=float(values.min()),
                          max_ms_per_s=float(values.max()), iqr_ms_per_s=float(q75 - q25),
                          cv=float(values.std() / values.mean()), per_repeat_ms_per_s=tuple(per_repeat),
-                         repeats=repeats, clips=len(waves), audio_seconds=audio_seconds, threads=threads)
+                         repeats=repeats, clips=len(waves), audio_seconds=audio_seconds, threads=threads,
+                         cpu_ms_per_s=float(np.median(cpu_per_repeat)), cpu_iqr_ms_per_s=float(cpu75 - cpu25))
 
 
 def model_bytes(folder: str | Path) -> int:
@@ -145,3 +172,44 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; a parameter shared by several modules counts once."""
     params = list(module.parameters())  # nn.Module.parameters() already yields shared ones once
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+@dataclass(frozen=True)
+class LatencyCheck:
+    """How a study measures its trials' latency: the same clips (paths) for every trial, ``repeats``
+    timed passes after ``warmup`` untimed ones, on ``threads`` torch threads."""
+    clips: tuple[str, ...]
+    repeats: int = 5
+    warmup: int = 1
+    threads: int = 1
+
+
+def deployed_bytes(model: Any, folder: str | Path) -> int:
+    """Bytes on disk of a model as deployed: its folder, plus the encoder weights it loads from its
+    spec (those of ``model.encoder`` that the folder does not hold, as safetensors stores them: each
+    tensor's bytes). A head on a frozen encoder cut at layer k counts the k kept layers."""
+    from .export import WEIGHTS_FILE, read_weights
+
+    own = set(read_weights(Path(folder) / WEIGHTS_FILE)["encoder"])
+    spec_weights = sum(t.numel() * t.element_size() for name, t in model.encoder.state_dict().items()
+                       if name not in own)
+    return model_bytes(folder) + int(spec_weights)
+
+
+def deployment_costs(folder: str | Path, waves: Sequence[np.ndarray], sample_rate: int, *, repeats: int = 5,
+                     warmup: int = 1, threads: int = 1, encoder_loader: Callable | None = None) -> dict:
+    """The deployment costs of the model folder ``folder`` (loaded with ``load_model``; ``encoder_loader``
+    as there): latency per second of audio over ``waves`` with its spread (``latency_min_ms_per_s``,
+    ``latency_max_ms_per_s``, ``latency_iqr_ms_per_s``, ``latency_cv``) and the thread's CPU time per
+    second of audio (``latency_cpu_ms_per_s``, ``latency_cpu_iqr_ms_per_s``), ``model_bytes``
+    (:func:`deployed_bytes`) and ``total_params`` (encoder as loaded, i.e. cut, and head)."""
+    from .export import load_model
+
+    model = load_model(folder, encoder_loader=encoder_loader)
+    latency = measure_latency(model, waves, sample_rate, repeats=repeats, warmup=warmup, threads=threads)
+    return {"latency_ms_per_s": latency.latency_ms_per_s, "latency_min_ms_per_s": latency.min_ms_per_s,
+            "latency_max_ms_per_s": latency.max_ms_per_s, "latency_iqr_ms_per_s": latency.iqr_ms_per_s,
+            "latency_cv": latency.cv, "latency_audio_seconds": latency.audio_seconds,
+            "latency_cpu_ms_per_s": latency.cpu_ms_per_s, "latency_cpu_iqr_ms_per_s": latency.cpu_iqr_ms_per_s,
+            "model_bytes": deployed_bytes(model, folder),
+            "total_params": count_parameters(model.encoder)[1] + count_parameters(model.head)[1]}

@@ -89,6 +89,9 @@ class TrialSettings:
     # z-scoring of the encoder's features, statistics from unlabelled audio: "none", over the whole
     # "corpus", or per "speaker".
     normalize: Literal["none", "corpus", "speaker"] = "none"
+    # The encoder spec (see ser_tune.encoders) of a strategy study's trial when it differs from the study's
+    # own: the study then searches among encoders (each has its own feature-cache entry). None: the study's.
+    encoder: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -22,6 +22,7 @@ from ..encoders import SpeechEncoder, load_encoder
 from .crossval import FoldedRun
 from .export import to_jsonable
 from .finetune import STATE_FILE, FineTuner, TrialData
+from .latency import LatencyCheck, deployment_costs
 from .settings import TrialSettings
 
 # A trainable's last report carries this key: the trial ran to its end (the driver tells a finished
@@ -45,11 +46,17 @@ class StudyContext:
     decode: Callable[[dict], dict] | None = None        # raw searcher config -> settings (gp's float relaxation)
     state_root: str | None = None                       # per-trial epoch state, on the study's shared storage
     source: dict | None = None                          # the corpus, for exported models (see FineTuner.export)
+    latency: LatencyCheck | None = None                 # measure each trial's deployment costs (None: do not)
 
     def settings_for(self, config: dict) -> TrialSettings:
         values = dict(self.fixed)
         values.update(self.decode(config) if self.decode is not None else config)
         return TrialSettings.from_config(values)
+
+    def encoder_for(self, settings: TrialSettings) -> str:
+        """The encoder spec a trial uses: its own ``encoder`` setting (a study searching among encoders), else
+        the study's."""
+        return settings.encoder or self.encoder_spec
 
     def model_source(self, fold: int) -> dict | None:
         """``source`` with the training speakers of inner fold ``fold``."""
@@ -98,16 +105,29 @@ def run_trial(config: dict, context: StudyContext) -> None:
 
     settings = context.settings_for(config)
     state_dir = trial_state_dir(context)
-    log = ReportLog(state_dir)
-    run = FoldedRun(settings, context.fold_data(), encoder_spec=context.encoder_spec,
+    log = ReportLog(state_dir, count_cpu=context.latency is not None)
+    run = FoldedRun(settings, context.fold_data(), encoder_spec=context.encoder_for(settings),
                     cache_root=context.cache_root, encoder_loader=pristine_encoder)
     result = fit_in_lockstep(run, state_dir, log)
     final = {**log.last(), **result.metrics(), **run.timing(), **searched_settings(context, config, settings),
              "reports": str(log.path), TRIAL_COMPLETE: True}
-    if len(run.tuners) == 1:   # the trial's own model: what the study exports when it stands for the study
+    if len(run.tuners) == 1 or context.latency is not None:
+        # The trial's own model: what the study exports when it stands for the study (with folds, the
+        # first fold's stands for the trial's deployment costs and front model).
         run.tuners[0].export(result.results[0], state_dir / "model", source=context.model_source(0))
         final["model_dir"] = str(state_dir / "model")
+    if context.latency is not None:
+        final.update(measured_costs(context.latency, state_dir / "model"))
     tune.report(final)
+
+
+def measured_costs(check: LatencyCheck, folder: Path) -> dict:
+    """The deployment costs of the exported model in ``folder`` (training.latency.deployment_costs) on
+    ``check``'s clips; the encoder comes from this process's once-loaded copy."""
+    audio = worker_audio()
+    waves = [audio.get(path) for path in check.clips]
+    return deployment_costs(folder, waves, audio.target_sr, repeats=check.repeats, warmup=check.warmup,
+                            threads=check.threads, encoder_loader=pristine_encoder)
 
 
 def run_refit(config: dict, context: StudyContext) -> None:
@@ -119,7 +139,7 @@ def run_refit(config: dict, context: StudyContext) -> None:
     settings = context.settings_for(config)
     state_dir = trial_state_dir(context)
     log = ReportLog(state_dir)
-    tuner = FineTuner(settings, context.fold_data(refit=True)[0], encoder_spec=context.encoder_spec,
+    tuner = FineTuner(settings, context.fold_data(refit=True)[0], encoder_spec=context.encoder_for(settings),
                       cache_root=context.cache_root, encoder_loader=pristine_encoder)
     state = tuner.start(resume_dir=state_dir if (state_dir / STATE_FILE).exists() else None)
     while not state.done:
@@ -177,20 +197,26 @@ def searched_settings(context: StudyContext, config: dict, settings: TrialSettin
 class ReportLog:
     """A trial's rows, one per epoch, appended to ``reports.jsonl`` in its folder as they happen; the
     study's epochs.csv is made from these logs, so every epoch is kept even when the trial was cut off
-    and resumed. ``time_total_s`` counts the trial's own seconds across resumes."""
+    and resumed. ``time_total_s`` counts the trial's own seconds across resumes; with ``count_cpu``,
+    ``train_cpu_seconds`` its process's CPU-seconds (every thread) the same way."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, count_cpu: bool = False):
         self.path = Path(folder) / REPORTS_FILE
         previous = self.rows()
         self.offset = float(previous[-1].get("time_total_s", 0.0)) if previous else 0.0
+        self.cpu_offset = float(previous[-1].get("train_cpu_seconds", 0.0)) if previous else 0.0
+        self.count_cpu = count_cpu
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
-        self.offset = 0.0
+        self.offset = self.cpu_offset = 0.0
 
     def append(self, row: dict) -> None:
         row = dict(row, time_total_s=self.offset + time.perf_counter() - self.started)
+        if self.count_cpu:
+            row["train_cpu_seconds"] = self.cpu_offset + time.process_time() - self.cpu_started
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row, default=to_jsonable) + "\n")
 

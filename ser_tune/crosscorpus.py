@@ -408,6 +408,18 @@ def source_baseline(model, source: dict | None, mapper: LabelMapper, original: "
     return frozen, info
 
 
+def _random_head_baseline(model, head_input, y, labels, seeds, predictions: pd.DataFrame) -> dict:
+    """The model's head re-initialised with each seed: what chance looks like for this architecture."""
+    random_scores = []
+    for s in seeds:
+        pred = _predict_head(_random_head(model, s), head_input, len(labels))
+        predictions[f"random_head_s{s}"] = [labels[i] for i in pred]
+        random_scores.append(scores(y, pred, len(labels)))
+    bcas = [r["bca"] for r in random_scores]
+    return {"seeds": list(seeds), "bca_per_seed": bcas, "bca_mean": float(np.mean(bcas)),
+            "bca_std": float(np.std(bcas)), "accuracy_mean": float(np.mean([r["accuracy"] for r in random_scores]))}
+
+
 def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds, embedded: dict) -> dict:
     labels = mapper.labels
     table, info = _load_target(target, mapper)
@@ -415,10 +427,12 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
     used = table[table["model_label"].notna()].reset_index(drop=True)
     entry = {**info, "files": 0, "excluded": int(len(excluded)),
              "excluded_labels": {str(k): int(v) for k, v in sorted(Counter(excluded["label"]).items())}}
+    full = None
     if fine_tuned:
         feats, kept, failed = _embed_files(model, [str(p) for p in used["path"]], embedded)
-    else:   # the tuned model's encoder is the original: its features are the cached ones
-        feats = original.pooled([str(p) for p in used["path"]], used["duration"].to_numpy(float))
+    else:   # the tuned model's encoder is the original (cut where the model's was): the cached features
+        full = original.pooled([str(p) for p in used["path"]], used["duration"].to_numpy(float))
+        feats = full[:, : model.encoder.num_layers + 1]
         kept, failed = list(range(len(used))), []
     entry["skipped"] += len(failed)
     entry["skipped_examples"] = (entry["skipped_examples"] + failed)[:5]
@@ -441,21 +455,12 @@ def _evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds,
     predictions = pd.DataFrame({"path": used["path"].astype(str), "speaker": used["speaker"].astype(str),
                                 "native_label": used["label"], "label": used["model_label"],
                                 "predicted": [labels[i] for i in tuned]})
-    random_scores = []
-    for s in seeds:
-        pred = _predict_head(_random_head(model, s), head_input, len(labels))
-        predictions[f"random_head_s{s}"] = [labels[i] for i in pred]
-        random_scores.append(scores(y, pred, len(labels)))
-    bcas = [r["bca"] for r in random_scores]
-    details = {"random_head": {"seeds": list(seeds), "bca_per_seed": bcas, "bca_mean": float(np.mean(bcas)),
-                               "bca_std": float(np.std(bcas)),
-                               "accuracy_mean": float(np.mean([r["accuracy"] for r in random_scores]))}}
+    details = {"random_head": _random_head_baseline(model, head_input, y, labels, seeds, predictions)}
     frozen_bca = None
     if frozen is not None:
-        # Head-only models share the original encoder's features (all of its layers unless truncated);
-        # otherwise embed with the original weights.
-        shared = not fine_tuned and feats.shape[1] == original.encoder().num_layers + 1
-        base = feats if shared else original.pooled(list(predictions["path"]), used["duration"].to_numpy(float))
+        # The probe reads any layer of the original encoder: a head-only model's cached features are those.
+        base = full if full is not None else original.pooled(list(predictions["path"]),
+                                                             used["duration"].to_numpy(float))
         pred = frozen.predict(normalized_features(base, speakers, model.normalize))
         predictions["frozen_head"] = [labels[i] for i in pred]
         s = scores(y, pred, len(labels))

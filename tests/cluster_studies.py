@@ -15,6 +15,8 @@ from typing import Callable
 import pandas as pd
 import yaml
 
+from ser_tune.training.finetune import STATE_FILE
+
 
 def write_experiment(tmp_path: Path, name: str, **changes) -> Path:
     """A small study on the synthetic corpus and the tiny Whisper, head-only trials of 1 CPU; ``changes``
@@ -56,6 +58,12 @@ def json_lines(path: Path) -> list[dict]:
 def report_log(study: Path, unit: str, trial_id: str) -> list[dict]:
     """A trial's report log as written: one row per epoch run, in order (a resumed epoch appears twice)."""
     return json_lines(study / "_trial_state" / unit / trial_id / "reports.jsonl")
+
+
+def has_saved_state(study: Path, unit: str, trial_id: str) -> bool:
+    """Whether the trial has saved an epoch state (every STATE_EVERY_S seconds): what a cut-off trial
+    continues from; before the first save it starts again."""
+    return (study / "_trial_state" / unit / trial_id / STATE_FILE).is_file()
 
 
 def running_logs(study: Path, unit: str) -> dict[str, list[dict]]:

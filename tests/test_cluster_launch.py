@@ -24,8 +24,8 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers sit beside this file
 from cluster_harness import HEAD_IP, HEAD_RESOURCE, WORKER_IP, LoopbackRayCluster, namespace_support
-from cluster_studies import (check_units_complete, finished_trials, report_log, running_logs, wait_for,
-                             write_experiment)
+from cluster_studies import (check_units_complete, finished_trials, has_saved_state, report_log, running_logs,
+                             wait_for, write_experiment)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -83,14 +83,16 @@ def _study(storage: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _grid_trial_running(storage: Path, min_epochs: int, max_epoch: int):
-    """A grid trial that has run at least ``min_epochs`` epochs and not past ``max_epoch``: (study, trial id)."""
+def _grid_trial_running(storage: Path, min_epochs: int, max_epoch: int, *, saved: bool = False):
+    """A grid trial that has run at least ``min_epochs`` epochs and not past ``max_epoch`` (with ``saved``:
+    and has saved an epoch state to go on from): (study, trial id)."""
     def condition():
         study = _study(storage)
         if study is None:
             return None
         for trial, rows in running_logs(study, STRATEGY).items():
-            if min_epochs <= len(rows) and rows[-1]["epoch"] <= max_epoch:
+            if min_epochs <= len(rows) and rows[-1]["epoch"] <= max_epoch and (
+                    not saved or has_saved_state(study, STRATEGY, trial)):
                 return study, trial
         return None
     return condition
@@ -147,7 +149,7 @@ def test_launch_study_survives_losing_the_worker_node(cluster, tmp_path):
     try:
         proc, out, err, ended = _launch(cluster, tmp_path, {"num_epochs": [40, 41, 1500, 42]},
                                         concurrency=1)
-        study, victim = wait_for(_grid_trial_running(storage, 60, 1000), "1500-epoch trial on the worker",
+        study, victim = wait_for(_grid_trial_running(storage, 60, 1000, saved=True), "1500-epoch trial on the worker",
                                  timeout_s=240, still_running=ended)
         ended_before = {trial for unit, trial in finished_trials(study) if unit == STRATEGY}
         kill_started = time.time()
@@ -173,11 +175,12 @@ def test_launch_study_survives_losing_the_worker_node(cluster, tmp_path):
         log = report_log(study, STRATEGY, trial)
         assert [r["epoch"] for r in log] == list(range(1, len(log) + 1)), f"{trial} ran again"
         assert all(r["reported_at"] < kill_started for r in log)
-    # The trial cut off on the worker was retried on the head from its last epoch state, not from scratch:
-    # its epochs from the worker are still in its log and the head went on after them.
+    # The trial cut off on the worker was retried on the head from its last epoch state (saved every
+    # STATE_EVERY_S seconds), not from scratch: its epochs up to that state are in its log as the worker
+    # ran them, and the head went on after them.
     log = report_log(study, STRATEGY, victim)
     on_worker = [r["epoch"] for r in log if r["reported_at"] < kill_started]
     on_head = [r["epoch"] for r in log if r["reported_at"] >= kill_started]
     assert len(on_worker) >= 60 and on_worker == list(range(1, len(on_worker) + 1)), on_worker[:5]
-    assert on_head and 1 < on_head[0] <= on_worker[-1] + 2, (on_worker[-3:], on_head[:3])
+    assert on_head and on_head[0] == on_worker[-1] + 1, (on_worker[-3:], on_head[:3])
     assert trials.loc[victim, "node"].startswith(f"{HEAD_IP}/"), trials.loc[victim, "node"]

@@ -34,3 +34,13 @@ def test_chosen_fields_instead_of_the_searched_settings(capsys):
     progress.on_trial_complete(0, [], SimpleNamespace(last_result={"test_bca": 0.9, "acquisition": "margin",
                                                                    "seed": 1, "cfg_lr": 0.1}))
     assert capsys.readouterr().out.strip() == "active   1/4  test_bca 0.900  best 0.900  acquisition=margin seed=1"
+
+
+def test_a_resumed_unit_counts_on_from_the_trials_already_ended(capsys):
+    # a restored experiment runs with the callback pickled before the interruption: its count is behind
+    progress = pickle.loads(pickle.dumps(TrialProgress("tpe", 4, "val_bca", "max")))
+    ended = [SimpleNamespace(status="TERMINATED", last_result={"val_bca": 0.7}),
+             SimpleNamespace(status="ERROR", last_result={})]
+    running = SimpleNamespace(status="RUNNING", last_result={"val_bca": 0.6, "time_total_s": 1.0})
+    progress.on_trial_complete(0, [*ended, running], running)
+    assert capsys.readouterr().out.startswith("tpe      3/4  val_bca 0.600  best 0.700")

@@ -88,6 +88,23 @@ def test_outer_folds_and_cross_validated_trials_test_every_speaker_once(tmp_path
     assert_a_trial_recomputes_from_the_folder(study, meta, search[search.unit == "random-f0"].iloc[0])
     nested = out["strategies"]["random"]["nested_test_bca"]
     assert len(nested["folds"]) == 2 and None not in nested["folds"]
+    # each run's best configuration refit on its fold's search speakers is what its fold's figure scores,
+    # as the probe is refit; one more refit on every speaker is exported
+    refits = trials[trials.unit == "refit"].set_index("refit_of")
+    assert set(refits.index) == {"default-f0", "random-f0", "default-f1", "random-f1", "study"}
+    for fold in (0, 1):
+        run = search[search.unit == f"random-f{fold}"]
+        best = run.loc[run.val_bca.idxmax()]
+        refit = refits.loc[f"random-f{fold}"]
+        assert str(refit.refit_trial) == str(best.trial_id) and refit.cfg_num_epochs == best.best_epoch
+        assert nested["folds"][fold] == pytest.approx(refit.test_bca)
+        model = json.loads((Path(refit.model_dir) / "model.json").read_text())
+        held = set(out["outer_folds"][fold]["test_speakers"])
+        assert not held & set(model["source"]["train_speakers"])
+        assert set(model["source"]["train_speakers"]) | held == set(tested)
+    assert out["baselines"]["default"]["folds"] == pytest.approx(
+        [refits.loc["default-f0"].test_bca, refits.loc["default-f1"].test_bca])
+    assert pd.isna(refits.loc["study"].test_bca)
     assert out["best_model"] and (Path(out["best_model"]) / "model.json").is_file()
     exported = json.loads((Path(out["best_model"]) / "model.json").read_text())
     # refit on every speaker: the exported model's training speakers are all of them

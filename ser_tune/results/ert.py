@@ -69,12 +69,12 @@ def verdicts(runs: pd.DataFrame, strategies: list[str], final_test: pd.DataFrame
 
 def final_test_values(study: StudyFolder) -> pd.DataFrame:
     """One row per search run: its best trial's test metric (``value``)."""
-    from .tables import best_trial   # late: tables builds on this module
+    from .tables import held_out_trial   # late: tables builds on this module
 
     rows = []
     for strategy in study.strategies:
         for unit in study.runs(strategy):
-            best = best_trial(study, unit=unit)
+            best = held_out_trial(study, unit)
             value = best.get(study.test_metric) if best is not None else None
             rows.append({"strategy": strategy, "run": unit,
                          "value": float(value) if value is not None and not pd.isna(value) else np.nan})

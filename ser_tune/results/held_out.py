@@ -1,8 +1,9 @@
 """How good the tuned models are on speakers the search never heard, beside the untuned baselines.
 
 For each strategy and outer fold f (``evaluation.outer_folds``; one fold: the study's split): each
-run's best trial by the validation objective, and that trial's test metric on fold f's test speakers;
-the fold's value is the mean over the strategy's repeats. The headline is the mean ± sd over outer
+run's best configuration by the validation objective, and its test metric on fold f's test speakers
+(when the trials trained on inner folds, that of its refit on all of the fold's search speakers, the
+protocol the probe follows); the fold's value is the mean over the strategy's repeats. The headline is the mean ± sd over outer
 folds, with each fold's value. Beside it, on the same folds: the untuned default configuration (unit
 ``default``) and the linear probe on the frozen features (study.json "baselines"), and each
 strategy's paired per-fold gain over the probe.
@@ -29,12 +30,12 @@ def outer_folds(study: StudyFolder) -> list[dict]:
 
 
 def fold_values(study: StudyFolder, strategy: str) -> dict[int, float]:
-    """Outer fold -> the strategy's test metric there: per run, its best trial's; mean over repeats."""
-    from .tables import best_trial   # late: tables builds on this module
+    """Outer fold -> the strategy's test metric there: per run, its held-out trial's; mean over repeats."""
+    from .tables import held_out_trial   # late: tables builds on this module
 
     by_fold: dict[int, list[float]] = {}
     for unit in study.runs(strategy):
-        best = best_trial(study, unit=unit)
+        best = held_out_trial(study, unit)
         value = best.get(study.test_metric) if best is not None else None
         if value is None or pd.isna(value):
             continue

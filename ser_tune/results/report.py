@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .plots import PlotResult, make_plots, overall_best
-from ..study.folder import StudyFolder, test_column
+from ..study.folder import REFIT_UNIT, StudyFolder, test_column
 from . import fronts
 from .held_out import held_out_table
 from .tables import as_studies, compare, summary_json, trial_config
@@ -149,15 +149,29 @@ def held_out_section(study: StudyFolder, entry: dict, several: bool) -> str:
     header = ["Model", f"{study.test_metric} mean ± sd", *(f"{c} ({s})" for c, s in zip(folds, speakers)),
               "Gain over the probe (paired)"]
     title = f"## Speakers the search never heard{': ' + study.name if several else ''}\n"
-    note = ("\nEach strategy's value on a fold is its best trial's (by the validation objective) test metric, "
-            "the mean over repeats; the fold's test speakers are in the column head. The linear probe is "
-            "logistic regression on the frozen features, its layer and C chosen on the same inner folds as the "
-            "trials; the default is one trial with the untuned settings. The gain is the strategy's value minus "
-            "the probe's on each fold, with a one-sided Wilcoxon p (few folds cannot give a small p).\n")
-    if study.meta.get("best_model", {}).get("unit") == "refit":
-        note += (f"\nExported model: {next(iter(study.runs('refit')), 'refit')}'s "
-                 f"{study.unit_meta('refit').get('notes', '')}.\n")
+    note = ("\nEach strategy's value on a fold is that of its best configuration by the validation objective, "
+            "the mean over repeats; when trials trained on inner folds, that configuration was refit on all of "
+            "the fold's training and validation speakers for its best epoch count and scored once on the test "
+            "speakers (in the column head), as the probe is. The linear probe is logistic regression on the "
+            "frozen features, its layer and C chosen on the same inner folds as the trials; the default is the "
+            "untuned settings, refit the same way. The gain is the strategy's value minus the probe's on each "
+            "fold, with a one-sided Wilcoxon p (few folds cannot give a small p).\n")
+    note += exported_note(study)
     return title + markdown_table(header, rows) + note
+
+
+def exported_note(study: StudyFolder) -> str:
+    """Which configuration the exported model is, when it is a refit, and on which speakers."""
+    exported = study.meta.get("best_model") or {}
+    if exported.get("unit") != REFIT_UNIT:
+        return ""
+    rows = study.trials[study.trials["trial_id"].astype(str) == str(exported.get("trial_id"))]
+    if rows.empty or "refit_trial" not in rows:
+        return f"\nExported model: {study.unit_meta(REFIT_UNIT).get('notes', 'a refit')}.\n"
+    row = rows.iloc[0]
+    speakers = "every speaker" if row.get("refit_of") == "study" else "the training and validation speakers"
+    return (f"\nExported model: trial {row['refit_trial']} ({row['refit_unit']}), the best configuration by the "
+            f"validation objective, refit on {speakers} for {int(row['best_epoch'])} epochs.\n")
 
 
 def repeated_section(entry: dict, several: bool) -> str:
@@ -234,8 +248,8 @@ def _latency_words(study: StudyFolder) -> str:
             + (f"; the timing thread's CPU time per second of audio (`latency_cpu_ms_per_s`), which other processes "
                f"do not inflate, by {spread['cpu_iqr_share_median']:.1%}" if "cpu_iqr_share_median" in spread else "")
             + ". Model MB: the model folder and the cut encoder's "
-            f"weights it loads from its spec. `train_cpu_seconds`: the trial process's CPU-seconds (all threads) "
-            f"until its last epoch.")
+            "weights it loads from its spec. `train_cpu_seconds`: the trial process's CPU-seconds (all threads) "
+            "until its last epoch.")
 
 
 def _cost(column: str, value) -> str:

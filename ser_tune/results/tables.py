@@ -40,6 +40,13 @@ def best_trial(study: StudyFolder, strategy: str | None = None, *, unit: str | N
     return usable.iloc[position]
 
 
+def held_out_trial(study: StudyFolder, unit: str) -> pd.Series | None:
+    """The trial whose test metric is a run's held-out figure: the refit of its best configuration when
+    the study made one (its trials trained on inner folds), else its best trial."""
+    refit = study.refit_of(unit)
+    return refit if refit is not None else best_trial(study, unit=unit)
+
+
 def trial_config(study: StudyFolder, trial: pd.Series) -> dict[str, Any]:
     """The cfg_* settings of one trial as plain Python values (unset settings left out)."""
     config = {}
@@ -61,6 +68,7 @@ def run_row(study: StudyFolder, unit: str) -> dict[str, Any]:
     epochs = study.unit_epochs(unit)
     info = study.unit_meta(unit)
     best = best_trial(study, unit=unit)
+    tested = held_out_trial(study, unit)
     started, finished = timing.started_at(study, unit), timing.finished_at(study, unit)
     wall = finished - started
     seconds = [timing.trial_seconds(t, epochs[epochs["trial_id"] == t["trial_id"]]) for _, t in trials.iterrows()]
@@ -80,8 +88,8 @@ def run_row(study: StudyFolder, unit: str) -> dict[str, Any]:
         "best_trial_id": str(best["trial_id"]) if best is not None else None,
         "best_trial_index": int(best["trial_index"]) if best is not None else None,
         "best_config": trial_config(study, best) if best is not None else {},
-        "best_test": _float(best.get(study.test_metric)) if best is not None else math.nan,
-        "best_test_accuracy": _float(best.get("test_accuracy")) if best is not None else math.nan,
+        "best_test": _float(tested.get(study.test_metric)) if tested is not None else math.nan,
+        "best_test_accuracy": _float(tested.get("test_accuracy")) if tested is not None else math.nan,
         "started_at": started, "finished_at": finished, "wall_clock_seconds": wall,
         "per_minute": best_val / (wall / 60.0) if wall > 0 else math.nan,
         "trial_seconds": trial_total, "load_seconds": float(trials["load_seconds"].sum()),

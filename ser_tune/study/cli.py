@@ -18,7 +18,7 @@ from ..data import DataError
 from ..encoders import EncoderError
 from .driver import StudyError, StudyInterrupted, StudyKind, run_study
 from .folder import UNIT_INTERRUPTED, StudyFolder, StudyFormatError
-from .session import Cluster, JoinError, fail, keep_stdout_for_json, start_ray
+from .session import Cluster, JoinError, fail, keep_stdout_for_json, restore_auth_env, start_ray
 
 INPUT_ERRORS = (DataError, EncoderError, StudyError, StudyFormatError, JoinError, ValueError)
 EXIT_INTERRUPTED = 130
@@ -84,6 +84,7 @@ def stop_ray() -> None:
     import ray
 
     ray.shutdown()
+    restore_auth_env()
 
 
 def local_cluster() -> Cluster:

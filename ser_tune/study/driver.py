@@ -12,7 +12,6 @@ short by SIGINT, SIGTERM or ``ray job stop`` is recorded as interrupted, the stu
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -130,8 +129,6 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
         tuner = tune.Tuner.restore(str(path), trainable, param_space=unit.param_space, resume_unfinished=True,
                                    resume_errored=unit.continue_errored,
                                    restart_errored=not unit.continue_errored)
-        if unit.progress is not None:   # the count goes on from the trials already ended
-            unit.progress.done = count_ended(restored_results(tuner))
         return tuner
     return tune.Tuner(
         trainable, param_space=unit.param_space,
@@ -144,22 +141,6 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   # a node lost mid-trial: the trial restarts from its epoch state elsewhere
                                   failure_config=tune.FailureConfig(max_failures=2)))
-
-
-def restored_results(tuner):
-    # A trial cut off before its first report has no result files yet: Ray warns about each; it
-    # runs again now, so the warning says nothing the user needs.
-    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        return tuner.get_results()
-    finally:
-        log.setLevel(level)
-
-
-def count_ended(grid) -> int:
-    return sum(1 for result in grid if result.error is not None or (result.metrics or {}).get(FINAL_KEY))
 
 
 def time_budget_spent(unit: Unit, entry: dict) -> bool:

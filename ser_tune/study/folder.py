@@ -52,6 +52,7 @@ EPOCH_NUMERIC = ("epoch", "train_loss", "timestamp", "time_total_s")
 TEXT_COLUMNS = {"strategy": str, "trial_id": str, "status": str, "error": str, "node": str, "unit": str,
                 "test_confusion": str}
 UNIT_DONE, UNIT_RUNNING, UNIT_INTERRUPTED = "done", "running", "interrupted"
+REFIT_UNIT = "refit"   # runs' best configurations trained again on every search speaker (and the export)
 
 
 class StudyFormatError(ValueError):
@@ -233,6 +234,15 @@ class StudyFolder:
     def unit_trials(self, unit: str) -> pd.DataFrame:
         rows = self.trials[self.trials["unit"] == unit]
         return rows.sort_values("trial_index", kind="mergesort")
+
+    def refit_of(self, unit: str) -> pd.Series | None:
+        """The refit unit's trial for run ``unit`` (its best configuration trained again on all of its outer
+        fold's search speakers and scored on the fold's test speakers), when the study made one."""
+        trials = self.trials
+        if "refit_of" not in trials:
+            return None
+        rows = trials[(trials["unit"] == REFIT_UNIT) & (trials["refit_of"] == unit) & (trials["status"] == "TERMINATED")]
+        return rows.iloc[0] if len(rows) else None
 
     def unit_epochs(self, unit: str) -> pd.DataFrame:
         return self.epochs[self.epochs["unit"] == unit]

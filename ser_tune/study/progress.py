@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
+ENDED = ("TERMINATED", "ERROR")
+
 
 class TrialProgress(Callback):
     """``tpe   3/15  val_bca 0.912  best 0.935  4.1 s  lr=0.000216 num_epochs=30``.
 
-    ``done`` starts at the trials a resumed unit had already finished, so the count goes on.
+    In a resumed unit the count goes on from the trials already ended (``catch_up``).
     Holds no stream (Ray pickles callbacks with the experiment): prints to the current stdout.
     """
 
@@ -28,17 +30,31 @@ class TrialProgress(Callback):
         took = f"  {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
         return f"{self.label:6} {self.done:>3}/{self.budget}  {words}{took}  {shown}".rstrip()
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        result = getattr(trial, "last_result", None) or {}
-        value = result.get(self.metric)
+    def catch_up(self, trials, trial) -> None:
+        """A resumed unit runs with the callback pickled in its experiment state, whose count may be behind:
+        the count and the best go on from the trials already ended."""
+        ended = [t for t in trials if t is not trial and getattr(t, "status", None) in ENDED]
+        self.done = max(self.done, len(ended))
+        for other in ended:
+            self.note((getattr(other, "last_result", None) or {}).get(self.metric))
+
+    def note(self, value) -> None:
         if isinstance(value, (int, float)):
             better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
             self.best = value if better else self.best
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.catch_up(trials, trial)
+        result = getattr(trial, "last_result", None) or {}
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)):
+            self.note(value)
             print(self.line(result, f"{self.metric} {value:.3f}  best {self.best:.3f}"), flush=True)
         else:
             print(self.line(result, f"{self.metric} -"), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.catch_up(trials, trial)
         result = getattr(trial, "last_result", None) or {}
         print(self.line(result, "ERROR (the error is in trials.csv once the unit ends)"), flush=True)
 

@@ -79,15 +79,41 @@ def quiet_transient_sync_errors() -> None:
         log.addFilter(TransientSyncError())
 
 
-def _close_local_ray(token_dir: Path | None) -> str | None:
-    keep_ray_on_loopback()
-    os.environ["RAY_AUTH_MODE"] = "token"
-    # Ray's C++ config is read once per process (already, if anything imported Ray): read it again so
-    # this driver, not only the processes it starts, uses token mode (as Ray's own token setup does).
-    from ray._raylet import Config
+# The auth variables as they were before a local study set them (restore_auth_env puts them back).
+_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+_auth_before: dict[str, str | None] = {}
+
+
+def restore_auth_env() -> None:
+    """After a local study's Ray is shut down: the auth variables as they were before it, so a later Ray
+    in the same process (another study, a test) does not look for this study's token."""
+    if not _auth_before:
+        return
+    for name, value in _auth_before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _auth_before.clear()
+    reload_auth_config()
+
+
+def reload_auth_config() -> None:
+    """Ray's C++ config and its token are read once per process and cached: read them again, so this
+    process uses the auth mode and token the environment says now (as Ray's own token setup does)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _close_local_ray(token_dir: Path | None) -> str | None:
+    keep_ray_on_loopback()
+    if not _auth_before:
+        _auth_before.update({name: os.environ.get(name) for name in _AUTH_VARIABLES})
+    os.environ["RAY_AUTH_MODE"] = "token"
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        reload_auth_config()   # this driver, not only the processes it starts, uses token mode
         return os.environ.get("RAY_AUTH_TOKEN_PATH")
     folder = token_dir if token_dir is not None else Path.home() / ".ray"
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,16 +123,21 @@ def _close_local_ray(token_dir: Path | None) -> str | None:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    reload_auth_config()
     return str(path)
 
 
 def calm_worker() -> None:
     """Run in every worker of a local Ray as it starts. Ctrl-C in a terminal reaches every process of
     its group, Ray's workers included, which then die printing tracebacks; the driver alone should
-    answer it (Ray Tune then stops the trials itself), so workers ignore SIGINT."""
+    answer it (Ray Tune then stops the trials itself), so workers ignore SIGINT. Ray ends its workers
+    with SIGTERM when the study shuts Ray down, and its own handler unwinds the worker with SystemExit,
+    which a finalizer running at that moment prints as a traceback; a trial's state is on disk by then,
+    so a worker leaves at once and quietly."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 def keep_ray_on_loopback() -> None:

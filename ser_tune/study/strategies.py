@@ -32,13 +32,13 @@ from ..training.probe import linear_probe
 from ..training.settings import TrialSettings
 from ..training.trainable import StudyContext, run_refit, run_trial
 from .driver import StudyError, StudyKind, Unit
-from .folder import TRIALS_FILE, StudyFolder
+from .folder import REFIT_UNIT, TRIALS_FILE, StudyFolder
 from .prepare import (cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
                       study_split)
 from .progress import TrialProgress
 from .session import Cluster
 
-DEFAULT, REFIT = "default", "refit"
+DEFAULT, REFIT, EXPORT = "default", REFIT_UNIT, "study"   # EXPORT: the refit on every speaker
 
 
 class StrategyStudy(StudyKind):
@@ -192,25 +192,40 @@ class StrategyStudy(StudyKind):
         return len(self.plan.outer) > 1 or self.experiment.objective.cv_folds > 1
 
     def refit_unit(self, folder: StudyFolder) -> Unit:
-        """The best trial's configuration trained again on every speaker the search may use (every
-        speaker, with outer folds), for its best epoch count; that model is exported."""
+        """Each run's best configuration (the defaults' too) trained again for its best epoch count on every
+        speaker its search could use (its outer fold's training and validation speakers) and scored once on
+        the fold's test speakers: the run's held-out figure, by the protocol the linear probe follows (choose
+        on inner folds, refit on all of them). With several outer folds, one more: the study's best
+        configuration on every speaker, which is exported (with one fold, the best run's refit is)."""
         exp = self.experiment
-        best = best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
-        if best is None:
+        if best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints) is None:
             raise StudyError("no search trial finished with a metric: nothing to refit and export")
-        config = {c[4:]: v for c, v in best.items() if c.startswith("cfg_") and not pd.isna(v)}
-        config["num_epochs"] = int(best["best_epoch"])
-        outer = self.plan.outer[0]
-        train = "every speaker" if len(self.plan.outer) > 1 else "the train and validation speakers"
-        assignment = (outer.map(lambda p: "train") if len(self.plan.outer) > 1
-                      else outer.map(lambda p: "test" if p == "test" else "train"))
+        jobs = {}
+        for name, meta in folder.units.items():
+            tags = meta.get("tags") or {}
+            if name == REFIT or meta.get("status") != "done":
+                continue
+            best = best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints,
+                                     unit=name)
+            if best is not None:
+                jobs[name] = refit_job(best, int(tags.get("outer_fold", 0)))
+        if len(self.plan.outer) > 1:
+            best = best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
+            jobs[EXPORT] = refit_job(best, len(self.plan.outer))
         context = self.context(folder, REFIT, 0, 0)
-        context.assignments = [assignment]
-        return Unit(name=REFIT, trainable=run_refit, context=context, param_space=native_values(config),
-                    expected_trials=1, tags={"strategy": REFIT, "outer_fold": -1, "repeat": 0, "baseline": True},
-                    info={"budget": 1, "notes": f"trial {best['trial_id']} ({best['unit']}) refit on {train}, "
-                                                f"{config['num_epochs']} epochs"},
-                    progress=TrialProgress(REFIT, 1, "test_bca", "max"))
+        context.assignments = [self.plan.outer[f].map(lambda p: "test" if p == "test" else "train")
+                               for f in range(len(self.plan.outer))] + [self.plan.outer[0].map(lambda p: "train")]
+        context.refits = jobs
+        from ray import tune
+
+        return Unit(name=REFIT, trainable=run_refit, context=context,
+                    param_space={"refit_of": tune.grid_search(list(jobs))}, expected_trials=len(jobs),
+                    tags={"strategy": REFIT, "outer_fold": -1, "repeat": 0, "baseline": True},
+                    info={"budget": len(jobs), "notes": "each run's best configuration refit on its outer fold's "
+                                                        "training and validation speakers, scored on its test "
+                                                        "speakers" + ("; the study's best on every speaker, "
+                                                                      "exported" if EXPORT in jobs else "")},
+                    progress=TrialProgress(REFIT, len(jobs), "test_bca", "max", fields=("refit_of", "cfg_num_epochs")))
 
     def trial_row(self, unit: Unit, result) -> dict:
         """With constraints, whether the trial meets them all (``feasible``)."""
@@ -220,7 +235,8 @@ class StrategyStudy(StudyKind):
     def finish(self, folder: StudyFolder) -> None:
         exp = self.experiment
         if self.needs_refit():
-            export_refit(folder)
+            export_refit(folder, best_search_trial(folder, exp.objective.metric, exp.objective.mode,
+                                                   exp.objective.constraints))
         else:
             export_best(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
         if folder.front_objectives:
@@ -229,12 +245,16 @@ class StrategyStudy(StudyKind):
             folder.save_meta()
 
 
-def best_search_trial(folder: StudyFolder, metric: str, mode: str, constraints=()) -> pd.Series | None:
-    """The finished search trial (not a baseline) with the best objective over the whole study; a trial
-    that meets every constraint before any that does not."""
+def best_search_trial(folder: StudyFolder, metric: str, mode: str, constraints=(), *,
+                      unit: str | None = None) -> pd.Series | None:
+    """The finished search trial (not a baseline) with the best objective over the whole study, or the
+    best trial of one run (``unit``, a baseline's too); a trial that meets every constraint before any
+    that does not."""
     trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
     ok = trials[(trials["status"] == "TERMINATED") & trials[metric].notna()]
-    if "baseline" in ok:
+    if unit is not None:
+        ok = ok[ok["unit"] == unit]
+    elif "baseline" in ok:
         ok = ok[ok["baseline"].astype(str) != "True"]
     if ok.empty:
         return None
@@ -250,12 +270,28 @@ def export_best(folder: StudyFolder, metric: str, mode: str, constraints=()) -> 
     return export_model(folder, Path(best["model_dir"]), best)
 
 
-def export_refit(folder: StudyFolder) -> Path | None:
+def export_refit(folder: StudyFolder, best: pd.Series | None) -> Path | None:
+    """Export the refit on every speaker (several outer folds), else the refit of the run that holds the
+    study's best trial ``best``."""
     trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
     refit = trials[(trials["unit"] == REFIT) & (trials["status"] == "TERMINATED")]
+    if "refit_of" in refit:   # (a study folder from before per-run refits has the export's row alone)
+        chosen = refit[refit["refit_of"] == EXPORT]
+        if chosen.empty and best is not None:
+            chosen = refit[refit["refit_of"] == best["unit"]]
+        refit = chosen
     if refit.empty or pd.isna(refit.iloc[0].get("model_dir")):
         return None
     return export_model(folder, Path(refit.iloc[0]["model_dir"]), refit.iloc[0])
+
+
+def refit_job(best: pd.Series, assignment: int) -> dict:
+    """What a refit trains: ``best``'s settings for its best epoch count, on inner assignment
+    ``assignment`` of the refit unit (an outer fold's, or the last: every speaker)."""
+    config = {c[4:]: v for c, v in best.items() if c.startswith("cfg_") and not pd.isna(v)}
+    config["num_epochs"] = int(best["best_epoch"])
+    return {"settings": native_values(config), "assignment": assignment, "trial_id": str(best["trial_id"]),
+            "unit": str(best["unit"])}
 
 
 def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | None:

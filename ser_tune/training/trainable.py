@@ -31,7 +31,7 @@ TRIAL_COMPLETE = "trial_complete"
 REPORTS_FILE = "reports.jsonl"
 # A trial's epoch state is written at most this often: short head-only epochs would otherwise spend
 # more time writing state than training, and a trial cut off loses no more than this.
-STATE_EVERY_S = 10.0
+STATE_EVERY_S = 2.0
 
 
 @dataclass
@@ -47,6 +47,7 @@ class StudyContext:
     state_root: str | None = None                       # per-trial epoch state, on the study's shared storage
     source: dict | None = None                          # the corpus, for exported models (see FineTuner.export)
     latency: LatencyCheck | None = None                 # measure each trial's deployment costs (None: do not)
+    refits: dict | None = None                          # run_refit's jobs by name (settings, assignment)
 
     def settings_for(self, config: dict) -> TrialSettings:
         values = dict(self.fixed)
@@ -65,9 +66,8 @@ class StudyContext:
         speakers = self.table.loc[(self.assignments[fold] == "train").to_numpy(), "speaker"].astype(str)
         return {**self.source, "train_speakers": sorted(speakers.unique())}
 
-    def fold_data(self, *, refit: bool = False) -> list[TrialData]:
-        return [TrialData.from_table(self.table, a, self.labels, audio=worker_audio(), refit=refit)
-                for a in self.assignments]
+    def fold_data(self) -> list[TrialData]:
+        return [TrialData.from_table(self.table, a, self.labels, audio=worker_audio()) for a in self.assignments]
 
 
 # Per worker process: decoded audio and pristine encoders survive across trials when Ray reuses
@@ -131,28 +131,34 @@ def measured_costs(check: LatencyCheck, folder: Path) -> dict:
 
 
 def run_refit(config: dict, context: StudyContext) -> None:
-    """The study's best configuration trained once more, for its fixed epoch count, on every speaker the
-    search may use (``context.assignments[0]``: train, and test speakers when there are any), then
-    exported: the study's model when its trials trained on folds."""
+    """A chosen configuration trained once more, for its fixed epoch count, on one assignment of the
+    context (``context.refits[config["refit_of"]]``: its settings and which assignment: training
+    speakers, and test speakers when there are any), scored on the test speakers and exported."""
     from ray import tune
 
-    settings = context.settings_for(config)
+    job = context.refits[config["refit_of"]]
+    settings = context.settings_for(job["settings"])
     state_dir = trial_state_dir(context)
     log = ReportLog(state_dir)
-    tuner = FineTuner(settings, context.fold_data(refit=True)[0], encoder_spec=context.encoder_for(settings),
+    data = TrialData.from_table(context.table, context.assignments[job["assignment"]], context.labels,
+                                audio=worker_audio(), refit=True)
+    tuner = FineTuner(settings, data, encoder_spec=context.encoder_for(settings),
                       cache_root=context.cache_root, encoder_loader=pristine_encoder)
     state = tuner.start(resume_dir=state_dir if (state_dir / STATE_FILE).exists() else None)
+    log.resume_at(state.epoch)
     while not state.done:
         tuner.fit_epoch(state)
         tuner.keep_epoch(state)          # the last epoch: the count was chosen by the search
-        tuner.save_state(state, state_dir)
         log.append(dict(state.history[-1]))
+        tuner.save_state(state, state_dir)
     result = tuner.finish(state)
-    tuner.export(result, state_dir / "model", source=context.model_source(0))
+    tuner.export(result, state_dir / "model", source=context.model_source(job["assignment"]))
     tune.report({**log.last(), **result.test_metrics, **tuner.timing(), "model_dir": str(state_dir / "model"),
                  "best_epoch": result.best_epoch, "trainable_params": result.trainable_params,
-                 "total_params": result.total_params, **searched_settings(context, config, settings),
-                 "reports": str(log.path), TRIAL_COMPLETE: True})
+                 "total_params": result.total_params, "refit_of": config["refit_of"],
+                 "refit_trial": job["trial_id"], "refit_unit": job["unit"],
+                 **searched_settings(context, job["settings"], settings), "reports": str(log.path),
+                 TRIAL_COMPLETE: True})
 
 
 def fit_in_lockstep(run: FoldedRun, state_dir: Path, log: "ReportLog"):
@@ -160,15 +166,14 @@ def fit_in_lockstep(run: FoldedRun, state_dir: Path, log: "ReportLog"):
     since the last save (what resume needs: a trial cut off loses at most that much), every epoch's row
     goes to the report log."""
     states = run.start(state_dir)
-    if states[0].epoch == 0:
-        log.clear()                       # a trial that starts over reports its epochs again
+    log.resume_at(states[0].epoch)        # epochs after the last saved state run again
     saved = time.perf_counter()
     while not states[0].done:
         row = run.fit_epoch(states)
+        log.append(row)                   # before the save: a resume never skips a logged epoch
         if time.perf_counter() - saved >= STATE_EVERY_S:
             run.save(states, state_dir)
             saved = time.perf_counter()
-        log.append(row)
     return run.finish(states, log.rows())
 
 
@@ -212,6 +217,21 @@ class ReportLog:
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
         self.offset = self.cpu_offset = 0.0
+
+    def keep_until(self, epoch: int) -> None:
+        """A trial resumed from the epoch state saved at ``epoch``: the rows logged after it are dropped, as
+        those epochs run again (the log stays one row per epoch, in order; its clocks keep the time spent)."""
+        rows = [r for r in self.rows() if r.get("epoch") is not None and r["epoch"] <= epoch]
+        staged = self.path.with_suffix(".tmp")
+        staged.write_text("".join(json.dumps(r, default=to_jsonable) + "\n" for r in rows))
+        staged.replace(self.path)
+
+    def resume_at(self, epoch: int) -> None:
+        """Match the log to where the trial (re)starts: nothing at epoch 0, else the epochs up to ``epoch``."""
+        if epoch == 0:
+            self.clear()
+        else:
+            self.keep_until(epoch)
 
     def append(self, row: dict) -> None:
         row = dict(row, time_total_s=self.offset + time.perf_counter() - self.started)

@@ -61,7 +61,10 @@ def _mid_study(storage: Path):
     return condition
 
 
-@pytest.mark.parametrize("grace_s", [None, 0], ids=["graceful", "killed-at-once"])
+# A stop without grace (RAY_JOB_STOP_WAIT_TIME_S=0: SIGKILL right after the SIGTERM) was tested the same
+# way (grace_s=0) and passed; it is left out of the suite for time: a killed driver's resume is also
+# what tests/test_launch.py (SIGKILL) and test_cluster_launch.py (a lost node) check.
+@pytest.mark.parametrize("grace_s", [None], ids=["graceful"])
 def test_study_as_a_ray_job_stops_and_resumes_to_its_budget(tmp_path, grace_s):
     if not _SUPPORTED:
         pytest.skip(f"multi-node cluster tests need private namespaces: {_WHY_NOT}")

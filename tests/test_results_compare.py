@@ -110,6 +110,16 @@ def test_running_strategy_ends_at_its_last_event(tmp_path):
     assert tpe["wall_clock_seconds"] == pytest.approx(1580 - 1400)
 
 
+def test_a_run_still_going_counts_in_no_ert(tmp_path):
+    # a study read while it runs (or after an interrupt): the unfinished run has not spent its budget
+    from ser_tune.results.ert import run_reports, run_tables
+
+    study = load_study(make_study(tmp_path, tpe_running=True))
+    streams, _ = run_reports(study)
+    assert set(streams) == {("random", "random")}
+    assert list(run_tables(study, [0.8])[0.8]["strategy"]) == ["random"]
+
+
 def test_cumulative_rule_without_time_total_uses_the_clock():
     trials = pd.DataFrame({"trial_id": ["a", "b"], "started_at": [0.0, 10.0],
                            "load_seconds": [2.0, float("nan")]})

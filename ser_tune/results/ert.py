@@ -12,17 +12,20 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..study.folder import StudyFolder
+from ..study.folder import UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
 from . import repeats, timing
 
 REFERENCE = "random"
 
 
 def run_reports(study: StudyFolder) -> tuple[dict, dict]:
-    """{(strategy, unit): report stream} and {(strategy, unit): totals} of every search run."""
+    """{(strategy, unit): report stream} and {(strategy, unit): totals} of every search run that ended (a
+    run still going or cut off by an interrupt has not spent its budget: it counts in no ERT)."""
     streams, totals = {}, {}
     for strategy in study.strategies:
         for unit in study.runs(strategy):
+            if study.unit_meta(unit).get("status") in (UNIT_RUNNING, UNIT_INTERRUPTED):
+                continue
             streams[(strategy, unit)], totals[(strategy, unit)] = timing.run_reports(study, unit)
     return streams, totals
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .plots import PlotResult, make_plots, overall_best
-from ..study.folder import REFIT_UNIT, StudyFolder, test_column
+from ..study.folder import REFIT_EXPORT, REFIT_UNIT, StudyFolder, test_column
 from . import fronts
 from .held_out import held_out_table
 from .tables import as_studies, compare, summary_json, trial_config
@@ -169,7 +169,7 @@ def exported_note(study: StudyFolder) -> str:
     if rows.empty or "refit_trial" not in rows:
         return f"\nExported model: {study.unit_meta(REFIT_UNIT).get('notes', 'a refit')}.\n"
     row = rows.iloc[0]
-    speakers = "every speaker" if row.get("refit_of") == "study" else "the training and validation speakers"
+    speakers = "every speaker" if row.get("refit_of") == REFIT_EXPORT else "the training and validation speakers"
     return (f"\nExported model: trial {row['refit_trial']} ({row['refit_unit']}), the best configuration by the "
             f"validation objective, refit on {speakers} for {int(row['best_epoch'])} epochs.\n")
 

@@ -53,6 +53,7 @@ TEXT_COLUMNS = {"strategy": str, "trial_id": str, "status": str, "error": str, "
                 "test_confusion": str}
 UNIT_DONE, UNIT_RUNNING, UNIT_INTERRUPTED = "done", "running", "interrupted"
 REFIT_UNIT = "refit"   # runs' best configurations trained again on every search speaker (and the export)
+REFIT_EXPORT = "study"   # the refit unit's trial of the study's best configuration on every speaker
 
 
 class StudyFormatError(ValueError):

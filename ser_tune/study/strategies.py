@@ -32,13 +32,13 @@ from ..training.probe import linear_probe
 from ..training.settings import TrialSettings
 from ..training.trainable import StudyContext, run_refit, run_trial
 from .driver import StudyError, StudyKind, Unit
-from .folder import REFIT_UNIT, TRIALS_FILE, StudyFolder
+from .folder import REFIT_EXPORT, REFIT_UNIT, TRIALS_FILE, StudyFolder
 from .prepare import (cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
                       study_split)
 from .progress import TrialProgress
 from .session import Cluster
 
-DEFAULT, REFIT, EXPORT = "default", REFIT_UNIT, "study"   # EXPORT: the refit on every speaker
+DEFAULT, REFIT, EXPORT = "default", REFIT_UNIT, REFIT_EXPORT
 
 
 class StrategyStudy(StudyKind):
@@ -198,7 +198,8 @@ class StrategyStudy(StudyKind):
         on inner folds, refit on all of them). With several outer folds, one more: the study's best
         configuration on every speaker, which is exported (with one fold, the best run's refit is)."""
         exp = self.experiment
-        if best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints) is None:
+        study_best = best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
+        if study_best is None:
             raise StudyError("no search trial finished with a metric: nothing to refit and export")
         jobs = {}
         for name, meta in folder.units.items():
@@ -210,8 +211,7 @@ class StrategyStudy(StudyKind):
             if best is not None:
                 jobs[name] = refit_job(best, int(tags.get("outer_fold", 0)))
         if len(self.plan.outer) > 1:
-            best = best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
-            jobs[EXPORT] = refit_job(best, len(self.plan.outer))
+            jobs[EXPORT] = refit_job(study_best, len(self.plan.outer))
         context = self.context(folder, REFIT, 0, 0)
         context.assignments = [self.plan.outer[f].map(lambda p: "test" if p == "test" else "train")
                                for f in range(len(self.plan.outer))] + [self.plan.outer[0].map(lambda p: "train")]

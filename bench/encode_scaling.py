@@ -18,13 +18,19 @@ corpus and the tiny Whisper. Each setup's driver runs ``encode_once`` inside the
 its ``seconds`` (what study.json records as the shared encode: the driver's audio decode, the Ray
 tasks, writing the entry) and the whole call (plus loading the encoder on the driver). Both caches
 are then compared bit for bit (same batches, one torch thread per task on either setup).
-The target is two nodes at least 1.7x faster than one. The two nodes share this machine's cores, so
-another process's load lands on both setups' figures (the load average is recorded).
+The target is two nodes at least 1.7x faster than one.
+
+Each node is pinned to a core of its own (``taskset``: the head and the driver on core 0, the worker
+on core 1), as two 1-CPU machines would be, the driver on the head's: unpinned, Ray's "1 CPU" is only
+a scheduling count, and the one-node setup would lend its driver (the audio decode, the encoder load,
+the gather) the second core that the two-node setup's worker needs. ``--no-pin`` measures unpinned.
+Another process's load lands on both setups' figures (the load average is recorded).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -46,10 +52,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--unfreeze-top", type=int, default=None, metavar="K",
                    help="also cache the frames below the top K layers (as for top:K trials)")
     p.add_argument("--synthetic", action="store_true", help="synthetic corpus + tiny Whisper instead")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="leave the nodes unpinned (default: one core per node, the driver on the head's)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds allowed per setup (default 1200)")
     p.add_argument("--out", help="JSON output (default bench/results/encode_scaling.json)")
     p.add_argument("--driver", nargs=2, metavar=("GCS_ADDRESS", "CACHE_ROOT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.pin and (os.cpu_count() or 1) < 2:
+        raise BenchError("pinning each node to a core needs 2 cores; run with --no-pin")
     if args.synthetic:
         args.corpus, args.encoder = f"synthetic:{SYNTHETIC_ROOT}", "tiny-whisper"
     if ":" not in args.corpus:
@@ -100,10 +110,12 @@ def run_setup(setup: str, args: argparse.Namespace, cache_root: Path) -> dict:
         raise BenchError(f"the loopback cluster cannot run here: {why}")
     started = time.perf_counter()
     try:
-        with LoopbackRayCluster(cpus_per_node=1, workers=SETUPS[setup], memory_bytes=3 * 1024**3) as cluster:
+        cores = [str(node) for node in range(1 + SETUPS[setup])] if args.pin else None
+        with LoopbackRayCluster(cpus_per_node=1, workers=SETUPS[setup], memory_bytes=3 * 1024**3,
+                                cores=cores) as cluster:
             up = time.perf_counter() - started
-            result = cluster.run(driver_command(args, cluster.gcs_address, cache_root), timeout_s=args.timeout,
-                                 cwd=REPO)
+            result = cluster.run(cluster.pinned(driver_command(args, cluster.gcs_address, cache_root)),
+                                 timeout_s=args.timeout, cwd=REPO)
     except ClusterHarnessError as exc:
         raise BenchError(f"{setup}: {str(exc)[-2000:]}") from None
     if result.returncode != 0:
@@ -153,7 +165,7 @@ def main(argv=None) -> int:
     verdict = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
     print(f"two nodes vs one: {speedup:.2f}x faster (target {TARGET_SPEEDUP}x: {verdict}); "
           f"caches bit-identical: {identical}")
-    run.finish({"corpus": args.corpus, "encoder": args.encoder, "max_length": args.max_length,
+    run.finish({"pinned": args.pin, "corpus": args.corpus, "encoder": args.encoder, "max_length": args.max_length,
                 "unfreeze_top": args.unfreeze_top, "setups": results, "speedup": round(speedup, 3),
                 "speedup_with_encoder_load": round(one["call_seconds"] / two["call_seconds"], 3),
                 "target_speedup": TARGET_SPEEDUP, "target_met": speedup >= TARGET_SPEEDUP,

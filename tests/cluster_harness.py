@@ -156,7 +156,10 @@ class LoopbackRayCluster:
 
     Each node gets ``cpus_per_node`` CPUs, ``memory_bytes`` of task memory and an object store
     of ``object_store_bytes``, plus a custom resource (``ser_tune_head`` / ``ser_tune_worker``)
-    so a test can pin work to a node. Every step has a timeout; :meth:`stop` always runs.
+    so a test can pin work to a node. ``cores`` (optional, one ``taskset`` CPU list per node, head
+    first) pins each node's processes to those cores of this machine, so a "1-CPU node" is one
+    core and not a share of all of them; :meth:`pinned` runs a driver on the head's cores.
+    Every step has a timeout; :meth:`stop` always runs.
     """
 
     def __init__(
@@ -169,7 +172,11 @@ class LoopbackRayCluster:
         start_timeout_s: float = 120.0,
         extra_env: Mapping[str, str] | None = None,
         keep_logs: bool | None = None,
+        cores: Sequence[str] | None = None,
     ):
+        if cores is not None and len(cores) != 1 + workers:
+            raise ClusterHarnessError(f"cores: one CPU list per node ({1 + workers}), got {list(cores)}")
+        self.cores = list(cores) if cores is not None else None
         self.cpus_per_node = cpus_per_node
         self.workers = workers
         self.memory_bytes = memory_bytes
@@ -243,7 +250,7 @@ class LoopbackRayCluster:
         try:
             self._start_namespace()
             self._start_node(
-                START_HEAD,
+                START_HEAD, 0,
                 RAY_NODE_IP=HEAD_IP,
                 RAY_RESOURCES=json.dumps({HEAD_RESOURCE: 1}),
                 RAY_TEMP_DIR=str(self.ray_temp_dir),
@@ -254,7 +261,7 @@ class LoopbackRayCluster:
             )
             for i in range(self.workers):
                 self._start_node(
-                    START_WORKER,
+                    START_WORKER, 1 + i,
                     RAY_NODE_IP=worker_ip(i),
                     RAY_RESOURCES=json.dumps({WORKER_RESOURCE: 1}),
                     RAY_HEAD_ADDRESS=self.gcs_address,
@@ -504,14 +511,22 @@ class LoopbackRayCluster:
             time.sleep(0.1)
         raise ClusterHarnessError("the namespace init did not come up within 20s")
 
-    def _start_node(self, script: Path, **node_env: str) -> None:
+    def pinned(self, args: Sequence[str], node: int = 0) -> list[str]:
+        """``args`` run on node ``node``'s cores (as they are, without ``cores``)."""
+        if self.cores is None:
+            return list(args)
+        return [shutil.which("taskset") or "taskset", "-c", self.cores[node], *args]
+
+    def _start_node(self, script: Path, node: int, **node_env: str) -> None:
         node_env.update(
             RAY_NUM_CPUS=str(self.cpus_per_node),
             RAY_MEMORY_BYTES=str(self.memory_bytes),
             RAY_OBJECT_STORE_BYTES=str(self.object_store_bytes),
         )
         # setsid: the node's daemons share one process group, which kill_worker also uses.
-        result = self.run(["setsid", "bash", str(script)], timeout_s=self.start_timeout_s, env=node_env)
+        # Ray's daemons and workers inherit the start script's CPU affinity.
+        result = self.run(self.pinned(["setsid", "bash", str(script)], node), timeout_s=self.start_timeout_s,
+                          env=node_env)
         if result.returncode != 0:
             raise ClusterHarnessError(f"{script.name} failed: {result.describe()}\n{self.log_excerpt()}")
 

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 from filelock import FileLock
-from scipy.signal import lfilter
 
 from .audio import MIN_DURATION
 from .corpora import emodb
@@ -202,6 +201,8 @@ def _pitch(p: dict, speaker: Speaker, plan: dict, t: np.ndarray, n: int, sr: int
 
 def _glottal_source(p: dict, speaker: Speaker, phase: np.ndarray, f0: np.ndarray, n: int, sr: int, rng) -> np.ndarray:
     """Derivative of a raised-sine glottal flow, low-passed for tilt, plus aspiration noise."""
+    from scipy.signal import lfilter   # late: 1 CPU-second of import that every trial worker would pay
+
     oq = p["open_q"]
     flow = np.where(phase < oq, np.sin(np.pi * phase / oq) ** 2, 0.0)
     source = np.diff(flow, prepend=0.0) * sr / (speaker.f0 * 4)
@@ -213,6 +214,8 @@ def _glottal_source(p: dict, speaker: Speaker, phase: np.ndarray, f0: np.ndarray
 
 def _syllables(source: np.ndarray, plan: dict, speaker: Speaker, n: int, sr: int, rng) -> np.ndarray:
     """Gate the source, shape each syllable through its vowel's formants, add a consonant burst."""
+    from scipy.signal import lfilter
+
     out = np.zeros(n)
     for on, ln, i in zip(plan["onsets"], plan["lengths"], plan["idx"]):
         a, b = int(on * sr), min(n, int((on + ln) * sr))

@@ -24,8 +24,8 @@ How the work is sized:
 Each task loads the encoder once for its shard and drops it when it returns, so no Ray worker
 keeps a copy into the trials that follow. Reloading costs little after a worker's first shard
 (its modules are imported and the weights sit in the page cache: about 0.1 s for Whisper-base);
-the first one's imports and load (seconds) are started by :meth:`RayShardedEncode.warm_up` while
-the driver loads its own copy and decodes the audio.
+the first one's imports and load (seconds) are started by :meth:`RayShardedEncode.warm_up`, and the
+first warm-up to finish describes the encoder to the driver, which never loads it.
 """
 from __future__ import annotations
 
@@ -58,13 +58,13 @@ def plan_shards(costs: Sequence[float], count: int) -> list[list[int]]:
 
 
 def encode_shard(encoder_spec: str, waves: list[np.ndarray], batches: list[list[int]], boundaries: list[int],
-                 need_pooled: bool, threads: int) -> EncodedClips | None:
+                 need_pooled: bool, threads: int) -> EncodedClips | dict:
     """One shard: load the encoder, encode the batches (positions in ``waves``). No batches: only load
-    it (a warm-up: the worker's imports are done once the next shard comes)."""
+    it and describe it (a warm-up: the worker's imports are done once the next shard comes)."""
     torch.set_num_threads(max(1, int(threads)))   # torch ignores Ray's CPU count
     encoder = load_encoder(encoder_spec)
     if not batches:
-        return None
+        return encoder.describe()
     parts = list(encode_batches(encoder, waves, batches, boundaries, need_pooled))
     return EncodedClips.join(parts, len(waves))
 
@@ -108,6 +108,21 @@ class RayShardedEncode:
         task = self.task()
         self.warming = [task.remote(self.encoder_spec, [], [], [], False, self.cpus_per_task)
                         for _ in range(self.slots())]
+
+    def describe(self) -> dict | None:
+        """The encoder's ``describe()`` as the first warm-up shard to finish loaded it (the driver then
+        never loads the encoder itself: seconds of CPU on the head node); None when no warm-up
+        succeeded (the caller loads it, and gets its error in its own words)."""
+        import ray
+
+        pending = list(self.warming)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                return ray.get(done[0])[1]
+            except Exception:   # noqa: BLE001 - a worker that could not load it: try the next, then the caller
+                continue
+        return None
 
     def __call__(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
                  progress) -> EncodedClips:

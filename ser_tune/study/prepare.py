@@ -94,13 +94,15 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     paths = [str(p) for p in table["path"]]
     lengths = [effective_max_length(m, table["duration"].to_numpy(float)) for m in max_lengths]
     spread = RayShardedEncode(encoder_spec) if ray.is_initialized() else None
-    cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: encoder,
+    cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: load_encoder(encoder_spec),
                          encode_clips=spread, progress=True)
-    if spread is not None and not all(cache.has(paths, ml) for ml in lengths):
-        spread.warm_up()   # the cluster's workers load the encoder while this process does
-    encoder = load_encoder(encoder_spec)
     set_threads(os.cpu_count() or 1)
-    n = encoder.num_layers
+    if spread is not None and not all(cache.has(paths, ml) for ml in lengths):
+        spread.warm_up()   # the cluster's workers load the encoder; this process never needs it
+        description = spread.describe() or cache.encoder.describe()
+    else:
+        description = cache.encoder.describe()
+    n = description["num_layers"]
     boundaries = sorted({0 if k is None else n - min(k, n) for k in boundary_tops})
     audio = AudioStore(SAMPLE_RATE)
     start = time.perf_counter()
@@ -112,7 +114,7 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
                "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}
     if spread is not None and spread.tasks:
         summary["ray"] = spread.summary()
-    return {"seconds": time.perf_counter() - start, "encoder": encoder.describe(), "pooled": pooled[lengths[0]],
+    return {"seconds": time.perf_counter() - start, "encoder": description, "pooled": pooled[lengths[0]],
             "cache": summary}
 
 

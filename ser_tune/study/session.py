@@ -8,10 +8,13 @@ through the dashboard's job API. A cluster is joined with the nodes' own token, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +50,11 @@ def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None
     if address:
         context = _join(address, kwargs)
     else:
-        context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
-                           dashboard_host="127.0.0.1",
-                           runtime_env={"worker_process_setup_hook": "ser_tune.study.session.calm_worker"},
-                           **kwargs)
+        with children_ignore_sigint():
+            context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
+                               dashboard_host="127.0.0.1",
+                               runtime_env={"worker_process_setup_hook": "ser_tune.study.session.calm_worker"},
+                               **kwargs)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     cpus = [n.get("Resources", {}).get("CPU", 0.0) for n in nodes]
     url = getattr(context, "dashboard_url", None)
@@ -127,6 +131,22 @@ def _close_local_ray(token_dir: Path | None) -> str | None:
     return str(path)
 
 
+@contextlib.contextmanager
+def children_ignore_sigint():
+    """SIGINT ignored while a local Ray starts: its daemons inherit the disposition, and so do the workers
+    the raylet starts later (an ignored signal stays ignored across exec, and Python keeps it so), so a
+    Ctrl-C that reaches a worker still importing, before :func:`calm_worker` runs, does not kill it with
+    a traceback. Only the main thread can change a handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def calm_worker() -> None:
     """Run in every worker of a local Ray as it starts. Ctrl-C in a terminal reaches every process of
     its group, Ray's workers included, which then die printing tracebacks; the driver alone should
@@ -134,8 +154,6 @@ def calm_worker() -> None:
     with SIGTERM when the study shuts Ray down, and its own handler unwinds the worker with SystemExit,
     which a finalizer running at that moment prints as a traceback; a trial's state is on disk by then,
     so a worker leaves at once and quietly."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 

@@ -12,6 +12,14 @@ SHARED = REPO.parent / "shared"
 EMODB_ROOT = SHARED / "data" / "emodb"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files holding slow tests first (stable: a file's tests stay together and in order), so that the
+    two test processes (pyproject's ``-n 2 --dist loadfile``) end together instead of one finishing a
+    long file alone."""
+    slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     """Folder holding the default synthetic corpus (seed 0: 8 speakers x 7 emotions x 4 clips)."""

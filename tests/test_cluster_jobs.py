@@ -46,8 +46,19 @@ def _job_alive(cluster: LoopbackRayCluster, job: str):
     return why_not
 
 
+def _num_epochs(study: Path, unit: str, trial: str) -> int | None:
+    """The trial's num_epochs, from the config Ray wrote into its folder."""
+    for params in (study / unit).glob(f"*{trial}*/params.json"):
+        try:
+            return int(json.loads(params.read_text())["num_epochs"])
+        except (ValueError, KeyError):   # still being written
+            return None
+    return None
+
+
 def _mid_study(storage: Path):
-    """Some trials have ended and another is part-way through its epochs: the moment to stop."""
+    """Some trials have ended and another has saved an epoch state with at least half its epochs to go
+    (seconds, however fast the machine runs epochs): the moment to stop."""
     def condition():
         study = _study(storage)
         if study is None or len(finished_trials(study)) < 2:
@@ -55,7 +66,10 @@ def _mid_study(storage: Path):
         done = {trial for _, trial in finished_trials(study)}
         for unit in STRATEGIES:
             for trial, rows in running_logs(study, unit).items():
-                if trial not in done and 20 <= len(rows) <= 400 and has_saved_state(study, unit, trial):
+                if trial in done or len(rows) < 20 or not has_saved_state(study, unit, trial):
+                    continue
+                total = _num_epochs(study, unit, trial)
+                if total and len(rows) <= total // 2:
                     return study, unit, trial
         return None
     return condition
@@ -69,10 +83,11 @@ def test_study_as_a_ray_job_stops_and_resumes_to_its_budget(tmp_path, grace_s):
     if not _SUPPORTED:
         pytest.skip(f"multi-node cluster tests need private namespaces: {_WHY_NOT}")
     storage = tmp_path / "storage"
-    # head-only trials of 600-1200 epochs (6-12 s each on an idle machine): stopped mid-study while a trial
-    # has run 20-400 of its epochs and saved an epoch state, so that it is still part-way when the SIGTERM comes
+    # head-only trials of 1200-2000 epochs (5-9 s each on an idle machine): stopped mid-study while a trial
+    # has saved an epoch state (every 2 s) and has half its epochs to go, so that it is still part-way when
+    # the SIGTERM comes
     config = write_experiment(tmp_path, "jobs", strategies=list(STRATEGIES), budget={"trials": BUDGET},
-                              space={"lr": {"loguniform": [1e-3, 1e-2]}, "num_epochs": {"int": [600, 1200]}},
+                              space={"lr": {"loguniform": [1e-3, 1e-2]}, "num_epochs": {"int": [1200, 2000]}},
                               concurrency=None)
     launch = [sys.executable, "-m", "ser_tune.launch", str(config), "--storage", str(storage)]
     # None: cluster/start-head.sh's grace (60 s); 0: SIGKILL right after the SIGTERM

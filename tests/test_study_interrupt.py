@@ -73,6 +73,26 @@ def _finished_trials(studies: Path) -> int:
     return sum('"trial_complete": true' in p.read_text() for p in logs)
 
 
+def _not_ignoring_sigint(pid: int) -> list[str]:
+    """The raylet and Ray's workers under ``pid`` (its trials' processes, "ray::<task>"; not its agents,
+    which set their own handlers) that a Ctrl-C would kill: a worker the raylet starts inherits its
+    disposition, so one caught importing by a Ctrl-C dies with a traceback unless the raylet ignores it."""
+    out = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            name = " ".join(child.cmdline())
+            worker = name.startswith("ray::") and "Agent" not in name
+            if not worker and not name.split(" ")[0].endswith("raylet"):
+                continue
+            status = Path(f"/proc/{child.pid}/status").read_text()
+            ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+            if not ignored & (1 << (signal.SIGINT - 1)):
+                out.append(name[:120])
+        except (OSError, psutil.Error):   # gone meanwhile
+            continue
+    return out
+
+
 def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(tmp_path):
     cfg = _config(tmp_path)
     log = tmp_path / "run.log"
@@ -91,6 +111,8 @@ def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(
         assert _get(f"{url}/api/jobs/", None) == 401
         assert _get(f"{url}/api/jobs/", "not-the-token") in (401, 403)
         assert _get(f"{url}/api/jobs/", token) == 200
+        # Ray's processes ignore Ctrl-C from their start (a worker still importing would print a traceback)
+        assert _not_ignoring_sigint(proc.pid) == []
         os.killpg(proc.pid, signal.SIGINT)    # Ctrl-C: the whole foreground process group
         rc = proc.wait(timeout=120)
     finally:

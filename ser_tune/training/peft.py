@@ -201,15 +201,6 @@ def pretrained_name(name: str) -> str:
     return name.replace(".pretrained_linear.", ".").replace(".base_layer.", ".")
 
 
-def peft_plan_of(encoder: nn.Module) -> PeftPlan | None:
-    return getattr(encoder, "_ser_tune_peft", None)
-
-
-def peft_state(encoder: nn.Module) -> dict:
-    """The PEFT modules' weights (detached copies) by parameter name."""
-    return {n: p.detach().clone() for n, p in encoder.named_parameters() if peft_group(n) is not None}
-
-
 # --- starting a trial from another trial's weights (two-stage adaptation) -----------------------
 def start_from(init_state: dict, *, encoder: nn.Module | None, head: nn.Module, trained: dict[str, nn.Parameter],
                freeze: Iterable[str] = (), load_head: bool = True) -> tuple[dict[str, nn.Parameter], dict[str, nn.Parameter]]:

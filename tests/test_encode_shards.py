@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ser_tune.data import SAMPLE_RATE, AudioStore, crop
+from ser_tune.data import SAMPLE_RATE, AudioStore, crop, decoded_length, load_audio
 from ser_tune.encoders import load_encoder, spec_fingerprint
 from ser_tune.encoders.cache import STAGING_PREFIX, EncodedClips, FeatureCache
 from ser_tune.encoders.distributed import RayShardedEncode, plan_shards
@@ -127,22 +127,41 @@ def test_shards_on_ray_give_the_local_bits(clips, tmp_path, capfd):
     try:
         spread = RayShardedEncode(SPEC, batch_size=4)
         assert spread.slots() == 2
+        # shards planned from the headers' lengths and sent as they are decoded; and from a wrong
+        # prediction, which sends shards, finds the first decoded length that differs and plans again
+        hints = {"decoded": None, "header": lambda ml: lambda i: decoded_length(paths[i], SAMPLE_RATE, ml),
+                 "wrong": lambda ml: lambda i: 7}
         for max_length, boundaries in ((1.0, [0, 1]), (None, [2])):
             here = _cache(tmp_path / "here").get(paths, _wave(clips, max_length), max_length, boundaries)
-            shards = _cache(tmp_path / "ray", encode_clips=spread, progress=True)
-            there = shards.get(paths, _wave(clips, max_length), max_length, boundaries)
-            assert shards.stats.misses == 1
-            assert np.array_equal(here.pooled, there.pooled) and np.array_equal(here.lengths, there.lengths)
-            for b in boundaries:
-                assert np.array_equal(here.frames[b][0], there.frames[b][0])
-                assert np.array_equal(here.frames[b][1], there.frames[b][1])
+            for name, hint in hints.items():
+                shards = _cache(tmp_path / "ray" / name, encode_clips=spread, progress=True)
+                there = shards.get(paths, _wave(clips, max_length), max_length, boundaries,
+                                   length_hint=hint(max_length) if hint else None)
+                assert shards.stats.misses == 1
+                assert np.array_equal(here.pooled, there.pooled) and np.array_equal(here.lengths, there.lengths), name
+                for b in boundaries:
+                    assert np.array_equal(here.frames[b][0], there.frames[b][0]), name
+                    assert np.array_equal(here.frames[b][1], there.frames[b][1]), name
         err = capfd.readouterr().err
         assert f"{len(paths)}/{len(paths)}" in err
         summary = spread.summary()
-        assert summary["tasks"] > 2 and sum(summary["clips_per_node"].values()) == 2 * len(paths)
+        assert summary["tasks"] > 2 and sum(summary["clips_per_node"].values()) == 6 * len(paths)
         # encode_once takes the Ray path when Ray is up, and a second study finds the entries
-        done = encode_once(table, SPEC, tmp_path / "ray", [1.0], [None])
+        done = encode_once(table, SPEC, tmp_path / "ray" / "header", [1.0], [None])
         assert done["cache"]["hits"] == 1 and done["cache"]["misses"] == 0 and "ray" not in done["cache"]
     finally:
         ray.shutdown()
 
+
+
+@pytest.mark.parametrize("rate,channels", [(16000, 1), (22050, 1), (44100, 2), (8000, 1)])
+@pytest.mark.parametrize("max_length", [None, 0.5, 3.0])
+def test_the_header_predicts_the_decoded_length(tmp_path, rate, channels, max_length):
+    import soundfile as sf
+
+    rng = np.random.default_rng(rate)
+    for frames in (rate, rate + 7, 3 * rate // 2 + 1):
+        path = tmp_path / f"{rate}-{channels}-{frames}.wav"
+        sf.write(path, 0.1 * rng.standard_normal((frames, channels)), rate)
+        decoded = crop(load_audio(path, SAMPLE_RATE), max_length, SAMPLE_RATE)
+        assert decoded_length(path, SAMPLE_RATE, max_length) == len(decoded), (frames, rate)

@@ -1,5 +1,6 @@
 """The data layer of ser_tune: corpora -> table of clips, audio decoding, speaker-independent splits."""
-from .audio import MIN_DURATION, SAMPLE_RATE, AudioStore, audio_info, crop, load_audio, pad_batch
+from .audio import (MIN_DURATION, SAMPLE_RATE, AudioStore, audio_info, crop, decoded_length, load_audio,
+                    pad_batch)
 from .corpus import CORPORA, Corpus, load_corpus
 from .errors import AudioError, CorpusError, DataError
 from .labels import EMOTIONS, LabelMapper, label_maps, map_labels, pick_view

@@ -146,6 +146,19 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return resample_poly(wave, int(target_sr) // g, int(orig_sr) // g).astype(np.float32, copy=False)
 
 
+def decoded_length(path: str | Path, target_sr: int, max_seconds: float | None = None) -> int:
+    """Samples that ``crop(load_audio(path, target_sr), max_seconds, target_sr)`` gives, from the file's
+    header alone (resample_poly returns ceil(frames x up / down) samples); soundfile's errors pass."""
+    info = sf.info(str(path))
+    length = int(info.frames)
+    if int(info.samplerate) != int(target_sr):
+        g = math.gcd(int(info.samplerate), int(target_sr))
+        length = -(-length * (int(target_sr) // g) // (int(info.samplerate) // g))
+    if max_seconds is not None:
+        length = min(length, max(1, int(round(max_seconds * target_sr))))
+    return length
+
+
 def load_audio(path: str | Path, target_sr: int) -> np.ndarray:
     """Decode a file to float32 mono at target_sr; AudioError(path, reason) when it is not usable."""
     if not isinstance(target_sr, (int, np.integer)) or target_sr <= 0:

@@ -96,11 +96,47 @@ class EncodedClips:
                    pooled=pooled, frames={b: [per_clip[i] for i in order] for b, per_clip in frames.items()})
 
 
+class ClipWaves:
+    """An entry's cropped waves, each decoded when first asked for and kept. ``length_hint(i)`` (optional)
+    predicts clip i's length in samples from its file's header, so an encode can plan its batches before
+    decoding every clip (:meth:`expected_lengths`); whoever uses the prediction checks it on the decoded wave."""
+
+    def __init__(self, load_wave: Callable[[int], np.ndarray], count: int,
+                 length_hint: Callable[[int], int] | None = None):
+        self.load_wave = load_wave
+        self.count = count
+        self.length_hint = length_hint
+        self.decoded: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        if i not in self.decoded:
+            self.decoded[i] = self.load_wave(i)
+        return self.decoded[i]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(self.count))
+
+    def expected_lengths(self) -> list[int] | None:
+        """Every clip's predicted length, or None when there is no hint or a header cannot be read (the
+        decode then says what is wrong with the file)."""
+        if self.length_hint is None:
+            return None
+        try:
+            return [int(self.length_hint(i)) for i in range(self.count)]
+        except Exception:   # noqa: BLE001 - an unreadable header: decoding the clip reports it properly
+            return None
+
+
 class ClipEncode(Protocol):
     """How a cache miss is computed: the entry's cropped waves in, their features out; ``progress``
     (a tqdm bar over the clips) is advanced as clips finish."""
 
-    def __call__(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
+    def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool,
                  progress: tqdm) -> EncodedClips: ...
 
 
@@ -147,8 +183,9 @@ class FeatureCache:
         return digest.hexdigest()[:20]
 
     def get(self, clip_ids: Sequence[str], load_wave: Callable[[int], np.ndarray], max_length: float | None,
-            boundaries: Sequence[int] = ()) -> CachedFeatures:
-        """Features for the clips (in order); ``load_wave(i)`` gives clip i's cropped waveform."""
+            boundaries: Sequence[int] = (), length_hint: Callable[[int], int] | None = None) -> CachedFeatures:
+        """Features for the clips (in order); ``load_wave(i)`` gives clip i's cropped waveform and
+        ``length_hint(i)`` (optional) its length from the file's header (see :class:`ClipWaves`)."""
         folder = self.root / self.key(clip_ids, max_length)
         folder.mkdir(parents=True, exist_ok=True)
         wanted = sorted(set(int(b) for b in boundaries))
@@ -165,7 +202,7 @@ class FeatureCache:
                 missing = [b for b in wanted if not (folder / f"frames_{b}.npy").exists()]
                 meta = {"encoder": self.encoder_spec, "fingerprint": self.encoder_fingerprint,
                         "max_length": max_length, "clips": len(clip_ids)}
-                self._encode(folder, [load_wave(i) for i in range(len(clip_ids))], missing,
+                self._encode(folder, ClipWaves(load_wave, len(clip_ids), length_hint), missing,
                              need_pooled=not (folder / "meta.json").exists(), meta=meta)
         return self._load(folder, wanted)
 
@@ -184,7 +221,7 @@ class FeatureCache:
                                np.load(folder / f"offsets_{b}.npy"))
         return feats
 
-    def _encode(self, folder: Path, waves: list[np.ndarray], boundaries: list[int], need_pooled: bool,
+    def _encode(self, folder: Path, waves: ClipWaves, boundaries: list[int], need_pooled: bool,
                 meta: dict) -> None:
         start = time.perf_counter()
         label = f"encode {meta['clips']} clips (max_length {meta['max_length']})"
@@ -259,9 +296,14 @@ def save_arrays(folder: Path, **arrays: np.ndarray) -> list[str]:
 def equal_length_batches(waves: Sequence[np.ndarray], batch_size: int) -> list[list[int]]:
     """Batch only clips of identical length: no padding enters the encoder, so a clip's cached
     features do not depend on which clips shared its batch (wav2vec2-base's group norm would see padding)."""
+    return batches_by_length([len(w) for w in waves], batch_size)
+
+
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """:func:`equal_length_batches` from the clips' lengths alone."""
     by_length: dict[int, list[int]] = {}
-    for i, w in enumerate(waves):
-        by_length.setdefault(len(w), []).append(i)
+    for i, length in enumerate(lengths):
+        by_length.setdefault(int(length), []).append(i)
     batches = []
     for _, idx in sorted(by_length.items()):
         for s in range(0, len(idx), batch_size):

@@ -3,7 +3,8 @@
 :class:`RayShardedEncode` is a ``FeatureCache`` ``encode_clips``: the cache still takes the entry's
 lock, checks it and writes it (``cache.write_entry``, renamed into place at the end); only the
 encoding itself runs on the cluster. The driver cuts the entry's clips into the very batches a
-local encode makes (``cache.equal_length_batches``), deals whole batches out to shards and
+local encode makes (``cache.equal_length_batches``, planned from the lengths the files' headers
+predict), deals whole batches out to shards, sends each shard as soon as its audio is decoded and
 gathers each shard's features as it finishes, so every clip is encoded in the same batch as
 locally: the features are the same bits wherever a shard ran, as long as the encoder's kernels do
 not depend on torch's thread count (the tiny encoders; a real encoder's float32 sums may round
@@ -36,9 +37,13 @@ import numpy as np
 import torch
 
 from . import load_encoder
-from .cache import EncodedClips, encode_batches, equal_length_batches
+from .cache import ClipWaves, EncodedClips, batches_by_length, encode_batches
 
 SHARDS_PER_SLOT = 4
+
+
+class LengthMismatch(Exception):
+    """A decoded wave is not as long as its file's header predicted."""
 MAX_RETRIES = 3   # a shard whose node or worker died runs again elsewhere
 
 
@@ -124,23 +129,46 @@ class RayShardedEncode:
                 continue
         return None
 
-    def __call__(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
-                 progress) -> EncodedClips:
-        batches = equal_length_batches(waves, self.batch_size)
-        costs = [float(sum(len(waves[i]) for i in batch)) for batch in batches]
-        task = self.task()
-        pending = {}
-        for shard in plan_shards(costs, self.slots() * self.shards_per_slot):
-            index = np.array([i for b in shard for i in batches[b]], dtype=np.int64)
-            local, start = [], 0
-            for b in shard:   # the shard's batches as positions in its own wave list
-                local.append(list(range(start, start + len(batches[b]))))
-                start += len(batches[b])
-            ref = task.remote(self.encoder_spec, [waves[i] for i in index], local, list(boundaries),
-                              need_pooled, self.cpus_per_task)
-            pending[ref] = index
+    def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool, progress) -> EncodedClips:
+        """Shards planned from the clips' lengths as their headers predict them, each sent as soon as its
+        own clips are decoded, so the cluster encodes while this process decodes the rest; a decoded
+        length that differs from its prediction cancels what was sent, and the shards are planned again
+        from the decoded lengths (the batches, and so the bits, are always those of a local encode)."""
+        expected = waves.expected_lengths() if isinstance(waves, ClipWaves) else None
+        pending = self.submit(waves, expected, boundaries, need_pooled) if expected is not None else None
+        if pending is None:
+            pending = self.submit(waves, [len(w) for w in waves], boundaries, need_pooled)
         self.tasks += len(pending)
         return self.gather(pending, len(waves), progress)
+
+    def submit(self, waves, lengths: list[int], boundaries: list[int], need_pooled: bool) -> dict | None:
+        """Send every shard (task ref -> the shard's clip positions); None, with nothing left running, when
+        a decoded wave is not as long as ``lengths`` says."""
+        import ray
+
+        batches = batches_by_length(lengths, self.batch_size)
+        costs = [float(sum(lengths[i] for i in batch)) for batch in batches]
+        task = self.task()
+        pending = {}
+        try:
+            for shard in plan_shards(costs, self.slots() * self.shards_per_slot):
+                index = np.array([i for b in shard for i in batches[b]], dtype=np.int64)
+                shard_waves = [waves[i] for i in index]   # decoded here and now: earlier shards already run
+                if any(len(w) != lengths[i] for w, i in zip(shard_waves, index)):
+                    raise LengthMismatch
+                local, start = [], 0
+                for b in shard:   # the shard's batches as positions in its own wave list
+                    local.append(list(range(start, start + len(batches[b]))))
+                    start += len(batches[b])
+                pending[task.remote(self.encoder_spec, shard_waves, local, list(boundaries), need_pooled,
+                                    self.cpus_per_task)] = index
+        except BaseException as exc:   # a wave not as predicted, a file that cannot be decoded, an interrupt
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            if isinstance(exc, LengthMismatch):
+                return None
+            raise
+        return pending
 
     def gather(self, pending: dict, n: int, progress) -> EncodedClips:
         """The shards' features as they finish (``pending``: task ref -> the shard's clip positions);

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import (SAMPLE_RATE, AudioStore, Corpus, Split, check_split, crop, load_corpus, make_split,
-                    outer_fold_assignments, speaker_folds)
+from ..data import (SAMPLE_RATE, AudioStore, Corpus, Split, check_split, crop, decoded_length, load_corpus,
+                    make_split, outer_fold_assignments, speaker_folds)
 from ..encoders import load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
 from ..encoders.distributed import RayShardedEncode
@@ -108,8 +108,8 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     start = time.perf_counter()
     pooled = {}
     for ml in sorted(set(lengths), key=lambda v: (v is None, v)):
-        pooled[ml] = cache.get(paths, lambda i, ml=ml: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml,
-                               boundaries).pooled
+        pooled[ml] = cache.get(paths, lambda i, ml=ml: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml, boundaries,
+                               length_hint=lambda i, ml=ml: decoded_length(paths[i], SAMPLE_RATE, ml)).pooled
     summary = {"root": str(root), "max_lengths": [str(m) for m in sorted(set(lengths), key=str)],
                "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}
     if spread is not None and spread.tasks:

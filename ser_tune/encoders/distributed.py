@@ -40,11 +40,11 @@ from . import load_encoder
 from .cache import ClipWaves, EncodedClips, batches_by_length, encode_batches
 
 SHARDS_PER_SLOT = 4
+MAX_RETRIES = 3   # a shard whose node or worker died runs again elsewhere
 
 
 class LengthMismatch(Exception):
     """A decoded wave is not as long as its file's header predicted."""
-MAX_RETRIES = 3   # a shard whose node or worker died runs again elsewhere
 
 
 def plan_shards(costs: Sequence[float], count: int) -> list[list[int]]:

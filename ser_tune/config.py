@@ -322,7 +322,7 @@ class Objective(Section):
             if mode != better:
                 raise invalid(f": {name} is better when {'higher' if better == 'max' else 'lower'}, so its mode "
                               f"must be '{better}' (got '{mode}')", "metrics", name)
-        from ser_tune.results.pareto import parse_constraint   # late: the results package draws plots
+        from ser_tune.objectives import parse_constraint
 
         for i, text in enumerate(self.constraints):
             try:
@@ -338,7 +338,7 @@ class Objective(Section):
 
     def trial_constraints(self):
         """The constraints as searchers and the study apply them to a trial's result (None without any)."""
-        from ser_tune.results.pareto import TrialConstraints
+        from ser_tune.objectives import TrialConstraints
 
         if not self.constraints:
             return None
@@ -348,7 +348,7 @@ class Objective(Section):
     @property
     def measures_deployment(self) -> bool:
         """Whether trials measure their deployment costs: asked for, or named by an objective or constraint."""
-        from ser_tune.results.pareto import parse_constraint
+        from ser_tune.objectives import parse_constraint
 
         named = set(self.objectives) | {parse_constraint(c, METRICS + DEPLOYMENT_METRICS)[0] for c in self.constraints}
         return self.deployment or bool(named & set(DEPLOYMENT_METRICS))

@@ -17,7 +17,7 @@ from ser_tune.search import OPTUNA_STRATEGIES, STRATEGY_NAMES, StrategyError, de
 from ser_tune.search import base, constrained, gp, grid, random, relax, skopt, tpe
 from ser_tune.search.relax import RelaxedDecoder
 from ser_tune.search.skopt import SkoptSearcher
-from ser_tune.results.pareto import TrialConstraints
+from ser_tune.objectives import TrialConstraints
 from ser_tune.search.space import SpaceError, paper_space, parse_space
 from ser_tune.training.settings import SettingsError, TrialSettings
 

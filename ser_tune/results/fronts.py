@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..study.folder import FRONT_DIR, FRONT_FILE, StudyFolder
 from . import repeats, timing
-from .pareto import feasible, hypervolume, hypervolume_over_time, measured, pareto_front, reference_point
+from ..objectives import feasible, hypervolume, hypervolume_over_time, measured, pareto_front, reference_point
 
 # The latency columns a front row carries besides the objectives (both clocks, the spread of the measurement).
 LATENCY_COLUMNS = ("latency_ms_per_s", "latency_cpu_ms_per_s", "latency_iqr_ms_per_s", "latency_cv")

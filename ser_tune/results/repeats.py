@@ -59,6 +59,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..objectives import check_mode
+
 CLOCKS = ("seconds", "cpu_seconds", "trials")
 REPORT_COLUMNS = ("time", "cpu_seconds", "trial", "value")
 # The report column that measures each clock.
@@ -112,11 +114,6 @@ def time_ordered_reports(reports: pd.DataFrame, key) -> pd.DataFrame:
     if missing:
         raise ValueError(f"reports of run {key!r}: missing column(s) {', '.join(missing)}")
     return reports.sort_values(["time", "trial"], kind="mergesort")
-
-
-def check_mode(mode: str) -> None:
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
 
 
 def time_spent(runs: pd.DataFrame, clock: str) -> np.ndarray:

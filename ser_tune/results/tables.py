@@ -12,7 +12,7 @@ from . import timing
 from ..study.folder import StudyFolder, load_study
 from .ert import add_repeated
 from .fronts import add_fronts
-from .pareto import measured, rank_with_constraints
+from ..objectives import measured, rank_with_constraints
 from .held_out import held_out_summary
 
 

@@ -15,7 +15,7 @@ its seeding there; ``plan()`` returns what the launcher hands to ``tune.Tuner``:
 Several objectives (``objectives``, metric -> mode, the first the validation metric): the
 multi-objective strategies (``nsga2``, ``motpe``) search them together, and their plan says so
 (``several_metrics``: TuneConfig then takes no metric, the searcher has them all); every other
-strategy searches the first alone. Constraints (``constraints``, a ``results.pareto.TrialConstraints``):
+strategy searches the first alone. Constraints (``constraints``, a ``objectives.TrialConstraints``):
 a model-based single-objective searcher is told a penalty in place of the objective of a trial that
 breaks one (:class:`~ser_tune.search.constrained.ConstrainedLimiter`); Optuna's samplers take them natively; random and grid
 search do not learn, so constraints only rank their trials.

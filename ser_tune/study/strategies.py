@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..config import Experiment
 from ..results.fronts import export_front
-from ..results.pareto import measured, rank_with_constraints
+from ..objectives import measured, rank_with_constraints
 from ..search import make_plan
 from ..training.latency import LatencyCheck
 from ..training.probe import linear_probe

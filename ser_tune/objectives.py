@@ -1,4 +1,5 @@
-"""Several objectives at once: Pareto fronts, hypervolume, and constraints on deployment costs.
+"""Objectives: their modes (directions), Pareto fronts, hypervolume, constraints on deployment costs and
+the ranking they give. A low floor: config, search, study and results import it; it imports none of them.
 
 Pure functions over pandas DataFrames with one row per trial (e.g. columns ``val_bca``,
 ``latency_ms_per_s``, ``model_bytes``), without Ray or files.
@@ -53,13 +54,17 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .repeats import check_mode
 
 COMPARISONS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
 CONSTRAINT_FORM = re.compile(r"^\s*(?P<column>[^\s<>=!]+)\s*(?P<op><=|>=|==|<|>)\s*(?P<number>\S+)\s*$")
 
 
 # ---------------------------------------------------------------- objectives and the front
+
+def check_mode(mode: str) -> None:
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+
 
 def check_objectives(frame: pd.DataFrame, objectives: Mapping[str, str]) -> None:
     """One clear line for objectives that name no column or have a bad mode."""

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser_tune.results import pareto as pareto_module
-from ser_tune.results.pareto import (feasible, hypervolume, hypervolume_over_time, pareto_front, penalised,
+from ser_tune import objectives as pareto_module
+from ser_tune.objectives import (feasible, hypervolume, hypervolume_over_time, pareto_front, penalised,
                                      rank_with_constraints, reference_point)
 
 THREE = {"val_bca": "max", "latency_ms_per_s": "min", "model_bytes": "min"}
@@ -174,7 +174,7 @@ def test_penalised_values_are_worse_than_any_feasible_one():
 
 
 def test_violations_say_how_far_each_constraint_is_missed():
-    from ser_tune.results.pareto import TrialConstraints, measured, violation
+    from ser_tune.objectives import TrialConstraints, measured, violation
 
     assert violation(40.0, "<=", 50.0) == 0.0 and violation(70.0, "<=", 50.0) == 20.0
     assert violation(50.0, "<", 50.0) > 0.0          # a strict bound broken by equality still counts

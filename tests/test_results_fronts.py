@@ -17,7 +17,7 @@ import pytest
 from ser_tune import predict
 from ser_tune.results import fronts, load_study, summary_json, write_report
 from ser_tune.objectives import hypervolume
-from ser_tune.results.tables import best_trial
+from ser_tune.results.trials import best_trial
 from ser_tune.study.strategies import best_search_trial
 
 OBJECTIVES = {"val_bca": "max", "latency_ms_per_s": "min"}

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..study.folder import UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
 from . import repeats, timing
+from .trials import held_out_trial
 
 REFERENCE = "random"
 
@@ -72,7 +73,6 @@ def verdicts(runs: pd.DataFrame, strategies: list[str], final_test: pd.DataFrame
 
 def final_test_values(study: StudyFolder) -> pd.DataFrame:
     """One row per search run: its best trial's test metric (``value``)."""
-    from .tables import held_out_trial   # late: tables builds on this module
 
     rows = []
     for strategy in study.strategies:

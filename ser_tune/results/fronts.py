@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..study.folder import FRONT_DIR, FRONT_FILE, StudyFolder
 from . import repeats, timing
+from .trials import trial_config
 from ..objectives import feasible, hypervolume, hypervolume_over_time, measured, pareto_front, reference_point
 
 # The latency columns a front row carries besides the objectives (both clocks, the spread of the measurement).
@@ -89,7 +90,6 @@ def final_hypervolumes(study: StudyFolder, strategy: str, reference: dict) -> li
 def front_rows(study: StudyFolder, front: pd.DataFrame) -> list[dict]:
     """One plain row per front trial: its id, strategy, run, searched settings, every objective, the
     latency spread and its test metric (on the outer fold's test speakers)."""
-    from .tables import trial_config   # late: tables imports this module
 
     rows = []
     for _, trial in front.iterrows():

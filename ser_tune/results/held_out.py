@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..study.folder import StudyFolder
 from .repeats import paired_gain
+from .trials import held_out_trial
 
 DEFAULT = "default"
 
@@ -31,7 +32,6 @@ def outer_folds(study: StudyFolder) -> list[dict]:
 
 def fold_values(study: StudyFolder, strategy: str) -> dict[int, float]:
     """Outer fold -> the strategy's test metric there: per run, its held-out trial's; mean over repeats."""
-    from .tables import held_out_trial   # late: tables builds on this module
 
     by_fold: dict[int, list[float]] = {}
     for unit in study.runs(strategy):

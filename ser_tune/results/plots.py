@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from ..study.folder import StudyFolder
 from . import fronts, repeats, timing
 from .ert import run_tables
-from .tables import best_trial, config_columns
+from .trials import best_trial, config_columns
 
 LOG_SCALE_SETTINGS = ("cfg_lr", "cfg_head_lr", "cfg_learning_rate", "cfg_weight_decay")
 

@@ -11,7 +11,8 @@ from .plots import PlotResult, make_plots, overall_best
 from ..study.folder import REFIT_EXPORT, REFIT_UNIT, StudyFolder, test_column
 from . import fronts
 from .held_out import held_out_table
-from .tables import as_studies, compare, summary_json, trial_config
+from .tables import compare, summary_json
+from .trials import as_studies, trial_config
 
 TIMING_DEFINITIONS = """\
 - **Shared encode**: the frozen encoder layers' features are extracted once for the whole study,

@@ -12,6 +12,7 @@ from .corpora import cremad, csv_manifest, emodb, iemocap, ravdess
 from .corpora.common import Scan
 from .errors import AudioError, CorpusError, DataError
 from .labels import check_view, default_view
+from . import synthetic
 
 CORPORA = ("emodb", "ravdess", "cremad", "iemocap", "csv", "synthetic")
 
@@ -21,7 +22,7 @@ OPTIONAL_COLUMNS = ("gender", "intensity", "text", "session", "original_label",
 DIMENSIONS = ("arousal", "valence", "dominance")
 
 _SCANNERS = {"emodb": emodb.scan, "ravdess": ravdess.scan, "cremad": cremad.scan,
-             "iemocap": iemocap.scan, "csv": csv_manifest.scan}
+             "iemocap": iemocap.scan, "csv": csv_manifest.scan, "synthetic": synthetic.scan}
 
 
 @dataclass
@@ -181,12 +182,9 @@ def load_corpus(name: str, root: str | Path, *, label_map: str | None = None, ch
     root = Path(root).expanduser().resolve()
     view = resolve_view(name, label_map)
     min_duration = _check_min_duration(min_duration)
-    if name == "synthetic":
-        from .synthetic import load_synthetic   # late: synthetic builds on this module
-        corpus = load_synthetic(root, view=view, check_audio=check_audio, min_duration=min_duration, **options)
-        return drop_classes(corpus, drop_labels)
-    if options:
+    if options and name != "synthetic":
         raise DataError(f"options: corpus '{name}' takes no options (got {', '.join(sorted(options))})")
-    scan = _SCANNERS[name](root, view)
+    scan = _SCANNERS[name](root, view, **options)
     table, skipped = build_table(name, root, scan, check_audio=check_audio, min_duration=min_duration)
-    return drop_classes(Corpus(name=name, root=root, table=table, skipped=skipped), drop_labels)
+    corpus = Corpus(name=name, root=root, table=table, skipped=skipped, synthetic=name == "synthetic")
+    return drop_classes(corpus, drop_labels)

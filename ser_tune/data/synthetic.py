@@ -20,10 +20,8 @@ import pandas as pd
 import soundfile as sf
 from filelock import FileLock
 
-from .audio import MIN_DURATION
 from .corpora import emodb
-from .corpora.common import wav_files
-from .corpus import BASE_COLUMNS, OPTIONAL_COLUMNS, Corpus, build_table
+from .corpora.common import Scan, wav_files
 from .errors import CorpusError, DataError
 from .labels import EMOTIONS
 
@@ -343,8 +341,9 @@ def _check_same(root: Path, stored: dict, asked: dict) -> None:
                               f"{key}={stored.get(key)!r}, not {value!r}; use another folder")
 
 
-def load_synthetic(root: Path, *, view: str | None, check_audio: bool = True,
-                   min_duration: float = MIN_DURATION, **options) -> Corpus:
+def scan(root: Path, view: str | None, **options) -> Scan:
+    """The generated corpus's clips (generated first in a new folder) with their generated gender,
+    intensity and dimensions; ``options`` are generate_synthetic's and must match a folder's own."""
     allowed = {"seed", "n_speakers", "clips_per_cell", "sample_rate", "duration_range"}
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -361,8 +360,7 @@ def load_synthetic(root: Path, *, view: str | None, check_audio: bool = True,
                               "duration_range": (1.0, 2.0), **options})
         _check_same(root, stored, {k: defaults[k] for k in options})
 
-    scan = emodb.scan(root, view, title="synthetic corpus")
-    table, skipped = build_table("synthetic", root, scan, check_audio=check_audio, min_duration=min_duration)
+    found = emodb.scan(root, view, title="synthetic corpus")
     labels_file = root / LABELS_FILE
     try:
         extra = pd.read_csv(labels_file, dtype={"filename": str, "speaker": str, "gender": str,
@@ -373,11 +371,7 @@ def load_synthetic(root: Path, *, view: str | None, check_audio: bool = True,
     missing = [c for c in needed if c not in extra.columns]
     if missing:
         raise CorpusError(f"{labels_file}: missing column '{missing[0]}'")
-    extra = extra[needed].set_index("filename")
-    names = table["path"].map(lambda p: Path(p).name)
-    for column in needed[1:]:
-        table[column] = names.map(extra[column]).to_numpy()
-    table = table[list(BASE_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in table.columns]]
-    for column in ("arousal", "valence", "dominance"):
-        table[column] = table[column].astype(float)
-    return Corpus(name="synthetic", root=root, table=table, skipped=skipped, synthetic=True)
+    generated = extra[needed].set_index("filename").to_dict("index")
+    for record in found.records:
+        record.update(generated.get(Path(record["path"]).name, {}))
+    return found

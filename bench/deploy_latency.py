@@ -113,7 +113,7 @@ def latency_clips(study) -> list[str]:
     """The clips the study timed its trials on (``StrategyStudy.latency_check``: spread evenly over the table)."""
     from ser_tune.config import experiment_from_dict
     from ser_tune.study.prepare import load_study_corpus
-    from ser_tune.study.strategies import StrategyStudy
+    from ser_tune.strategies import StrategyStudy
 
     raw = {k: v for k, v in study.experiment.items() if k != "source"}
     kind = StrategyStudy(experiment_from_dict(raw))

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     exp = load(args)
     from .results import summary_json, write_report
     from .study.cli import finish_cli, run_study_cli
-    from .study.strategies import StrategyStudy
+    from .strategies import StrategyStudy
 
     verbose = 0 if args.json else args.ray_verbose
     outcome = run_study_cli(StrategyStudy(exp), args, name=exp.name, storage=exp.storage, resources=exp.resources,

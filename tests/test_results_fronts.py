@@ -18,7 +18,7 @@ from ser_tune import predict
 from ser_tune.results import fronts, load_study, summary_json, write_report
 from ser_tune.objectives import hypervolume
 from ser_tune.results.trials import best_trial
-from ser_tune.study.strategies import best_search_trial
+from ser_tune.strategies import best_search_trial
 
 OBJECTIVES = {"val_bca": "max", "latency_ms_per_s": "min"}
 # unit, trial_id, index, status, val_bca, latency, layer, test_bca, finished_at

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ser_tune.config import default_experiment
-from ser_tune.study.strategies import StrategyStudy
+from ser_tune.strategies import StrategyStudy
 from ser_tune.training.trainable import ReportLog
 
 REPO = Path(__file__).resolve().parents[1]

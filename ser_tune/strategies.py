@@ -23,20 +23,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import Experiment
-from ..results.fronts import export_front
-from ..objectives import measured, rank_with_constraints
-from ..search import make_plan
-from ..training.latency import LatencyCheck
-from ..training.probe import linear_probe
-from ..training.settings import TrialSettings
-from ..training.trainable import StudyContext, run_refit, run_trial
-from .driver import StudyError, StudyKind, Unit
-from .folder import REFIT_EXPORT, REFIT_UNIT, TRIALS_FILE, StudyFolder
-from .prepare import (cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
+from .config import Experiment
+from .results.fronts import export_front
+from .objectives import measured, rank_with_constraints
+from .search import make_plan
+from .training.latency import LatencyCheck
+from .training.probe import linear_probe
+from .training.settings import TrialSettings
+from .training.trainable import StudyContext, run_refit, run_trial
+from .study.driver import StudyError, StudyKind, Unit
+from .study.folder import REFIT_EXPORT, REFIT_UNIT, TRIALS_FILE, StudyFolder
+from .study.prepare import (cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
                       study_split)
-from .progress import TrialProgress
-from .session import Cluster
+from .study.progress import TrialProgress
+from .study.session import Cluster
 
 DEFAULT, REFIT, EXPORT = "default", REFIT_UNIT, REFIT_EXPORT
 
@@ -93,7 +93,7 @@ class StrategyStudy(StudyKind):
 
     def probe(self, pooled: np.ndarray) -> dict:
         """The linear probe on each outer fold, for each normalisation the study uses."""
-        from ..training.normalize import FeatureNorm
+        from .training.normalize import FeatureNorm
 
         table = self.corpus.table
         y = table["label"].map({name: i for i, name in enumerate(sorted(table["label"].unique()))}).to_numpy()

@@ -56,22 +56,13 @@ from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError, V
 
 from ser_tune.data.corpus import CORPORA
 from ser_tune.data.labels import check_view
-from ser_tune.schema import (MappingOrNull, Section, choice, described, error_line, integer, invalid, kept_as_dict,
-                             listed, number)
+from ser_tune.objectives import Objective
+from ser_tune.schema import (MappingOrNull, NonNegativeInt, PositiveInt, Section, choice, described, error_line,
+                             integer, invalid, kept_as_dict, listed, number)
 from ser_tune.search import STRATEGY_NAMES, StrategyError, check_installed
 from ser_tune.search.space import SpaceError, default_grid, paper_space, parse_grid, parse_space, space_to_raw
 from ser_tune.training.settings import SettingsError, TrialSettings
 
-METRICS = ("val_bca", "val_ccc", "val_ccc_arousal", "val_ccc_valence", "val_ccc_dominance")
-# The worst value each metric can take: what a trial that breaks a constraint is told (a little worse).
-METRIC_FLOOR = {"val_bca": 0.0, "val_ccc": -1.0, "val_ccc_arousal": -1.0, "val_ccc_valence": -1.0,
-                "val_ccc_dominance": -1.0}
-# What a trial's exported model costs (training.latency.deployment_costs, and the trial's training CPU):
-# measured only when the study asks, better when lower.
-# latency_cpu_ms_per_s: the timing thread's CPU time per second of audio, a steadier measure of the same cost on
-# a machine other processes share.
-DEPLOYMENT_METRICS = ("latency_ms_per_s", "latency_cpu_ms_per_s", "model_bytes", "trainable_params", "total_params",
-                      "train_cpu_seconds")
 SPLIT_KEYS = {                      # the keyword arguments of ser_tune.data.make_split per kind
     "speaker": ("val_speakers", "test_speakers", "seed"),
     "random": ("val_fraction", "test_fraction", "seed"),
@@ -195,9 +186,7 @@ SourceFile = Annotated[Optional[Path], BeforeValidator(lambda _value, info: sour
 StoragePath = Annotated[Path, BeforeValidator(_storage)]
 EncoderSpec = Annotated[str, BeforeValidator(_encoder)]
 TrialValues = Annotated[dict, BeforeValidator(_trial)]          # fixed TrialSettings values, checked
-NonNegativeInt = integer("an integer >= 0", ge=0)
 Seed = NonNegativeInt
-PositiveInt = integer("a positive integer", ge=1)
 PositiveNumber = number("a positive number", gt=0)
 
 
@@ -276,82 +265,6 @@ class Budget(Section):
     repeats: PositiveInt = 1
     repeat_over: listed(choice(REPEAT_OVER, noun="repeat target"), f"a non-empty list from {', '.join(REPEAT_OVER)}",
                         single=True, noun="a repeat target") = ["searcher"]
-
-
-Mode = choice(("max", "min"), what="'max' or 'min'")
-
-
-class Latency(Section):
-    """How a trial's inference latency is measured (training.latency.measure_latency, one CPU thread)."""
-    clips: PositiveInt = 8            # a fixed set of the corpus's clips, the same for every trial
-    repeats: PositiveInt = 5          # timed passes over them; the median is the trial's latency
-    warmup: NonNegativeInt = 1        # untimed passes first
-
-
-class Objective(Section):
-    metric: choice(METRICS) = "val_bca"
-    mode: Mode = "max"
-    cv_folds: PositiveInt = 1
-    metrics: Optional[dict[str, Mode]] = None
-    constraints: listed(Annotated[str, described("a constraint such as 'latency_ms_per_s <= 50'")],
-                        "a list of constraints such as 'latency_ms_per_s <= 50'", single=True, empty=True) = []
-    deployment: Annotated[bool, Field(strict=True), described("true or false")] = False
-    latency: Latency = Field(default_factory=Latency)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _metric_from_metrics(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and isinstance(raw.get("metrics"), dict) and raw["metrics"]:
-            validation = [name for name in raw["metrics"] if name in METRICS]
-            if not validation:
-                raise invalid(f": name a validation metric ({', '.join(METRICS)}) among the objectives", "metrics")
-            if raw.setdefault("metric", validation[0]) not in raw["metrics"]:
-                raise invalid(f": objective.metric ({raw['metric']!r}) must be one of the objectives", "metrics")
-        return raw
-
-    @model_validator(mode="after")
-    def _higher_is_better(self):
-        if self.mode == "min":
-            # Every metric here is better when higher; the reference code's GP-BO minimised BCA by a sign slip.
-            raise invalid(f": {self.metric} is better when higher, so mode must be 'max' (got 'min')", "mode")
-        for name, mode in (self.metrics or {}).items():
-            if name not in METRICS + DEPLOYMENT_METRICS:
-                raise invalid(f": unknown objective {name!r}; choose from {', '.join(METRICS + DEPLOYMENT_METRICS)}",
-                              "metrics")
-            better = "max" if name in METRICS else "min"
-            if mode != better:
-                raise invalid(f": {name} is better when {'higher' if better == 'max' else 'lower'}, so its mode "
-                              f"must be '{better}' (got '{mode}')", "metrics", name)
-        from ser_tune.objectives import parse_constraint
-
-        for i, text in enumerate(self.constraints):
-            try:
-                parse_constraint(text, METRICS + DEPLOYMENT_METRICS)
-            except ValueError as err:
-                raise invalid(f": {err}", "constraints", i) from None
-        return self
-
-    @property
-    def objectives(self) -> dict[str, str]:
-        """Every objective and its mode, the validation metric (``metric``) first."""
-        return {self.metric: self.mode, **{k: v for k, v in (self.metrics or {}).items() if k != self.metric}}
-
-    def trial_constraints(self):
-        """The constraints as searchers and the study apply them to a trial's result (None without any)."""
-        from ser_tune.objectives import TrialConstraints
-
-        if not self.constraints:
-            return None
-        return TrialConstraints(tuple(self.constraints), METRICS + DEPLOYMENT_METRICS, self.metric, self.mode,
-                                worst=METRIC_FLOOR[self.metric])
-
-    @property
-    def measures_deployment(self) -> bool:
-        """Whether trials measure their deployment costs: asked for, or named by an objective or constraint."""
-        from ser_tune.objectives import parse_constraint
-
-        named = set(self.objectives) | {parse_constraint(c, METRICS + DEPLOYMENT_METRICS)[0] for c in self.constraints}
-        return self.deployment or bool(named & set(DEPLOYMENT_METRICS))
 
 
 class Evaluation(Section):

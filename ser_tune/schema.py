@@ -76,6 +76,8 @@ def number(what: str, *, optional: bool = False, **limits) -> Any:
 
 
 Flag = Annotated[bool, Field(strict=True), described("true or false")]
+NonNegativeInt = integer("an integer >= 0", ge=0)
+PositiveInt = integer("a positive integer", ge=1)
 MappingOrNull = Annotated[dict, BeforeValidator(lambda value: {} if value is None else value)]    # null is {}
 
 

@@ -24,15 +24,13 @@ import numpy as np
 import pandas as pd
 
 from .config import Experiment
-from .results.fronts import export_front
-from .objectives import measured, rank_with_constraints
 from .search import make_plan
 from .training.latency import LatencyCheck
 from .training.probe import linear_probe
 from .training.settings import TrialSettings
 from .training.trainable import StudyContext, run_refit, run_trial
 from .study.driver import StudyError, StudyKind, Unit
-from .study.folder import REFIT_EXPORT, REFIT_UNIT, TRIALS_FILE, StudyFolder
+from .study.folder import FRONT_DIR, FRONT_FILE, REFIT_EXPORT, REFIT_UNIT, StudyFolder, TrialState
 from .study.prepare import (cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
                       study_split)
 from .study.progress import TrialProgress
@@ -197,8 +195,7 @@ class StrategyStudy(StudyKind):
         the fold's test speakers: the run's held-out figure, by the protocol the linear probe follows (choose
         on inner folds, refit on all of them). With several outer folds, one more: the study's best
         configuration on every speaker, which is exported (with one fold, the best run's refit is)."""
-        exp = self.experiment
-        study_best = best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
+        study_best = folder.best_trial()
         if study_best is None:
             raise StudyError("no search trial finished with a metric: nothing to refit and export")
         jobs = {}
@@ -206,8 +203,7 @@ class StrategyStudy(StudyKind):
             tags = meta.get("tags") or {}
             if name == REFIT or meta.get("status") != "done":
                 continue
-            best = best_search_trial(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints,
-                                     unit=name)
+            best = folder.best_trial(unit=name)
             if best is not None:
                 jobs[name] = refit_job(best, int(tags.get("outer_fold", 0)))
         if len(self.plan.outer) > 1:
@@ -233,38 +229,19 @@ class StrategyStudy(StudyKind):
         return {} if constraints is None else {"feasible": constraints.meets(result.metrics or {})}
 
     def finish(self, folder: StudyFolder) -> None:
-        exp = self.experiment
         if self.needs_refit():
-            export_refit(folder, best_search_trial(folder, exp.objective.metric, exp.objective.mode,
-                                                   exp.objective.constraints))
+            export_refit(folder, folder.best_trial())
         else:
-            export_best(folder, exp.objective.metric, exp.objective.mode, exp.objective.constraints)
+            export_best(folder)
         if folder.front_objectives:
             front = export_front(folder)
             folder.meta["front"] = {"path": str(front) if front else None, "objectives": folder.front_objectives}
             folder.save_meta()
 
 
-def best_search_trial(folder: StudyFolder, metric: str, mode: str, constraints=(), *,
-                      unit: str | None = None) -> pd.Series | None:
-    """The finished search trial (not a baseline) with the best objective over the whole study, or the
-    best trial of one run (``unit``, a baseline's too); a trial that meets every constraint before any
-    that does not."""
-    trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
-    ok = trials[(trials["status"] == "TERMINATED") & trials[metric].notna()]
-    if unit is not None:
-        ok = ok[ok["unit"] == unit]
-    elif "baseline" in ok:
-        ok = ok[ok["baseline"].astype(str) != "True"]
-    if ok.empty:
-        return None
-    # a constraint on a column no trial reported (e.g. val_ccc in a categorical study) is met by none
-    return rank_with_constraints(ok, metric, mode, list(constraints) if measured(ok, constraints) else []).iloc[0]
-
-
-def export_best(folder: StudyFolder, metric: str, mode: str, constraints=()) -> Path | None:
-    """Copy the best trial's model (its final checkpoint) to ``best_model/``."""
-    best = best_search_trial(folder, metric, mode, constraints)
+def export_best(folder: StudyFolder) -> Path | None:
+    """Copy the study's best trial's model (its final checkpoint) to ``best_model/``."""
+    best = folder.best_trial()
     if best is None or pd.isna(best.get("model_dir")):
         return None
     return export_model(folder, Path(best["model_dir"]), best)
@@ -273,8 +250,8 @@ def export_best(folder: StudyFolder, metric: str, mode: str, constraints=()) -> 
 def export_refit(folder: StudyFolder, best: pd.Series | None) -> Path | None:
     """Export the refit on every speaker (several outer folds), else the refit of the run that holds the
     study's best trial ``best``."""
-    trials = pd.read_csv(folder.dir / TRIALS_FILE, dtype={"trial_id": str})
-    refit = trials[(trials["unit"] == REFIT) & (trials["status"] == "TERMINATED")]
+    trials = folder.trials
+    refit = trials[(trials["unit"] == REFIT) & (trials["status"] == TrialState.TERMINATED.value)]
     if "refit_of" in refit:   # (a study folder from before per-run refits has the export's row alone)
         chosen = refit[refit["refit_of"] == EXPORT]
         if chosen.empty and best is not None:
@@ -307,6 +284,36 @@ def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | 
     folder.meta["best_model"] = {"path": str(target), "strategy": trial["strategy"], "trial_id": trial["trial_id"],
                                  "unit": trial["unit"]}
     folder.save_meta()
+    return target
+
+
+def front_latency(study: StudyFolder) -> str:
+    """The latency column a front is chosen from (``predict --max-latency``): its latency objective, else
+    the wall-clock latency."""
+    return next((c for c in study.front_objectives if c.startswith("latency_")), "latency_ms_per_s")
+
+
+def export_front(study: StudyFolder) -> Path | None:
+    """Copy the model of every trial on the study-wide front to ``front/<trial_id>/`` and list them in
+    ``front/front.json`` (most accurate first); None when the study has no front."""
+    front = study.front_trials()
+    target = study.dir / FRONT_DIR
+    shutil.rmtree(target, ignore_errors=True)
+    if front.empty or "model_dir" not in front.columns:
+        return None
+    models = []
+    for row, (_, trial) in zip(study.front_rows(front), front.iterrows()):
+        source = Path(str(trial["model_dir"]))
+        if pd.isna(trial["model_dir"]) or not source.is_dir():
+            continue
+        shutil.copytree(source, target / row["trial_id"])
+        models.append({**row, "path": row["trial_id"]})
+    folds = study.cv_folds > 1
+    (target / FRONT_FILE).write_text(json.dumps({
+        "objectives": study.front_objectives, "constraints": study.constraints, "metric": study.metric,
+        "latency": front_latency(study),
+        "trained_on": "the first inner fold's train speakers" if folds else "the trial's train speakers",
+        "models": models}, indent=2))
     return target
 
 

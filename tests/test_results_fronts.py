@@ -17,8 +17,7 @@ import pytest
 from ser_tune import predict
 from ser_tune.results import fronts, load_study, summary_json, write_report
 from ser_tune.objectives import hypervolume
-from ser_tune.results.trials import best_trial
-from ser_tune.strategies import best_search_trial
+from ser_tune.strategies import export_best, export_front
 
 OBJECTIVES = {"val_bca": "max", "latency_ms_per_s": "min"}
 # unit, trial_id, index, status, val_bca, latency, layer, test_bca, finished_at
@@ -72,10 +71,10 @@ def ids(frame: pd.DataFrame) -> list[str]:
 
 def test_each_strategy_front_is_its_feasible_non_dominated_set(study):
     assert study.front_objectives == OBJECTIVES
-    assert ids(fronts.ranked_trials(study, "random")) == ["A", "B", "C", "D"]   # X breaks the constraint, E failed
-    assert ids(fronts.front_trials(study, "random")) == ["A", "B", "D"]          # most accurate first
-    assert ids(fronts.front_trials(study, "nsga2")) == ["F", "H", "G"]
-    assert ids(fronts.front_trials(study)) == ["F", "H", "B", "G"]              # the study's: H beats A, G beats D
+    assert ids(study.feasible_trials("random")) == ["A", "B", "C", "D"]   # X breaks the constraint, E failed
+    assert ids(study.front_trials("random")) == ["A", "B", "D"]          # most accurate first
+    assert ids(study.front_trials("nsga2")) == ["F", "H", "G"]
+    assert ids(study.front_trials()) == ["F", "H", "B", "G"]              # the study's: H beats A, G beats D
 
 
 def test_hypervolume_per_run_against_one_reference_and_over_time(study):
@@ -93,10 +92,22 @@ def test_hypervolume_per_run_against_one_reference_and_over_time(study):
 
 
 def test_the_best_trial_meets_the_constraints_when_one_does(study):
-    assert best_trial(study, "random")["trial_id"] == "A"     # X is more accurate but infeasible
-    assert best_trial(study)["trial_id"] == "F"
-    assert best_search_trial(study, "val_bca", "max", study.constraints)["trial_id"] == "F"
-    assert best_search_trial(study, "val_bca", "max")["trial_id"] == "X"   # without the constraint
+    assert study.best_trial("random")["trial_id"] == "A"     # X is more accurate but infeasible
+    assert study.best_trial()["trial_id"] == "F"
+    assert study.best_trial(unit="random-r1")["trial_id"] == "D"   # E failed
+
+
+def test_an_interrupted_trial_is_never_the_best_for_the_report_or_the_export(tmp_path):
+    folder = make_front_study(tmp_path)
+    trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
+    cut_off = trials[trials["trial_id"] == "A"].assign(trial_id="R", trial_index=4, status="RUNNING", val_bca=0.99)
+    pd.concat([trials, cut_off]).to_csv(folder / "trials.csv", index=False)   # feasible and the most accurate
+    study = load_study(folder)
+    assert study.best_trial("random")["trial_id"] == "A" and study.best_trial()["trial_id"] == "F"
+    assert summary_json([study])["studies"][0]["strategies"]["random"]["best_trial_id"] == "A"
+    export_best(study)
+    assert study.meta["best_model"]["trial_id"] == "F"
+    assert json.loads((folder / "best_model" / "model.json").read_text())["trial"] == "F"
 
 
 def test_json_carries_each_strategy_front_and_hypervolume(study):
@@ -121,7 +132,7 @@ def test_the_report_shows_fronts_latency_spread_and_plots(study):
 
 
 def test_the_study_front_is_exported_and_predict_picks_by_latency(study, capsys):
-    folder = fronts.export_front(study)
+    folder = export_front(study)
     listing = json.loads((folder / "front.json").read_text())
     assert [m["trial_id"] for m in listing["models"]] == ["F", "H", "B", "G"]
     assert all((folder / m["path"] / "model.json").is_file() for m in listing["models"])
@@ -144,7 +155,7 @@ def test_a_study_without_several_objectives_or_latency_has_no_front(tmp_path):
     trials = pd.read_csv(study_dir / "trials.csv").drop(columns=["latency_ms_per_s"])
     trials.to_csv(study_dir / "trials.csv", index=False)
     study = load_study(study_dir)
-    assert study.front_objectives == {} and fronts.export_front(study) is None
+    assert study.front_objectives == {} and export_front(study) is None
     assert "pareto" not in summary_json([study])["studies"][0]["strategies"]["random"]
     with pytest.raises(ValueError, match="--max-latency needs a study's exported front"):
         predict.choose_front_model(study_dir, 10.0)
@@ -152,6 +163,6 @@ def test_a_study_without_several_objectives_or_latency_has_no_front(tmp_path):
 
 def test_hypervolume_of_the_study_front_is_the_union_of_the_strategies(study):
     reference = fronts.study_reference(study)
-    union = hypervolume(fronts.ranked_trials(study), OBJECTIVES, reference)
-    per_strategy = [hypervolume(fronts.ranked_trials(study, s), OBJECTIVES, reference) for s in study.strategies]
+    union = hypervolume(study.feasible_trials(), OBJECTIVES, reference)
+    per_strategy = [hypervolume(study.feasible_trials(s), OBJECTIVES, reference) for s in study.strategies]
     assert union >= max(per_strategy)

@@ -111,7 +111,7 @@ def test_load_study_reads_the_files_and_keeps_text_ids(tmp_path):
     assert study.encode_seconds == 50.0
     assert list(study.strategy_trials("random")["trial_id"]) == ["00000", "00001", "00002", "00003"]
     assert set(study.epochs["trial_id"]) == {"00000", "00001", "00002", "00003"}
-    assert len(study.strategy_epochs("tpe")) == 4
+    assert len(study.unit_epochs("tpe")) == 4   # a folder of one run per strategy: units named after them
 
 
 def test_default_thresholds_and_missing_epochs(tmp_path):

@@ -14,7 +14,6 @@ import pandas as pd
 
 from ..study.folder import UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
 from . import repeats, timing
-from .trials import held_out_trial
 
 REFERENCE = "random"
 
@@ -77,7 +76,7 @@ def final_test_values(study: StudyFolder) -> pd.DataFrame:
     rows = []
     for strategy in study.strategies:
         for unit in study.runs(strategy):
-            best = held_out_trial(study, unit)
+            best = study.held_out_trial(unit)
             value = best.get(study.test_metric) if best is not None else None
             rows.append({"strategy": strategy, "run": unit,
                          "value": float(value) if value is not None and not pd.isna(value) else np.nan})

@@ -17,7 +17,6 @@ import pandas as pd
 
 from ..study.folder import StudyFolder
 from .repeats import paired_gain
-from .trials import held_out_trial
 
 DEFAULT = "default"
 
@@ -35,7 +34,7 @@ def fold_values(study: StudyFolder, strategy: str) -> dict[int, float]:
 
     by_fold: dict[int, list[float]] = {}
     for unit in study.runs(strategy):
-        best = held_out_trial(study, unit)
+        best = study.held_out_trial(unit)
         value = best.get(study.test_metric) if best is not None else None
         if value is None or pd.isna(value):
             continue

@@ -19,7 +19,6 @@ from matplotlib.ticker import MaxNLocator, NullFormatter
 from ..study.folder import StudyFolder
 from . import fronts, repeats, timing
 from .ert import run_tables
-from .trials import best_trial, config_columns
 
 LOG_SCALE_SETTINGS = ("cfg_lr", "cfg_head_lr", "cfg_learning_rate", "cfg_weight_decay")
 
@@ -156,7 +155,7 @@ def plot_runtime_ecdf(studies: list[StudyFolder], thresholds: list[float], out_d
 def plot_hyperparameters(studies: list[StudyFolder], out_dir: Path) -> PlotResult:
     """One panel per cfg_ setting: each trial's value against its validation metric."""
     title = "Hyper-parameters against validation metric"
-    columns = list(dict.fromkeys(c for s in studies for c in config_columns(s)))
+    columns = list(dict.fromkeys(c for s in studies for c in s.config_columns))
     if not columns:
         return PlotResult(title, skipped="trials.csv has no cfg_ columns (nothing was searched)")
     if not any(s.trials[s.metric].notna().any() for s in studies):
@@ -226,7 +225,7 @@ def _all_integral(studies, column) -> bool:
 
 def overall_best(studies: list[StudyFolder]) -> tuple[StudyFolder, pd.Series] | None:
     """Best non-ERROR trial across all strategies (and studies; first study's mode decides)."""
-    found = [(s, t) for s in studies if (t := best_trial(s)) is not None]
+    found = [(s, t) for s in studies if (t := s.best_trial()) is not None]
     if not found:
         return None
     sign = 1.0 if studies[0].mode == "min" else -1.0
@@ -284,7 +283,7 @@ def plot_fronts(studies: list[StudyFolder], out_dir: Path) -> PlotResult | None:
     """Each strategy's trials (dots) and Pareto front (a step line) in the first two front objectives;
     None when no study has a front."""
     title = "Pareto front of each strategy"
-    with_front = [s for s in studies if s.front_objectives and not fronts.ranked_trials(s).empty]
+    with_front = [s for s in studies if s.front_objectives and not s.feasible_trials().empty]
     if not with_front:
         return None
     fig = Figure(figsize=(7, 4.5))
@@ -292,7 +291,7 @@ def plot_fronts(studies: list[StudyFolder], out_dir: Path) -> PlotResult | None:
     for study in with_front:
         (y_name, _), (x_name, _) = list(study.front_objectives.items())[:2]
         for strategy in study.strategies:
-            trials, front = fronts.ranked_trials(study, strategy), fronts.front_trials(study, strategy)
+            trials, front = study.feasible_trials(strategy), study.front_trials(strategy)
             if trials.empty:
                 continue
             front = front.sort_values(x_name, kind="mergesort")

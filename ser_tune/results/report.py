@@ -11,8 +11,7 @@ from .plots import PlotResult, make_plots, overall_best
 from ..study.folder import REFIT_EXPORT, REFIT_UNIT, StudyFolder, test_column
 from . import fronts
 from .held_out import held_out_table
-from .tables import compare, summary_json
-from .trials import as_studies, trial_config
+from .tables import as_studies, compare, summary_json
 
 TIMING_DEFINITIONS = """\
 - **Shared encode**: the frozen encoder layers' features are extracted once for the whole study,
@@ -237,11 +236,11 @@ def _latency_words(study: StudyFolder) -> str:
     spread = fronts.latency_spread(study)
     if spread is None:
         return "No trial measured its latency."
-    latency = (study.objective.get("latency") or {})
+    latency = study.objective.latency
     return (f"Latency is measured on each trial's exported model as it would ship (the encoder cut at the layer "
             f"its head reads), loaded and run one clip at a time on one CPU thread, encoder included: the median "
-            f"of {latency.get('repeats', '?')} timed passes over the same {latency.get('clips', '?')} clips "
-            f"({spread['audio_seconds']:.1f} s of audio) after {latency.get('warmup', '?')} untimed, in ms per "
+            f"of {latency.repeats} timed passes over the same {latency.clips} clips "
+            f"({spread['audio_seconds']:.1f} s of audio) after {latency.warmup} untimed, in ms per "
             f"second of audio. How noisy it is on this machine: a trial's passes varied by a coefficient of "
             f"variation of {spread['cv_median']:.1%} (median over {spread['trials']} trials; "
             f"{spread['cv_min']:.1%} to {spread['cv_max']:.1%}), an interquartile range of "
@@ -367,7 +366,7 @@ def _protocol_lines(study: StudyFolder) -> list[str]:
     experiment = study.experiment
     budget, resources = experiment.get("budget") or {}, experiment.get("resources") or {}
     lines = [f"- Objective: {study.metric} ({study.mode}); thresholds: {', '.join(f'{t:g}' for t in study.thresholds)}"]
-    cv = (experiment.get("objective") or {}).get("cv_folds", 1)
+    cv = study.cv_folds
     outer = (experiment.get("evaluation") or {}).get("outer_folds", 1)
     if cv > 1:
         lines.append(f"- Cross-validated objective: every trial is scored by the mean over {cv} speaker folds of "
@@ -469,7 +468,7 @@ def _best_section(studies: list[StudyFolder]) -> str:
              f"- Test metric ({study.test_metric}) on the test speakers: {_number(test_value)}"
              + (f"; test accuracy {_number(trial.get('test_accuracy'))}"
                 if not pd.isna(trial.get("test_accuracy")) else ""),
-             f"- Config: {_config_text(trial_config(study, trial)) or '(nothing searched)'}"]
+             f"- Config: {_config_text(study.trial_config(trial)) or '(nothing searched)'}"]
     if not pd.isna(trial.get("trainable_params")):
         total = trial.get("total_params")
         lines.append(f"- Trainable parameters: {int(trial['trainable_params']):,}"

@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from ..study.folder import StudyFolder
+from ..study.folder import StudyFolder, load_study
 from . import timing
 from .ert import add_repeated
 from .fronts import add_fronts
 from .held_out import held_out_summary
-from .trials import as_studies, best_trial, held_out_trial, trial_config
+
+
+def as_studies(study_dirs: Iterable) -> list[StudyFolder]:
+    """Accept folders or already loaded StudyFolder objects."""
+    return [s if isinstance(s, StudyFolder) else load_study(s) for s in study_dirs]
 
 
 def run_row(study: StudyFolder, unit: str) -> dict[str, Any]:
@@ -21,8 +25,8 @@ def run_row(study: StudyFolder, unit: str) -> dict[str, Any]:
     trials = study.unit_trials(unit)
     epochs = study.unit_epochs(unit)
     info = study.unit_meta(unit)
-    best = best_trial(study, unit=unit)
-    tested = held_out_trial(study, unit)
+    best = study.best_trial(unit=unit)
+    tested = study.held_out_trial(unit)
     started, finished = timing.started_at(study, unit), timing.finished_at(study, unit)
     wall = finished - started
     seconds = [timing.trial_seconds(t, epochs[epochs["trial_id"] == t["trial_id"]]) for _, t in trials.iterrows()]
@@ -41,7 +45,7 @@ def run_row(study: StudyFolder, unit: str) -> dict[str, Any]:
         "errors": int((trials["status"] == "ERROR").sum()), "best_val": best_val,
         "best_trial_id": str(best["trial_id"]) if best is not None else None,
         "best_trial_index": int(best["trial_index"]) if best is not None else None,
-        "best_config": trial_config(study, best) if best is not None else {},
+        "best_config": study.trial_config(best) if best is not None else {},
         "best_test": _float(tested.get(study.test_metric)) if tested is not None else math.nan,
         "best_test_accuracy": _float(tested.get("test_accuracy")) if tested is not None else math.nan,
         "started_at": started, "finished_at": finished, "wall_clock_seconds": wall,

@@ -26,12 +26,15 @@ import math
 import os
 import shutil
 import time
+from enum import Enum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from ..objectives import Latency, Objective, feasible, measured, pareto_front, rank_with_constraints
 
 STUDY_FILE = "study.json"
 TRIALS_FILE = "trials.csv"
@@ -54,6 +57,21 @@ TEXT_COLUMNS = {"strategy": str, "trial_id": str, "status": str, "error": str, "
 UNIT_DONE, UNIT_RUNNING, UNIT_INTERRUPTED = "done", "running", "interrupted"
 REFIT_UNIT = "refit"   # runs' best configurations trained again on every search speaker (and the export)
 REFIT_EXPORT = "study"   # the refit unit's trial of the study's best configuration on every speaker
+
+
+# The columns a front row carries besides the objectives: the latency on both clocks and its spread.
+LATENCY_COLUMNS = ("latency_ms_per_s", "latency_cpu_ms_per_s", "latency_iqr_ms_per_s", "latency_cv")
+
+
+class TrialState(str, Enum):
+    """A trial's ``status`` in trials.csv (Ray Tune's). The one rule for "ended": TERMINATED. An ERROR
+    trial failed; a PENDING, RUNNING or PAUSED one was cut off by an interrupt (its last report is not
+    its result, and it may have no model)."""
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    TERMINATED = "TERMINATED"
+    ERROR = "ERROR"
 
 
 class StudyFormatError(ValueError):
@@ -157,27 +175,36 @@ class StudyFolder:
         return self.meta.get("experiment") or {}
 
     @property
-    def objective(self) -> dict:
-        return self.experiment.get("objective") or {}
+    def objective(self) -> Objective:
+        """experiment.objective with the config's defaults for what it leaves out (read as written, not
+        validated again: a hand-made folder may name any metric column)."""
+        raw = {k: v for k, v in (self.experiment.get("objective") or {}).items() if k in Objective.model_fields}
+        if isinstance(raw.get("latency"), dict):
+            raw["latency"] = Latency.model_construct(**raw["latency"])
+        return Objective.model_construct(**raw)
 
     @property
     def metric(self) -> str:
         """Validation metric column, e.g. ``val_bca``."""
-        return str(self.objective.get("metric", "val_bca"))
+        return str(self.objective.metric)
 
     @property
     def mode(self) -> str:
-        return str(self.objective.get("mode", "max"))
+        return str(self.objective.mode)
 
     @property
     def objectives(self) -> dict[str, str]:
         """Every objective and its mode (experiment.objective.metrics), the validation metric first."""
-        others = {k: v for k, v in (self.objective.get("metrics") or {}).items() if k != self.metric}
-        return {self.metric: self.mode, **others}
+        return self.objective.objectives
 
     @property
     def constraints(self) -> list[str]:
-        return [str(c) for c in self.objective.get("constraints") or []]
+        return [str(c) for c in self.objective.constraints or []]
+
+    @property
+    def cv_folds(self) -> int:
+        """The speaker folds each trial was scored on (objective.cv_folds)."""
+        return int(self.objective.cv_folds)
 
     @property
     def front_objectives(self) -> dict[str, str]:
@@ -268,8 +295,84 @@ class StudyFolder:
         rows = self.trials[self.trials["strategy"] == strategy]
         return rows.sort_values(["unit", "trial_index"], kind="mergesort")
 
-    def strategy_epochs(self, strategy: str) -> pd.DataFrame:
-        return self.epochs[self.epochs["strategy"] == strategy]
+    # --- the trials that stand for a run, a strategy or the study ---------------------------------------
+    def ended_trials(self, strategy: str | None = None, *, unit: str | None = None) -> pd.DataFrame:
+        """The ended trials (TrialState.TERMINATED) with a value of the metric: of a run (``unit``, a
+        baseline's too), of a strategy's runs, or of the study's searches (both None; baselines are not
+        searches)."""
+        if unit is not None:
+            trials = self.unit_trials(unit)
+        elif strategy is not None:
+            trials = self.strategy_trials(strategy)
+        else:
+            trials = self.trials[self.trials["strategy"].isin(self.strategies)]
+        return trials[(trials["status"] == TrialState.TERMINATED.value) & trials[self.metric].notna()]
+
+    def best_trial(self, strategy: str | None = None, *, unit: str | None = None) -> pd.Series | None:
+        """The one definition of the best trial, which the study exports and the report names: among
+        ``ended_trials``, one that meets every constraint before any that does not, then the best metric;
+        ties: the earliest. A constraint on a column no trial reported (e.g. val_ccc in a categorical
+        study) is left out."""
+        ended = self.ended_trials(strategy, unit=unit)
+        if ended.empty:
+            return None
+        constraints = self.constraints if measured(ended, self.constraints) else []
+        return rank_with_constraints(ended, self.metric, self.mode, constraints).iloc[0]
+
+    def held_out_trial(self, unit: str) -> pd.Series | None:
+        """The trial whose test metric is a run's held-out figure: the refit of its best configuration when
+        the study made one (its trials trained on inner folds), else its best trial."""
+        refit = self.refit_of(unit)
+        return refit if refit is not None else self.best_trial(unit=unit)
+
+    def feasible_trials(self, strategy: str | None = None) -> pd.DataFrame:
+        """The ended search trials (of ``strategy``, or of every strategy) that have every front objective
+        and meet every constraint, in trials.csv order: what the Pareto fronts are drawn from."""
+        objectives = self.front_objectives
+        trials = self.trials[self.trials["strategy"].isin([strategy] if strategy else self.strategies)]
+        trials = trials[trials["status"] == TrialState.TERMINATED.value]
+        if not objectives or any(c not in trials.columns for c in objectives):
+            return trials.iloc[0:0]
+        trials = trials.dropna(subset=list(objectives))
+        if not measured(trials, self.constraints):   # a constraint's column was never measured: none is known to meet it
+            return trials.iloc[0:0]
+        return trials[feasible(trials, self.constraints)]
+
+    def front_trials(self, strategy: str | None = None) -> pd.DataFrame:
+        """The Pareto front of a strategy's trials (or of the whole study's), best first by the first objective."""
+        trials = self.feasible_trials(strategy)
+        if trials.empty:
+            return trials
+        first, mode = next(iter(self.front_objectives.items()))
+        return pareto_front(trials, self.front_objectives).sort_values(first, ascending=mode == "min", kind="mergesort")
+
+    def front_rows(self, front: pd.DataFrame) -> list[dict]:
+        """One plain row per front trial: its id, strategy, run, searched settings, every objective, the
+        latency spread and its test metric (on the outer fold's test speakers)."""
+        rows = []
+        for _, trial in front.iterrows():
+            row = {"trial_id": str(trial["trial_id"]), "strategy": trial["strategy"], "unit": trial["unit"],
+                   "config": self.trial_config(trial)}
+            for column in dict.fromkeys([*self.front_objectives, *LATENCY_COLUMNS, self.test_metric, "model_bytes"]):
+                if column in trial.index and not pd.isna(trial[column]):
+                    row[column] = float(trial[column])
+            rows.append(row)
+        return rows
+
+    @property
+    def config_columns(self) -> list[str]:
+        """The searched settings' columns of trials.csv (cfg_*)."""
+        return [c for c in self.trials.columns if c.startswith("cfg_")]
+
+    def trial_config(self, trial: pd.Series) -> dict[str, Any]:
+        """The cfg_* settings of one trial as plain Python values (unset settings left out)."""
+        config = {}
+        for column in self.config_columns:
+            value = trial[column]
+            if pd.isna(value):
+                continue
+            config[column[len("cfg_"):]] = plain_value(value, integral=integral_column(self.trials[column]))
+        return config
 
     def is_better_or_equal(self, value: float, threshold: float) -> bool:
         return value <= threshold if self.mode == "min" else value >= threshold
@@ -394,3 +497,34 @@ def check_trials(trials: pd.DataFrame, path: Path) -> None:
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def integral_column(column: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(column):
+        return False
+    values = pd.to_numeric(column, errors="coerce").dropna()
+    return len(values) == column.notna().sum() and bool((values == values.round()).all())
+
+
+def plain_value(value, *, integral: bool):
+    if isinstance(value, np.generic):
+        value = value.item()  # numpy scalar -> Python bool / int / float / str
+    if isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return int(value) if integral else float(value)
+    if isinstance(value, str):
+        return parse_text(value)
+    return value
+
+
+def parse_text(text: str):
+    """cfg_ columns of text may hold numbers or booleans written by the launcher."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text and "e" not in lowered else number

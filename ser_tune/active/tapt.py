@@ -163,24 +163,23 @@ def _model_type(source: str, spec: str) -> str:
 
 def check_tapt_supported(encoder_spec: str) -> None:
     """Raise TaptError (naming the spec and why) unless the encoder has a TAPT objective; loads no weights."""
-    from ser_tune.encoders import EncoderError, check_spec
+    from ser_tune.encoders import EncoderError, EncoderSpec
 
     try:
-        check_spec(encoder_spec)
+        parsed = EncoderSpec.parse(encoder_spec)
     except EncoderError as err:
         raise TaptError(f"TAPT cannot use '{encoder_spec}': {err}") from None
     spec = encoder_spec
-    if spec.startswith("speechbrain:"):
+    if parsed.family == "speechbrain":
         raise TaptError(f"TAPT is not available for '{spec}': SpeechBrain models are fine-tuned classifiers "
                         "whose encoder comes without its self-supervised pre-training head; use the hf: spec "
                         "of the underlying wav2vec2 model instead")
-    if spec.startswith("tiny-"):
-        family = spec[5:]
-        if family == "wav2vec2":
+    if parsed.is_tiny:
+        if parsed.source == "wav2vec2":
             return
-        raise TaptError(f"TAPT is not available for '{spec}': {_NO_OBJECTIVE.get(family, 'no objective')} "
+        raise TaptError(f"TAPT is not available for '{spec}': {_NO_OBJECTIVE.get(parsed.source, 'no objective')} "
                         "(TAPT needs a wav2vec2 encoder, e.g. tiny-wav2vec2)")
-    model_type = _model_type(spec[3:], spec)
+    model_type = _model_type(parsed.source, spec)
     if model_type == "wav2vec2":
         return
     why = _NO_OBJECTIVE.get(model_type, f"model type '{model_type}' has no self-supervised objective here")
@@ -206,7 +205,10 @@ def _load_pretraining_model(spec: str, settings: TaptSettings):
     notes = []
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)   # fresh head weights are the same in every run
-        if spec.startswith("tiny-"):
+        from ser_tune.encoders import EncoderSpec
+
+        parsed = EncoderSpec.parse(spec)
+        if parsed.is_tiny:
             from ser_tune.encoders.tiny import build_tiny_model
 
             base = build_tiny_model("wav2vec2")
@@ -220,7 +222,7 @@ def _load_pretraining_model(spec: str, settings: TaptSettings):
             fresh += [k for k in model.state_dict() if not k.startswith("wav2vec2.")]
             fe = transformers.Wav2Vec2FeatureExtractor()
         else:
-            source = spec[3:]
+            source = parsed.source
             local = Path(source).expanduser()
             if local.exists():
                 source = str(local.resolve())

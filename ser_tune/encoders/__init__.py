@@ -6,46 +6,33 @@
 """
 from __future__ import annotations
 
-from .base import EncoderError, SpeechEncoder, lengths_to_mask
-from .tiny import TINY_FAMILIES
+from pathlib import Path
 
-SPEC_FORMS = "'hf:<hub id or folder>', 'speechbrain:<hub id or folder>' or " + ", ".join(
-    f"'tiny-{f}'" for f in TINY_FAMILIES)
+from .base import EncoderError, SpeechEncoder, lengths_to_mask
+from .spec import EncoderSpec
+from .tiny import TINY_FAMILIES
 
 
 def check_spec(spec: str) -> str:
     """Validate a spec's form without loading anything (for config checks)."""
-    if not isinstance(spec, str) or not spec:
-        raise EncoderError(f"encoder spec must be a non-empty string, one of {SPEC_FORMS}")
-    if spec.startswith(("hf:", "speechbrain:")):
-        if not spec.split(":", 1)[1]:
-            raise EncoderError(f"encoder spec '{spec}' names no model")
-        return spec
-    if spec.startswith("tiny-"):
-        if spec[5:] not in TINY_FAMILIES:
-            raise EncoderError(f"unknown encoder '{spec}'; tiny encoders: "
-                               + ", ".join(f"tiny-{f}" for f in TINY_FAMILIES))
-        return spec
-    raise EncoderError(f"unknown encoder '{spec}'; use {SPEC_FORMS}")
+    EncoderSpec.parse(spec)
+    return spec
 
 
 def resolve_spec(spec: str, bases=()) -> str:
     """Make a local-folder spec absolute (looked up in ``bases``, then the working directory), so the
     same spec names the same folder in every Ray worker, whatever its working directory. Hub ids
     and tiny specs are returned as they are."""
-    from pathlib import Path
-
-    check_spec(spec)
-    if not spec.startswith(("hf:", "speechbrain:")):
+    parsed = EncoderSpec.parse(spec)
+    if parsed.is_tiny:
         return spec
-    prefix, source = spec.split(":", 1)
-    path = Path(source).expanduser()
+    path = Path(parsed.source).expanduser()
     if path.is_absolute():
-        return f"{prefix}:{path}"
+        return str(parsed.with_source(str(path)))
     for base in [*bases, Path.cwd()]:
         candidate = Path(base) / path
         if candidate.exists():
-            return f"{prefix}:{candidate.resolve()}"
+            return str(parsed.with_source(str(candidate.resolve())))
     return spec
 
 
@@ -56,11 +43,10 @@ def spec_fingerprint(spec: str) -> str:
     tiny spec by its text (tiny weights come from a fixed seed).
     """
     import hashlib
-    from pathlib import Path
 
     digest = hashlib.sha256(spec.encode())
-    source = spec.split(":", 1)[1] if ":" in spec else ""
-    folder = Path(source).expanduser() if source else None
+    parsed = EncoderSpec.parse(spec)
+    folder = None if parsed.is_tiny else Path(parsed.source).expanduser()
     if folder is not None and folder.is_dir():
         digest.update(str(folder.resolve()).encode())
         for f in sorted(folder.rglob("*")):
@@ -76,22 +62,22 @@ def load_encoder(spec: str, num_layers: int | None = None) -> SpeechEncoder:
     ``num_layers`` truncates it to its first layers (``SpeechEncoder.truncate``): how a model
     folder that stored its layer count re-creates a truncated encoder.
     """
-    check_spec(spec)
-    if spec.startswith("hf:"):
+    parsed = EncoderSpec.parse(spec)
+    if parsed.family == "hf":
         from .hf import load_hf_encoder
 
-        encoder = load_hf_encoder(spec[3:], spec)
-    elif spec.startswith("speechbrain:"):
+        encoder = load_hf_encoder(parsed.source, spec)
+    elif parsed.family == "speechbrain":
         from .speechbrain import load_speechbrain_encoder
 
-        encoder = load_speechbrain_encoder(spec[len("speechbrain:"):], spec)
+        encoder = load_speechbrain_encoder(parsed.source, spec)
     else:
         from .tiny import load_tiny_encoder
 
-        encoder = load_tiny_encoder(spec[5:])
+        encoder = load_tiny_encoder(parsed.source)
     if num_layers is not None:
         encoder.truncate(num_layers)
     return encoder
 
 
-__all__ = ["EncoderError", "SpeechEncoder", "load_encoder", "check_spec", "resolve_spec", "spec_fingerprint", "lengths_to_mask", "TINY_FAMILIES"]
+__all__ = ["EncoderError", "EncoderSpec", "SpeechEncoder", "load_encoder", "check_spec", "resolve_spec", "spec_fingerprint", "lengths_to_mask", "TINY_FAMILIES"]

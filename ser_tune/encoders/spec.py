@@ -1,0 +1,45 @@
+"""An encoder spec, the text that names an encoder, parsed once: ``hf:<hub id or folder>``,
+``speechbrain:<hub id or folder>`` or ``tiny-<family>`` (see the package's docstring)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import EncoderError
+from .tiny import TINY_FAMILIES
+
+PREFIXED = ("hf", "speechbrain")    # families named "<family>:<hub id or folder>"
+SPEC_FORMS = "'hf:<hub id or folder>', 'speechbrain:<hub id or folder>' or " + ", ".join(
+    f"'tiny-{f}'" for f in TINY_FAMILIES)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    family: str    # "hf", "speechbrain" or "tiny"
+    source: str    # the hub id or folder; for "tiny", the architecture (whisper, wav2vec2, ...)
+
+    @classmethod
+    def parse(cls, spec: str) -> "EncoderSpec":
+        """The spec's family and source, checked without loading anything; one clear line otherwise."""
+        if not isinstance(spec, str) or not spec:
+            raise EncoderError(f"encoder spec must be a non-empty string, one of {SPEC_FORMS}")
+        family, colon, source = spec.partition(":")
+        if colon and family in PREFIXED:
+            if not source:
+                raise EncoderError(f"encoder spec '{spec}' names no model")
+            return cls(family, source)
+        if spec.startswith("tiny-"):
+            if spec[5:] not in TINY_FAMILIES:
+                raise EncoderError(f"unknown encoder '{spec}'; tiny encoders: "
+                                   + ", ".join(f"tiny-{f}" for f in TINY_FAMILIES))
+            return cls("tiny", spec[5:])
+        raise EncoderError(f"unknown encoder '{spec}'; use {SPEC_FORMS}")
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.family == "tiny"
+
+    def with_source(self, source: str) -> "EncoderSpec":
+        return EncoderSpec(self.family, source)
+
+    def __str__(self) -> str:
+        return f"tiny-{self.source}" if self.is_tiny else f"{self.family}:{self.source}"

@@ -274,7 +274,7 @@ def refit_job(best: pd.Series, assignment: int) -> dict:
 def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | None:
     if not source.exists():
         return None
-    target = folder.dir / "best_model"
+    target = folder.best_model_dir
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(source, target)
     meta_path = target / "model.json"

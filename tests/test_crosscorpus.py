@@ -18,6 +18,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix
 
 from ser_tune import crosscorpus
 from ser_tune.crosscorpus import CrossCorpusError, evaluate_cross_corpus, run_for_study
+from ser_tune.crosscorpus.__main__ import main as crosscorpus_main
 from ser_tune.data import generate_synthetic, load_corpus, speaker_split
 from ser_tune.data.labels import EMOTIONS
 from ser_tune.training.export import WEIGHTS_FILE, read_weights, write_weights
@@ -246,7 +247,7 @@ def test_run_for_study_reads_the_source_from_the_study(world):
 
 
 def test_cli_json(world, capsys):
-    code = crosscorpus.main([str(world["model"]), "--corpus", "csv", "--root", str(world["csv"]),
+    code = crosscorpus_main([str(world["model"]), "--corpus", "csv", "--root", str(world["csv"]),
                              "--label-map", "emodb7", "--source-corpus", "synthetic",
                              "--source-root", str(world["source"]), "--random-seeds", "2",
                              "--cache", str(world["cache"]), "--json"])
@@ -270,7 +271,7 @@ def test_cli_json(world, capsys):
 def test_cli_bad_input_is_one_error_line_and_exit_2(world, capsys, args, named):
     swap = {"MODEL": str(world["model"]), "ROOT_CSV": str(world["csv"]),
             "MISSING_MODEL": str(world["base"] / "MISSING_MODEL"), "NO_SUCH_ROOT": str(world["base"] / "NO_SUCH_ROOT")}
-    code = crosscorpus.main([swap.get(a, a) for a in args])
+    code = crosscorpus_main([swap.get(a, a) for a in args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0]

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     outcome = run_study_cli(ActiveStudy(cfg), args, name=exp.name, storage=exp.storage, resources=exp.resources)
     if outcome.interrupted:
         return finish_cli(outcome, {"study_dir": str(outcome.folder.dir), "status": "interrupted"})
-    summary = write_results(outcome.folder.dir, meta=outcome.folder.meta)
+    summary = write_results(outcome.folder)
     print(f"trials: {len(active.trial_acquisitions)} acquisitions x {len(active.tapt)} TAPT x "
           f"{len(active.seeds)} seeds, {len(active.fractions)} rounds each")
     print("\ntest BCA (test speakers) and cumulative trial seconds at 10 %, 20 % and 100 % of the pool labelled\n"

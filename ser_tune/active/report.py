@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..study.folder import ROUNDS_FILE, StudyFolder
 from .config import FULL
 
 TARGETS = (0.1, 0.2, 1.0)
@@ -145,11 +146,11 @@ def plot_curves(rounds: pd.DataFrame, acquisitions: list[str], out_dir: Path) ->
 
 # --- the report -------------------------------------------------------------------------------
 
-def write_results(study_dir: Path, rounds: pd.DataFrame | None = None, meta: dict | None = None) -> dict:
+def write_results(folder: StudyFolder | Path, rounds: pd.DataFrame | None = None) -> dict:
     """Write active_table.csv, the plots and active.md from rounds.csv; returns the summary (--json)."""
-    study_dir = Path(study_dir)
-    rounds = pd.read_csv(study_dir / "rounds.csv") if rounds is None else rounds
-    meta = json.loads((study_dir / "study.json").read_text()) if meta is None else meta
+    folder = folder if isinstance(folder, StudyFolder) else StudyFolder.open(folder)
+    study_dir, meta = folder.dir, folder.meta
+    rounds = pd.read_csv(study_dir / ROUNDS_FILE) if rounds is None else rounds
     active = meta.get("active", {})
     acquisitions = list(active.get("acquisitions", [])) + ([FULL] if active.get("full_reference", True) else [])
     table = fraction_table(rounds, acquisitions)
@@ -158,7 +159,7 @@ def write_results(study_dir: Path, rounds: pd.DataFrame | None = None, meta: dic
     report = study_dir / "active.md"
     report.write_text(_markdown(meta, rounds, table, plots))
     trials = rounds.drop_duplicates(["acquisition", "tapt", "seed"])
-    return {"study_dir": str(study_dir), "rounds_csv": str(study_dir / "rounds.csv"),
+    return {"study_dir": str(study_dir), "rounds_csv": str(study_dir / ROUNDS_FILE),
             "table_csv": str(study_dir / TABLE_FILE), "report": str(report), "plots": [str(p) for p in plots],
             "trials": int(len(trials)), "errors": int((trials["status"] == "ERROR").sum()),
             "table": table, "tapt": meta.get("tapt"), "pool_clips": meta.get("pool", {}).get("clips")}

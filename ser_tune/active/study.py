@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..data import SAMPLE_RATE, AudioStore
 from ..study.driver import StudyError, StudyKind, Unit
-from ..study.folder import EPOCHS_FILE, TRIALS_FILE, StudyFolder
+from ..study.folder import EPOCHS_FILE, ROUNDS_FILE, TRIALS_FILE, StudyFolder
 from ..study.prepare import cache_root, data_meta, encode_once, load_study_corpus, machine_info, study_split
 from ..study.progress import TrialProgress
 from ..study.session import Cluster
@@ -33,7 +33,6 @@ ROUND_COLUMNS = ("acquisition", "tapt", "seed", "trial_id", "status", "error", "
                  "labelled_fraction", "labelled_count", "pool_size", "added", "classes_labelled", "val_bca",
                  "test_bca", "test_accuracy", "best_epoch", "train_seconds", "select_seconds", "fit_seconds",
                  "round_seconds", "cumulative_seconds", "load_seconds", "encode_seconds", "time_total_s")
-ROUNDS_FILE = "rounds.csv"
 UNIT = "active"
 
 

@@ -9,6 +9,7 @@ A study folder holds everything needed to report on a study and to resume it::
     trials.csv        one row per trial: unit, its tags (strategy, repeat, outer_fold, ...), status,
                       the searched settings (cfg_*), final metrics, seconds, node
     epochs.csv        one row per report of a trial (an epoch, an active-learning round)
+    rounds.csv        an active-learning study's rounds, one row per trial x round
     <unit>/           Ray Tune's experiment folder of each unit (for --resume)
     _trial_state/     each trial's own epoch state and reports (written by the trainable)
     report.md, summary.json, plots/, best_model/   written at the end
@@ -41,6 +42,8 @@ TRIALS_FILE = "trials.csv"
 EPOCHS_FILE = "epochs.csv"
 SPLIT_FILE = "split.json"
 FRONT_DIR, FRONT_FILE = "front", "front.json"
+BEST_MODEL_DIR = "best_model"
+ROUNDS_FILE = "rounds.csv"   # an active-learning study's: one row per trial x round
 TRIAL_STATE = "_trial_state"
 DEFAULT_THRESHOLDS = (0.8, 0.9)
 
@@ -145,6 +148,11 @@ class StudyFolder:
         os.replace(tmp, path)
         self.__dict__.pop("trials", None)
         self.__dict__.pop("epochs", None)
+
+    @property
+    def best_model_dir(self) -> Path:
+        """Where the study's exported model is (``best_model/``)."""
+        return self.dir / BEST_MODEL_DIR
 
     def state_dir(self, unit: str) -> Path:
         """Where the trials of a unit keep their own state (epoch checkpoints, reports)."""

@@ -10,8 +10,8 @@ import pytest
 
 from ser_tune.results import repeats
 from ser_tune.results.repeats import (
-    RUN_TABLE_COLUMNS, best_so_far, best_so_far_curves, compare_to_reference, ert_table,
-    expected_running_time, holm, mean_se, mean_se_curve, paired_gain, run_table, runtime_ecdf,
+    RUN_TABLE_COLUMNS, best_so_far, compare_to_reference, ert_table,
+    expected_running_time, holm, mean_se_curve, paired_gain, run_table, runtime_ecdf,
     time_to_target_comparison, vargha_delaney_a12)
 
 
@@ -171,19 +171,6 @@ def test_mean_se_curves_on_two_runs():
     # sd of two values a, b is |a - b| / sqrt(2); over sqrt(2) runs: |a - b| / 2.
     assert math.isnan(curve["se"][1])
     assert list(curve["se"][2:]) == pytest.approx([0.05, 0.05, 0.05])
-    both = best_so_far_curves({("tpe", 0): stream([10.0, 30.0], [0.5, 0.7]),
-                               ("tpe", 1): stream([20.0, 25.0], [0.6, 0.4])}, "seconds", [20.0])
-    assert both[["strategy", "mean", "se", "runs"]].iloc[0].tolist() == \
-        ["tpe", pytest.approx(0.55), pytest.approx(0.05), 2]
-
-
-def test_mean_se_of_final_values():
-    finals = pd.DataFrame({"strategy": ["tpe", "tpe", "tpe", "grid"],
-                           "test_bca": [0.7, 0.8, math.nan, 0.75]})
-    table = mean_se(finals, "test_bca").set_index("strategy")
-    assert table.loc["tpe", "runs"] == 2 and table.loc["tpe", "mean"] == pytest.approx(0.75)
-    assert table.loc["tpe", "se"] == pytest.approx(0.05)
-    assert math.isnan(table.loc["grid", "se"])
 
 
 # ---------------------------------------------------------------- tests against random

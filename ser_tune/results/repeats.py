@@ -266,27 +266,6 @@ def mean_se_curve(curves: Sequence[pd.Series], grid: Sequence[float]) -> pd.Data
                          "runs": frame.count(axis=0).to_numpy()})
 
 
-def mean_se(values: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per strategy: runs with a value in ``column``, their mean and standard error (ddof=1).
-
-    For final values such as each run's ``best_value`` or the test BCA of its best trial.
-    """
-    grouped = values.dropna(subset=[column]).groupby("strategy", sort=False)[column]
-    return grouped.agg(runs="count", mean="mean", se="sem").reset_index()
-
-
-def best_so_far_curves(reports_by_run: Mapping[tuple[str, Hashable], pd.DataFrame], clock: str,
-                       grid: Sequence[float], mode: str = "max") -> pd.DataFrame:
-    """Per strategy, ``mean_se_curve`` of its runs' ``best_so_far`` (column ``strategy`` added)."""
-    by_strategy: dict[str, list[pd.Series]] = {}
-    for (strategy, run), reports in reports_by_run.items():
-        by_strategy.setdefault(strategy, []).append(best_so_far(reports, clock, mode, run))
-    parts = [mean_se_curve(curves, grid).assign(strategy=strategy)
-             for strategy, curves in by_strategy.items()]
-    columns = ["strategy", "x", "mean", "se", "runs"]
-    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
-
-
 # ---------------------------------------------------------------- tests against a reference
 
 def holm(p_values: Sequence[float]) -> np.ndarray:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -69,9 +69,6 @@ class LatencyResult:
     threads: int
     cpu_ms_per_s: float = float("nan")       # median over repeats of the calling thread's CPU time
     cpu_iqr_ms_per_s: float = float("nan")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def inference_call(model: Any) -> Callable[[np.ndarray], Any]:

@@ -196,11 +196,6 @@ def peft_group(name: str) -> str | None:
     return None
 
 
-def pretrained_name(name: str) -> str:
-    """The name a wrapped pretrained parameter had before injection (for comparisons with a fresh encoder)."""
-    return name.replace(".pretrained_linear.", ".").replace(".base_layer.", ".")
-
-
 # --- starting a trial from another trial's weights (two-stage adaptation) -----------------------
 def start_from(init_state: dict, *, encoder: nn.Module | None, head: nn.Module, trained: dict[str, nn.Parameter],
                freeze: Iterable[str] = (), load_head: bool = True) -> tuple[dict[str, nn.Parameter], dict[str, nn.Parameter]]:

@@ -6,10 +6,11 @@
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from .base import EncoderError, SpeechEncoder, lengths_to_mask
-from .spec import EncoderSpec
+from .spec import LOADERS, EncoderSpec
 from .tiny import TINY_FAMILIES
 
 
@@ -63,18 +64,13 @@ def load_encoder(spec: str, num_layers: int | None = None) -> SpeechEncoder:
     folder that stored its layer count re-creates a truncated encoder.
     """
     parsed = EncoderSpec.parse(spec)
-    if parsed.family == "hf":
-        from .hf import load_hf_encoder
-
-        encoder = load_hf_encoder(parsed.source, spec)
-    elif parsed.family == "speechbrain":
-        from .speechbrain import load_speechbrain_encoder
-
-        encoder = load_speechbrain_encoder(parsed.source, spec)
-    else:
+    if parsed.is_tiny:
         from .tiny import load_tiny_encoder
 
         encoder = load_tiny_encoder(parsed.source)
+    else:
+        module, loader = LOADERS[parsed.family]
+        encoder = getattr(importlib.import_module(f"{__name__}.{module}"), loader)(parsed.source, spec)
     if num_layers is not None:
         encoder.truncate(num_layers)
     return encoder

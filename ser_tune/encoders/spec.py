@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from .base import EncoderError
 from .tiny import TINY_FAMILIES
 
-PREFIXED = ("hf", "speechbrain")    # families named "<family>:<hub id or folder>"
+# The families named "<family>:<hub id or folder>": the module that loads each and its loader, called
+# with (source, spec) and returning a SpeechEncoder.
+LOADERS = {"hf": ("hf", "load_hf_encoder"), "speechbrain": ("speechbrain", "load_speechbrain_encoder")}
 SPEC_FORMS = "'hf:<hub id or folder>', 'speechbrain:<hub id or folder>' or " + ", ".join(
     f"'tiny-{f}'" for f in TINY_FAMILIES)
 
@@ -23,7 +25,7 @@ class EncoderSpec:
         if not isinstance(spec, str) or not spec:
             raise EncoderError(f"encoder spec must be a non-empty string, one of {SPEC_FORMS}")
         family, colon, source = spec.partition(":")
-        if colon and family in PREFIXED:
+        if colon and family in LOADERS:
             if not source:
                 raise EncoderError(f"encoder spec '{spec}' names no model")
             return cls(family, source)

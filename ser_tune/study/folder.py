@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from ..objectives import Latency, Objective, feasible, measured, pareto_front, rank_with_constraints
+from ..training.export import to_jsonable   # one JSON fallback for numpy values
 
 STUDY_FILE = "study.json"
 TRIALS_FILE = "trials.csv"
@@ -401,15 +402,6 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def to_jsonable(value):
-    """json.dumps ``default``: numpy scalars and arrays, paths, anything else as text."""
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def read_meta(path: Path) -> dict:

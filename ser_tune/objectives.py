@@ -57,7 +57,6 @@ from pydantic import Field, model_validator
 
 from .schema import NonNegativeInt, PositiveInt, Section, choice, described, invalid, listed
 
-
 METRICS = ("val_bca", "val_ccc", "val_ccc_arousal", "val_ccc_valence", "val_ccc_dominance")
 # The worst value each metric can take: what a trial that breaks a constraint is told (a little worse).
 METRIC_FLOOR = {"val_bca": 0.0, "val_ccc": -1.0, "val_ccc_arousal": -1.0, "val_ccc_valence": -1.0,

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..data import LabelMapper, load_corpus, make_split
 from ..study.driver import StudyError, StudyKind, Unit
-from ..study.folder import TRIALS_FILE, StudyFolder
+from ..study.folder import TRIALS_FILE, StudyFolder, TrialState
 from ..study.prepare import cache_root, machine_info
 from ..study.progress import TrialProgress
 from ..study.session import Cluster
@@ -192,7 +192,7 @@ def stage_rows(folder: StudyFolder) -> dict[str, dict]:
     if not path.exists():
         return {}
     trials = pd.read_csv(path)
-    done = trials[trials["status"] == "TERMINATED"]
+    done = trials[trials["status"] == TrialState.TERMINATED.value]
     rows = {}
     for row in done.to_dict("records"):
         row["freeze"] = json.loads(row["freeze"]) if isinstance(row.get("freeze"), str) else []

@@ -68,14 +68,15 @@ LATENCY_COLUMNS = ("latency_ms_per_s", "latency_cpu_ms_per_s", "latency_iqr_ms_p
 
 
 class TrialState(str, Enum):
-    """A trial's ``status`` in trials.csv (Ray Tune's). The one rule for "ended": TERMINATED. An ERROR
-    trial failed; a PENDING, RUNNING or PAUSED one was cut off by an interrupt (its last report is not
-    its result, and it may have no model)."""
+    """A trial's ``status`` in trials.csv (Ray Tune's, and the driver's INCOMPLETE). The one rule for
+    "ended": TERMINATED. An ERROR trial failed; a PENDING, RUNNING, PAUSED or INCOMPLETE one was cut off
+    by an interrupt (its last report is not its result, and it may have no model)."""
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     PAUSED = "PAUSED"
     TERMINATED = "TERMINATED"
     ERROR = "ERROR"
+    INCOMPLETE = "INCOMPLETE"
 
 
 class StudyFormatError(ValueError):

@@ -37,7 +37,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ser_tune.search.space import Param, parse_space
+from ser_tune.search.space import Param, parse_space, to_tune_space
 
 
 class StrategyError(ValueError):
@@ -146,6 +146,15 @@ class StrategyBase:
         if self.constraints is None:
             return ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent)
         return ConstrainedLimiter(searcher, max_concurrent=self.max_concurrent, constraints=self.constraints)
+
+    def searched(self, searcher, notes: str, *, limit: bool = True, **given) -> SearchPlan:
+        """The plan of ``searcher`` over the space for the budget: ``limited`` unless ``limit`` is False (a
+        searcher that limits itself), its warm-up, native values decoded; fields in ``given`` replace these."""
+        if "param_space" not in given:
+            given["param_space"] = to_tune_space(self._require_space())
+        return SearchPlan(**{"strategy": self.name, "searcher": self.limited(searcher) if limit else searcher,
+                             "num_samples": self.budget, "warmup": self.warmup, "decode": native_config,
+                             "notes": notes, **given})
 
     def _require_space(self) -> dict[str, Param]:
         if not self.space:

@@ -86,13 +86,6 @@ class GPStrategy(StrategyBase):
         space = self._require_space()
         searcher = BudgetBayesOptSearch(metric=self.metric, mode=self.mode, random_state=self.seed,
                                         random_search_steps=self.warmup, patience=self.budget)
-        return SearchPlan(
-            strategy=self.name,
-            searcher=self.limited(searcher),
-            param_space=relax_space(space),
-            num_samples=self.budget,
-            warmup=self.warmup,
-            decode=RelaxedDecoder(space),
-            notes=f"GP-BO (bayesian-optimization, UCB), {self.warmup} random warm-up trials of {self.budget}; "
-                  "ints and choices relaxed to floats",
-        )
+        return self.searched(searcher, f"GP-BO (bayesian-optimization, UCB), {self.warmup} random warm-up trials "
+                                       f"of {self.budget}; ints and choices relaxed to floats",
+                             param_space=relax_space(space), decode=RelaxedDecoder(space))

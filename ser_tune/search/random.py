@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from ser_tune.search.base import SearchPlan, StrategyBase, native_config
-from ser_tune.search.space import to_tune_space
+from ser_tune.search.base import SearchPlan, StrategyBase
 
 
 class RandomStrategy(StrategyBase):
@@ -23,12 +22,5 @@ class RandomStrategy(StrategyBase):
     def plan(self) -> SearchPlan:
         # BasicVariantGenerator ignores TuneConfig(max_concurrent_trials): it takes its own limit.
         searcher = BasicVariantGenerator(random_state=self.seed, max_concurrent=self.max_concurrent)
-        return SearchPlan(
-            strategy=self.name,
-            searcher=searcher,
-            param_space=to_tune_space(self._require_space()),
-            num_samples=self.budget,
-            warmup=self.budget,
-            decode=native_config,
-            notes=f"random search, {self.budget} random trials",
-        )
+        return self.searched(searcher, f"random search, {self.budget} random trials", limit=False,
+                             warmup=self.budget)

@@ -40,8 +40,7 @@ from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quan
 from ray.tune.search.variant_generator import parse_spec_vars
 from ray.tune.utils.util import unflatten_dict
 
-from ser_tune.search.base import SearchPlan, StrategyBase, native, native_config, one_blas_thread
-from ser_tune.search.space import to_tune_space
+from ser_tune.search.base import SearchPlan, StrategyBase, native, one_blas_thread
 
 
 def tune_space_to_dimensions(config: dict) -> tuple[list[str], list]:
@@ -168,12 +167,5 @@ class SkoptStrategy(StrategyBase):
     def plan(self) -> SearchPlan:
         searcher = SkoptSearcher(metric=self.metric, mode=self.mode, n_initial_points=self.warmup,
                                  random_state=self.seed, base_estimator="GP")
-        return SearchPlan(
-            strategy=self.name,
-            searcher=self.limited(searcher),
-            param_space=to_tune_space(self._require_space()),
-            num_samples=self.budget,
-            warmup=self.warmup,
-            decode=native_config,
-            notes=f"GP-BO (scikit-optimize, gp_hedge), {self.warmup} random warm-up trials of {self.budget}",
-        )
+        return self.searched(searcher, f"GP-BO (scikit-optimize, gp_hedge), {self.warmup} random warm-up trials "
+                                       f"of {self.budget}")

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from ser_tune.search.base import SearchPlan, StrategyBase, native_config
-from ser_tune.search.space import to_tune_space
+from ser_tune.search.base import SearchPlan, StrategyBase
 
 
 class TPEStrategy(StrategyBase):
@@ -24,12 +23,4 @@ class TPEStrategy(StrategyBase):
     def plan(self) -> SearchPlan:
         searcher = HyperOptSearch(metric=self.metric, mode=self.mode,
                                   n_initial_points=self.warmup, random_state_seed=self.seed)
-        return SearchPlan(
-            strategy=self.name,
-            searcher=self.limited(searcher),
-            param_space=to_tune_space(self._require_space()),
-            num_samples=self.budget,
-            warmup=self.warmup,
-            decode=native_config,
-            notes=f"TPE (hyperopt), {self.warmup} random warm-up trials of {self.budget}",
-        )
+        return self.searched(searcher, f"TPE (hyperopt), {self.warmup} random warm-up trials of {self.budget}")

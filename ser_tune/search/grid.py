@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from ser_tune.search.base import SearchPlan, StrategyBase, StrategyError, native_config
+from ser_tune.search.base import SearchPlan, StrategyBase, StrategyError
 from ser_tune.search.space import default_grid, grid_points, grid_size, parse_grid, to_grid_space
 
 
@@ -47,13 +47,5 @@ class GridStrategy(StrategyBase):
             searcher = BasicVariantGenerator(points_to_evaluate=first, max_concurrent=self.max_concurrent)
             num_samples = expected = self.budget
             notes = f"grid search, first {self.budget} of {size} points in Ray's grid order"
-        return SearchPlan(
-            strategy=self.name,
-            searcher=searcher,
-            param_space=to_grid_space(grid),
-            num_samples=num_samples,
-            warmup=0,
-            decode=native_config,
-            notes=notes,
-            expected_trials=expected,
-        )
+        return self.searched(searcher, notes, limit=False, param_space=to_grid_space(grid), num_samples=num_samples,
+                             warmup=0, expected_trials=expected)

@@ -6,6 +6,9 @@ cumulative trial CPU-seconds, trials); ``results.repeats`` turns them into the e
 time (COCO's ERT, with a bootstrap interval), the runtime ECDF, mean ± SE best-so-far curves and a
 one-sided rank test of each strategy against random search, Holm-corrected. Grid search runs its
 grid once per fold; a test needs at least 2 runs on each side, and its verdict says so.
+Beside the user's thresholds, a ladder of targets from the untuned default's value to the best any
+run reached (``results.profiles``) gives ERT at every level and the data profiles, and each verdict
+comes with the smallest A12 its test could detect (``results.power``).
 """
 from __future__ import annotations
 
@@ -57,15 +60,17 @@ def ert_rows(runs: pd.DataFrame, seed: int = 0) -> dict[str, dict]:
 
 
 def verdicts(runs: pd.DataFrame, strategies: list[str], final_test: pd.DataFrame | None = None,
-             runs_word: str = "repeats") -> dict[str, str]:
-    """strategy -> one sentence against random search on time to the threshold (wall-clock), and on
-    the final test metric when given (``final_test``: one row per run, ``strategy`` and ``value``)."""
+             runs_word: str = "repeats", detectable: dict[str, str] | None = None) -> dict[str, str]:
+    """strategy -> one sentence against random search on time to the threshold (wall-clock), followed
+    by ``detectable``'s clause for it (what that test could have found), and on the final test metric
+    when given (``final_test``: one row per run, ``strategy`` and ``value``)."""
     if REFERENCE not in strategies:
         return {s: f"no random search in this study to compare {s} with" for s in strategies}
     out = {REFERENCE: "random search is the reference"}
     for row in repeats.time_to_target_comparison(runs, "seconds", reference=REFERENCE,
                                                  runs_word=runs_word).to_dict("records"):
-        out[row["strategy"]] = row["verdict"]
+        clause = (detectable or {}).get(row["strategy"])
+        out[row["strategy"]] = row["verdict"] + (f"; {clause}" if clause else "")
     if final_test is not None and not final_test.empty:
         tested = repeats.compare_to_reference(final_test, "value", larger_is_better=True,
                                               claim="scores a higher test metric", reference=REFERENCE,
@@ -138,8 +143,8 @@ def detectable_sentence(comparison: dict, runs_word: str) -> str:
     figure = comparison["power"]["min_detectable_a12"]
     runs = f"{comparison['power']['runs']} and {comparison['power']['reference_runs']} {runs_word}"
     if figure is None:
-        return f"at {runs} no effect is detectable at alpha {ALPHA:g}, Holm-adjusted"
-    return (f"at {runs} the test detects A12 >= {figure:.2f} with {power.POWER:.0%} power "
+        return f"at {runs} this test can detect no effect at alpha {ALPHA:g}, Holm-adjusted"
+    return (f"at {runs} this test detects A12 >= {figure:.2f} with {power.POWER:.0%} power "
             f"(alpha {ALPHA:g}, Holm over {comparison['power']['comparisons']})")
 
 
@@ -167,14 +172,14 @@ def add_repeated(study: StudyFolder, thresholds, strategies: dict) -> dict:
         entry["power"] = {"repeats": entry["repeats"], "min_detectable_a12": None}
     if thresholds:
         top = tables[float(max(thresholds))]
-        sentences = verdicts(top, study.strategies, final_test_values(study), word)
         compared = reference_comparison(top, {s: strategies[s]["repeats"] for s in study.strategies}, word, seed) \
             if REFERENCE in study.strategies else {}
+        sentences = verdicts(top, study.strategies, final_test_values(study), word,
+                             {s: detectable_sentence(c, word) for s, c in compared.items()})
         for strategy in study.strategies:
             entry = strategies[strategy]
             entry["verdict"] = sentences.get(strategy, "")
             if strategy in compared:
                 entry["comparison"] = compared[strategy]
                 entry["power"] = compared[strategy]["power"]
-                entry["verdict"] += f"; {detectable_sentence(compared[strategy], word)}"
     return {"targets": ladder}

@@ -167,15 +167,18 @@ def plot_data_profile(studies: list[StudyFolder], out_dir: Path) -> PlotResult |
         tables = list(run_tables(study, ladder, streams, totals).values())
         for ax, clock in zip(axes, ("seconds", "trials")):
             profile = profiles.data_profile(tables, clock)
+            end = float(tables[0][f"{clock}_total"].max()) if tables else 0.0   # flat to the last run's end
             for strategy in study.strategies:
                 own = profile[profile["strategy"] == strategy]
-                x = np.concatenate([[0.0], own[clock].to_numpy(float)])
-                y = np.concatenate([[0.0], own["fraction"].to_numpy(float)])
+                x = np.concatenate([[0.0], own[clock].to_numpy(float), [end]])
+                fraction = own["fraction"].to_numpy(float)
+                y = np.concatenate([[0.0], fraction, [fraction[-1] if len(fraction) else 0.0]])
                 ax.step(x, y, where="post", label=_series_label(study, strategy, len(studies) > 1))
     for ax, label in zip(axes, ("seconds since the run started", "trials")):
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-0.02, 1.02)
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("fraction of (run, target) pairs reached")
     axes[1].legend(fontsize=8)
     fig.suptitle(title)

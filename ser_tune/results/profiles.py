@@ -96,6 +96,6 @@ def data_profile(tables: Sequence[pd.DataFrame], clock: str) -> pd.DataFrame:
 
 
 def profile_points(profile: pd.DataFrame, strategy: str, clock: str) -> list[list[float]]:
-    """One strategy's data profile as [[time, fraction], ...] (the --json form)."""
+    """One strategy's data profile as [[time, fraction], ...] (the --json form; times to the millisecond)."""
     own = profile[profile["strategy"] == strategy]
-    return [[float(t), float(f)] for t, f in zip(own[clock], own["fraction"])]
+    return [[round(float(t), 3), float(f)] for t, f in zip(own[clock], own["fraction"])]

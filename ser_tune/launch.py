@@ -109,7 +109,8 @@ def launch_json(summary: dict, folder) -> dict:
         strategies[name] = row
     incomplete = [name for name, s in strategies.items() if s.get("status") != "done"]
     return {"study_dir": str(folder.dir), "status": folder.meta.get("status"), "incomplete": incomplete,
-            "strategies": strategies, "baselines": entry.get("baselines"), "outer_folds": entry.get("outer_folds"),
+            "strategies": strategies, "targets": entry.get("targets"),
+            "baselines": entry.get("baselines"), "outer_folds": entry.get("outer_folds"),
             "best_model": folder.meta.get("best_model", {}).get("path")}
 
 

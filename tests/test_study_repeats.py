@@ -55,11 +55,21 @@ def test_repeats_differ_by_seed_agree_with_it_and_carry_ert_and_verdicts(tmp_pat
             assert _configs(first["study_dir"], unit) == _configs(again["study_dir"], unit)
     tpe = first["strategies"]["tpe"]
     assert tpe["repeats"] == 2 and tpe["runs"] == 2
-    assert set(tpe["ert"]) == {"0.3", "0.9"}
+    # ERT at the user's thresholds and at each target of the ladder (default's value to the best reached)
+    assert len(first["targets"]) >= 5 and first["targets"] == sorted(first["targets"])
+    assert set(tpe["ert"]) == {"0.3", "0.9", *(f"{t:g}" for t in first["targets"])}
     for ert in tpe["ert"].values():
         assert {"seconds", "low", "high", "trials", "success_rate"} <= set(ert)
         assert 0 <= ert["success_rate"] <= 1
-    assert "random" in tpe["verdict"]
+    top = f"{first['targets'][-1]:g}"   # the best any run reached: some run of some strategy got there
+    assert max(first["strategies"][s]["ert"][top]["success_rate"] for s in ("tpe", "random")) > 0
+    for strategy in ("tpe", "random"):
+        profile = first["strategies"][strategy]["data_profile"]
+        assert all(0 < f <= 1 for _, f in profile) and [f for _, f in profile] == sorted(f for _, f in profile)
+    assert "random" in tpe["verdict"] and "A12" in tpe["verdict"]
+    # 2 runs a side: no effect is detectable, and the json says so
+    assert tpe["power"] == {**tpe["power"], "repeats": 2, "min_detectable_a12": None}
+    assert tpe["comparison"]["reference"] == "random" and tpe["comparison"]["threshold"] == 0.9
     # the held-out figures and the baselines beside them, on the study's one fold
     assert len(first["outer_folds"]) == 1
     assert first["baselines"]["probe"]["folds"][0] is not None
@@ -68,6 +78,8 @@ def test_repeats_differ_by_seed_agree_with_it_and_carry_ert_and_verdicts(tmp_pat
     report = (Path(first["study_dir"]) / "report.md").read_text()
     assert "## Repeated runs" in report and "## Speakers the search never heard" in report
     assert (Path(first["study_dir"]) / "plots" / "runtime_ecdf.png").is_file()
+    assert (Path(first["study_dir"]) / "plots" / "data_profile.png").is_file()
+    assert "Detectable A12" in report and "data profile" in report
 
 
 def test_outer_folds_and_cross_validated_trials_test_every_speaker_once(tmp_path):

@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from ..study.folder import StudyFolder
-from . import fronts, repeats, timing
-from .ert import run_tables
+from . import fronts, profiles, repeats, timing
+from .ert import run_reports, run_tables, target_ladder
 
 LOG_SCALE_SETTINGS = ("cfg_lr", "cfg_head_lr", "cfg_learning_rate", "cfg_weight_decay")
 
@@ -150,6 +150,38 @@ def plot_runtime_ecdf(studies: list[StudyFolder], thresholds: list[float], out_d
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return PlotResult(title, _save(fig, out_dir / "runtime_ecdf.png"))
+
+
+def plot_data_profile(studies: list[StudyFolder], out_dir: Path) -> PlotResult | None:
+    """Data profiles: per strategy, the fraction of (run, target) pairs over the study's ladder of targets
+    reached against wall-clock seconds and against trials; None when every strategy ran once."""
+    title = "Data profiles: (run, target) pairs reached over the ladder of targets"
+    if not any(len(s.runs(st)) > 1 for s in studies for st in s.strategies):
+        return None
+    fig = Figure(figsize=(11, 4.5))
+    axes = fig.subplots(1, 2, sharey=True)
+    for study in studies:
+        streams, totals = run_reports(study)
+        ladder = target_ladder(study, streams)
+        tables = list(run_tables(study, ladder, streams, totals).values())
+        for ax, clock in zip(axes, ("seconds", "trials")):
+            profile = profiles.data_profile(tables, clock)
+            end = float(tables[0][f"{clock}_total"].max()) if tables else 0.0   # flat to the last run's end
+            for strategy in study.strategies:
+                own = profile[profile["strategy"] == strategy]
+                x = np.concatenate([[0.0], own[clock].to_numpy(float), [end]])
+                fraction = own["fraction"].to_numpy(float)
+                y = np.concatenate([[0.0], fraction, [fraction[-1] if len(fraction) else 0.0]])
+                ax.step(x, y, where="post", label=_series_label(study, strategy, len(studies) > 1))
+    for ax, label in zip(axes, ("seconds since the run started", "trials")):
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylabel("fraction of (run, target) pairs reached")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    return PlotResult(title, _save(fig, out_dir / "data_profile.png"))
 
 
 def plot_hyperparameters(studies: list[StudyFolder], out_dir: Path) -> PlotResult:
@@ -336,7 +368,7 @@ def plot_hypervolume(studies: list[StudyFolder], out_dir: Path) -> PlotResult | 
 
 
 PLOT_FILES = ("best_vs_time.png", "best_vs_trials.png", "runtime_ecdf.png", "hyperparameters.png", "confusion.png",
-              "fronts.png", "hypervolume_vs_time.png")
+              "fronts.png", "hypervolume_vs_time.png", "data_profile.png")
 
 
 def make_plots(studies: list[StudyFolder], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
@@ -344,6 +376,7 @@ def make_plots(studies: list[StudyFolder], thresholds: list[float], out_dir: Pat
     for name in PLOT_FILES:  # a plot skipped now must not leave an earlier run's file behind
         (out_dir / name).unlink(missing_ok=True)
     plots = [*plot_best_so_far(studies, thresholds, out_dir), plot_runtime_ecdf(studies, thresholds, out_dir),
+             plot_data_profile(studies, out_dir),
              plot_hyperparameters(studies, out_dir), plot_confusion(studies, out_dir),
              plot_fronts(studies, out_dir), plot_hypervolume(studies, out_dir)]
     return [plot for plot in plots if plot is not None]

@@ -43,6 +43,7 @@ TIMING_DEFINITIONS = """\
 """
 
 PLOT_WORDS = {"best_vs_time.png": "best so far against wall-clock", "fronts.png": "Pareto fronts",
+              "data_profile.png": "data profiles against wall-clock and trials",
               "hypervolume_vs_time.png": "hypervolume against wall-clock",
               "best_vs_trials.png": "best so far against trial index",
               "hyperparameters.png": "hyper-parameters", "confusion.png": "confusion matrix"}
@@ -180,8 +181,9 @@ def repeated_section(entry: dict, several: bool) -> str:
     if not strategies:
         return ""
     rows = []
+    user = {f"{t:g}" for t in entry.get("thresholds", [])}
     for name, e in strategies.items():
-        for threshold, ert in e["ert"].items():
+        for threshold, ert in ((k, v) for k, v in e["ert"].items() if k in user):
             rows.append([name, threshold, f"{ert['reached']}/{ert['runs']}", _interval(ert, "seconds"),
                          _interval(ert, "cpu_seconds"), _interval(ert, "trials", digits=1)])
     header = ["Strategy", "Threshold", "Runs that reached it", "ERT wall-clock s [95 % CI]",
@@ -192,7 +194,46 @@ def repeated_section(entry: dict, several: bool) -> str:
             "else all of it) over the runs that reached it; infinite when none did. The interval is a bootstrap "
             "over runs. A run is one repeat of a strategy on one outer fold.\n\n"
             + markdown_table(header, rows) + "\nAgainst random search (one-sided Mann-Whitney over runs, Holm-"
-            "corrected over strategies; unreached runs rank last):\n\n" + verdicts + "\n")
+            "corrected over strategies; unreached runs rank last):\n\n" + verdicts + "\n"
+            + comparison_section(entry, strategies))
+
+
+def comparison_section(entry: dict, strategies: dict) -> str:
+    """The ladder of targets with each strategy's ERT there, and per strategy against random search its
+    verdict, Holm p, A12 with its interval and the A12 its test could detect (``results.power``)."""
+    parts = []
+    targets = [f"{t:g}" for t in entry.get("targets") or []]
+    if targets:
+        rows = [[name] + [_ladder_cell(e["ert"].get(t)) for t in targets] for name, e in strategies.items()]
+        parts.append("\nTargets spread from the untuned default's value (else the worst first trial) to the best "
+                     "value any run reached: ERT wall-clock s [95 % CI] (runs that reached it). The data profile "
+                     "plot pools them: the fraction of (run, target) pairs reached against time.\n\n"
+                     + markdown_table(["Strategy", *targets], rows))
+    compared = {n: e["comparison"] for n, e in strategies.items() if e.get("comparison")}
+    if compared:
+        rows = [[name, "faster" if c["significant"] else "no evidence of a difference",
+                 "—" if c["p_holm"] is None else f"{c['p_holm']:.2g}", _a12(c),
+                 "none detectable" if c["power"]["min_detectable_a12"] is None
+                 else f"{c['power']['min_detectable_a12']:.2f}"] for name, c in compared.items()]
+        top = next(iter(compared.values()))
+        parts.append(f"\nAgainst random search, time to {top['threshold']:g} (A12: chance a run is faster than a "
+                     "random-search run; 0.5 is no difference). The last column is the smallest A12 the test "
+                     f"finds with {top['power']['power']:.0%} power at these runs (Holm-adjusted alpha "
+                     f"{top['power']['alpha']:g}; simulated normal shifts): a true effect below it is likely to "
+                     "go unseen.\n\n" + markdown_table(
+                         ["Strategy", "Verdict", "Holm p", "A12 [95 % CI]", "Detectable A12 (80 % power)"], rows))
+    return "".join(parts)
+
+
+def _ladder_cell(ert: dict | None) -> str:
+    return "—" if ert is None else f"{_interval(ert, 'seconds')} ({ert['reached']}/{ert['runs']})"
+
+
+def _a12(comparison: dict) -> str:
+    if comparison["a12"] is None:
+        return "—"
+    low, high = comparison["a12_low"], comparison["a12_high"]
+    return f"{comparison['a12']:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
 
 
 def deployment_section(study: StudyFolder, entry: dict, several: bool) -> str:

@@ -138,7 +138,7 @@ def summary_json(study_dirs, thresholds: list[float] | None = None) -> dict:
                  "strategies": strategies}
         entry.update(held_out_summary(study, strategies))
         if any(row["runs"] > 1 for row in rows.to_dict("records")):
-            add_repeated(study, own, strategies)
+            entry.update(add_repeated(study, own, strategies))
         if study.front_objectives:
             add_fronts(study, strategies)
         out.append(entry)

@@ -23,6 +23,7 @@ import pandas as pd
 from ..training.trainable import TRIAL_COMPLETE as FINAL_KEY
 from ..training.trainable import read_reports
 from .folder import EPOCHS_FILE, TRIALS_FILE, UNIT_DONE, UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
+from .optuna_store import recorder_for
 from .progress import TrialProgress
 from .session import Cluster
 
@@ -137,10 +138,18 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
                                     max_concurrent_trials=unit.max_concurrent_trials,
                                     time_budget_s=unit.time_budget_s),
         run_config=tune.RunConfig(name=unit.name, storage_path=str(folder.dir), verbose=verbose,
-                                  callbacks=[unit.progress] if unit.progress is not None and verbose == 0 else None,
+                                  callbacks=unit_callbacks(folder, unit, verbose),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   # a node lost mid-trial: the trial restarts from its epoch state elsewhere
                                   failure_config=tune.FailureConfig(max_failures=2)))
+
+
+def unit_callbacks(folder: StudyFolder, unit: Unit, verbose: int) -> list:
+    """On the driver, as each trial ends: its line (unless Ray's own tables show it) and its record in the
+    study folder's Optuna storage (STUDY/optuna.db, for optuna-dashboard)."""
+    callbacks = [unit.progress] if unit.progress is not None and verbose == 0 else []
+    recorder = recorder_for(folder.dir, folder.meta, unit.name, unit.tags)
+    return callbacks + ([recorder] if recorder is not None else [])
 
 
 def time_budget_spent(unit: Unit, entry: dict) -> bool:

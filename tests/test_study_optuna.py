@@ -164,6 +164,7 @@ def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
     text = log.read_text()
     study_dir = next((tmp_path / "studies").glob("live-*"))
     assert f"optuna-dashboard sqlite:///{study_dir / STORE_FILE}" in text
+    assert f"paste the content of {study_dir / 'ray_auth_token'}" in text
     assert seen_live.get("tpe", (0, False))[1], f"no tpe trial seen in {STORE_FILE} while the study ran"
     trials = pd.read_csv(study_dir / "trials.csv", dtype={"trial_id": str})
     searched = trials[trials.strategy.isin(["tpe", "random"])]
@@ -176,3 +177,16 @@ def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
             assert recorded[row.trial_id].params["num_epochs"] == row.cfg_num_epochs
     names = {s["study_name"] for s in _dashboard_studies(study_dir / STORE_FILE)}
     assert names == {study_name("tpe", 0, 0), study_name("random", 0, 0)}
+
+
+def test_the_launcher_says_how_to_log_in_to_the_ray_dashboard_and_that_it_closes_with_the_study():
+    from ser_tune.study.cli import dashboard_lines
+    from ser_tune.study.session import Cluster
+
+    text = dashboard_lines(Cluster(cpus=2, largest_node=2, nodes=1, dashboard="http://127.0.0.1:8265",
+                                   token_file="/s/ray_auth_token"))
+    first, login = text.splitlines()
+    assert first == "Ray dashboard: http://127.0.0.1:8265 (token: /s/ray_auth_token)"
+    assert "paste the content of /s/ray_auth_token" in login and "closes when the study ends" in login
+    joined = dashboard_lines(Cluster(cpus=2, largest_node=2, nodes=1, dashboard="http://10.0.0.1:8265"))
+    assert joined == "Ray dashboard: http://10.0.0.1:8265"     # a cluster's dashboard: its own token, its own life

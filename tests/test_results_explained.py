@@ -10,7 +10,6 @@ from matplotlib.figure import Figure
 from ser_tune.results import compare, load_study
 from ser_tune.results.plots import draw_best_so_far, hyperparameter_figure, panel_grid
 from ser_tune.results.report import render_report
-from ser_tune.results.tables import config_columns
 from test_results_study import make_study
 
 
@@ -86,7 +85,7 @@ def test_panels_leave_at_most_the_legends_cell_free(panels, grid):
 
 def test_hyperparameter_panels_ring_the_best_trial_and_none_is_empty(tmp_path):
     study = load_study(make_study(tmp_path))
-    columns = config_columns(study)
+    columns = [c for c in study.trials.columns if c.startswith("cfg_")]
     fig = hyperparameter_figure([study], columns, "t")
     panels = [ax for ax in fig.axes if ax.axison]
     assert len(panels) == len(columns) == 2 and all(ax.collections for ax in panels)

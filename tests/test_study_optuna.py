@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -175,6 +176,11 @@ def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
         for row in rows.itertuples():
             assert recorded[row.trial_id].value == pytest.approx(row.val_bca)
             assert recorded[row.trial_id].params["num_epochs"] == row.cfg_num_epochs
+    # one trial numbering: the launcher's "trial N" is trials.csv's trial_index + 1 (start order), as in the plots
+    for strategy, rows in searched.groupby("strategy"):
+        printed = {int(m.group(1)): float(m.group(2)) for m in
+                   re.finditer(rf"^{strategy}\s+\d+/3  trial (\d+)  val_bca ([0-9.]+)", text, re.M)}
+        assert printed == {int(r.trial_index) + 1: pytest.approx(r.val_bca, abs=5e-4) for r in rows.itertuples()}
     names = {s["study_name"] for s in _dashboard_studies(study_dir / STORE_FILE)}
     assert names == {study_name("tpe", 0, 0), study_name("random", 0, 0)}
 

@@ -36,7 +36,10 @@ def _result(val=0.5, **extra) -> dict:
 
 def test_a_strategy_runs_trials_land_in_its_own_optuna_study(tmp_path):
     recorder = recorder_for(tmp_path, _meta(), "tpe-r1", {"strategy": "tpe", "outer_fold": 0, "repeat": 1})
-    recorder.record("a1", _result(0.5), failed=False)
+    log = tmp_path / "a1.jsonl"   # the trial's report log: one row per epoch
+    log.write_text("\n".join(json.dumps({"epoch": e, "val_bca": max(v, 0.4), "epoch_val_bca": v})
+                             for e, v in ((1, 0.4), (2, 0.5), (3, 0.45))) + "\n")
+    recorder.record("a1", _result(0.5, reports=str(log)), failed=False)
     recorder.record("a2", _result(0.7, cfg_lr=5e-3), failed=False)
     recorder.record("a2", _result(0.7), failed=False)           # a resumed unit: not twice
     recorder.record("a3", _result(None), failed=True)
@@ -52,6 +55,7 @@ def test_a_strategy_runs_trials_land_in_its_own_optuna_study(tmp_path):
     assert attrs["unit"] == "tpe-r1" and attrs["repeat"] == 1 and attrs["outer_fold"] == 0
     assert attrs["test_bca"] == 0.4 and attrs["seconds"] == 3.5 and attrs["node"] == "127.0.0.1/abc"
     assert attrs["trial_id"] == "a1"
+    assert trials[0].intermediate_values == {1: 0.4, 2: 0.5, 3: 0.45}    # each epoch's own value
 
 
 def test_pickled_recorder_reopens_the_storage(tmp_path):

@@ -72,8 +72,8 @@ def dashboard_lines(cluster: Cluster) -> str:
     lines = [f"Ray dashboard: {cluster.dashboard}{token}"]
     if cluster.token_file:
         lines.append(f"  log in: paste the content of {cluster.token_file} (cat it) into the dashboard's token "
-                     f"dialog; this study made that token, so the dialog's `ray get-auth-token` hint does not "
-                     f"apply. The dashboard closes when the study ends.")
+                     f"dialog (its `ray get-auth-token` hint reads another file). The dashboard closes when the "
+                     f"study ends.")
     return "\n".join(lines)
 
 

@@ -180,6 +180,8 @@ def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
         for row in rows.itertuples():
             assert recorded[row.trial_id].value == pytest.approx(row.val_bca)
             assert recorded[row.trial_id].params["num_epochs"] == row.cfg_num_epochs
+            assert recorded[row.trial_id].user_attrs["trial"] == row.trial_index + 1    # start order, from 1
+        assert study.metric_names == ["val_bca"]
     # one trial numbering: the launcher's "trial N" is trials.csv's trial_index + 1 (start order), as in the plots
     for strategy, rows in searched.groupby("strategy"):
         printed = {int(m.group(1)): float(m.group(2)) for m in

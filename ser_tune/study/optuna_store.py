@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import datetime
 import math
+import warnings
 from pathlib import Path
 
 from ray.tune import Callback
 
 from ..search.space import Param, parse_space
 from ..training.trainable import read_reports
+from .progress import start_number
 
 STORE_FILE = "optuna.db"
 ENDED = ("TERMINATED", "ERROR")
@@ -92,22 +94,29 @@ class OptunaRecorder(Callback):
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             self._study = optuna.create_study(storage=self.url, study_name=self.name, load_if_exists=True,
                                               directions=[DIRECTIONS[m] for m in self.objectives.values()])
+            with warnings.catch_warnings():   # set_metric_names is marked experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._study.set_metric_names(list(self.objectives))   # the dashboard says val_bca, not "Objective 0"
             for key, value in self.attrs.items():
                 self._study.set_user_attr(key, value)
         return self._study
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=False)
+        self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=False,
+                    number=start_number(trials, trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=True)
+        self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=True,
+                    number=start_number(trials, trial))
 
-    def record(self, trial_id: str, result: dict, *, failed: bool) -> None:
+    def record(self, trial_id: str, result: dict, *, failed: bool, number: int | None = None) -> None:
+        """Add one ended trial; ``number``: its place in start order (Optuna numbers trials in the order
+        they are added, which is the order they ended), kept as the user attribute ``trial``."""
         study = self.open()
         if any(t.user_attrs.get("trial_id") == trial_id for t in study.get_trials(deepcopy=False)):
             return   # a resumed unit: this trial is there already
-        study.add_trial(frozen_trial(result, trial_id, self.objectives, self.distributions(), self.attrs,
-                                     failed=failed))
+        attrs = self.attrs if number is None else {**self.attrs, "trial": number}
+        study.add_trial(frozen_trial(result, trial_id, self.objectives, self.distributions(), attrs, failed=failed))
 
     def distributions(self) -> dict:
         return distributions(parse_space(self.space_raw) if self.space_raw else {}, self.grid)

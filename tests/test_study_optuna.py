@@ -202,3 +202,16 @@ def test_the_launcher_says_how_to_log_in_to_the_ray_dashboard_and_that_it_closes
     assert "paste the content of /s/ray_auth_token" in login and "closes when the study ends" in login
     joined = dashboard_lines(Cluster(cpus=2, largest_node=2, nodes=1, dashboard="http://10.0.0.1:8265"))
     assert joined == "Ray dashboard: http://10.0.0.1:8265"     # a cluster's dashboard: its own token, its own life
+
+
+def test_a_storage_that_cannot_be_written_costs_one_line_not_the_study(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    (tmp_path / "blocked").mkdir()
+    recorder = recorder_for(tmp_path / "blocked", _meta(), "tpe", {"strategy": "tpe", "outer_fold": 0, "repeat": 0})
+    (tmp_path / "blocked").rmdir()
+    (tmp_path / "blocked").write_text("a file where the study folder was")   # SQLite cannot open blocked/optuna.db
+    trial = SimpleNamespace(trial_id="f1", last_result=_result(0.5))
+    recorder.on_trial_complete(0, [trial], trial)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{tmp_path / 'blocked' / STORE_FILE}: trial f1 not recorded (") and "goes on" in line

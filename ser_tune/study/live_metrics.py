@@ -51,14 +51,18 @@ class StudyMetrics(Callback):
             self._made = (ended, budget, best)
         return self._made
 
-    def setup(self, **info):
-        self.made()
-
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.ended((getattr(trial, "last_result", None) or {}).get(self.metric))
+        self.ended_safely((getattr(trial, "last_result", None) or {}).get(self.metric))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.ended(None)
+        self.ended_safely(None)
+
+    def ended_safely(self, value) -> None:
+        """Metrics are a view: one that cannot be recorded never stops the study."""
+        try:
+            self.ended(value)
+        except Exception as exc:   # noqa: BLE001 - whatever the metrics client raises
+            print(f"{self.tags['unit']}: progress metrics not recorded ({type(exc).__name__}: {exc})", flush=True)
 
     def ended(self, value) -> None:
         ended, _, best = self.made()

@@ -102,12 +102,20 @@ class OptunaRecorder(Callback):
         return self._study
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=False,
-                    number=start_number(trials, trial))
+        self.record_safely(trial, trials, failed=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=True,
-                    number=start_number(trials, trial))
+        self.record_safely(trial, trials, failed=True)
+
+    def record_safely(self, trial, trials, *, failed: bool) -> None:
+        """The study goes on when its Optuna copy cannot be written (a full disk, a locked file): one line."""
+        try:
+            self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=failed,
+                        number=start_number(trials, trial))
+        except Exception as exc:   # noqa: BLE001 - any storage error; trials.csv stays the record
+            self._study = None
+            print(f"{self.url[len('sqlite:///'):]}: trial {trial.trial_id} not recorded "
+                  f"({type(exc).__name__}: {exc}); the study goes on, trials.csv has it", flush=True)
 
     def record(self, trial_id: str, result: dict, *, failed: bool, number: int | None = None) -> None:
         """Add one ended trial; ``number``: its place in start order (Optuna numbers trials in the order

@@ -336,8 +336,8 @@ def smoke_test_words(meta: dict) -> str:
     """What a study on the synthetic stand-in is for, in words (the report's and the launcher's)."""
     spec = str((meta.get("encoder") or {}).get("spec") or (meta.get("experiment") or {}).get("encoder") or "")
     encoder = (" with a tiny randomly initialised encoder" if spec.startswith("tiny-") else "")
-    return (f"This is a smoke test: a generated stand-in corpus (synthesised voices, not recorded speech){encoder} checks that every "
-            "step runs. Its scores mean nothing about emotion recognition, and its tuned models need not beat "
+    return (f"This is a smoke test: a generated stand-in corpus (synthesised voices, not recorded speech){encoder} "
+            "checks that every step runs. Its scores mean nothing about emotion recognition, and its tuned models need not beat "
             "the linear probe (a few epochs of a random encoder against a probe on all its layers). For a real "
             "answer: `python -m ser_tune.launch experiments/emodb.yaml` (EmoDB, Whisper-base).")
 

@@ -6,9 +6,9 @@ file, and each of its trials is added there by the driver when Ray Tune says it 
 settings with their distributions (from the experiment's search space, or the grid's values), its
 value(s) in the study's direction(s), the validation metric of every epoch as intermediate values, and
 user attributes (unit, outer fold, repeat, `trial`: its number in start order, held-out test metric,
-seconds, node, Ray's trial id). The
-file outlives the study and Ray: ``optuna-dashboard sqlite:///STUDY/optuna.db`` shows history, parallel
-coordinates, importances and Pareto fronts while the study runs and after it.
+seconds, node, Ray's trial id). The file outlives the study and Ray: ``optuna-dashboard
+sqlite:///STUDY/optuna.db`` shows history, parallel coordinates, importances and Pareto fronts while
+the study runs and after it.
 
 Only Optuna's public API writes the file (``optuna.create_study(storage=..., load_if_exists=True)``,
 ``optuna.trial.create_trial``, ``Study.add_trial``); a trial already there (a resumed unit) is not added

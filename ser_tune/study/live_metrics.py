@@ -51,6 +51,13 @@ class StudyMetrics(Callback):
             self._made = (ended, budget, best)
         return self._made
 
+    def setup(self, **info):
+        """As the unit starts: its budget is known before any trial ends."""
+        try:
+            self.made()
+        except Exception as exc:   # noqa: BLE001 - whatever the metrics client raises
+            print(f"{self.tags['unit']}: progress metrics not recorded ({type(exc).__name__}: {exc})", flush=True)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.ended_safely((getattr(trial, "last_result", None) or {}).get(self.metric))
 

@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     prepare_for(args.address)   # before anything imports Ray
     exp = load(args)
     from .results import summary_json, write_report
+    from .results.report import smoke_test_words
     from .study.cli import finish_cli, run_study_cli
     from .strategies import StrategyStudy
 
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
     report = write_report(folder.dir)
     summary = summary_json([folder.dir])
     print_comparison(summary)
+    if (folder.meta.get("corpus") or {}).get("synthetic"):
+        print(f"\n{smoke_test_words(folder.meta)}")
     print(f"report: {report}")
     return finish_cli(outcome, launch_json(summary, folder))
 

@@ -40,6 +40,31 @@ def predict_files(model, paths, speakers=None) -> list[dict]:
     return [row if "error" in row else {**row, **next(predicted)} for row in rows]
 
 
+def provenance_warnings(meta: dict, asked: list[str] | None = None) -> list[str]:
+    """What the user should know before trusting the predictions: a model trained on the synthetic stand-in
+    (or with a tiny random encoder), and emotions asked about (``asked``) that the model cannot name, or names
+    it was trained on that were not asked about."""
+    warnings = []
+    source = meta.get("source") or {}
+    encoder = str(meta.get("encoder") or "")
+    if source.get("name") == "synthetic":
+        tiny = f" with the tiny random encoder {encoder}" if encoder.startswith("tiny-") else ""
+        warnings.append(f"this model was trained on the synthetic stand-in corpus (generated voices, not recorded "
+                        f"speech){tiny}: a smoke test, its predictions on real speech mean nothing; train on a real "
+                        f"corpus (e.g. python -m ser_tune.launch experiments/emodb.yaml)")
+    labels = [str(label) for label in meta.get("labels") or []]
+    if asked:
+        missing = [label for label in asked if label not in labels]
+        extra = [label for label in labels if label not in asked]
+        corpus = f" on {source['name']}" if source.get("name") else ""
+        if missing:
+            warnings.append(f"the model was trained{corpus} on {', '.join(labels)}; it can never answer "
+                            f"{', '.join(missing)}")
+        if extra:
+            warnings.append(f"the model also names {', '.join(extra)}, which were not asked about")
+    return warnings
+
+
 def choose_front_model(folder, max_latency: float) -> tuple[Path, dict]:
     """The folder and front.json entry (with ``chosen_by``: the latency column compared) of the most accurate
     front model within ``max_latency`` ms per second of audio; a ValueError naming the folder when there is
@@ -74,6 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-latency", type=float, metavar="MS_PER_S",
                    help="with a study's front (STUDY/front or STUDY): the most accurate front model whose latency "
                         "is at most MS_PER_S ms per second of audio")
+    p.add_argument("--labels", nargs="+", metavar="EMOTION",
+                   help="the emotions you want told apart: a warning names any the model was not trained on")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     if args.speakers is not None and len(args.speakers) != len(args.files):
@@ -94,10 +121,13 @@ def main(argv=None) -> int:
     except (ModelFolderError, EncoderError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    warnings = provenance_warnings(model.meta, args.labels)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     rows = predict_files(model, args.files, args.speakers)
     if args.json:
         print(json.dumps({"model": str(args.model_dir), "labels": model.labels, "predictions": rows,
-                          **({"front_model": chosen} if chosen else {})}))
+                          "warnings": warnings, **({"front_model": chosen} if chosen else {})}))
     else:
         for row in rows:
             if "error" in row:

@@ -65,8 +65,9 @@ def _env(service: dict) -> dict:
 
 
 def _ray_services(compose: dict) -> dict[str, dict]:
-    # Every service in the file is a Ray node (head or worker).
-    return compose["services"]
+    # The Ray nodes (head and workers: started by cluster/start-*.sh); prometheus and grafana are not.
+    return {name: svc for name, svc in compose["services"].items()
+            if str((svc.get("command") or [""])[0]).startswith("cluster/start-")}
 
 
 # ----- checks: each returns a list of human-readable problems -----
@@ -263,6 +264,24 @@ def test_every_variable_has_a_default():
     _interpolate_defaults(COMPOSE_FILE.read_text())
 
 
+def test_prometheus_and_grafana_read_rays_session_and_the_dashboard_finds_them():
+    compose = _load_compose()
+    services = compose["services"]
+    assert set(_ray_services(compose)) == {"ray-head", "worker"}
+    head, prometheus, grafana = services["ray-head"], services["prometheus"], services["grafana"]
+    session = "ray-session:/tmp/ray"
+    assert session in head["volumes"] and "ray-session" in compose["volumes"]
+    for svc in (prometheus, grafana):   # read-only views of the head's session folder
+        assert f"{session}:ro" in svc["volumes"]
+        assert svc["depends_on"]["ray-head"]["condition"] == "service_healthy"
+    assert "--config.file=/tmp/ray/session_latest/metrics/prometheus/prometheus.yml" in prometheus["command"]
+    assert _env(grafana)["GF_PATHS_PROVISIONING"] == "/tmp/ray/session_latest/metrics/grafana/provisioning"
+    env = _env(head)
+    assert env["RAY_PROMETHEUS_HOST"] == "http://prometheus:9090" and env["RAY_GRAFANA_HOST"] == "http://grafana:3000"
+    assert env["RAY_GRAFANA_IFRAME_HOST"] == "http://127.0.0.1:3000"
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"] and grafana["ports"] == ["127.0.0.1:3000:3000"]
+
+
 # ----- validation by docker-compose itself, where installed -----
 
 def _compose_cli() -> list[str] | None:
@@ -291,6 +310,7 @@ def test_docker_compose_config_validates():
     rendered = yaml.safe_load(done.stdout)
     assert rendered["services"]["worker"]["scale"] == 3
     assert _env(rendered["services"]["worker"])["RAY_NUM_CPUS"] == "4"
+    assert {"prometheus", "grafana"} <= set(rendered["services"])
 
 
 # ----- image -----

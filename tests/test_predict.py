@@ -51,3 +51,38 @@ def test_files_the_loader_would_skip_get_an_error_line_the_others_a_prediction(m
     rows = json.loads(capsys.readouterr().out)["predictions"]
     assert "emotion" in rows[0] and "too short" in rows[1]["error"]
     assert main([str(model_dir), str(good)]) == 0
+
+
+def _copy_with(model_dir, tmp_path, **meta_changes):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta.update(meta_changes)
+    (copy / "model.json").write_text(json.dumps(meta))
+    return copy
+
+
+def test_a_model_of_the_synthetic_stand_in_is_said_to_be_one(model_dir, tmp_path, capsys):
+    good = write_wav(tmp_path / "good.wav", seconds=0.6)
+    assert main([str(model_dir), str(good)]) == 0
+    assert "warning" not in capsys.readouterr().err       # nothing to say of an unmarked model
+    synthetic = _copy_with(model_dir, tmp_path, source={"name": "synthetic", "root": "/x", "label_map": None})
+    assert main([str(synthetic), str(good), "--json"]) == 0
+    captured = capsys.readouterr()
+    warning = next(line for line in captured.err.splitlines() if line.startswith("warning: "))
+    assert "synthetic stand-in corpus" in warning and "tiny random encoder tiny-whisper" in warning
+    assert "experiments/emodb.yaml" in warning
+    assert json.loads(captured.out)["warnings"] == [warning[len("warning: "):]]
+
+
+def test_emotions_asked_about_that_the_model_cannot_name_are_warned_of(model_dir, tmp_path, capsys):
+    good = write_wav(tmp_path / "good.wav", seconds=0.6)
+    labels = json.loads((model_dir / "model.json").read_text())["labels"]
+    assert main([str(model_dir), str(good), "--labels", *labels]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main([str(model_dir), str(good), "--labels", labels[0], "calm"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings[0] == f"warning: the model was trained on {', '.join(labels)}; it can never answer calm"
+    assert warnings[1] == f"warning: the model also names {', '.join(labels[1:])}, which were not asked about"

@@ -124,7 +124,12 @@ def test_cli_writes_the_report_to_out(tmp_path, capsys):
     folder = make_study(tmp_path, confusion=False)
     out = tmp_path / "out"
     assert main([str(folder), "--out", str(out), "--threshold", "0.9"]) == 0
-    assert Path(capsys.readouterr().out.strip()) == out / "report.md"
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == f"report: {out / 'report.md'}"
+    # the comparison it wrote, as the launcher prints it: tpe's best 0.930, its test 0.900, 0.9 reached at 130 s
+    assert "strategy comparison" in "\n".join(printed)
+    tpe = next(line for line in printed if line.startswith("tpe "))
+    assert tpe.split()[1:5] == ["1", "2", "0.930", "0.900"] and tpe.endswith("130.0 s")
     text = (out / "report.md").read_text()
     assert "| tpe | 0.9 | 130.0 s (2.2 min) |" in text and "| 0.8 |" not in text
     assert (out / "summary.json").is_file() and not (folder / "report.md").exists()

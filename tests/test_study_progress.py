@@ -43,4 +43,15 @@ def test_a_resumed_unit_counts_on_from_the_trials_already_ended(capsys):
              SimpleNamespace(status="ERROR", last_result={})]
     running = SimpleNamespace(status="RUNNING", last_result={"val_bca": 0.6, "time_total_s": 1.0})
     progress.on_trial_complete(0, [*ended, running], running)
-    assert capsys.readouterr().out.startswith("tpe      3/4  val_bca 0.600  best 0.700")
+    assert capsys.readouterr().out.startswith("tpe      3/4  trial 3  val_bca 0.600  best 0.700")
+
+
+def test_the_line_names_the_trial_by_its_place_in_start_order(capsys):
+    # the count is of trials ended; "trial N" is the start order the report's plots and tables use
+    progress = TrialProgress("tpe", 3, "val_bca", "max")
+    first, second, third = (_trial(v) for v in (0.5, 0.6, 0.4))
+    progress.on_trial_complete(0, [first, second, third], third)
+    progress.on_trial_complete(1, [first, second, third], first)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tpe      1/3  trial 3  val_bca 0.400")
+    assert lines[1].startswith("tpe      2/3  trial 1  val_bca 0.500")

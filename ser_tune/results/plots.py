@@ -45,10 +45,11 @@ def _running_best(values: pd.Series, mode: str) -> pd.Series:
 
 
 def _draw_thresholds(ax, thresholds) -> None:
+    """A dashed line per threshold, labelled inside the axes (a label past its edge is cut off)."""
     for threshold in thresholds:
         ax.axhline(threshold, linestyle="--", color="grey", linewidth=1)
-        ax.annotate(f"{threshold:g}", xy=(1.0, threshold), xycoords=("axes fraction", "data"),
-                    xytext=(2, 0), textcoords="offset points", va="center", fontsize=8, color="grey")
+        ax.annotate(f"threshold {threshold:g}", xy=(0.01, threshold), xycoords=("axes fraction", "data"),
+                    xytext=(0, 2), textcoords="offset points", ha="left", va="bottom", fontsize=8, color="grey")
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -74,13 +75,27 @@ def _plot_best_vs_time(studies, thresholds, path, several) -> PlotResult:
 def _plot_best_vs_trials(studies, thresholds, path, several) -> PlotResult:
     title = "Best-so-far validation metric against trial index"
     return _plot_best(studies, thresholds, path, several, "trials", title,
-                      "trials (order of start within the strategy's run)")
+                      "trial (in start order within the strategy's run, from 1, as the launcher's lines say)")
 
 
 def _plot_best(studies, thresholds, path, several, clock: str, title: str, xlabel: str) -> PlotResult:
-    """A step line per strategy with one run; with several runs, their mean with a ± SE band."""
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
+    if not draw_best_so_far(ax, studies, thresholds, clock, several):
+        return PlotResult(title, skipped="no epoch reports with a validation metric (epochs.csv empty)"
+                          if clock == "seconds" else "no trial has a validation metric")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"best {_metric_label(studies)} so far")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return PlotResult(title, _save(fig, path))
+
+
+def draw_best_so_far(ax, studies, thresholds, clock: str, several: bool) -> int:
+    """On ``ax``: a step line per strategy with one run; with several runs, their mean with a ± SE band;
+    against ``clock`` "seconds" (from 0, the run's start) or "trials" (start order, from 1). Returns how
+    many strategies it drew."""
     drawn = 0
     for study in studies:
         for strategy in study.strategies:
@@ -98,17 +113,13 @@ def _plot_best(studies, thresholds, path, several, clock: str, title: str, xlabe
                 ax.fill_between(band["x"], band["mean"] - se, band["mean"] + se, alpha=0.2)
             drawn += 1
     if not drawn:
-        return PlotResult(title, skipped="no epoch reports with a validation metric (epochs.csv empty)"
-                          if clock == "seconds" else "no trial has a validation metric")
+        return 0
     _draw_thresholds(ax, thresholds)
     if clock == "trials":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"best {_metric_label(studies)} so far")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return PlotResult(title, _save(fig, path))
+    else:   # seconds since the run started: the axis starts with the run
+        ax.set_xlim(left=0)
+    return drawn
 
 
 def _run_curve(study: StudyFolder, unit: str, clock: str) -> pd.Series:
@@ -192,10 +203,15 @@ def plot_hyperparameters(studies: list[StudyFolder], out_dir: Path) -> PlotResul
         return PlotResult(title, skipped="trials.csv has no cfg_ columns (nothing was searched)")
     if not any(s.trials[s.metric].notna().any() for s in studies):
         return PlotResult(title, skipped="no trial has a validation metric")
+    return PlotResult(title, _save(hyperparameter_figure(studies, columns, title), out_dir / "hyperparameters.png"))
+
+
+def hyperparameter_figure(studies: list[StudyFolder], columns: list[str], title: str) -> Figure:
+    """A panel per setting (trials of every strategy, the best trial ringed); a free cell holds the legend."""
     several = len(studies) > 1
-    ncols = min(3, len(columns))
-    nrows = -(-len(columns) // ncols)
+    nrows, ncols = panel_grid(len(columns))
     fig = Figure(figsize=(4.2 * ncols, 3.4 * nrows))
+    best = overall_best(studies)
     for panel, column in enumerate(columns):
         ax = fig.add_subplot(nrows, ncols, panel + 1)
         categories = _categories(studies, column)
@@ -212,6 +228,7 @@ def plot_hyperparameters(studies: list[StudyFolder], out_dir: Path) -> PlotResul
                 x = _positions(trials[column], categories)
                 ax.scatter(x, trials[study.metric], s=22, alpha=0.8,
                            label=_series_label(study, strategy, several))
+        _mark_best(ax, best, column, categories, several)
         if categories:
             ax.set_xticks(range(len(categories)), categories, fontsize=8)
         elif column in LOG_SCALE_SETTINGS and _all_positive(studies, column):
@@ -222,11 +239,42 @@ def plot_hyperparameters(studies: list[StudyFolder], out_dir: Path) -> PlotResul
         ax.set_xlabel(column[len("cfg_"):])
         ax.set_ylabel(_metric_label(studies))
         ax.grid(alpha=0.3)
-        if panel == 0:
-            ax.legend(fontsize=7)
+    legend = {}
+    for panel_axes in fig.axes:   # every series once, whichever panels it appears in
+        for handle, label in zip(*panel_axes.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
+    if nrows * ncols > len(columns):   # the one free cell holds the legend, so no panel is left empty
+        spare = fig.add_subplot(nrows, ncols, len(columns) + 1)
+        spare.axis("off")
+        spare.legend(handles, labels, loc="center", fontsize=8)
+    else:
+        fig.axes[0].legend(handles, labels, fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    return PlotResult(title, _save(fig, out_dir / "hyperparameters.png"))
+    return fig
+
+
+def panel_grid(panels: int) -> tuple[int, int]:
+    """Rows and columns for ``panels`` panels, at most 3 a row, with at most one cell free (for the legend)."""
+    if panels <= 3:
+        return 1, panels
+    ncols = min((3, 2), key=lambda c: (-(-panels // c) * c - panels, -c))
+    return -(-panels // ncols), ncols
+
+
+def _mark_best(ax, best, column: str, categories: list[str], several: bool) -> None:
+    """The study's best trial (by the validation metric), ringed in every panel."""
+    if best is None:
+        return
+    study, trial = best
+    value = trial.get(column)
+    if value is None or pd.isna(value):
+        return
+    x = _positions(pd.Series([value]), categories)
+    where = f"{study.name}: " if several else ""
+    ax.scatter(x, [trial[study.metric]], s=160, facecolors="none", edgecolors="black", linewidths=1.5,
+               label=f"best trial ({where}{trial['strategy']}, trial {int(trial['trial_index']) + 1})", zorder=3)
 
 
 def _categories(studies, column) -> list[str]:

@@ -145,18 +145,24 @@ def held_out_section(study: StudyFolder, entry: dict, several: bool) -> str:
         return ""
     folds = [c for c in table.columns if c.startswith("fold ")]
     speakers = [", ".join(map(str, f["test_speakers"])) for f in entry["outer_folds"]]
-    rows = [[r["model"], _spread(r["mean"], r["sd"]), *(_number(r[c]) for c in folds), _gain(r["gain"])]
-            for r in table.to_dict("records")]
-    header = ["Model", f"{study.test_metric} mean ± sd", *(f"{c} ({s})" for c, s in zip(folds, speakers)),
-              "Gain over the probe (paired)"]
+    one = len(folds) == 1   # one test fold: its value, no spread and no test
+    rows = [[r["model"], *([] if one else [_spread(r["mean"], r["sd"])]), *(_number(r[c]) for c in folds),
+             _gain(r["gain"])] for r in table.to_dict("records")]
+    header = ["Model", *([] if one else [f"{study.test_metric} mean ± sd"]),
+              *(f"{study.test_metric if one else c} ({s})" for c, s in zip(folds, speakers)),
+              "Gain over the probe" + ("" if one else " (paired, one-sided Wilcoxon p)")]
     title = f"## Speakers the search never heard{': ' + study.name if several else ''}\n"
     note = ("\nEach strategy's value on a fold is that of its best configuration by the validation objective, "
             "the mean over repeats; when trials trained on inner folds, that configuration was refit on all of "
             "the fold's training and validation speakers for its best epoch count and scored once on the test "
             "speakers (in the column head), as the probe is. The linear probe is logistic regression on the "
             "frozen features, its layer and C chosen on the same inner folds as the trials; the default is the "
-            "untuned settings, refit the same way. The gain is the strategy's value minus the probe's on each "
-            "fold, with a one-sided Wilcoxon p (few folds cannot give a small p).\n")
+            "untuned settings, refit the same way. "
+            + ("The gain is the strategy's value minus the probe's on the one test fold: one fold has no spread "
+               "and allows no test (`evaluation.outer_folds: 5` tests every speaker once and gives a paired "
+               "Wilcoxon p).\n" if one else
+               "The gain is the strategy's value minus the probe's on each fold, with a one-sided Wilcoxon p "
+               "(few folds cannot give a small p).\n"))
     note += exported_note(study)
     return title + markdown_table(header, rows) + note
 
@@ -358,12 +364,32 @@ def _corpus_lines(meta: dict) -> list[str]:
              + (f"; labels: {counts}" if counts else "")]
     if corpus.get("synthetic"):
         lines.append("- **SYNTHETIC stand-in corpus: figures are not comparable to real corpora.**")
+        lines.append(f"- {smoke_test_words(meta)}")
     dims = corpus.get("dimensions_labelled")
-    if dims:
+    if dims and uses_dimensions(meta):
         lines.append("- Dimensional labels (arousal/valence/dominance): "
                      + ", ".join(f"{part} {d['labelled']} of {d['files']} clips" for part, d in dims.items())
                      + "; clips without them are excluded from CCC and its loss")
     return lines
+
+
+def smoke_test_words(meta: dict) -> str:
+    """What a study on the synthetic stand-in is for, in words (the report's and the launcher's)."""
+    spec = str((meta.get("encoder") or {}).get("spec") or (meta.get("experiment") or {}).get("encoder") or "")
+    encoder = (" with a tiny randomly initialised encoder" if spec.startswith("tiny-") else "")
+    return (f"This is a smoke test: a generated stand-in corpus (synthesised voices, not recorded speech){encoder} "
+            "checks that every step runs. Its scores mean nothing about emotion recognition, and its tuned models need not beat "
+            "the linear probe (a few epochs of a random encoder against a probe on all its layers). For a real "
+            "answer: `python -m ser_tune.launch experiments/emodb.yaml` (EmoDB, Whisper-base).")
+
+
+def uses_dimensions(meta: dict) -> bool:
+    """Whether the study predicts or scores arousal/valence/dominance (else their labels do not matter)."""
+    experiment = meta.get("experiment") or {}
+    objective = experiment.get("objective") or {}
+    metrics = [objective.get("metric") or "", *(objective.get("metrics") or {})]
+    task = (experiment.get("trial") or {}).get("task", "categories")
+    return any("ccc" in m for m in metrics) or task != "categories" or "task" in (experiment.get("space") or {})
 
 
 def _split_lines(meta: dict) -> list[str]:
@@ -504,7 +530,8 @@ def _best_section(studies: list[StudyFolder]) -> str:
     test_value = trial.get(study.test_metric)
     where = f"study {study.name}, " if len(studies) > 1 else ""
     lines = [f"- Best trial overall: {where}strategy `{trial['strategy']}`, trial `{trial['trial_id']}` "
-             f"(index {int(trial['trial_index'])}, best epoch {_number(trial.get('best_epoch'), 0)})",
+             f"(trial {int(trial['trial_index']) + 1} of its run in start order, as in the plots and the launcher's "
+             f"lines; best epoch {_number(trial.get('best_epoch'), 0)})",
              f"- Validation metric ({study.metric}): {_number(trial[study.metric])}",
              f"- Test metric ({study.test_metric}) on the test speakers: {_number(test_value)}"
              + (f"; test accuracy {_number(trial.get('test_accuracy'))}"

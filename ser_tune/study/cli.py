@@ -18,6 +18,7 @@ from ..data import DataError
 from ..encoders import EncoderError
 from .driver import StudyError, StudyInterrupted, StudyKind, run_study
 from .folder import UNIT_INTERRUPTED, StudyFolder, StudyFormatError
+from .optuna_store import dashboard_command, records_trials
 from .session import Cluster, JoinError, fail, keep_stdout_for_json, restore_auth_env, start_ray
 
 INPUT_ERRORS = (DataError, EncoderError, StudyError, StudyFormatError, JoinError, ValueError)
@@ -48,6 +49,8 @@ def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbo
         folder = open_folder(storage, name, args.resume)
         print(f"study folder: {folder.dir}", flush=True)
         kind.prepare(folder)
+        if records_trials(folder.meta):
+            print(f"watch it (live, and after it): {dashboard_command(folder.dir)}", flush=True)
         if not (args.address or os.environ.get("RAY_ADDRESS")):
             kind.check_cluster(local_cluster())   # say so before starting a local Ray
         cluster = start_ray(args.address, quiet=args.json, token_dir=folder.dir)
@@ -55,12 +58,23 @@ def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbo
     except INPUT_ERRORS as exc:
         fail_before_trials(str(exc))
     if cluster.dashboard:
-        token = f" (token: {cluster.token_file})" if cluster.token_file else ""
-        print(f"Ray dashboard: {cluster.dashboard}{token}", flush=True)
+        print(dashboard_lines(cluster), flush=True)
     folder.meta["machine"].update(nodes=cluster.nodes, cluster_cpus=cluster.cpus)
     interrupted = run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials)
     stop_ray()
     return Outcome(folder=folder, cluster=cluster, interrupted=interrupted, json_out=json_out)
+
+
+def dashboard_lines(cluster: Cluster) -> str:
+    """Where the Ray dashboard is and how to log in to it; a local study's Ray (and its dashboard) ends
+    with the study."""
+    token = f" (token: {cluster.token_file})" if cluster.token_file else ""
+    lines = [f"Ray dashboard: {cluster.dashboard}{token}"]
+    if cluster.token_file:
+        lines.append(f"  log in: paste the content of {cluster.token_file} (cat it) into the dashboard's token "
+                     f"dialog (its `ray get-auth-token` hint reads another file). The dashboard closes when the "
+                     f"study ends.")
+    return "\n".join(lines)
 
 
 def run_in_process(kind: StudyKind, *, name: str, storage, resources) -> StudyFolder:

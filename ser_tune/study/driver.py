@@ -23,6 +23,8 @@ import pandas as pd
 from ..training.trainable import TRIAL_COMPLETE as FINAL_KEY
 from ..training.trainable import read_reports
 from .folder import EPOCHS_FILE, TRIALS_FILE, UNIT_DONE, UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
+from .live_metrics import StudyMetrics
+from .optuna_store import recorder_for
 from .progress import TrialProgress
 from .session import Cluster
 
@@ -137,10 +139,22 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
                                     max_concurrent_trials=unit.max_concurrent_trials,
                                     time_budget_s=unit.time_budget_s),
         run_config=tune.RunConfig(name=unit.name, storage_path=str(folder.dir), verbose=verbose,
-                                  callbacks=[unit.progress] if unit.progress is not None and verbose == 0 else None,
+                                  callbacks=unit_callbacks(folder, unit, verbose),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   # a node lost mid-trial: the trial restarts from its epoch state elsewhere
                                   failure_config=tune.FailureConfig(max_failures=2)))
+
+
+def unit_callbacks(folder: StudyFolder, unit: Unit, verbose: int) -> list:
+    """On the driver, as each trial ends: its line (unless Ray's own tables show it), the unit's progress as
+    Ray metrics, and its record in the study folder's Optuna storage (STUDY/optuna.db, for optuna-dashboard)."""
+    callbacks = [unit.progress] if unit.progress is not None and verbose == 0 else []
+    recorder = recorder_for(folder.dir, folder.meta, unit.name, unit.tags)
+    metric = unit.metric or (unit.progress.metric if unit.progress is not None else None)
+    if metric is not None:   # the study's progress as Ray metrics (Prometheus, the Ray dashboard's Metrics page)
+        callbacks.append(StudyMetrics(folder.dir.name, str(unit.tags.get("strategy", unit.name)), unit.name,
+                                      metric, unit.mode, unit.expected_trials))
+    return callbacks + ([recorder] if recorder is not None else [])
 
 
 def time_budget_spent(unit: Unit, entry: dict) -> bool:

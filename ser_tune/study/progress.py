@@ -20,7 +20,9 @@ class TrialProgress(Callback):
         self.done = done
         self.best = best
 
-    def line(self, result: dict, words: str) -> str:
+    def line(self, result: dict, words: str, number: int | None = None) -> str:
+        """``number``: the trial's place in start order (1-based), as trials.csv's ``trial_index`` + 1 and
+        the report's plots count trials; the count before it is of trials ended."""
         self.done += 1
         if self.fields is None:
             shown = " ".join(f"{k[4:]}={short(v)}" for k, v in result.items() if k.startswith("cfg_"))
@@ -28,7 +30,8 @@ class TrialProgress(Callback):
             shown = " ".join(f"{k}={short(result[k])}" for k in self.fields if k in result)
         seconds = result.get("time_total_s")
         took = f"  {seconds:.1f} s" if isinstance(seconds, (int, float)) else ""
-        return f"{self.label:6} {self.done:>3}/{self.budget}  {words}{took}  {shown}".rstrip()
+        which = f"  trial {number}" if number is not None else ""
+        return f"{self.label:6} {self.done:>3}/{self.budget}{which}  {words}{took}  {shown}".rstrip()
 
     def catch_up(self, trials, trial) -> None:
         """A resumed unit runs with the callback pickled in its experiment state, whose count may be behind:
@@ -47,16 +50,27 @@ class TrialProgress(Callback):
         self.catch_up(trials, trial)
         result = getattr(trial, "last_result", None) or {}
         value = result.get(self.metric)
+        number = start_number(trials, trial)
         if isinstance(value, (int, float)):
             self.note(value)
-            print(self.line(result, f"{self.metric} {value:.3f}  best {self.best:.3f}"), flush=True)
+            print(self.line(result, f"{self.metric} {value:.3f}  best {self.best:.3f}", number), flush=True)
         else:
-            print(self.line(result, f"{self.metric} -"), flush=True)
+            print(self.line(result, f"{self.metric} -", number), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.catch_up(trials, trial)
         result = getattr(trial, "last_result", None) or {}
-        print(self.line(result, "ERROR (the error is in trials.csv once the unit ends)"), flush=True)
+        print(self.line(result, "ERROR (the error is in trials.csv once the unit ends)", start_number(trials, trial)),
+              flush=True)
+
+
+def start_number(trials, trial) -> int | None:
+    """The trial's place in start order, from 1: Ray Tune lists a run's trials in the order it created them
+    (also after a restore)."""
+    for at, other in enumerate(trials or []):
+        if other is trial:
+            return at + 1
+    return None
 
 
 def short(value) -> str:

@@ -28,7 +28,7 @@ from ..results.fronts import export_front
 from ..results.pareto import measured, rank_with_constraints
 from ..search import make_plan
 from ..training.latency import LatencyCheck
-from ..training.probe import linear_probe
+from ..training.probe import CHOSEN, choose_normalization, linear_probe
 from ..training.settings import TrialSettings
 from ..training.trainable import StudyContext, run_refit, run_trial
 from .driver import StudyError, StudyKind, Unit
@@ -110,6 +110,9 @@ class StrategyStudy(StudyKind):
                 folds.append(linear_probe(x, y, inner, train=train, test=test,
                                           seed=self.experiment.seed).to_dict())
             out[kind] = {"folds": folds}
+        if "normalize" in self.experiment.space and len(out) > 1:
+            # the trials search normalize: so does the probe, on the same inner folds (the yardstick)
+            out[CHOSEN] = {"folds": choose_normalization({k: v["folds"] for k, v in out.items()})}
         return out
 
     # --- the units ---------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def test_applicable_keeps_the_chosen_branch_and_drops_other_heads_settings():
                                                      "normalize": "speaker"}
 
 
-@pytest.mark.parametrize("strategy", ["random", "gp", "tpe", "skopt"])
+@pytest.mark.parametrize("strategy", ["random", "gp", "skopt"])
 def test_a_setting_that_does_not_apply_is_absent_from_the_trials_config(strategy):
     """Configs as each searcher's plan samples them (its param_space's domains), decoded as a trial
     decodes them: only the settings of the trial's own head, every one a valid setting."""
@@ -78,3 +78,23 @@ def test_a_setting_that_does_not_apply_is_absent_from_the_trials_config(strategy
 def test_the_flat_space_samples_every_branch_setting():
     tune_space = to_tune_space(parse_space(RAW))
     assert {"logreg.C", "mlp.head_hidden", "head"} <= set(tune_space)
+
+
+def test_tpe_searches_the_head_families_as_hyperopts_nested_choice():
+    """TPE gets the conditional space natively (a nested hp.choice): its suggestions, through the warm-up
+    and after it, decode to the settings of one head only."""
+    plan = make_plan("tpe", parse_space(RAW), budget=12, seed=0)
+    assert plan.param_space == {}           # the searcher holds the space
+    searcher = plan.searcher.searcher       # under the concurrency limiter
+    context = StudyContext(table=pd.DataFrame(), assignments=[], labels=[], encoder_spec="tiny-whisper",
+                           cache_root="", fixed=FIXED, decode=plan.decode)
+    heads = []
+    for i in range(12):
+        config = searcher.suggest(f"t{i}")
+        assert isinstance(config["head"], dict)          # the branch hyperopt chose, with its own settings
+        chosen = context.chosen(config)
+        assert set(chosen) <= ALLOWED[chosen["head"]], chosen
+        context.settings_for(config)
+        heads.append(chosen["head"])
+        searcher.on_trial_complete(f"t{i}", {"val_bca": 0.9 if chosen["head"] == "logreg" else 0.3})
+    assert set(heads[:plan.warmup]) | set(heads) >= {"logreg"} and len(set(heads)) >= 2

@@ -99,3 +99,19 @@ def test_settings_that_do_not_fit_a_logreg_head_are_named():
     with pytest.raises(SettingsError, match="'head'.*categories"):
         TrialSettings.from_config({"head": "logreg", "layer": 1, "task": "dimensions"})
     assert not TrialSettings.from_config({"head": "logreg", "layer": 1, "unfreeze": "top:2"}).encoder_trains
+
+
+def test_a_probe_of_a_study_that_searches_normalize_chooses_it_on_the_inner_folds():
+    from types import SimpleNamespace
+
+    from ser_tune.results.held_out import trials_normalization
+    from ser_tune.training.probe import CHOSEN, choose_normalization
+
+    by_kind = {"none": [{"cv_bca": 0.80, "test_bca": 0.9}, {"cv_bca": 0.70, "test_bca": 0.6}],
+               "speaker": [{"cv_bca": 0.75, "test_bca": 0.5}, {"cv_bca": 0.85, "test_bca": 0.8}]}
+    chosen = choose_normalization(by_kind)
+    assert [(c["normalize"], c["test_bca"]) for c in chosen] == [("none", 0.9), ("speaker", 0.8)]
+    # the trials of such a study are paired with that probe; with normalize fixed, with the fixed one's
+    searched = SimpleNamespace(meta={"experiment": {"space": {"normalize": {"choice": ["none", "speaker"]}}}})
+    fixed = SimpleNamespace(meta={"experiment": {"space": {"lr": {}}, "trial": {"normalize": "speaker"}}})
+    assert trials_normalization(searched) == CHOSEN and trials_normalization(fixed) == "speaker"

@@ -4,7 +4,8 @@
                              [--out FILE]
 
 Runs each experiment with ``python -m ser_tune.launch CONFIG --json`` (default: EmoDB with 5 outer and
-4 inner speaker folds, without and with speaker-normalised features, and the RAVDESS half the same way)
+4 inner speaker folds and the RAVDESS half the same way, each searching the normalisation, the pooled
+statistics and every head family; the probe chooses its normalisation on the same inner folds)
 and records, per study: its wall-clock (launch to exit), the shared encode, and for each strategy the
 test BCA on each outer fold (its best trial by the cross-validated objective, on speakers no search of
 that fold saw), mean ± sd, and the paired per-fold gain over the linear probe; and the linear probe's
@@ -23,9 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import REPO, RESULTS, BenchError, Run, print_table  # noqa: E402
 
-CONFIGS = ["experiments/emodb_nested.yaml", "experiments/emodb_nested_speaker.yaml",
-           "experiments/ravdess_nested.yaml"]
-TARGET_MINUTES = 15.0
+CONFIGS = ["experiments/emodb_nested.yaml", "experiments/ravdess_nested.yaml"]
+TARGET_MINUTES = 20.0   # issue 23: the nested EmoDB study on 2 cores
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +54,9 @@ def summarise(out: dict, seconds: float | None) -> dict:
     exp = meta["experiment"]
     return {"study_dir": str(study), "name": meta["name"], "corpus": meta["corpus"]["name"],
             "clips": meta["corpus"]["files"], "speakers": meta["corpus"]["speakers"],
-            "labels": len(meta["labels"]), "normalize": (exp.get("trial") or {}).get("normalize", "none"),
+            "labels": len(meta["labels"]),
+            "normalize": "searched" if "normalize" in (exp.get("space") or {})
+            else (exp.get("trial") or {}).get("normalize", "none"),
             "outer_folds": out["outer_folds"], "cv_folds": exp["objective"]["cv_folds"],
             "trials_per_strategy": exp["budget"]["trials"], "launcher_seconds": seconds,
             "study_seconds": (meta.get("finished_at") or 0) - meta["started_at"],
@@ -74,12 +76,19 @@ def show(summary: dict) -> None:
           f"{summary['cv_folds']} inner folds, study {summary['study_seconds'] / 60:.1f} min")
     rows = [{"model": n, "test BCA (outer folds)": cell(s["nested_test_bca"]),
              "folds": " ".join(f"{v:.2f}" for v in s["nested_test_bca"]["folds"] if v is not None),
-             "gain over probe": "-" if not s["gain_over_probe"] else f"{s['gain_over_probe']['mean']:+.3f}"}
+             "gain over probe": "-" if not s["gain_over_probe"] else
+             f"{s['gain_over_probe']['mean']:+.3f} (> 0 on {positive_folds(s['gain_over_probe'])} of "
+             f"{len(s['gain_over_probe']['folds'])} folds)"}
             for n, s in summary["strategies"].items()]
     rows += [{"model": f"baseline {n}", "test BCA (outer folds)": cell(v),
               "folds": " ".join(f"{x:.2f}" for x in v["folds"] if x is not None), "gain over probe": ""}
              for n, v in summary["baselines"].items() if v]
     print_table(rows, list(rows[0]))
+
+
+def positive_folds(gain: dict) -> int:
+    """Outer folds on which the paired gain over the probe is positive (issue 23: at least 4 of 5 on EmoDB)."""
+    return sum(1 for v in gain.get("folds") or [] if v is not None and v > 0)
 
 
 def main(argv=None) -> int:

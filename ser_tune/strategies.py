@@ -26,7 +26,7 @@ import pandas as pd
 from .config import Experiment
 from .search import make_plan
 from .training.latency import LatencyCheck
-from .training.probe import linear_probe
+from .training.probe import CHOSEN, choose_normalization, linear_probe
 from .training.settings import TrialSettings
 from .training.trainable import StudyContext, run_refit, run_trial
 from .study.driver import StudyError, StudyKind, Unit
@@ -108,6 +108,9 @@ class StrategyStudy(StudyKind):
                 folds.append(linear_probe(x, y, inner, train=train, test=test,
                                           seed=self.experiment.seed).to_dict())
             out[kind] = {"folds": folds}
+        if "normalize" in self.experiment.space and len(out) > 1:
+            # the trials search normalize: so does the probe, on the same inner folds (the yardstick)
+            out[CHOSEN] = {"folds": choose_normalization({k: v["folds"] for k, v in out.items()})}
         return out
 
     # --- the units ---------------------------------------------------------------------------------

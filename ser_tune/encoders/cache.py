@@ -7,6 +7,9 @@ max_length), not on the trial. One encoder pass stores, per clip:
   sums and mean pooling are both linear, so they commute: a head on the learned weighted sum
   of mean-pooled layers equals one on the mean-pooled weighted sum. Head-only epochs therefore
   need nothing else and cost only the head.
+- ``pooled_std``: the standard deviation over the same unpadded frames (population, ddof 0),
+  (N, L+1, D): with the mean, the utterance-level statistics heads with ``pooling: meanstd`` read
+  (how much a feature moves within an utterance carries emotion the mean averages away).
 - ``frames`` at a layer boundary b (optional): the full (T_i, D) hidden state at index b, the
   input of the lowest layer a "top-k" trial trains (b = L - k), so such a trial runs only its top layers.
 
@@ -43,8 +46,9 @@ from .base import SpeechEncoder
 
 @dataclass
 class CachedFeatures:
-    pooled: np.ndarray                    # (N, L+1, D) float32
+    pooled: np.ndarray                    # (N, L+1, D) float32: mean over each clip's frames
     lengths: np.ndarray                   # (N,) frames per clip
+    pooled_std: np.ndarray | None = None  # (N, L+1, D) float32: standard deviation over the same frames
     frames: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # b -> (concat (sumT, D), offsets (N+1,))
 
     def frames_of(self, boundary: int, index: int) -> np.ndarray:
@@ -77,6 +81,7 @@ class EncodedClips:
     index: np.ndarray                               # (k,) int64
     lengths: np.ndarray                             # (k,) frames per clip
     pooled: np.ndarray | None                       # (k, L+1, D) float32; None: the entry already has it
+    pooled_std: np.ndarray | None = None            # (k, L+1, D) float32, with ``pooled``
     frames: dict[int, list[np.ndarray]] = field(default_factory=dict)   # b -> k arrays (T_i, D)
 
     def __len__(self) -> int:
@@ -91,9 +96,11 @@ class EncodedClips:
                              f"({len(index)} in all): every clip must be encoded exactly once")
         order = np.argsort(index, kind="stable")
         pooled = np.concatenate([p.pooled for p in parts])[order] if parts[0].pooled is not None else None
+        pooled_std = (np.concatenate([p.pooled_std for p in parts])[order] if parts[0].pooled_std is not None
+                      else None)
         frames = {b: [f for p in parts for f in p.frames[b]] for b in parts[0].frames}
         return cls(index=np.arange(n, dtype=np.int64), lengths=np.concatenate([p.lengths for p in parts])[order],
-                   pooled=pooled, frames={b: [per_clip[i] for i in order] for b, per_clip in frames.items()})
+                   pooled=pooled, pooled_std=pooled_std, frames={b: [per_clip[i] for i in order] for b, per_clip in frames.items()})
 
 
 class ClipWaves:
@@ -176,7 +183,7 @@ class FeatureCache:
 
     def key(self, clip_ids: Sequence[str], max_length: float | None) -> str:
         digest = hashlib.sha256()
-        digest.update(f"{self.encoder_fingerprint}|{max_length}|v1".encode())
+        digest.update(f"{self.encoder_fingerprint}|{max_length}|v2".encode())   # v2: entries hold pooled_std
         for clip in clip_ids:
             digest.update(clip.encode())
             digest.update(b"\0")
@@ -215,7 +222,8 @@ class FeatureCache:
         return (folder / "meta.json").exists() and all((folder / f"frames_{b}.npy").exists() for b in boundaries)
 
     def _load(self, folder: Path, boundaries: Sequence[int]) -> CachedFeatures:
-        feats = CachedFeatures(pooled=np.load(folder / "pooled.npy"), lengths=np.load(folder / "lengths.npy"))
+        feats = CachedFeatures(pooled=np.load(folder / "pooled.npy"), lengths=np.load(folder / "lengths.npy"),
+                               pooled_std=np.load(folder / "pooled_std.npy"))
         for b in boundaries:
             feats.frames[b] = (np.load(folder / f"frames_{b}.npy", mmap_mode="r"),
                                np.load(folder / f"offsets_{b}.npy"))
@@ -245,8 +253,8 @@ class FeatureCache:
 @torch.no_grad()
 def encode_batches(encoder: SpeechEncoder, waves: Sequence[np.ndarray], batches: Sequence[Sequence[int]],
                    boundaries: Sequence[int], need_pooled: bool) -> Iterator[EncodedClips]:
-    """Each batch's features (``index``: positions in ``waves``): every hidden state's masked mean
-    over frames when ``need_pooled``, and the frames at each boundary. A clip's features depend only
+    """Each batch's features (``index``: positions in ``waves``): every hidden state's mean and standard
+    deviation over its unpadded frames when ``need_pooled``, and the frames at each boundary. A clip's features depend only
     on the clips of its batch, so the same batches give the same bits wherever they run."""
     encoder.eval()
     deepest = encoder.num_layers if need_pooled else max(boundaries)
@@ -255,14 +263,26 @@ def encode_batches(encoder: SpeechEncoder, waves: Sequence[np.ndarray], batches:
         lens = torch.full((len(batch),), x.shape[1], dtype=torch.long)
         hidden, mask = encoder.embed(x, lens)
         states = [hidden, *encoder.run_layers(hidden, mask, 0, deepest)]
-        m = mask[..., None].float()
-        counts = m.sum(1).clamp(min=1)
         lengths = mask.sum(1).numpy().astype(np.int64)
-        pooled = (torch.stack([(h * m).sum(1) / counts for h in states], dim=1).numpy().astype(np.float32, copy=False)
-                  if need_pooled else None)
+        pooled = pooled_std = None
+        if need_pooled:
+            stats = [masked_mean_std(h, mask) for h in states]
+            pooled = torch.stack([m for m, _ in stats], dim=1).numpy().astype(np.float32, copy=False)
+            pooled_std = torch.stack([s for _, s in stats], dim=1).numpy().astype(np.float32, copy=False)
         frames = {b: [states[b][row, : lengths[row]].numpy().astype(np.float32) for row in range(len(batch))]
                   for b in boundaries}
-        yield EncodedClips(index=np.asarray(batch, dtype=np.int64), lengths=lengths, pooled=pooled, frames=frames)
+        yield EncodedClips(index=np.asarray(batch, dtype=np.int64), lengths=lengths, pooled=pooled,
+                           pooled_std=pooled_std, frames=frames)
+
+
+def masked_mean_std(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (ddof 0) over each row's unpadded frames: (B, T, D), (B, T) bool ->
+    two (B, D). Centred before squaring: E[x^2] - E[x]^2 loses the small spread of large features."""
+    m = mask[..., None].to(hidden.dtype)
+    counts = m.sum(1).clamp(min=1.0)
+    mean = (hidden * m).sum(1) / counts
+    var = (((hidden - mean[:, None]) * m) ** 2).sum(1) / counts
+    return mean, var.sqrt()
 
 
 def write_entry(folder: Path, encoded: EncodedClips, meta: dict) -> None:
@@ -272,7 +292,8 @@ def write_entry(folder: Path, encoded: EncodedClips, meta: dict) -> None:
     try:
         order = []
         if encoded.pooled is not None:
-            order += save_arrays(staging, pooled=encoded.pooled, lengths=encoded.lengths)
+            order += save_arrays(staging, pooled=encoded.pooled, pooled_std=encoded.pooled_std,
+                                 lengths=encoded.lengths)
         for b, per_clip in encoded.frames.items():
             offsets = np.concatenate([[0], np.cumsum([f.shape[0] for f in per_clip])]).astype(np.int64)
             order += save_arrays(staging, **{f"offsets_{b}": offsets})

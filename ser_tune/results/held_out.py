@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..study.folder import StudyFolder
+from ..training.probe import CHOSEN
 from .repeats import paired_gain
 
 DEFAULT = "default"
@@ -57,8 +58,12 @@ def probe_values(study: StudyFolder, normalize: str = "none") -> dict[int, float
 
 
 def trials_normalization(study: StudyFolder) -> str:
-    """The normalisation the trials use when it is fixed (the probe they are paired with), else none."""
-    return str(((study.meta.get("experiment") or {}).get("trial") or {}).get("normalize", "none"))
+    """The probe the trials are paired with: of the normalisation they use when it is fixed, the one whose
+    normalisation the inner folds chose (``chosen``) when they search it, else none."""
+    experiment = study.meta.get("experiment") or {}
+    if "normalize" in (experiment.get("space") or {}):
+        return CHOSEN
+    return str((experiment.get("trial") or {}).get("normalize", "none"))
 
 
 def held_out_summary(study: StudyFolder, strategies: dict) -> dict:

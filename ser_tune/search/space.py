@@ -8,6 +8,23 @@ to a :class:`Param`. In an experiment YAML each parameter is a one-key mapping::
     num_epochs:    {int: [1, 10]}          # both ends included
     max_length:    {choice: [2, 3, 4, 5, 7, 10]}
 
+A conditional space: ``head`` maps each head family to the settings searched only when it is the
+trial's head (a family with nothing of its own searched maps to ``{}``)::
+
+    head:
+      logreg: {C: {loguniform: [1.0e-4, 1.0e+1]}}
+      mlp:    {lr: {loguniform: [1.0e-5, 1.0e-3]}, head_hidden: {choice: [64, 256]}}
+
+Parsed, that is a flat space: ``head`` a choice of the families, and each branch's setting a
+parameter of its own named ``<head>.<setting>`` (``logreg.C``, ``mlp.lr``). Every searcher samples
+the flat space (random, grid, skopt and BayesOpt know nothing of conditions; TPE and Optuna model each
+parameter as its own dimension too), and a trial's config keeps only its head's branch, renamed, and
+leaves out every setting that does not apply to its head
+(:func:`ser_tune.training.settings.applicable`): a value sampled for another head never reaches the
+trial, its settings or its ``cfg_`` columns. The honest cost: a searcher that learns also sees the
+unused draws of the other branches (noise it must average out), and grid points that differ only in
+another head's settings repeat a trial's settings.
+
 >>> space = parse_space({"lr": {"loguniform": [1e-5, 1e-3]}, "num_epochs": {"int": [1, 4]}})
 >>> space["num_epochs"]
 Param(name='num_epochs', kind='int', low=1, high=4, values=())
@@ -24,7 +41,7 @@ from typing import Any
 from ray import tune
 from ray.tune.search.variant_generator import generate_variants
 
-from ser_tune.training.settings import TrialSettings
+from ser_tune.training.settings import BRANCH, HEADS, ONLY_FOR_HEADS, TrialSettings
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 
@@ -45,12 +62,23 @@ class Param:
 
 
 def check_setting_name(name: Any, where: str) -> str:
-    """A searched parameter must be a TrialSettings field; ``where`` prefixes the message."""
+    """A searched parameter must be a TrialSettings field (or ``<head>.<field>``, a conditional space's
+    branch setting, that applies to that head); ``where`` prefixes the message."""
     known = TrialSettings.field_names()
-    if not isinstance(name, str) or name not in known:
-        raise SpaceError(f"{where}.{name}: '{name}' is not a trial setting; "
+    head, setting = split_branch(name) if isinstance(name, str) else (None, name)
+    if not isinstance(setting, str) or setting not in known:
+        raise SpaceError(f"{where}.{name}: '{setting}' is not a trial setting; "
                          f"known settings: {', '.join(known)}")
+    if head is not None and head not in ONLY_FOR_HEADS.get(setting, HEADS):
+        raise SpaceError(f"{where}.{name}: '{setting}' does not apply to head {head} (it applies to "
+                         f"{', '.join(ONLY_FOR_HEADS[setting])})")
     return name
+
+
+def split_branch(name: str) -> tuple[str | None, str]:
+    """``"logreg.C"`` -> ("logreg", "C"); a plain setting name -> (None, name)."""
+    head, sep, setting = name.partition(BRANCH)
+    return (head, setting) if sep else (None, name)
 
 
 def _is_number(value: Any) -> bool:
@@ -68,9 +96,13 @@ def _number(value: Any, where: str, what: str) -> float:
 
 
 def _check_value(name: str, value: Any, where: str) -> None:
-    """Reject values TrialSettings would refuse, e.g. num_epochs 0, at load time."""
+    """Reject values TrialSettings would refuse, e.g. num_epochs 0, at load time (a branch setting with
+    its head: ``logreg.layer: weighted`` is refused)."""
+    head, setting = split_branch(name)
     try:
-        TrialSettings.from_config({name: value})
+        # judged beside a layer every head reads (only this value is judged), a branch's beside its head
+        beside = {"layer": 0, **({} if head is None else {"head": head})}
+        TrialSettings.from_config({**beside, setting: value})
     except Exception as err:  # SettingsError, or a type the field cannot hold
         raise SpaceError(f"{where}: {value!r} is not a valid value ({err})") from None
 
@@ -120,12 +152,45 @@ def parse_param(name: str, raw: Any, where: str = "space") -> Param:
 
 
 def parse_space(raw: dict, where: str = "space") -> dict[str, Param]:
-    """Parse a YAML space (name -> {kind: [...]}) into Params, checking every entry."""
+    """Parse a YAML space (name -> {kind: [...]}, ``head`` also -> {family: sub-space}) into Params,
+    checking every entry."""
     if not isinstance(raw, dict):
         raise SpaceError(f"{where}: expected a mapping of setting name -> {{kind: [...]}} (got {raw!r})")
     if not raw:
         raise SpaceError(f"{where}: the space is empty; name at least one setting to search")
-    return {name: parse_param(name, value, where) for name, value in raw.items()}
+    space: dict[str, Param] = {}
+    for name, value in raw.items():
+        if is_branching(name, value):
+            space.update(parse_branches(value, f"{where}.{name}"))
+        else:
+            space[name] = parse_param(name, value, where)
+    return space
+
+
+def is_branching(name: Any, value: Any) -> bool:
+    """``head: {family: sub-space, ...}``: a conditional entry (any other mapping is a parameter)."""
+    return (name == "head" and isinstance(value, dict) and bool(value) and not isinstance(value, Param)
+            and not set(value) & set(KINDS))
+
+
+def parse_branches(raw: dict, where: str) -> dict[str, Param]:
+    """``{family: {setting: {kind: [...]}}}`` -> the choice of families and each branch's Params."""
+    out = {"head": Param("head", "choice", values=tuple(raw))}
+    for head, sub in raw.items():
+        if head not in HEADS:
+            raise SpaceError(f"{where}.{head}: not a head family; choose from {', '.join(HEADS)}")
+        if sub is None or sub == {}:
+            continue
+        if not isinstance(sub, dict):
+            raise SpaceError(f"{where}.{head}: expected a mapping of setting name -> {{kind: [...]}} "
+                             f"(or {{}}) (got {sub!r})")
+        for name, value in sub.items():
+            if BRANCH in str(name) or name == "head":
+                raise SpaceError(f"{where}.{head}.{name}: a branch searches settings of its head, not "
+                                 f"'{name}'")
+            full = f"{head}{BRANCH}{name}"
+            out[full] = parse_param(full, value, where)
+    return out
 
 
 def _param_to_raw(param: Param) -> dict:
@@ -136,7 +201,17 @@ def _param_to_raw(param: Param) -> dict:
 
 def space_to_raw(space: dict[str, Param]) -> dict:
     """The YAML form of a parsed space (inverse of :func:`parse_space`)."""
-    return {name: _param_to_raw(param) for name, param in space.items()}
+    branched = any(split_branch(name)[0] is not None for name in space)
+    out: dict = {}
+    for name, param in space.items():
+        head, setting = split_branch(name)
+        if head is not None:
+            out.setdefault("head", {}).setdefault(head, {})[setting] = _param_to_raw(param)
+        elif name == "head" and branched:
+            out.setdefault("head", {}).update({h: out.get("head", {}).get(h, {}) for h in param.values})
+        else:
+            out[name] = _param_to_raw(param)
+    return out
 
 
 def paper_space() -> dict[str, Param]:

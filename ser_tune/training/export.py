@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data import SAMPLE_RATE
 from ..encoders import SpeechEncoder, load_encoder
-from .head import EmotionHead, masked_mean
+from .head import EmotionHead, pool_states
 from .normalize import FeatureNorm
 from .settings import SettingsError, TrialSettings
 
@@ -72,9 +72,10 @@ class ExportCut:
 
 
 def read_layer(settings: dict, num_states: int) -> int | None:
-    """The hidden state (0..num_states-1) a head with ``settings`` reads; None for a learned mix of all."""
+    """The hidden state (0..num_states-1) a head with ``settings`` reads; None for a learned mix of all
+    or every layer side by side."""
     layer = settings.get("layer", "weighted")
-    return None if layer == "weighted" else int(layer) % num_states
+    return None if layer in ("weighted", "all") else int(layer) % num_states
 
 
 def cut_at_read_layer(state: dict, settings: dict, num_states: int, hidden_size: int, *,
@@ -154,12 +155,13 @@ class TunedModel:
 
     @torch.no_grad()
     def embed(self, wave: np.ndarray) -> torch.Tensor:
-        """Per-layer pooled features (1, L+1, D) of one waveform at ``sample_rate``, cropped to max_length."""
+        """Per-layer pooled statistics (1, L+1, D') of one waveform at ``sample_rate``, cropped to
+        max_length, pooled as the model's ``pooling`` setting says."""
         if self.max_length is not None:
             wave = wave[: int(round(self.max_length * self.sample_rate))]
         x = torch.from_numpy(np.array(wave, dtype=np.float32))[None]
         states, mask = self.encoder(x, torch.tensor([x.shape[1]]))
-        return torch.stack([masked_mean(h, mask) for h in states], dim=1)
+        return pool_states(states, mask, str(self.meta.get("settings", {}).get("pooling", "mean")))
 
     @property
     def n_classes(self) -> int:

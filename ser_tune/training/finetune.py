@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from ..data import SAMPLE_RATE, AudioStore, crop, pad_batch
@@ -32,9 +33,10 @@ from ..data.corpus import DIMENSIONS
 from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
 from .export import cut_at_read_layer, save_model
-from .head import EmotionHead, masked_mean
+from .head import EmotionHead, load_logreg, pool_states, stack_statistics
 from .normalize import FeatureNorm
 from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
+from .probe import fit_probe
 from .settings import TrialSettings
 from .targets import Loss, Targets
 
@@ -221,6 +223,7 @@ class FineTuner:
         self.cache = None
         self._peft: PeftPlan | None = None
         self._norm: FeatureNorm | None = None
+        self._statistics: tuple[CachedFeatures, np.ndarray] | None = None
         if settings.features == "cache":
             if cache_root is None:
                 raise TrialError("features: cache needs a cache folder")
@@ -251,9 +254,16 @@ class FineTuner:
         """The feature normalisation of ``settings.normalize`` (see ``training.normalize``), its
         statistics from the frozen encoder's cached features of this tuner's clips."""
         if self._norm is None and self.s.normalize != "none":
-            self._norm = FeatureNorm.fit(self.s.normalize, self.cached_features().pooled, speakers=self.data.speakers,
-                                         rows=self.data.parts["train"])
+            self._norm = FeatureNorm.fit(self.s.normalize, self.statistics(self.cached_features()),
+                                         speakers=self.data.speakers, rows=self.data.parts["train"])
         return self._norm
+
+    def statistics(self, feats: CachedFeatures) -> np.ndarray:
+        """The cached per-layer statistics the head reads, (N, L+1, D'): ``feats``' mean, or its mean and
+        standard deviation side by side (``pooling: meanstd``); made once per entry."""
+        if self._statistics is None or self._statistics[0] is not feats:
+            self._statistics = (feats, stack_statistics(feats.pooled, feats.pooled_std, self.s.pooling))
+        return self._statistics[1]
 
     def cached_features(self) -> CachedFeatures:
         """The feature cache's entry for this tuner's clips: every layer's pooled features and, when the
@@ -320,10 +330,10 @@ class FineTuner:
             if self.cache is not None:
                 feats = self.cached_features()
                 self.seconds["encode"] += self.cache.stats.encode_seconds
-                num_states, dim = feats.pooled.shape[1], feats.pooled.shape[2]
+                num_states, dim = self.statistics(feats).shape[1:]
             else:
                 enc = self._load_encoder()
-                num_states, dim = enc.num_layers + 1, enc.hidden_size
+                num_states, dim = enc.num_layers + 1, enc.hidden_size * (2 if s.pooling == "meanstd" else 1)
             boundary = None
             if s.encoder_trains:
                 boundary = 0 if s.top_k is None else (num_states - 1) - min(s.top_k, num_states - 1)
@@ -344,7 +354,8 @@ class FineTuner:
                          # Encoder weights that differ from the pretrained ones from the start: the cache's
                          # pooled features of the trained layers no longer hold, so those layers run live.
                          live_from_start=bool(init_state is not None and init_state.get("encoder")),
-                         num_epochs=s.num_epochs, hidden_size=dim)
+                         # a logistic regression is fitted to convergence once: one "epoch"
+                         num_epochs=1 if s.head == "logreg" else s.num_epochs, hidden_size=dim)
         if resume_dir is not None and (Path(resume_dir) / STATE_FILE).exists():
             self._restore(state, Path(resume_dir) / STATE_FILE)
         return state
@@ -386,17 +397,35 @@ class FineTuner:
         live = self._live_boundary(state, state.epoch)
         for p in state.trained.values():
             p.requires_grad_(unfrozen)
-        state.model.head.train()
-        self._set_encoder_mode(state.model.encoder, state.boundary, train=unfrozen)
-        with self._own_rng(state):
-            losses = [loss for idx in self._batches(state.rng.permutation(self.data.parts["train"]))
-                      if (loss := self.fit_batch(state, idx, live, grad=unfrozen)) is not None]
+        if self.s.head == "logreg":
+            losses = [self.fit_logreg(state)]
+        else:
+            state.model.head.train()
+            self._set_encoder_mode(state.model.encoder, state.boundary, train=unfrozen)
+            with self._own_rng(state):
+                losses = [loss for idx in self._batches(state.rng.permutation(self.data.parts["train"]))
+                          if (loss := self.fit_batch(state, idx, live, grad=unfrozen)) is not None]
         state.epoch += 1
         metrics = self.evaluate(state, "val")
         state.last = EpochOutcome(metrics, float(np.mean(losses)) if losses else float("nan"), unfrozen)
         self.seconds["train"] += time.perf_counter() - start
         self._record_epoch(state)
         return metrics
+
+    def fit_logreg(self, state: FitState) -> float:
+        """``head: logreg``: scikit-learn's logistic regression (standardised features, L2 with ``C``, fitted
+        to convergence as the probe's is: ``probe.fit_probe``) on what the head reads of the training clips'
+        (normalised) cached statistics, written into the head (``head.load_logreg``). Returns its training
+        log-loss."""
+        head, train = state.model.head, self.data.parts["train"]
+        features = self.pooled(state.model, train, None, grad=False)
+        x = head.read(features).numpy().reshape(len(train), -1)
+        y = self.data.y[train]
+        with threadpool_limits(limits=torch.get_num_threads()):   # the trial's CPUs, not the machine's
+            model = fit_probe(x, y, self.s.C, self.s.seed, class_weight="balanced" if self.s.class_weighted else None)
+        load_logreg(head, model, features.shape[-1])
+        probabilities = model.predict_proba(x)[np.arange(len(y)), np.searchsorted(model[-1].classes_, y)]
+        return float(-np.mean(np.log(np.clip(probabilities, 1e-12, None))))
 
     @staticmethod
     @contextmanager
@@ -658,9 +687,9 @@ class FineTuner:
 
     def raw_pooled(self, model: TrialModel, idx, live: int | None, grad: bool) -> torch.Tensor:
         """``pooled`` before normalisation."""
-        feats, encoder = model.feats, model.encoder
+        feats, encoder, pooling = model.feats, model.encoder, self.s.pooling
         if feats is not None and live is None:
-            return torch.from_numpy(feats.pooled[idx])
+            return torch.from_numpy(self.statistics(feats)[idx])
         if feats is not None:
             frames = [torch.from_numpy(np.array(feats.frames_of(live, int(i)))) for i in idx]
             lengths = torch.tensor([f.shape[0] for f in frames])
@@ -668,8 +697,8 @@ class FineTuner:
             mask = torch.arange(hidden.shape[1])[None] < lengths[:, None]
             with torch.set_grad_enabled(grad):
                 states = encoder.run_layers(hidden, mask, live)
-                live_pooled = torch.stack([masked_mean(h, mask) for h in states], dim=1)
-            return torch.cat([torch.from_numpy(feats.pooled[idx, : live + 1]), live_pooled], dim=1)
+                live_pooled = pool_states(states, mask, pooling)
+            return torch.cat([torch.from_numpy(self.statistics(feats)[idx, : live + 1]), live_pooled], dim=1)
         # naive path, or "all" layers training: encode the waveforms now
         start = time.perf_counter()
         x, lengths = self._waves(idx)
@@ -681,7 +710,7 @@ class FineTuner:
             self.seconds["encode"] += time.perf_counter() - start
         with torch.set_grad_enabled(grad):
             high = encoder.run_layers(low[-1], mask, cut) if cut < encoder.num_layers else []
-        return torch.stack([masked_mean(h, mask) for h in low + high], dim=1)
+        return pool_states(low + high, mask, pooling)
 
     @torch.no_grad()
     def _outputs(self, model: TrialModel, idx, live: int | None) -> np.ndarray:

@@ -58,8 +58,9 @@ def layer_features(pooled: np.ndarray, layer: int | str) -> np.ndarray:
     return pooled.mean(1) if layer == MEAN else pooled[:, int(layer)]
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, c: float, seed: int = 0):
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=1000,
+def fit_probe(x: np.ndarray, y: np.ndarray, c: float, seed: int = 0, *, class_weight: str | None = "balanced"):
+    """The probe's model (also a trial's ``head: logreg``): standardised features, L2 logistic regression."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight=class_weight, max_iter=1000,
                                                                random_state=seed))
     with warnings.catch_warnings():   # a probe that stops a little short of the optimum is still a probe
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -93,3 +94,22 @@ def linear_probe(pooled: np.ndarray, y: np.ndarray, folds, *, train: np.ndarray,
                        seconds=time.perf_counter() - start, grid={f"{k[0]}|{k[1]:g}": v for k, v in grid.items()},
                        model=model)
 
+
+CHOSEN = "chosen"   # the probe entry whose normalisation, as its layer and C, the inner folds chose
+
+
+def choose_normalization(by_kind: dict[str, list[dict]]) -> list[dict]:
+    """Per outer fold, the probe (a :meth:`ProbeResult.to_dict` row) of the normalisation with the best
+    inner-fold BCA, that normalisation named in ``normalize``: the probe of a study that searches
+    ``normalize`` chooses it as it chooses its layer and C (ties: the first kind given, e.g. none).
+
+    >>> choose_normalization({"none": [{"cv_bca": 0.8, "test_bca": 0.7}], "speaker": [{"cv_bca": 0.9, "test_bca": 0.6}]})
+    [{'cv_bca': 0.9, 'test_bca': 0.6, 'normalize': 'speaker'}]
+    """
+    kinds = list(by_kind)
+    folds = len(by_kind[kinds[0]]) if kinds else 0
+    chosen = []
+    for f in range(folds):
+        kind = max(kinds, key=lambda k: (by_kind[k][f]["cv_bca"], -kinds.index(k)))
+        chosen.append({**by_kind[kind][f], "normalize": kind})
+    return chosen

@@ -56,13 +56,19 @@ class TrialSettings:
                         described("'none', 'all' or 'top:K' with K >= 1")] = "top:2"
     head_lr: Optional[Float] = None  # head learning rate; None = lr * head_lr_scale
     head_lr_scale: Float = 10.0      # heads on cached features want a larger step than encoder layers
-    # Head: learned weighted sum of all layers ("weighted") or one layer index; masked mean pooling;
-    # then "linear" or "mlp".
-    layer: Annotated[Union[Literal["weighted"], int], described("'weighted' or a layer index")] = "weighted"
-    head: Literal["linear", "mlp"] = "linear"
+    # What the head reads: each hidden state's statistics over the clip's frames, its "mean" or its
+    # "meanstd" (mean and standard deviation side by side), of one layer index, a learned mix of
+    # every layer ("weighted", trained heads only) or "all" layers' statistics concatenated.
+    pooling: Literal["mean", "meanstd"] = "mean"
+    layer: Annotated[Union[Literal["weighted", "all"], int], described("'weighted', 'all' or a layer index")] = "weighted"
+    # "logreg": scikit-learn's L2-regularised logistic regression (the probe's kind of model) fitted
+    # to convergence on the standardised features, inverse regularisation C; "linear" or "mlp": a torch
+    # head trained by AdamW for num_epochs.
+    head: Literal["logreg", "linear", "mlp"] = "linear"
+    C: Annotated[Float, Field(gt=0)] = 1.0
     head_hidden: Int = 256
     dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.1
-    weight_decay: Float = 0.01
+    weight_decay: Annotated[Float, Field(ge=0)] = 0.01
     batch_size: Annotated[Int, Field(ge=1)] = 16
     class_weighted: bool = True
     grad_clip: Float = 1.0
@@ -131,7 +137,7 @@ class TrialSettings:
 
     @property
     def encoder_trains(self) -> bool:
-        return self.top_k != 0 and self.unfreeze_epoch < self.num_epochs
+        return self.head != "logreg" and self.top_k != 0 and self.unfreeze_epoch < self.num_epochs
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -140,8 +146,47 @@ class TrialSettings:
 
 
 ADAPTER = TypeAdapter(TrialSettings)
+HEADS = ("logreg", "linear", "mlp")
+TRAINED_HEADS = ("linear", "mlp")
+# Settings that mean something for some heads only: a trial's config (see :func:`applicable`) leaves
+# them out for the others. A logistic regression is fitted to convergence on frozen features: no
+# steps, epochs, dropout or encoder training; a torch head has no C.
+ONLY_FOR_HEADS = {
+    "C": ("logreg",),
+    "head_hidden": ("mlp",),
+    **{name: TRAINED_HEADS for name in (
+        "lr", "num_epochs", "unfreeze_epoch", "unfreeze", "head_lr", "head_lr_scale", "dropout", "weight_decay",
+        "batch_size", "grad_clip", "warmup_fraction", "peft", "lora_rank", "lora_alpha", "lora_targets",
+        "adapter_size")},
+}
+# A setting searched within one head's branch of a conditional space is named "<head>.<setting>"
+# (see ser_tune.search.space): it applies when the trial's head is that head.
+BRANCH = "."
+
+
+def applicable(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``values`` that apply to its head (default: TrialSettings.head), branch names
+    ("<head>.<setting>") of the chosen head renamed to the setting, every other branch's and every
+    setting of :data:`ONLY_FOR_HEADS` the head does not use left out. A branch's value wins over the
+    same setting given plainly.
+
+    >>> applicable({"head": "logreg", "lr": 0.1, "logreg.C": 2.0, "mlp.head_hidden": 64, "normalize": "speaker"})
+    {'head': 'logreg', 'normalize': 'speaker', 'C': 2.0}
+    """
+    head = values.get("head", TrialSettings.head)
+    plain = {k: v for k, v in values.items() if BRANCH not in k}
+    branch = {k.partition(BRANCH)[2]: v for k, v in values.items() if k.partition(BRANCH)[0] == head}
+    return {k: v for k, v in {**plain, **branch}.items() if head in ONLY_FOR_HEADS.get(k, HEADS)}
+
+
 # Settings that must agree with each other: (setting to blame, why, test).
 AGREE = [
+    ("layer", "'weighted' is a learned mix of layers: it needs a trained head (linear or mlp); logreg reads "
+     "one layer or 'all'", lambda s: s.head in TRAINED_HEADS or s.layer != "weighted"),
+    ("head", "logreg predicts emotion categories only (task 'categories')", lambda s: s.head != "logreg" or
+     s.task == "categories"),
+    ("head", "logreg is fitted on the cached frozen features: it needs 'features: cache'",
+     lambda s: s.head != "logreg" or s.features == "cache"),
     ("objective", "a CCC objective needs task 'dimensions' or 'both'",
      lambda s: s.uses_dimensions or not s.objective.startswith("val_ccc")),
     ("objective", "val_bca needs task 'categories' or 'both'", lambda s: s.uses_categories or s.objective != "val_bca"),

@@ -23,7 +23,7 @@ from .crossval import FoldedRun
 from .export import to_jsonable
 from .finetune import STATE_FILE, FineTuner, TrialData
 from .latency import LatencyCheck, deployment_costs
-from .settings import TrialSettings
+from .settings import BRANCH, TrialSettings, applicable
 
 # A trainable's last report carries this key: the trial ran to its end (the driver tells a finished
 # trial from one cut off by an interrupt by it).
@@ -49,10 +49,14 @@ class StudyContext:
     latency: LatencyCheck | None = None                 # measure each trial's deployment costs (None: do not)
     refits: dict | None = None                          # run_refit's jobs by name (settings, assignment)
 
+    def chosen(self, config: dict) -> dict:
+        """The trial's settings values: the fixed ones and the searcher's (decoded), only those that apply
+        to its head (``settings.applicable``: a conditional space's branch settings renamed, the settings of
+        other heads left out)."""
+        return applicable({**self.fixed, **(self.decode(config) if self.decode is not None else config)})
+
     def settings_for(self, config: dict) -> TrialSettings:
-        values = dict(self.fixed)
-        values.update(self.decode(config) if self.decode is not None else config)
-        return TrialSettings.from_config(values)
+        return TrialSettings.from_config(self.chosen(config))
 
     def encoder_for(self, settings: TrialSettings) -> str:
         """The encoder spec a trial uses: its own ``encoder`` setting (a study searching among encoders), else
@@ -195,7 +199,8 @@ def trial_state_dir(context: StudyContext) -> Path:
 
 def searched_settings(context: StudyContext, config: dict, settings: TrialSettings) -> dict:
     """The settings the search chose (``cfg_<name>``, decoded), and where the trial ran."""
-    varied = context.decode(config) if context.decode is not None else config
+    decoded = context.decode(config) if context.decode is not None else config
+    varied = {key.partition(BRANCH)[2] or key for key in decoded} & set(context.chosen(config))
     return {**{f"cfg_{k}": v for k, v in settings.to_dict().items() if k in varied}, "node": _node_name()}
 
 

@@ -32,7 +32,12 @@ def check_spec(spec: str) -> str:
 def resolve_spec(spec: str, bases=()) -> str:
     """Make a local-folder spec absolute (looked up in ``bases``, then the working directory), so the
     same spec names the same folder in every Ray worker, whatever its working directory. Hub ids
-    and tiny specs are returned as they are."""
+    and tiny specs are returned as they are.
+
+    What names a folder is told by its text, since a hub id cannot be checked offline: a source that
+    starts with ``/``, ``.`` or ``~``, has two ``/`` or more (a hub id is ``name`` or ``owner/name``), or
+    whose first part exists here. Such a folder that does not exist is an EncoderError at once.
+    """
     from pathlib import Path
 
     check_spec(spec)
@@ -40,12 +45,13 @@ def resolve_spec(spec: str, bases=()) -> str:
         return spec
     prefix, source = spec.split(":", 1)
     path = Path(source).expanduser()
-    if path.is_absolute():
-        return f"{prefix}:{path}"
-    for base in [*bases, Path.cwd()]:
-        candidate = Path(base) / path
-        if candidate.exists():
-            return f"{prefix}:{candidate.resolve()}"
+    places = [path] if path.is_absolute() else [Path(base) / path for base in [*bases, Path.cwd()]]
+    found = next((p for p in places if p.exists()), None)
+    if found is not None:
+        return f"{prefix}:{found.resolve()}"
+    first_part_here = len(path.parts) > 1 and any((place.parents[len(path.parts) - 2]).exists() for place in places)
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or first_part_here:
+        raise EncoderError(f"no encoder folder {places[-1].resolve()} ({spec})")
     return spec
 
 

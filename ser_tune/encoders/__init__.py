@@ -45,13 +45,13 @@ def resolve_spec(spec: str, bases=()) -> str:
         return spec
     prefix, source = spec.split(":", 1)
     path = Path(source).expanduser()
-    places = [path] if path.is_absolute() else [Path(base) / path for base in [*bases, Path.cwd()]]
-    found = next((p for p in places if p.exists()), None)
+    bases = [] if path.is_absolute() else [Path(base) for base in [*bases, Path.cwd()]]
+    found = next((base / path for base in bases if (base / path).exists()), path if path.exists() else None)
     if found is not None:
         return f"{prefix}:{found.resolve()}"
-    first_part_here = len(path.parts) > 1 and any((place.parents[len(path.parts) - 2]).exists() for place in places)
+    first_part_here = len(path.parts) > 1 and any((base / path.parts[0]).exists() for base in bases)
     if source.startswith(("/", ".", "~")) or source.count("/") > 1 or first_part_here:
-        raise EncoderError(f"no encoder folder {places[-1].resolve()} ({spec})")
+        raise EncoderError(f"no encoder folder {(Path.cwd() / path).resolve()} ({spec})")
     return spec
 
 

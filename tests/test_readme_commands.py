@@ -42,9 +42,9 @@ SUBSTITUTIONS = [
     (r"^python -m ser_tune\.launch$", "python -m ser_tune.launch --trials 1 --strategies tpe",
      "the quickstart (~2 min): one tpe trial of its synthetic corpus and tiny-whisper"),
     ("experiments/emodb.yaml", "{tiny}",
-     "EmoDB + Whisper-base: synthetic corpus + tiny-whisper, 2 trials of nsga2 and motpe on val_bca and latency"),
+     "EmoDB + Whisper-base: synthetic corpus + tiny-whisper, a trial each of nsga2 and motpe on val_bca and latency"),
     ("experiments/emodb_nested.yaml", "{nested}", "the same tiny study with 2 outer x 2 inner speaker folds"),
-    ("--trials 15", "--trials 2", "a tiny budget"),
+    ("--trials 15", "--trials 1", "a tiny budget"),
     ("--cv-folds 4 --repeats 10", "--cv-folds 2 --repeats 2", "a tiny budget"),
     ("studies/emodb-20261122-101500 [more study folders]", "{study} [{other_study}]", "the tiny studies"),
     ("studies/emodb-.../best_model clip1.wav clip2.wav", "{study}/best_model {clip} {clip2}",
@@ -158,7 +158,7 @@ def _tiny_folder(root: Path) -> dict:
               "split": {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0},
               "resources": {"cpus_per_trial": 1}, "storage": str(studies)}
     study = {**common, "encoder": "tiny-whisper", "trial": {"unfreeze": "none", "max_length": 1.0, "batch_size": 16},
-             "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 2]}}, "budget": {"trials": 2}}
+             "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 2]}}, "budget": {"trials": 1}}
     wav2vec2 = root / "tiny-wav2vec2"
     build_tiny_model("wav2vec2").save_pretrained(wav2vec2)
     Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(wav2vec2)
@@ -171,7 +171,7 @@ def _tiny_folder(root: Path) -> dict:
             "objective": {"metrics": {"val_bca": "max", "latency_ms_per_s": "min"},
                           "latency": {"clips": 2, "repeats": 1, "warmup": 0}}}),
         "nested": _write(root / "tiny_nested.yaml", {
-            **study, "name": "tiny_nested", "strategies": ["random"], "budget": {"trials": 1},
+            **study, "name": "tiny_nested", "strategies": ["random"],
             "objective": {"cv_folds": 2}, "evaluation": {"outer_folds": 2}}),
         "twostage": _write(root / "tiny_twostage.yaml", {
             "name": "tiny_twostage", "encoder": "tiny-whisper", "storage": str(studies),
@@ -195,22 +195,19 @@ def places(tiny: dict) -> dict:
             "clip": clips[0] if clips else "NO-CLIP", "clip2": clips[-1] if clips else "NO-CLIP"}
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """One tiny folder for the whole module: the commands run in README order (one test each, as
+    parametrized), so results, predict and --resume find the studies the launches before them made."""
+    return _tiny_folder(tmp_path_factory.mktemp("readme"))
+
+
 @pytest.mark.slow
-def test_every_readme_command_runs_at_tiny_scale(tmp_path):
-    tiny = _tiny_folder(tmp_path)
-    failed = []
-    for command in readme_commands():
-        if skip_reason(command):
-            continue
-        for run in runs(substituted(command)):
-            argv = [sys.executable if a == "python" else a for a in shlex.split(run.format(**places(tiny)))]
-            done = subprocess.run(argv, cwd=tmp_path, text=True, capture_output=True, timeout=600)
-            if done.returncode != 0:
-                failed.append(f"{command}\n  ran: {shlex.join(argv)}\n  exit {done.returncode}: "
-                              f"{done.stderr.strip()[-1500:]}")
-            elif "--json" in argv:
-                try:
-                    json.loads(done.stdout)   # stdout holds the one JSON object
-                except ValueError:
-                    failed.append(f"{command}\n  ran: {shlex.join(argv)}\n  stdout is not one JSON object")
-    assert not failed, "\n\n".join(failed)
+@pytest.mark.parametrize("command", [c for c in readme_commands() if not skip_reason(c)])
+def test_readme_command_runs_at_tiny_scale(command, tiny):
+    for run in runs(substituted(command)):
+        argv = [sys.executable if a == "python" else a for a in shlex.split(run.format(**places(tiny)))]
+        done = subprocess.run(argv, cwd=Path(tiny["corpus"]).parent, text=True, capture_output=True, timeout=800)
+        assert done.returncode == 0, f"ran: {shlex.join(argv)}\nexit {done.returncode}: {done.stderr[-3000:]}"
+        if "--json" in argv:
+            json.loads(done.stdout)   # stdout holds the one JSON object

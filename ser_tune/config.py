@@ -320,6 +320,10 @@ class Experiment(StudyConfig):
             raise invalid(f": '{both[0]}' is both fixed in trial and searched in the grid; keep one", "grid", both[0])
         if self.objective.cv_folds > 1 and self.split["kind"] == "random":
             raise invalid(SPEAKER_FOLDS, "objective", "cv_folds")
+        for i, threshold in enumerate(self.thresholds if self.objective.metric == "val_bca" else []):
+            if not 0 <= threshold <= 1:
+                raise invalid(f"must be in [0, 1] for val_bca, a balanced class accuracy (got {threshold})",
+                              "thresholds", i)
         for strategy in self.strategies:
             try:
                 check_installed(strategy)

@@ -12,6 +12,9 @@ import time
 
 from .training.settings import TrialSettings
 
+# Every trial setting is a flag but seed and encoder, which --seed and --encoder (the run's own) set.
+SETTING_FLAGS = [name for name in TrialSettings.field_names() if name not in ("seed", "encoder")]
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m ser_tune.train", description=__doc__.splitlines()[0])
@@ -28,9 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--cpus", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--export", help="save the trained model to this folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    for name in TrialSettings.field_names():
-        if name == "seed":
-            continue
+    for name in SETTING_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=f"set_{name}", metavar="VALUE",
                        help=f"trial setting {name} (default {getattr(TrialSettings, name)!r})")
     return p.parse_args(argv)
@@ -47,8 +48,8 @@ def main(argv=None) -> int:
     from .training.trainable import set_threads
 
     set_threads(args.cpus or os.cpu_count() or 1)
-    values = {name: _parse(getattr(args, f"set_{name}")) for name in TrialSettings.field_names()
-              if name != "seed" and getattr(args, f"set_{name}") is not None}
+    values = {name: _parse(getattr(args, f"set_{name}")) for name in SETTING_FLAGS
+              if getattr(args, f"set_{name}") is not None}
     values["seed"] = args.seed
     try:
         settings = TrialSettings.from_config(values)

@@ -156,11 +156,15 @@ def test_defaults_and_the_shipped_experiments():
     assert cfg.experiment.trial == {"unfreeze": "none", "num_epochs": 2}          # head only by default
     assert cfg.active.trial_acquisitions == ["entropy", "random", "full"]
     assert cfg.active.reinit is True and cfg.active.cold_start == "random"
+    assert cfg.evaluation.outer_folds == 1 and cfg.experiment.evaluation.outer_folds == 1
+    assert cfg.active.seeds == [0] and active_from_dict({**copy.deepcopy(BASE), "seed": 7}).active.seeds == [7]
+    if not (REPO.parent / "shared" / "models" / "whisper-base-encoder").is_dir():   # a clone without shared/
+        with pytest.raises(ConfigError, match="active_emodb.yaml: encoder: no encoder folder"):
+            load_active(REPO / "experiments" / "active_emodb.yaml")
+        return
     emodb = load_active(REPO / "experiments" / "active_emodb.yaml")
     assert emodb.active.tapt == [False] and emodb.experiment.encoder.startswith("hf:")
     assert "coreset" in emodb.active.acquisitions
-    assert cfg.evaluation.outer_folds == 1 and cfg.experiment.evaluation.outer_folds == 1
-    assert cfg.active.seeds == [0] and active_from_dict({**copy.deepcopy(BASE), "seed": 7}).active.seeds == [7]
 
 
 def test_to_dict_round_trips_with_the_new_sections():

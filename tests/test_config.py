@@ -22,8 +22,20 @@ def test_examples_exist():
     assert {"quickstart.yaml", "emodb_paper.yaml", "emodb.yaml", "ravdess.yaml", "cremad.yaml"} <= names
 
 
+def _missing_encoder_folder(path: Path) -> str | None:
+    """The encoder folder an example names (relative to the working directory, as resolve_spec looks
+    too) when it is not here, e.g. ../shared/models/whisper-base-encoder on a clone without shared/."""
+    spec = yaml.safe_load(path.read_text()).get("encoder", "")
+    folder = spec.split(":", 1)[1] if spec.startswith("hf:../") else None
+    return folder if folder and not (path.parent / folder).exists() and not (REPO / folder).exists() else None
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_loads_and_round_trips(path):
+    if _missing_encoder_folder(path):   # refused at once, naming the field and the folder
+        with pytest.raises(ConfigError, match=f"{path}: encoder: no encoder folder"):
+            load_experiment(path)
+        return
     exp = load_experiment(path)
     assert exp.name == path.stem and exp.source == path
     data = exp.to_dict()
@@ -57,13 +69,14 @@ def test_paper_and_speaker_independent_emodb_examples():
     assert paper.encoder.startswith("speechbrain:")
     assert paper.corpus.root == (REPO.parent / "shared" / "data" / "emodb").resolve()
 
+    if _missing_encoder_folder(REPO / "experiments" / "emodb.yaml"):
+        pytest.skip("needs ../shared/models/whisper-base-encoder")
     emodb = load_experiment(REPO / "experiments" / "emodb.yaml")
     assert emodb.split["kind"] == "speaker"
     assert emodb.strategies == ["tpe", "gp", "skopt", "random", "grid"]
     whisper = REPO.parent / "shared" / "models" / "whisper-base-encoder"
-    # A folder spec resolves to an absolute path when the folder exists (so every Ray worker finds it).
-    expected = f"hf:{whisper.resolve()}" if whisper.is_dir() else "hf:../shared/models/whisper-base-encoder"
-    assert emodb.encoder == expected
+    # A folder spec resolves to an absolute path (so every Ray worker finds it); a missing one is refused.
+    assert emodb.encoder == f"hf:{whisper.resolve()}"
     assert emodb.objective.metric == "val_bca" and emodb.objective.mode == "max"
 
 
@@ -156,6 +169,12 @@ def _with(**changes):
     (_with(concurrency=0), "concurrency must be a positive integer or null (got 0)"),
     (_with(seed=-1), "seed must be an integer >= 0 (got -1)"),
     (_with(thresholds=[0.8, 2]), "thresholds[1] must be in [-1, 1] (got 2)"),
+    (_with(thresholds=[-0.5, 0.9]), "thresholds[0] must be in [0, 1] for val_bca, a balanced class accuracy (got -0.5)"),
+    (_with(encoder="hf:./no-such-encoder"), "encoder: no encoder folder"),
+    (_with(encoder="hf:/no/such/encoder"), "encoder: no encoder folder /no/such/encoder (hf:/no/such/encoder)"),
+    (_with(encoder="speechbrain:~/no-such-encoder"), "encoder: no encoder folder"),
+    (_with(encoder="hf:a/b/no-such-encoder"), "encoder: no encoder folder"),
+    (_with(space__encoder={"choice": ["tiny-whisper", "hf:../no-such-encoder"]}), "space.encoder: no encoder folder"),
     (_with(thresholds=0.8), "thresholds must be a list of numbers"),
     (_with(crosscorpus=[{"name": "ravdess"}]), "crosscorpus[0].root is required for corpus 'ravdess'"),
     (_with(crosscorpus=[{"name": "emodb", "root": "x", "options": {}}]), "crosscorpus[0].options is not a known key"),
@@ -514,3 +533,30 @@ def test_optuna_strategies_need_optuna():
             experiment_from_dict(raw)
     else:
         assert experiment_from_dict(raw).strategies == ["nsga2", "random"]
+
+
+def test_thresholds_of_a_ccc_metric_may_be_negative():
+    raw = _with(objective={"metric": "val_ccc", "mode": "max"}, thresholds=[-0.5, 0.9])
+    assert experiment_from_dict(raw).thresholds == [-0.5, 0.9]
+
+
+@pytest.mark.parametrize("spec", ["hf:facebook/wav2vec2-base", "hf:openai-whisper-base", "tiny-wavlm",
+                                  "speechbrain:speechbrain/emotion-recognition-wav2vec2-IEMOCAP"])
+def test_hub_ids_stay_hub_ids(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert experiment_from_dict(_with(encoder=spec)).encoder == spec
+
+
+def test_a_missing_encoder_folder_stops_the_launch_at_once_and_leaves_no_study_folder(tmp_path):
+    import subprocess
+    import sys
+
+    storage = tmp_path / "studies"
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump(_with(encoder="hf:./missing-encoder", storage=str(storage))))
+    run = subprocess.run([sys.executable, "-m", "ser_tune.launch", str(path)], cwd=tmp_path, text=True,
+                         capture_output=True, timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"error: {path}: encoder: no encoder folder {tmp_path / 'missing-encoder'} " \
+                                 "(hf:./missing-encoder)"
+    assert not storage.exists() or not any(storage.iterdir())

@@ -85,3 +85,35 @@ def test_small_grid_runs_whole(tmp_path):
     assert len(results) == 4 and results.num_errors == 0
     assert sorted((r.config["lr"], r.config["num_epochs"]) for r in results) == sorted(
         (p["lr"], p["num_epochs"]) for p in grid_points(grid))
+
+
+@pytest.mark.parametrize("strategy", ["nsga2", "motpe"])
+def test_optuna_strategies_run_through_tunes_pickling_and_restore(strategy, tmp_path):
+    """Tune pickles the searcher when the Tuner is built (tuner.pkl) and at every experiment snapshot;
+    Tuner.restore unpickles both. optuna 5.1's NSGAIISampler holds a lock, which no pickle takes."""
+    plan = make_plan(strategy, SPACE, budget=4, seed=0, max_concurrent=2,
+                     objectives={"val_bca": "max", "latency_ms_per_s": "min"})
+    assert plan.several_metrics
+
+    def trainable(config):
+        settings = plan.decode(config)
+        tune.report({"val_bca": objective(settings), "latency_ms_per_s": 10.0 * settings["num_epochs"]})
+
+    def tuner_config():
+        return dict(param_space=plan.param_space,
+                    tune_config=tune.TuneConfig(search_alg=plan.searcher, num_samples=plan.num_samples))
+
+    tuner = tune.Tuner(trainable, **tuner_config(),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), name=strategy, verbose=0))
+    results = tuner.fit()
+    assert len(results) == 4 and results.num_errors == 0 and results.num_terminated == 4
+
+    restored = tune.Tuner.restore(str(tmp_path / strategy), trainable, param_space=plan.param_space)
+    assert len(restored.fit()) == 4   # every trial had ended: none runs again
+    again = make_plan(strategy, SPACE, budget=4, seed=0, max_concurrent=2,
+                      objectives={"val_bca": "max", "latency_ms_per_s": "min"}).searcher
+    again.restore_from_dir(str(tmp_path / strategy))   # the last snapshot's searcher
+    study = again.searcher._ot_study
+    assert len(study.trials) == 4 and {t.state.name for t in study.trials} == {"COMPLETE"}
+    assert again.searcher._ot_study.sampler.told == 4   # the rebuilt sampler goes on from the told trials
+    assert set(again.suggest("next")) == set(plan.param_space)

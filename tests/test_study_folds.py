@@ -55,6 +55,18 @@ def test_one_outer_fold_and_one_inner_fold_is_the_study_split(synthetic_corpus):
     assert described["outer"][0]["test_speakers"] == split.speakers(synthetic_corpus.table, "test")
 
 
+@pytest.mark.parametrize("outer, inner, message", [
+    (1, 50, r"objective\.cv_folds: 50 folds need an integer from 2 to the number of speakers \(\d+\)"),
+    (40, 1, r"evaluation\.outer_folds: 40 folds need an integer from 2 to the number of speakers \(\d+\)"),
+])
+def test_too_few_speakers_for_the_folds_names_the_field(synthetic_corpus, outer, inner, message):
+    from ser_tune.data import DataError
+
+    split = make_split(synthetic_corpus.table, SPEC)
+    with pytest.raises(DataError, match=message):
+        fold_plan(synthetic_corpus, split, outer_folds=outer, cv_folds=inner, split_spec=SPEC, over_split=False)
+
+
 def test_the_probe_chooses_on_the_folds_it_is_given():
     rng = np.random.default_rng(1)
     y = np.tile([0, 1, 2], 30)

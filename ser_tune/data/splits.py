@@ -311,11 +311,12 @@ def _row_mask(table: pd.DataFrame, rows) -> np.ndarray:
     return mask
 
 
-def speaker_folds(table: pd.DataFrame, k: int, *, seed: int, rows=None) -> list[np.ndarray]:
+def speaker_folds(table: pd.DataFrame, k: int, *, seed: int, rows=None, name: str = "k") -> list[np.ndarray]:
     """k folds of the speakers of `rows` (a boolean mask; default all rows): for each fold the boolean
     row mask of its held-out speakers' clips (within rows). Every speaker is held out exactly once;
     fold sizes differ by at most one speaker; folds are stratified by label (and gender) with
-    speaker_split's scoring, which first of all keeps every class in each fold's complement.
+    speaker_split's scoring, which first of all keeps every class in each fold's complement. ``name``:
+    what errors call k (the field it came from).
     """
     _need_columns(table, ("speaker", "label"))
     seed = _seed(seed)
@@ -323,7 +324,7 @@ def speaker_folds(table: pd.DataFrame, k: int, *, seed: int, rows=None) -> list[
     pool = table[mask]
     n = pool["speaker"].astype(str).nunique()
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= n:
-        raise DataError(f"k: {k!r} folds need an integer from 2 to the number of speakers ({n})")
+        raise DataError(f"{name}: {k!r} folds need an integer from 2 to the number of speakers ({n})")
     speakers, counts, genders = _speaker_counts(pool)
     rng = np.random.default_rng(seed)
     candidates = []
@@ -336,7 +337,7 @@ def speaker_folds(table: pd.DataFrame, k: int, *, seed: int, rows=None) -> list[
 
 
 def outer_fold_assignments(table: pd.DataFrame, n_folds: int, *, val_speakers: int | float, seed: int,
-                           test_speakers: int | float = 0.2) -> list[pd.Series]:
+                           test_speakers: int | float = 0.2, name: str = "n_folds") -> list[pd.Series]:
     """One train/val/test assignment per outer fold of a speaker cross-validation.
 
     n_folds >= 2: test = that fold's speakers (speaker_folds), val = val_speakers speakers chosen
@@ -348,7 +349,7 @@ def outer_fold_assignments(table: pd.DataFrame, n_folds: int, *, val_speakers: i
     _need_columns(table, ("speaker", "label"))
     seed = _seed(seed)
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 1:
-        raise DataError(f"n_folds: must be an integer >= 1, got {n_folds!r}")
+        raise DataError(f"{name}: must be an integer >= 1, got {n_folds!r}")
     if n_folds == 1:
         split = speaker_split(table, val_speakers=val_speakers, test_speakers=test_speakers, seed=seed)
         check_split(table, split.assignment, where="outer fold 0")
@@ -356,7 +357,7 @@ def outer_fold_assignments(table: pd.DataFrame, n_folds: int, *, val_speakers: i
     n = table["speaker"].astype(str).nunique()
     n_val = _speaker_count(val_speakers, n, "val_speakers")
     assignments = []
-    for i, test in enumerate(speaker_folds(table, n_folds, seed=seed)):
+    for i, test in enumerate(speaker_folds(table, n_folds, seed=seed, name=name)):
         rest = table[~test]
         if n_val > rest["speaker"].nunique() - 1:
             raise DataError(f"val_speakers: {n_val} is too many: outer fold {i} leaves "

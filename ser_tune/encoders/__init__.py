@@ -23,17 +23,24 @@ def check_spec(spec: str) -> str:
 def resolve_spec(spec: str, bases=()) -> str:
     """Make a local-folder spec absolute (looked up in ``bases``, then the working directory), so the
     same spec names the same folder in every Ray worker, whatever its working directory. Hub ids
-    and tiny specs are returned as they are."""
+    and tiny specs are returned as they are.
+
+    What names a folder is told by its text, since a hub id cannot be checked offline: a source that
+    starts with ``/``, ``.`` or ``~``, has two ``/`` or more (a hub id is ``name`` or ``owner/name``), or
+    whose first part exists here. Such a folder that does not exist is an EncoderError at once.
+    """
     parsed = EncoderSpec.parse(spec)
     if parsed.is_tiny:
         return spec
-    path = Path(parsed.source).expanduser()
-    if path.is_absolute():
-        return str(parsed.with_source(str(path)))
-    for base in [*bases, Path.cwd()]:
-        candidate = Path(base) / path
-        if candidate.exists():
-            return str(parsed.with_source(str(candidate.resolve())))
+    source = parsed.source
+    path = Path(source).expanduser()
+    bases = [] if path.is_absolute() else [Path(base) for base in [*bases, Path.cwd()]]
+    found = next((base / path for base in bases if (base / path).exists()), path if path.exists() else None)
+    if found is not None:
+        return str(parsed.with_source(str(found.resolve())))
+    first_part_here = len(path.parts) > 1 and any((base / path.parts[0]).exists() for base in bases)
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1 or first_part_here:
+        raise EncoderError(f"no encoder folder {(Path.cwd() / path).resolve()} ({spec})")
     return spec
 
 

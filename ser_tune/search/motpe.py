@@ -9,6 +9,8 @@ OptunaSearch; see optuna_search.py. With one objective it is Optuna's (single-ob
 """
 from __future__ import annotations
 
+import functools
+
 import optuna
 
 from ser_tune.search.optuna_search import OptunaStrategy
@@ -21,4 +23,4 @@ class MOTPEStrategy(OptunaStrategy):
         return f"multi-objective TPE (Optuna), {self.warmup} random warm-up trials of {self.budget}"
 
     def sampler(self):
-        return optuna.samplers.TPESampler(n_startup_trials=self.warmup, seed=self.seed)
+        return functools.partial(optuna.samplers.TPESampler, n_startup_trials=self.warmup)

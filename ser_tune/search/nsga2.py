@@ -12,6 +12,8 @@ warm-up (Optuna's default of 50 would make a 15-trial study pure random search).
 """
 from __future__ import annotations
 
+import functools
+
 import optuna
 
 from ser_tune.search.optuna_search import OptunaStrategy
@@ -24,4 +26,4 @@ class NSGA2Strategy(OptunaStrategy):
         return f"NSGA-II (Optuna), generations of {max(2, self.warmup)} trials (the first random) of {self.budget}"
 
     def sampler(self):
-        return optuna.samplers.NSGAIISampler(population_size=max(2, self.warmup), seed=self.seed)
+        return functools.partial(optuna.samplers.NSGAIISampler, population_size=max(2, self.warmup))

@@ -438,7 +438,7 @@ def check_meta(meta: dict, path: Path) -> None:
     for field in ("started_at", "finished_at", "encode_seconds"):
         if meta.get(field) is not None and not is_number(meta[field]):
             fail(field, f"must be a number, got {meta[field]!r}")
-    if meta.get("labels") is not None and not isinstance(meta["labels"], list):
+    if meta.get("labels") is not None and not isinstance(meta["labels"], (list, dict)):   # adapt: one per corpus
         fail("labels", "must be a list of class names")
     for section in ("strategies", "units"):
         entries = meta.get(section) or {}

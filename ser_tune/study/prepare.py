@@ -136,7 +136,8 @@ class FoldPlan:
         outer = self.outer[fold]
         if self.cv_folds == 1:
             return [outer if seed == self.seed else redrawn_validation(self.table, outer, seed)]
-        return inner_assignments(self.table, outer, self.cv_folds, seed, where=f"outer fold {fold}")
+        return inner_assignments(self.table, outer, self.cv_folds, seed, where=f"outer fold {fold}",
+                                 name="objective.cv_folds")
 
     def speakers(self, assignment: pd.Series) -> dict:
         return {f"{p}_speakers": sorted(self.table.loc[(assignment == p).to_numpy(), "speaker"].astype(str).unique())
@@ -161,18 +162,19 @@ def fold_plan(corpus: Corpus, split: Split, *, outer_folds: int, cv_folds: int, 
         outer = [split.assignment]
     else:
         outer = outer_fold_assignments(table, outer_folds, val_speakers=split_spec.get("val_speakers", 2),
-                                       seed=seed)
+                                       seed=seed, name="evaluation.outer_folds")
     plan = FoldPlan(table=table, outer=outer, cv_folds=cv_folds, seed=seed, over_split=over_split)
     for f in range(len(outer)):   # every inner assignment checked (leaks, untrainable classes) up front
         plan.inner(f)
     return plan
 
 
-def inner_assignments(table: pd.DataFrame, outer: pd.Series, k: int, seed: int, *, where: str) -> list[pd.Series]:
+def inner_assignments(table: pd.DataFrame, outer: pd.Series, k: int, seed: int, *, where: str,
+                      name: str = "k") -> list[pd.Series]:
     """k speaker folds of the non-test speakers: in fold i, fold i's speakers validate, the rest train."""
     testing = (outer == "test").to_numpy()
     folds = []
-    for i, held in enumerate(speaker_folds(table, k, seed=seed, rows=~testing)):
+    for i, held in enumerate(speaker_folds(table, k, seed=seed, rows=~testing, name=name)):
         parts = np.where(testing, "test", np.where(held, "val", "train"))
         assignment = pd.Series(parts, index=table.index, dtype=object, name="part")
         check_split(table, assignment, where=f"{where}, inner fold {i}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import runpy
 import shlex
@@ -33,6 +34,7 @@ SKIPPED = {
     r"^docker compose": "needs Docker (compose file and image: tests/test_cluster_compose.py)",
     r"^export RAY_AUTH_MODE": "the cluster's token for `ray job` (tests/test_cluster_jobs.py)",
     r"^ray job ": "needs the compose cluster (job submit/logs/stop on a local head: tests/test_cluster_jobs.py)",
+    r"^optuna-dashboard ": "serves a study's optuna.db (tests/test_study_optuna.py starts it on 127.0.0.1, reads /api/studies)",
     r"^curl ": "the compose cluster's dashboard (token auth: tests/test_cluster_jobs.py)",
 }
 
@@ -49,6 +51,10 @@ SUBSTITUTIONS = [
     ("studies/emodb-20261122-101500 [more study folders]", "{study} [{other_study}]", "the tiny studies"),
     ("studies/emodb-.../best_model clip1.wav clip2.wav", "{study}/best_model {clip} {clip2}",
      "the tiny study's model, two synthetic clips"),
+    ("studies/emodb-.../best_model clip1.wav --labels", "{study}/best_model {clip} --labels",
+     "the tiny study's model, one synthetic clip"),
+    ("experiments/csv_example.yaml", "{csv}",
+     "the README's manifest (my_corpus/manifest.csv, written from the synthetic corpus) with tiny-whisper"),
     ("studies/emodb_deploy-.../front --max-latency 20 clip.wav", "{study}/front --max-latency 1000 {clip}",
      "the tiny study's front (its latency on a busy test machine can pass 20 ms/s)"),
     ("--corpus emodb --root ../shared/data/emodb --encoder hf:../shared/models/whisper-base-encoder",
@@ -146,6 +152,17 @@ def _write(path: Path, raw: dict) -> str:
     return str(path)
 
 
+def _manifest(corpus: Path, folder: Path) -> str:
+    """The README's manifest.csv for the synthetic corpus: path (relative to the manifest), label, speaker."""
+    from ser_tune.data import load_corpus
+
+    table = load_corpus("synthetic", corpus, clips_per_cell=2).table
+    folder.mkdir()
+    rows = table.assign(path=[os.path.relpath(p, folder) for p in table["path"]])[["path", "label", "speaker"]]
+    rows.to_csv(folder / "manifest.csv", index=False)
+    return str(folder / "manifest.csv")
+
+
 def _tiny_folder(root: Path) -> dict:
     """The tiny experiments and folders the substitutions name."""
     from ser_tune.data.synthetic import generate_synthetic
@@ -159,6 +176,7 @@ def _tiny_folder(root: Path) -> dict:
               "resources": {"cpus_per_trial": 1}, "storage": str(studies)}
     study = {**common, "encoder": "tiny-whisper", "trial": {"unfreeze": "none", "max_length": 1.0, "batch_size": 16},
              "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 2]}}, "budget": {"trials": 1}}
+    manifest = _manifest(corpus, root / "my_corpus")
     wav2vec2 = root / "tiny-wav2vec2"
     build_tiny_model("wav2vec2").save_pretrained(wav2vec2)
     Wav2Vec2FeatureExtractor(do_normalize=True).save_pretrained(wav2vec2)
@@ -170,6 +188,8 @@ def _tiny_folder(root: Path) -> dict:
             **study, "name": "tiny", "strategies": ["nsga2", "motpe"],
             "objective": {"metrics": {"val_bca": "max", "latency_ms_per_s": "min"},
                           "latency": {"clips": 2, "repeats": 1, "warmup": 0}}}),
+        "csv": _write(root / "tiny_csv.yaml", {
+            **study, "name": "tiny_csv", "corpus": {"name": "csv", "root": manifest}, "strategies": ["random"]}),
         "nested": _write(root / "tiny_nested.yaml", {
             **study, "name": "tiny_nested", "strategies": ["random"],
             "objective": {"cv_folds": 2}, "evaluation": {"outer_folds": 2}}),

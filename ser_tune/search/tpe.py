@@ -12,17 +12,34 @@ to the budget; at Ray's default of 20 a 15-trial study would never leave random 
 """
 from __future__ import annotations
 
+import copy
+import sys
+
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from ser_tune.search.base import SearchPlan, StrategyBase, native_config
 from ser_tune.search.space import to_tune_space
 
 
+class TellableHyperOptSearch(HyperOptSearch):
+    """HyperOptSearch that can be told a trial it did not suggest (a unit started again after Ray's state of it
+    was lost): the point joins hyperopt's trials as if suggested, then completes as a suggested one does."""
+
+    def add_evaluated_point(self, parameters, value, error=False, pruned=False, intermediate_values=None):
+        point = copy.deepcopy(parameters)
+        self._convert_categories_to_indices(point)
+        [tid] = self._hpopt_trials.new_trial_ids(1)
+        self._hpopt_trials.insert_trial_docs([sys.modules["hyperopt.fmin"].generate_trial(tid, point)])
+        self._hpopt_trials.refresh()
+        self._live_trial_mapping["told"] = (tid, None)
+        self.on_trial_complete("told", {self.metric: value}, error=error or value is None)
+
+
 class TPEStrategy(StrategyBase):
     name = "tpe"
 
     def plan(self) -> SearchPlan:
-        searcher = HyperOptSearch(metric=self.metric, mode=self.mode,
+        searcher = TellableHyperOptSearch(metric=self.metric, mode=self.mode,
                                   n_initial_points=self.warmup, random_state_seed=self.seed)
         return SearchPlan(
             strategy=self.name,

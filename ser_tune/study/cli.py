@@ -8,7 +8,10 @@ interrupted study and a non-zero exit status.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shlex
 import signal
 import sys
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from ..data import DataError
 from ..encoders import EncoderError
+from . import local_ray
 from .driver import StudyError, StudyInterrupted, StudyKind, run_study
 from .folder import UNIT_INTERRUPTED, StudyFolder, StudyFormatError
 from .session import Cluster, JoinError, fail, keep_stdout_for_json, restore_auth_env, start_ray
@@ -48,18 +52,25 @@ def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbo
         folder = open_folder(storage, name, args.resume)
         print(f"study folder: {folder.dir}", flush=True)
         kind.prepare(folder)
-        if not (args.address or os.environ.get("RAY_ADDRESS")):
+        local = not (args.address or os.environ.get("RAY_ADDRESS"))
+        if local:
             kind.check_cluster(local_cluster())   # say so before starting a local Ray
+            local_ray.end_leftovers(folder.dir.parent)
         cluster = start_ray(args.address, quiet=args.json, token_dir=folder.dir)
+        if local:
+            local_ray.note(folder.dir.parent)
         kind.check_cluster(cluster)
     except INPUT_ERRORS as exc:
         fail_before_trials(str(exc))
+    except OSError as exc:   # storage that cannot be written (read-only, full, not ours)
+        fail_before_trials(os_error_line(exc))
     if cluster.dashboard:
         token = f" (token: {cluster.token_file})" if cluster.token_file else ""
         print(f"Ray dashboard: {cluster.dashboard}{token}", flush=True)
     folder.meta["machine"].update(nodes=cluster.nodes, cluster_cpus=cluster.cpus)
     interrupted = run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials)
     stop_ray()
+    local_ray.forget(folder.dir.parent)
     return Outcome(folder=folder, cluster=cluster, interrupted=interrupted, json_out=json_out)
 
 
@@ -106,7 +117,7 @@ def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before
     try:
         try:
             seconds = kind.encode(folder)
-        except (EncoderError, DataError, OSError) as exc:
+        except (EncoderError, DataError) as exc:
             fail_before_trials(str(exc))
         print(f"shared encode (frozen features, once per study): {seconds:.1f} s", flush=True)
         run_study(kind, folder, cluster, resources=trial_resources(resources), verbose=verbose)
@@ -114,11 +125,26 @@ def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before
     except StudyInterrupted as exc:
         return str(exc)
     except KeyboardInterrupt:   # between units, or in the encode
-        folder.meta["status"] = UNIT_INTERRUPTED
-        folder.save_meta()
-        return "interrupted before every unit of work had run; continue it with --resume"
+        return mark_interrupted(folder, "interrupted before every unit of work had run")
+    except OSError as exc:   # storage full or no longer writable: what is written stays, --resume goes on
+        return mark_interrupted(folder, os_error_line(exc))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def mark_interrupted(folder: StudyFolder, reason: str) -> str:
+    """study.json says interrupted, where it can still be written; returns ``reason``."""
+    folder.meta["status"] = UNIT_INTERRUPTED
+    with contextlib.suppress(OSError):
+        folder.save_meta()
+    return reason
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: what could not be done, to which path, and why."""
+    doing = "cannot write " if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT) else ""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{doing}{where}{exc.strerror or exc}"
 
 
 def _sigterm_as_sigint(signum, frame) -> None:
@@ -137,10 +163,26 @@ def trial_resources(resources) -> dict:
 def finish_cli(outcome: Outcome, summary: dict | None) -> int:
     """Write the --json object (when asked) and return the exit status: 0, or 130 after an interrupt."""
     if outcome.interrupted:
-        print(f"study interrupted: {outcome.interrupted}", file=sys.stderr, flush=True)
+        print(f"study interrupted: {outcome.interrupted}; continue it with: {resume_command(outcome.folder)}",
+              file=sys.stderr, flush=True)
     if outcome.json_out is not None and summary is not None:
         import json
 
         outcome.json_out.write(json.dumps(summary, default=str) + "\n")
         outcome.json_out.flush()
     return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
+def resume_command(folder: StudyFolder) -> str:
+    """This command line again, resuming ``folder``: what the user types to finish the study."""
+    module = str(getattr(sys.modules["__main__"].__spec__, "name", "")).removesuffix(".__main__")
+    args, rest = [], iter(sys.argv[1:])
+    for arg in rest:
+        if arg == "--resume":   # its optional value goes with it
+            arg = next(rest, None)
+            if arg is None or not arg.startswith("-"):
+                continue
+        if not arg.startswith("--resume="):
+            args.append(arg)
+    module = module if module.startswith("ser_tune") else "ser_tune.launch"
+    return shlex.join(["python", "-m", module, *args, "--resume", str(folder.dir)])

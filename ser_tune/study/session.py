@@ -77,10 +77,19 @@ class TransientSyncError(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
+def without_restore_hint(record: logging.LogRecord) -> bool:
+    """Ray Tune ends an interrupted run with its own resume hint (``Tuner.restore(...)``); the study's is
+    ``--resume``, which the command line prints."""
+    return "Resume experiment with" not in str(record.msg)
+
+
 def quiet_transient_sync_errors() -> None:
     log = logging.getLogger("ray.tune.execution.experiment_state")
     if not any(isinstance(f, TransientSyncError) for f in log.filters):
         log.addFilter(TransientSyncError())
+    hints = logging.getLogger("ray.tune.tune")
+    if without_restore_hint not in hints.filters:
+        hints.addFilter(without_restore_hint)
 
 
 # The auth variables as they were before a local study set them (restore_auth_env puts them back).

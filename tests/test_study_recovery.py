@@ -1,0 +1,127 @@
+"""Every interruption can be finished: a unit whose Ray state was lost starts again without re-running its ended
+trials; a Ctrl-C at any moment stops the study; a full or unwritable storage is one line and loses nothing."""
+from __future__ import annotations
+
+import errno
+import json
+import pathlib
+import signal
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from ray.tune import Result
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.tune import _setup_signal_catching
+
+from ser_tune.search import make_plan
+from ser_tune.study import cli, lost_state
+from ser_tune.study.driver import StudyKind, Unit, fit
+from ser_tune.study.folder import TRIALS_FILE, StudyFolder
+
+SPACE = {"lr": {"loguniform": [1e-4, 1e-1]}, "num_epochs": {"int": [1, 5]}, "unfreeze": {"choice": ["none", "top:1"]}}
+
+
+def _unit(strategy: str, budget: int = 5) -> Unit:
+    plan = make_plan(strategy, SPACE, budget=budget, seed=0, grid={"lr": [1e-3, 1e-2], "num_epochs": [1, 2]})
+    return Unit(name=strategy, trainable=None, context=None, param_space=plan.param_space,
+                expected_trials=plan.expected_trials, searcher=plan.searcher, num_samples=plan.num_samples,
+                metric="val_bca")
+
+
+def _ended(configs_and_values) -> list[Result]:
+    return [Result(metrics={"config": config, "val_bca": value, "trial_complete": True}, checkpoint=None,
+                   error=None, path=f"/nowhere/{i}") for i, (config, value) in enumerate(configs_and_values)]
+
+
+@pytest.mark.parametrize("strategy, told", [
+    ("tpe", lambda s: len(s.searcher._hpopt_trials.trials)),
+    ("gp", lambda s: len(s.searcher.optimizer.space)),   # its warm-up (2 of 5) filled: both in the GP
+    ("skopt", lambda s: len(s.searcher._opt.Xi)),
+])
+def test_a_restarted_unit_runs_the_budget_left_with_its_searcher_told_the_ended_trials(strategy, told):
+    unit = _unit(strategy)
+    # the ended trials' configs as this searcher suggested them (raw: gp's are relaxed)
+    probe = _unit(strategy).searcher
+    probe.set_search_properties("val_bca", "max", unit.param_space)
+    configs = []
+    for i in range(2):
+        configs.append(probe.suggest(f"t{i}"))
+        probe.on_trial_complete(f"t{i}", {"val_bca": 0.5})
+    earlier = _ended([(config, 0.5 + i / 10) for i, config in enumerate(configs)])
+    again = lost_state.restart(unit, earlier)
+    assert again.num_samples == 3 and told(again.searcher) == 2
+    assert again.searcher.suggest("next") is not None   # and it goes on suggesting
+
+
+def test_a_restarted_grid_runs_only_the_points_not_yet_run():
+    unit = _unit("grid", budget=10)   # the whole grid: 4 points
+    earlier = _ended([({"lr": 1e-3, "num_epochs": 1}, 0.5), ({"lr": 1e-2, "num_epochs": 2}, 0.6)])
+    again = lost_state.restart(unit, earlier)
+    assert isinstance(again.searcher, BasicVariantGenerator) and again.num_samples == 2
+    assert sorted((p["lr"], p["num_epochs"]) for p in again.searcher._points_to_evaluate) == [(1e-3, 2), (1e-2, 1)]
+
+
+def test_an_empty_experiment_state_is_lost_and_a_readable_one_is_not(tmp_path):
+    trial = tmp_path / "run_trial_a_00000_0"
+    trial.mkdir()
+    (trial / "result.json").write_text(json.dumps({"config": {}, "trial_complete": True, "trial_id": "a_00000"}) + "\n")
+    state = tmp_path / "experiment_state-2026-01-01_00-00-00.json"
+    state.write_text("")
+    assert lost_state.state_lost(tmp_path) and lost_state.ended_trials(tmp_path) == [trial.name]
+    state.write_text("{}")
+    assert not lost_state.state_lost(tmp_path)
+    assert not lost_state.state_lost(tmp_path / "never-started")
+
+
+class _FakeTuner:
+    """Fits the way Ray Tune does as far as signals go: its own SIGINT handler for the run."""
+
+    def __init__(self, signal_at_the_end: bool):
+        self.signal_at_the_end = signal_at_the_end
+
+    def fit(self):
+        _setup_signal_catching()
+        if self.signal_at_the_end:   # a Ctrl-C as the last trials end: Ray's handler takes it
+            signal.raise_signal(signal.SIGINT)
+        return "grid"
+
+
+def test_a_ctrl_c_that_ray_tune_takes_as_its_run_ends_still_stops_the_study():
+    before = signal.getsignal(signal.SIGINT)
+    assert fit(_FakeTuner(signal_at_the_end=True)) == ("grid", True)
+    assert fit(_FakeTuner(signal_at_the_end=False)) == ("grid", False)
+    # Ray's handler does not outlive the run, where it would swallow the next Ctrl-C (between units)
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+class _WritesTrials(StudyKind):
+    def units(self, folder, cluster):
+        return []
+
+    def finish(self, folder):
+        folder.replace_rows(TRIALS_FILE, pd.DataFrame([{"unit": "u", "trial_id": "new"}]), "u")
+
+
+def test_a_full_disk_is_one_line_the_study_interrupted_and_nothing_written_lost(tmp_path, monkeypatch):
+    folder = StudyFolder.create(tmp_path, "t")
+    folder.meta = {"name": "t", "status": "running"}
+    folder.save_meta()
+    (folder.dir / TRIALS_FILE).write_text("unit,trial_id\nold,1\n")
+    real_write = pathlib.Path.write_text
+
+    def full(path, text, *args, **kwargs):
+        if path.name.startswith(TRIALS_FILE):   # half of it written, then no space left
+            real_write(path, text[:len(text) // 2], *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    line = cli.run_until_interrupted(_WritesTrials(), folder, None, SimpleNamespace(cpus_per_trial=1, memory_gb=None),
+                                     0, fail_before_trials=pytest.fail)
+    assert line == f"cannot write {folder.dir / TRIALS_FILE}.tmp: No space left on device"
+    assert (folder.dir / TRIALS_FILE).read_text() == "unit,trial_id\nold,1\n"
+    assert not list(folder.dir.glob("*.tmp"))
+    assert json.loads((folder.dir / "study.json").read_text())["status"] == "interrupted"

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pathlib
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -15,9 +20,10 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.tune import _setup_signal_catching
 
 from ser_tune.search import make_plan
-from ser_tune.study import cli, lost_state
+from ser_tune.study import cli, local_ray, lost_state
 from ser_tune.study.driver import StudyKind, Unit, fit
 from ser_tune.study.folder import TRIALS_FILE, StudyFolder
+from test_launch import REPO, _config, _launch
 
 SPACE = {"lr": {"loguniform": [1e-4, 1e-1]}, "num_epochs": {"int": [1, 5]}, "unfreeze": {"choice": ["none", "top:1"]}}
 
@@ -125,3 +131,130 @@ def test_a_full_disk_is_one_line_the_study_interrupted_and_nothing_written_lost(
     assert (folder.dir / TRIALS_FILE).read_text() == "unit,trial_id\nold,1\n"
     assert not list(folder.dir.glob("*.tmp"))
     assert json.loads((folder.dir / "study.json").read_text())["status"] == "interrupted"
+
+
+def _wait_for(condition, what: str, timeout: float = 300.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _finished(tmp_path: Path, unit: str) -> list[Path]:
+    return [p for p in (tmp_path / "studies").glob(f"t-*/{unit}/*/result.json") if '"trial_complete": true' in p.read_text()]
+
+
+def _alive(noted: list) -> list:
+    return [pid for pid, start in noted if start is not None and local_ray.started(pid) == start]
+
+
+@pytest.mark.slow
+def test_a_killed_launcher_with_its_ray_state_emptied_resumes_without_rerunning_and_leaves_no_ray(tmp_path):
+    cfg = _config(tmp_path, strategies=["tpe", "random"], budget={"trials": 4},
+                  space={"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [6, 8]}})
+    proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    records = tmp_path / "studies" / local_ray.RECORDS
+    try:
+        _wait_for(lambda: len(_finished(tmp_path, "tpe")) >= 2, "two finished tpe trials")
+        noted = json.loads((records / f"{proc.pid}.json").read_text())
+    finally:
+        proc.kill()   # the launcher alone: what its Ray leaves running is the next start's to end
+        proc.wait(timeout=60)
+    study = next((tmp_path / "studies").glob("t-*"))
+    ended_before = {p.parent.name: p.read_text() for p in _finished(tmp_path, "tpe")}
+    assert _alive(noted[1:]), "the killed launcher's Ray left nothing running (nothing for the resume to end)"
+    for state in (study / "tpe").glob("experiment_state-*.json"):
+        state.write_text("")   # Ray was writing it in place when the kill came
+    try:
+        run = _launch(cfg, "--resume", study, "--json")
+    finally:
+        for pid in _alive(noted[1:]):   # never leave a Ray behind, whatever the outcome
+            os.kill(pid, signal.SIGKILL)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "tpe: Ray's state of this unit could not be read" in run.stderr
+    assert "Traceback" not in run.stderr and "Failed to restore" not in run.stderr
+    assert _alive(noted[1:]) == [] and not list(records.glob("*.json"))
+    trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
+    for strategy in ("tpe", "random"):
+        rows = trials[trials.unit == strategy]
+        assert len(rows) == 4 and rows.trial_id.is_unique and (rows.status == "TERMINATED").all(), rows.to_string()
+        assert rows.trial_index.is_unique
+    # the trials that had ended were neither run again nor dropped
+    tpe_ids = set(trials[trials.unit == "tpe"].trial_id)
+    for name, text in ended_before.items():
+        assert (study / "tpe" / name / "result.json").read_text() == text
+        assert json.loads(text.splitlines()[-1])["trial_id"] in tpe_ids
+    assert len(_finished(tmp_path, "tpe")) == 4
+
+
+@pytest.mark.slow
+def test_a_late_ctrl_c_stops_the_study_and_resume_finishes_it(tmp_path):
+    cfg = _config(tmp_path, strategies=["tpe", "random"], budget={"trials": 2})
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1"], cwd=REPO,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:   # as tpe's last trial ends: Ray Tune's run is ending, or the next unit is starting
+        _wait_for(lambda: len(_finished(tmp_path, "tpe")) >= 2, "tpe's last trial to end")
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    study = next((tmp_path / "studies").glob("t-*"))
+    text = log.read_text()
+    assert rc == 130, text[-3000:]
+    assert json.loads((study / "study.json").read_text())["status"] == "interrupted"
+    assert f"--resume {study}" in text.splitlines()[-1] and "Tuner.restore" not in text
+    run = _launch(cfg, "--resume", study, "--json")
+    assert run.returncode == 0 and json.loads(run.stdout)["status"] == "done", run.stderr[-3000:]
+    trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
+    for strategy in ("tpe", "random"):
+        rows = trials[trials.unit == strategy]
+        assert len(rows) == 2 and rows.trial_id.is_unique and (rows.status == "TERMINATED").all(), rows.to_string()
+
+
+ENCODE_INTERRUPTED = """
+import os, signal, time, sys
+from ser_tune.study import prepare
+def interrupted_encode(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C in the middle of the encode
+    time.sleep(30)
+prepare.encode_once = interrupted_encode
+from ser_tune.launch import main
+sys.argv[0] = "ser_tune.launch"
+raise SystemExit(main())
+"""
+
+
+@pytest.mark.slow
+def test_an_interrupt_in_the_encode_is_the_interrupted_line_and_resume_finishes(tmp_path):
+    cfg = _config(tmp_path, strategies=["random"], budget={"trials": 1})
+    run = subprocess.run([sys.executable, "-c", ENCODE_INTERRUPTED, str(cfg)], cwd=REPO, text=True,
+                         capture_output=True, timeout=300)
+    assert run.returncode == 130, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1].startswith("study interrupted:") and "Traceback" not in run.stderr
+    study = next((tmp_path / "studies").glob("t-*"))
+    assert json.loads((study / "study.json").read_text())["status"] == "interrupted"
+    again = _launch(cfg, "--resume", study, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["status"] == "done", again.stderr[-3000:]
+
+
+def test_storage_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    storage = tmp_path / "read-only"
+    storage.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(storage)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        run = _launch(_config(tmp_path, storage=str(storage)), timeout=180)
+    finally:
+        subprocess.run(["umount", str(storage)], check=True)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {storage}/t-"), run.stderr[-2000:]
+    assert errors[0].endswith(": Read-only file system")

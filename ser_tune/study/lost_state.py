@@ -10,19 +10,25 @@ from pathlib import Path
 
 from ..training.trainable import TRIAL_COMPLETE
 
-STATE_FILES = "experiment_state-*.json"
+STATE_FILES, TUNER_FILE = "experiment_state-*.json", "tuner.pkl"   # Tuner.restore needs both
 
 
 def state_lost(unit_dir: Path) -> bool:
     """A unit folder Ray has written to whose newest experiment state cannot be read."""
     states = sorted(unit_dir.glob(STATE_FILES))
-    if not unit_dir.is_dir() or not (states or trial_dirs(unit_dir)):
+    if not (states or trial_dirs(unit_dir) or (unit_dir / TUNER_FILE).exists()):
         return False
     try:
         json.loads(states[-1].read_text())
         return False
     except (IndexError, OSError, ValueError):
         return True
+
+
+def forget_state(unit_dir: Path) -> None:
+    """What is left of Ray's state of the unit, so that it starts afresh (its trials' folders stay)."""
+    for path in [*unit_dir.glob(STATE_FILES), unit_dir / TUNER_FILE]:
+        path.unlink(missing_ok=True)
 
 
 def trial_dirs(unit_dir: Path) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -20,7 +21,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.tune import _setup_signal_catching
 
 from ser_tune.search import make_plan
-from ser_tune.study import cli, local_ray, lost_state
+from ser_tune.study import cli, local_ray, lost_state, session
 from ser_tune.study.driver import StudyKind, Unit, fit
 from ser_tune.study.folder import TRIALS_FILE, StudyFolder
 from test_launch import REPO, _config, _launch
@@ -68,6 +69,13 @@ def test_a_restarted_grid_runs_only_the_points_not_yet_run():
     assert sorted((p["lr"], p["num_epochs"]) for p in again.searcher._points_to_evaluate) == [(1e-3, 2), (1e-2, 1)]
 
 
+def test_a_restarted_grid_larger_than_its_budget_runs_its_first_points_not_yet_run():
+    unit = _unit("grid", budget=3)   # the first 3 of 4 points
+    first = [(p["lr"], p["num_epochs"]) for p in unit.searcher._points_to_evaluate]
+    again = lost_state.restart(unit, _ended([({"lr": first[1][0], "num_epochs": first[1][1]}, 0.5)]))
+    assert [(p["lr"], p["num_epochs"]) for p in again.searcher._points_to_evaluate] == [first[0], first[2]]
+
+
 def test_an_empty_experiment_state_is_lost_and_a_readable_one_is_not(tmp_path):
     trial = tmp_path / "run_trial_a_00000_0"
     trial.mkdir()
@@ -78,6 +86,23 @@ def test_an_empty_experiment_state_is_lost_and_a_readable_one_is_not(tmp_path):
     state.write_text("{}")
     assert not lost_state.state_lost(tmp_path)
     assert not lost_state.state_lost(tmp_path / "never-started")
+
+
+def test_ray_s_failed_snapshots_on_a_full_disk_are_one_line_said_once():
+    session.quiet_transient_sync_errors()
+    log, seen = logging.getLogger("ray.tune.execution.experiment_state"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(logging.Formatter().format(record))
+    log.addHandler(handler)
+    try:
+        for _ in range(3):
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device", "/s/t-1/tpe/experiment_state-x.json")
+            except OSError:
+                log.error("Saving experiment state to storage failed with exception: ", exc_info=True)
+    finally:
+        log.removeHandler(handler)
+    assert seen == ["experiment snapshot: cannot write /s/t-1/tpe/experiment_state-x.json: No space left on device"]
 
 
 class _FakeTuner:

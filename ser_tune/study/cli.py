@@ -9,7 +9,6 @@ interrupted study and a non-zero exit status.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shlex
 import signal
@@ -22,7 +21,7 @@ from ..encoders import EncoderError
 from . import local_ray
 from .driver import StudyError, StudyInterrupted, StudyKind, run_study
 from .folder import UNIT_INTERRUPTED, StudyFolder, StudyFormatError
-from .session import Cluster, JoinError, fail, keep_stdout_for_json, restore_auth_env, start_ray
+from .session import Cluster, JoinError, fail, keep_stdout_for_json, os_error_line, restore_auth_env, start_ray
 
 INPUT_ERRORS = (DataError, EncoderError, StudyError, StudyFormatError, JoinError, ValueError)
 EXIT_INTERRUPTED = 130
@@ -138,13 +137,6 @@ def mark_interrupted(folder: StudyFolder, reason: str) -> str:
     with contextlib.suppress(OSError):
         folder.save_meta()
     return reason
-
-
-def os_error_line(exc: OSError) -> str:
-    """An OSError as one line: what could not be done, to which path, and why."""
-    doing = "cannot write " if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT) else ""
-    where = f"{exc.filename}: " if exc.filename else ""
-    return f"{doing}{where}{exc.strerror or exc}"
 
 
 def _sigterm_as_sigint(signum, frame) -> None:

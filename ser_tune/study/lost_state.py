@@ -8,6 +8,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..training.trainable import TRIAL_COMPLETE
 
 STATE_FILES, TUNER_FILE = "experiment_state-*.json", "tuner.pkl"   # Tuner.restore needs both
@@ -60,14 +62,19 @@ def restart(unit, earlier: list):
     from ray.tune.search.sample import Domain
     from ray.tune.search.variant_generator import generate_variants
 
-    grid = [config for _, config in generate_variants(unit.param_space)] if has_grid(unit.param_space) else None
-    if grid is not None:
+    if has_grid(unit.param_space):   # its first points in Ray's order (a grid larger than the budget runs its first)
+        grid = [config for _, config in generate_variants(unit.param_space)]
         left = [c for c in grid if not any(same_point(c, r.config) for r in earlier)]
+        left = left[:max(unit.expected_trials - len(earlier), 0)]
         limit = getattr(unit.searcher, "max_concurrent", 0) or unit.max_concurrent_trials or 0
         return dataclasses.replace(unit, param_space={}, num_samples=len(left),
                                    searcher=BasicVariantGenerator(points_to_evaluate=left, max_concurrent=limit))
     left = max(unit.num_samples - len(earlier), 0)
-    if isinstance(unit.searcher, BasicVariantGenerator) or unit.searcher is None:
+    if isinstance(unit.searcher, BasicVariantGenerator):   # random search: new draws, not its first ones again
+        seed = int(np.random.SeedSequence([int(unit.info.get("seed") or 0), len(earlier)]).generate_state(1)[0])
+        searcher = BasicVariantGenerator(random_state=seed, max_concurrent=unit.searcher.max_concurrent)
+        return dataclasses.replace(unit, num_samples=left, searcher=searcher)
+    if unit.searcher is None:
         return dataclasses.replace(unit, num_samples=left)
     unit.searcher.set_search_properties(unit.metric, unit.mode if unit.metric else None, unit.param_space)
     tell(unit.searcher, earlier, unit.metric)

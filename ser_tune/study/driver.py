@@ -7,7 +7,8 @@ what is the same: running a unit as a Tuner or resuming it, the line per finishe
 each unit's trials and reports into the study folder, and telling a finished unit from an
 interrupted one. A unit is done only when all its trials ended (finished or failed): a unit cut
 short by SIGINT, SIGTERM or ``ray job stop`` is recorded as interrupted, the study stops there, and
-``--resume`` finishes it.
+``--resume`` finishes it (a unit whose Ray Tune state a kill left unreadable starts again without
+its ended trials: ``lost_state``).
 """
 from __future__ import annotations
 
@@ -111,7 +112,9 @@ def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dic
     if earlier:
         unit = lost_state.restart(unit, earlier)
     folder.save_meta()
-    grid, stopped = fit(make_tuner(folder, unit, resources=resources, verbose=verbose)) if unit.num_samples else ([], False)
+    grid, stopped = [], False
+    if unit.num_samples:   # (none left: every trial had ended before Ray's state of the unit was lost)
+        grid, stopped = fit(make_tuner(folder, unit, resources=resources, verbose=verbose))
     ended = collect_unit(kind, folder, unit, grid, earlier)
     complete = ended >= unit.expected_trials or time_budget_spent(unit, entry)
     entry.update(status=UNIT_DONE if complete else UNIT_INTERRUPTED, trials_ended=ended)
@@ -133,7 +136,7 @@ def earlier_trials(folder: StudyFolder, name: str) -> list:
         lost_state.forget_state(unit_dir)
         print(f"{name}: Ray's state of this unit could not be read; its {len(entry['earlier_trials'])} ended "
               "trials are kept, and the rest of its budget runs", flush=True)
-    return [lost_state.load(unit_dir / trial) for trial in entry.get("earlier_trials", [])]
+    return [r for r in (lost_state.load(unit_dir / trial) for trial in entry.get("earlier_trials", [])) if r is not None]
 
 
 def fit(tuner) -> tuple[Any, bool]:

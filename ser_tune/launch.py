@@ -71,12 +71,15 @@ def main(argv=None) -> int:
     from .results import summary_json, write_report
     from .results.report import smoke_test_words
     from .study.cli import finish_cli, run_study_cli
+    from .study.folder import TRIALS_FILE
     from .strategies import StrategyStudy
 
     verbose = 0 if args.json else args.ray_verbose
     outcome = run_study_cli(StrategyStudy(exp), args, name=exp.name, storage=exp.storage, resources=exp.resources,
                             verbose=verbose)
     folder = outcome.folder
+    if outcome.interrupted and not (folder.dir / TRIALS_FILE).exists():   # e.g. in the encode: nothing to report
+        return finish_cli(outcome, {"study_dir": str(folder.dir), "status": folder.meta.get("status")})
     if exp.crosscorpus and not outcome.interrupted:
         run_crosscorpus(folder, exp)
     report = write_report(folder.dir)

@@ -72,6 +72,11 @@ class BudgetBayesOptSearch(BayesOptSearch):
             # trial in its place the search would wait for it forever.
             self._total_random_search_trials -= 1
 
+    def add_evaluated_point(self, parameters, value, error=False, pruned=False, intermediate_values=None):
+        """A trial it did not suggest (a unit started again after Ray's state of it was lost), told as one it did."""
+        self._live_trial_mapping["told"] = {name: parameters[name] for name in self._space}
+        self.on_trial_complete("told", {self.metric: value}, error=error or value is None)
+
     def suggest(self, trial_id: str):
         with one_blas_thread():   # the GP is fitted and its acquisition maximised here
             config = super().suggest(trial_id)

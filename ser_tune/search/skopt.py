@@ -38,7 +38,7 @@ import skopt
 from ray.tune.search import Searcher
 from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Quantized, Uniform
 from ray.tune.search.variant_generator import parse_spec_vars
-from ray.tune.utils.util import unflatten_dict
+from ray.tune.utils.util import flatten_dict, unflatten_dict
 
 from ser_tune.search.base import SearchPlan, StrategyBase, native, one_blas_thread
 
@@ -126,6 +126,12 @@ class SkoptSearcher(Searcher):
             return
         with one_blas_thread():   # tell() fits the GP and picks the next point
             self._opt.tell(point, -value if self._mode == "max" else value)
+
+    def add_evaluated_point(self, parameters, value, error=False, pruned=False, intermediate_values=None):
+        """A trial it did not suggest (a unit started again after Ray's state of it was lost), told as one it did."""
+        flat = flatten_dict(parameters, delimiter="/")
+        self._pending["told"] = [native(flat[name]) for name in self._names]
+        self.on_trial_complete("told", {self._metric: value}, error=error)
 
     # -- asking while trials are pending ------------------------------------------------
     def _ask(self) -> list:

@@ -20,6 +20,9 @@ decode) flattens it back to ``head`` and ``<head>.<setting>`` values.
 """
 from __future__ import annotations
 
+import copy
+import sys
+
 from ray.tune.search.hyperopt import HyperOptSearch
 
 from ser_tune.search.base import SearchPlan, StrategyBase, native
@@ -54,13 +57,29 @@ def nested_config(config: dict) -> dict:
     return out
 
 
+class TellableHyperOptSearch(HyperOptSearch):
+    """HyperOptSearch that can be told a trial it did not suggest (a unit started again after Ray's state of it
+    was lost): the point joins hyperopt's trials as if suggested, then completes as a suggested one does."""
+
+    def add_evaluated_point(self, parameters, value, error=False, pruned=False, intermediate_values=None):
+        if any(isinstance(v, dict) for v in parameters.values()):   # hyperopt's nested choice: not told
+            raise NotImplementedError("a conditional space's points are not told to hyperopt")
+        point = copy.deepcopy(parameters)
+        self._convert_categories_to_indices(point)
+        [tid] = self._hpopt_trials.new_trial_ids(1)
+        self._hpopt_trials.insert_trial_docs([sys.modules["hyperopt.fmin"].generate_trial(tid, point)])
+        self._hpopt_trials.refresh()
+        self._live_trial_mapping["told"] = (tid, None)
+        self.on_trial_complete("told", {self.metric: value}, error=error or value is None)
+
+
 class TPEStrategy(StrategyBase):
     name = "tpe"
 
     def plan(self) -> SearchPlan:
         space = self._require_space()
         conditional = is_conditional(space)
-        searcher = HyperOptSearch(space=hyperopt_space(space) if conditional else None,
+        searcher = TellableHyperOptSearch(space=hyperopt_space(space) if conditional else None,
                                   metric=self.metric, mode=self.mode,
                                   n_initial_points=self.warmup, random_state_seed=self.seed)
         given = {"param_space": {}, "decode": nested_config} if conditional else {}

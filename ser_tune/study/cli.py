@@ -8,7 +8,9 @@ interrupted study and a non-zero exit status.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import signal
 import sys
 from dataclasses import dataclass
@@ -16,10 +18,11 @@ from pathlib import Path
 
 from ..data import DataError
 from ..encoders import EncoderError
+from . import local_ray
 from .driver import StudyError, StudyInterrupted, StudyKind, run_study
 from .folder import UNIT_INTERRUPTED, StudyFolder, StudyFormatError
 from .optuna_store import dashboard_command, records_trials
-from .session import Cluster, JoinError, fail, keep_stdout_for_json, restore_auth_env, start_ray
+from .session import Cluster, JoinError, fail, keep_stdout_for_json, os_error_line, restore_auth_env, start_ray
 
 INPUT_ERRORS = (DataError, EncoderError, StudyError, StudyFormatError, JoinError, ValueError)
 EXIT_INTERRUPTED = 130
@@ -51,17 +54,24 @@ def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbo
         kind.prepare(folder)
         if records_trials(folder.meta):
             print(f"watch it (live, and after it): {dashboard_command(folder.dir)}", flush=True)
-        if not (args.address or os.environ.get("RAY_ADDRESS")):
+        local = not (args.address or os.environ.get("RAY_ADDRESS"))
+        if local:
             kind.check_cluster(local_cluster())   # say so before starting a local Ray
+            local_ray.end_leftovers(folder.dir.parent)
         cluster = start_ray(args.address, quiet=args.json, token_dir=folder.dir)
+        if local:
+            local_ray.note(folder.dir.parent)
         kind.check_cluster(cluster)
     except INPUT_ERRORS as exc:
         fail_before_trials(str(exc))
+    except OSError as exc:   # storage that cannot be written (read-only, full, not ours)
+        fail_before_trials(os_error_line(exc))
     if cluster.dashboard:
         print(dashboard_lines(cluster), flush=True)
     folder.meta["machine"].update(nodes=cluster.nodes, cluster_cpus=cluster.cpus)
     interrupted = run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials)
     stop_ray()
+    local_ray.forget(folder.dir.parent)
     return Outcome(folder=folder, cluster=cluster, interrupted=interrupted, json_out=json_out)
 
 
@@ -120,7 +130,7 @@ def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before
     try:
         try:
             seconds = kind.encode(folder)
-        except (EncoderError, DataError, OSError) as exc:
+        except (EncoderError, DataError) as exc:
             fail_before_trials(str(exc))
         print(f"shared encode (frozen features, once per study): {seconds:.1f} s", flush=True)
         run_study(kind, folder, cluster, resources=trial_resources(resources), verbose=verbose)
@@ -128,11 +138,19 @@ def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before
     except StudyInterrupted as exc:
         return str(exc)
     except KeyboardInterrupt:   # between units, or in the encode
-        folder.meta["status"] = UNIT_INTERRUPTED
-        folder.save_meta()
-        return "interrupted before every unit of work had run; continue it with --resume"
+        return mark_interrupted(folder, "interrupted before every unit of work had run")
+    except OSError as exc:   # storage full or no longer writable: what is written stays, --resume goes on
+        return mark_interrupted(folder, os_error_line(exc))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def mark_interrupted(folder: StudyFolder, reason: str) -> str:
+    """study.json says interrupted, where it can still be written; returns ``reason``."""
+    folder.meta["status"] = UNIT_INTERRUPTED
+    with contextlib.suppress(OSError):
+        folder.save_meta()
+    return reason
 
 
 def _sigterm_as_sigint(signum, frame) -> None:
@@ -151,10 +169,26 @@ def trial_resources(resources) -> dict:
 def finish_cli(outcome: Outcome, summary: dict | None) -> int:
     """Write the --json object (when asked) and return the exit status: 0, or 130 after an interrupt."""
     if outcome.interrupted:
-        print(f"study interrupted: {outcome.interrupted}", file=sys.stderr, flush=True)
+        print(f"study interrupted: {outcome.interrupted}; continue it with: {resume_command(outcome.folder)}",
+              file=sys.stderr, flush=True)
     if outcome.json_out is not None and summary is not None:
         import json
 
         outcome.json_out.write(json.dumps(summary, default=str) + "\n")
         outcome.json_out.flush()
     return EXIT_INTERRUPTED if outcome.interrupted else 0
+
+
+def resume_command(folder: StudyFolder) -> str:
+    """This command line again, resuming ``folder``: what the user types to finish the study."""
+    module = str(getattr(sys.modules["__main__"].__spec__, "name", "")).removesuffix(".__main__")
+    args, rest = [], iter(sys.argv[1:])
+    for arg in rest:
+        if arg == "--resume":   # its optional value goes with it
+            arg = next(rest, None)
+            if arg is None or not arg.startswith("-"):
+                continue
+        if not arg.startswith("--resume="):
+            args.append(arg)
+    module = module if module.startswith("ser_tune") else "ser_tune.launch"
+    return shlex.join(["python", "-m", module, *args, "--resume", str(folder.dir)])

@@ -7,12 +7,15 @@ what is the same: running a unit as a Tuner or resuming it, the line per finishe
 each unit's trials and reports into the study folder, and telling a finished unit from an
 interrupted one. A unit is done only when all its trials ended (finished or failed): a unit cut
 short by SIGINT, SIGTERM or ``ray job stop`` is recorded as interrupted, the study stops there, and
-``--resume`` finishes it.
+``--resume`` finishes it (a unit whose Ray Tune state a kill left unreadable starts again without
+its ended trials: ``lost_state``).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ import pandas as pd
 
 from ..training.trainable import TRIAL_COMPLETE as FINAL_KEY
 from ..training.trainable import read_reports
+from . import lost_state
 from .folder import EPOCHS_FILE, TRIALS_FILE, UNIT_DONE, UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
 from .live_metrics import StudyMetrics
 from .optuna_store import recorder_for
@@ -106,20 +110,51 @@ def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dic
     entry = folder.unit(unit.name)
     entry.update(unit.info, tags=unit.tags, expected_trials=unit.expected_trials, status=UNIT_RUNNING)
     entry.setdefault("started_at", time.time())
+    earlier = earlier_trials(folder, unit.name)
+    if earlier:
+        unit = lost_state.restart(unit, earlier)
     folder.save_meta()
-    tuner = make_tuner(folder, unit, resources=resources, verbose=verbose)
-    grid = tuner.fit()
-    ended = collect_unit(kind, folder, unit, grid)
+    grid, stopped = [], False
+    if unit.num_samples:   # (none left: every trial had ended before Ray's state of the unit was lost)
+        grid, stopped = fit(make_tuner(folder, unit, resources=resources, verbose=verbose))
+    ended = collect_unit(kind, folder, unit, grid, earlier)
     complete = ended >= unit.expected_trials or time_budget_spent(unit, entry)
     entry.update(status=UNIT_DONE if complete else UNIT_INTERRUPTED, trials_ended=ended)
     if complete:
         entry["finished_at"] = time.time()
-    else:
+    if stopped or not complete:
         folder.meta["status"] = UNIT_INTERRUPTED
     folder.save_meta()
-    if not complete:
+    if stopped or not complete:
         raise StudyInterrupted(f"{unit.name}: {ended} of {unit.expected_trials} trials ended before the study "
-                               f"was interrupted; continue it with --resume")
+                               "was interrupted")
+
+
+def earlier_trials(folder: StudyFolder, name: str) -> list:
+    """The trials a unit had ended before Ray's state of it was lost (none while that state is whole)."""
+    entry, unit_dir = folder.unit(name), folder.dir / name
+    if lost_state.state_lost(unit_dir):
+        entry["earlier_trials"] = lost_state.ended_trials(unit_dir)
+        lost_state.forget_state(unit_dir)
+        print(f"{name}: Ray's state of this unit could not be read; its {len(entry['earlier_trials'])} ended "
+              "trials are kept, and the rest of its budget runs", flush=True)
+    return [r for r in (lost_state.load(unit_dir / trial) for trial in entry.get("earlier_trials", [])) if r is not None]
+
+
+def fit(tuner) -> tuple[Any, bool]:
+    """``tuner.fit()``, and whether a stop signal (Ctrl-C, SIGTERM, ``ray job stop``) reached it. Ray Tune's
+    handler ends the run and puts back the handler it replaced; a run no signal reached leaves it installed,
+    where it would swallow the next Ctrl-C. So the handler from before is put back either way, and a signal
+    that came as the last trials ended (the unit complete) still stops the study."""
+    if threading.current_thread() is not threading.main_thread():   # Ray Tune installs no handler there
+        return tuner.fit(), False
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:
+        left = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, before)
+    return grid, left is before
 
 
 def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int):
@@ -163,11 +198,14 @@ def time_budget_spent(unit: Unit, entry: dict) -> bool:
     return time.time() - float(entry["started_at"]) >= unit.time_budget_s
 
 
-def collect_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, grid) -> int:
-    """Write the unit's rows of trials.csv and epochs.csv; returns how many of its trials ended."""
+def collect_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, grid, earlier=()) -> int:
+    """Write the unit's rows of trials.csv and epochs.csv (``earlier``: trials ended before its Ray state was
+    lost, numbered before the others); returns how many of its trials ended."""
     trials, reports = [], []
-    for result in grid:
+    for n, result in enumerate([*earlier, *grid]):
         row, epochs = trial_rows(unit, result)
+        if earlier and n >= len(earlier):
+            row["trial_index"] += 1 + max(t["trial_index"] for t in trials[:len(earlier)])
         row.update(kind.trial_row(unit, result))
         trials.append(row)
         reports += epochs

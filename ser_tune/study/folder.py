@@ -145,9 +145,7 @@ class StudyFolder:
             if "unit" in old:
                 old = old[old["unit"] != unit]
             frame = pd.concat([old, frame], ignore_index=True)
-        tmp = path.with_suffix(".tmp")
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        write_atomic(path, frame.to_csv(index=False))
         self.__dict__.pop("trials", None)
         self.__dict__.pop("epochs", None)
 
@@ -400,9 +398,14 @@ def test_column(metric: str) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """``path`` holds its old text or the new, never part of one; no temporary file is left (disk full, Ctrl-C)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_meta(path: Path) -> dict:

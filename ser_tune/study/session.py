@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TOKEN_FILE = "ray_auth_token"
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)   # storage not writable
 
 
 class JoinError(RuntimeError):
@@ -77,10 +79,48 @@ class TransientSyncError(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
+class StorageErrorsOnce(logging.Filter):
+    """Ray Tune logs a failed experiment snapshot with its traceback, at every snapshot: a full or read-only
+    storage is one line (the path and why), said once."""
+
+    def __init__(self):
+        super().__init__()
+        self.said: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not (isinstance(error, OSError) and error.errno in STORAGE_ERRNOS):
+            return True
+        record.msg, record.args = f"experiment snapshot: {os_error_line(error)}", ()
+        record.exc_info = record.exc_text = record.stack_info = None
+        said = record.msg in self.said
+        self.said.add(record.msg)
+        return not said
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: what could not be done, to which path, and why."""
+    doing = "cannot write " if exc.errno in STORAGE_ERRNOS else ""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{doing}{where}{exc.strerror or exc}"
+
+
+def without_restore_hint(record: logging.LogRecord) -> bool:
+    """Ray Tune ends an interrupted run with its own resume hint (``Tuner.restore(...)``); the study's is
+    ``--resume``, which the command line prints."""
+    return "Resume experiment with" not in str(record.msg)
+
+
 def quiet_transient_sync_errors() -> None:
     log = logging.getLogger("ray.tune.execution.experiment_state")
     if not any(isinstance(f, TransientSyncError) for f in log.filters):
         log.addFilter(TransientSyncError())
+    tune_log = logging.getLogger("ray.tune.tune")
+    if without_restore_hint not in tune_log.filters:
+        tune_log.addFilter(without_restore_hint)
+    for name in ("ray.tune.execution.experiment_state", "ray.tune.tune"):
+        if not any(isinstance(f, StorageErrorsOnce) for f in logging.getLogger(name).filters):
+            logging.getLogger(name).addFilter(StorageErrorsOnce())
 
 
 # The auth variables as they were before a local study set them (restore_auth_env puts them back).

@@ -1,0 +1,101 @@
+"""A unit whose Ray Tune experiment state is lost: Ray writes ``experiment_state-*.json`` in place, so a kill at
+that moment leaves it empty and ``Tuner.restore`` cannot read it. The unit then starts again with the budget its
+ended trials left and its searcher told their results: no ended trial runs again, and each keeps its row (the
+unit's study.json entry lists their folders under ``earlier_trials``, read back from the trials' own files)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..training.trainable import TRIAL_COMPLETE
+
+STATE_FILES, TUNER_FILE = "experiment_state-*.json", "tuner.pkl"   # Tuner.restore needs both
+
+
+def state_lost(unit_dir: Path) -> bool:
+    """A unit folder Ray has written to whose newest experiment state cannot be read."""
+    states = sorted(unit_dir.glob(STATE_FILES))
+    if not (states or trial_dirs(unit_dir) or (unit_dir / TUNER_FILE).exists()):
+        return False
+    try:
+        json.loads(states[-1].read_text())
+        return False
+    except (IndexError, OSError, ValueError):
+        return True
+
+
+def forget_state(unit_dir: Path) -> None:
+    """What is left of Ray's state of the unit, so that it starts afresh (its trials' folders stay)."""
+    for path in [*unit_dir.glob(STATE_FILES), unit_dir / TUNER_FILE]:
+        path.unlink(missing_ok=True)
+
+
+def trial_dirs(unit_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in unit_dir.glob("*/result.json"))
+
+
+def ended_trials(unit_dir: Path) -> list[str]:
+    """The folders of the unit's trials that ended (finished or failed), from their own result files."""
+    return [p.name for p in trial_dirs(unit_dir) if ended(load(p))]
+
+
+def load(trial_dir: Path):
+    from ray.tune import Result
+
+    try:
+        return Result.from_path(str(trial_dir))
+    except (OSError, ValueError, RuntimeError):   # its last line half-written: it had not ended
+        return None
+
+
+def ended(result) -> bool:
+    return result is not None and bool(result.error or (result.metrics or {}).get(TRIAL_COMPLETE))
+
+
+def restart(unit, earlier: list):
+    """``unit`` started afresh without its ``earlier`` trials: a grid's remaining points, or a searcher told the
+    earlier results (random search has nothing to learn) running the budget they left."""
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.sample import Domain
+    from ray.tune.search.variant_generator import generate_variants
+
+    if has_grid(unit.param_space):   # its first points in Ray's order (a grid larger than the budget runs its first)
+        grid = [config for _, config in generate_variants(unit.param_space)]
+        left = [c for c in grid if not any(same_point(c, r.config) for r in earlier)]
+        left = left[:max(unit.expected_trials - len(earlier), 0)]
+        limit = getattr(unit.searcher, "max_concurrent", 0) or unit.max_concurrent_trials or 0
+        return dataclasses.replace(unit, param_space={}, num_samples=len(left),
+                                   searcher=BasicVariantGenerator(points_to_evaluate=left, max_concurrent=limit))
+    left = max(unit.num_samples - len(earlier), 0)
+    if isinstance(unit.searcher, BasicVariantGenerator):   # random search: new draws, not its first ones again
+        seed = int(np.random.SeedSequence([int(unit.info.get("seed") or 0), len(earlier)]).generate_state(1)[0])
+        searcher = BasicVariantGenerator(random_state=seed, max_concurrent=unit.searcher.max_concurrent)
+        return dataclasses.replace(unit, num_samples=left, searcher=searcher)
+    if unit.searcher is None:
+        return dataclasses.replace(unit, num_samples=left)
+    unit.searcher.set_search_properties(unit.metric, unit.mode if unit.metric else None, unit.param_space)
+    tell(unit.searcher, earlier, unit.metric)
+    constants = {k: v for k, v in unit.param_space.items() if not isinstance(v, Domain)}
+    return dataclasses.replace(unit, param_space=constants, num_samples=left)
+
+
+def tell(searcher, earlier: list, metric: str | None) -> None:
+    """Each earlier trial's settings and result, told to the searcher as if it had suggested them."""
+    if metric is None:   # a searcher of several objectives: started without them
+        return
+    for result in earlier:
+        try:
+            searcher.add_evaluated_point(result.config, (result.metrics or {}).get(metric), error=bool(result.error))
+        except NotImplementedError:
+            return
+
+
+def has_grid(space: dict) -> bool:
+    return any(isinstance(v, dict) and "grid_search" in v for v in space.values())
+
+
+def same_point(config: dict, earlier: dict) -> bool:
+    return all(earlier.get(k) == v for k, v in config.items())

@@ -16,7 +16,7 @@ from .base import EncoderError, SpeechEncoder, freeze_for_inference, lengths_to_
 WAV2VEC2_FAMILY = {"wav2vec2", "hubert", "wavlm", "data2vec-audio"}
 
 
-def _quiet_transformers():
+def quiet_transformers():
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -195,7 +195,7 @@ class Wav2Vec2FamilySpeechEncoder(SpeechEncoder):
 
 def load_hf_encoder(source: str, spec: str | None = None) -> SpeechEncoder:
     """Load a Hugging Face speech encoder from a hub id or a local folder."""
-    transformers = _quiet_transformers()
+    transformers = quiet_transformers()
     spec = spec or f"hf:{source}"
     local = Path(source).expanduser()
     if local.exists():

@@ -16,7 +16,6 @@ A threshold never reached is censored: every value is NaN and ``reached`` is Fal
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +44,9 @@ def started_at(study: StudyFolder, unit: str) -> float:
     given = study.unit_meta(unit).get("started_at")
     if given is not None:
         return float(given)
-    candidates = [study.unit_trials(unit)["started_at"].min(), study.unit_epochs(unit)["timestamp"].min(),
-                  study.meta.get("started_at")]
-    return _first_known(candidates)
+    candidates = pd.Series([study.unit_trials(unit)["started_at"].min(), study.unit_epochs(unit)["timestamp"].min(),
+                            study.meta.get("started_at")], dtype=float).dropna()
+    return float(candidates.iloc[0]) if len(candidates) else NAN
 
 
 def finished_at(study: StudyFolder, unit: str) -> float:
@@ -160,10 +159,3 @@ def peak_concurrency(starts, ends) -> int:
         running += change
         peak = max(peak, running)
     return max(peak, 1)
-
-
-def _first_known(values) -> float:
-    for value in values:
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            return float(value)
-    return NAN

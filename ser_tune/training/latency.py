@@ -83,11 +83,8 @@ def inference_call(model: Any) -> Callable[[np.ndarray], Any]:
 def counted_seconds(model: Any, waves: Sequence[np.ndarray], sample_rate: int) -> float:
     """Audio seconds one pass over ``waves`` runs, after the model's ``max_length`` crop."""
     crop = getattr(model, "max_length", None)
-    total = 0.0
-    for wave in waves:
-        seconds = len(wave) / sample_rate
-        total += min(seconds, float(crop)) if crop is not None else seconds
-    return total
+    limit = float("inf") if crop is None else float(crop)
+    return float(sum(min(len(wave) / sample_rate, limit) for wave in waves))
 
 
 def check_inputs(model: Any, waves: Sequence[np.ndarray], sample_rate: int, repeats: int,

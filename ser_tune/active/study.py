@@ -9,7 +9,6 @@ entry). Each trial then runs :func:`ser_tune.active.loop.run_loop` and reports a
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 
 from ..data import SAMPLE_RATE, AudioStore
 from ..study.driver import StudyError, StudyKind, Unit
-from ..study.folder import EPOCHS_FILE, ROUNDS_FILE, TRIALS_FILE, StudyFolder
+from ..study.folder import EPOCHS_FILE, ROUNDS_FILE, TRIALS_FILE, StudyFolder, write_atomic
 from ..study.prepare import cache_root, data_meta, encode_once, load_study_corpus, machine_info, study_split
 from ..study.progress import TrialProgress
 from ..study.session import Cluster
@@ -76,9 +75,7 @@ def run_active_trial(config: dict, context: ActiveContext) -> None:
         picked.append([data.paths[i] for i in rows])
         if context.selections_dir is not None:
             path = Path(context.selections_dir) / f"{trial_key(acquisition, tapt, seed)}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**tags, "rounds": picked}, indent=1))
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps({**tags, "rounds": picked}, indent=1))
 
     def report(row: dict) -> None:
         final = {TRIAL_COMPLETE: True} if row["round"] == row["rounds"] else {}
@@ -220,7 +217,5 @@ def rounds_table(folder: StudyFolder, acquisitions: list[str]) -> pd.DataFrame:
     frame = frame.assign(_o=frame["acquisition"].map(order)).sort_values(
         ["_o", "tapt", "seed", "round"], kind="stable").drop(columns="_o").reset_index(drop=True)
     frame["error"] = frame["error"].fillna("")
-    tmp = folder.dir / (ROUNDS_FILE + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, folder.dir / ROUNDS_FILE)
+    write_atomic(folder.dir / ROUNDS_FILE, frame.to_csv(index=False))
     return frame

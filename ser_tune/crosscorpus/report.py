@@ -3,12 +3,12 @@ target."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..study.folder import write_atomic
 from ..training.export import to_jsonable  # one JSON fallback for numpy values, shared with export
 from .targets import file_stem
 
@@ -35,9 +35,7 @@ def write_outputs(result: dict, out_dir) -> Path:
         if entry.get("confusion") is not None:
             plot_confusion(entry, result["labels"], out / f"{stem}_confusion.png", title=key)
             entry["confusion_png"] = f"{stem}_confusion.png"
-    tmp = out / f"{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(without_predictions(result), indent=2, default=to_jsonable))
-    os.replace(tmp, out / RESULT_FILE)
+    write_atomic(out / RESULT_FILE, json.dumps(without_predictions(result), indent=2, default=to_jsonable))
     (out / REPORT_FILE).write_text(markdown(result))
     return out / RESULT_FILE
 

@@ -149,13 +149,6 @@ def trial_seconds(trial: pd.Series, trial_epochs: pd.DataFrame) -> float:
 
 def peak_concurrency(starts, ends) -> int:
     """Most trials running at once; intervals that only touch do not overlap."""
-    events = []
-    for start, end in zip(starts, ends):
-        if pd.isna(start) or pd.isna(end):
-            continue
-        events += [(float(start), 1), (float(end), -1)]
-    running = peak = 0
-    for _, change in sorted(events):  # at equal times -1 sorts before +1
-        running += change
-        peak = max(peak, running)
-    return max(peak, 1)
+    events = sorted(event for start, end in zip(starts, ends) if not (pd.isna(start) or pd.isna(end))
+                    for event in ((float(start), 1), (float(end), -1)))   # at equal times -1 sorts before +1
+    return int(max([1, *np.cumsum([change for _, change in events])]))

@@ -62,8 +62,6 @@ def margin_scores(probs: np.ndarray) -> np.ndarray:
     return -(top2[:, 1] - top2[:, 0])
 
 
-# --- the functions ----------------------------------------------------------------------------
-
 def _top(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(-scores[candidates], kind="stable")
     return candidates[order[:k]]

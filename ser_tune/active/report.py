@@ -101,8 +101,6 @@ def table_frame(table: list[dict], targets=TARGETS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# --- plots ----------------------------------------------------------------------------------------
-
 def plot_curves(rounds: pd.DataFrame, acquisitions: list[str], out_dir: Path) -> list[Path]:
     """Test BCA against labelled fraction and against cumulative seconds; one line per acquisition
     (and TAPT), mean over seeds; the full-label reference as a horizontal line."""
@@ -132,8 +130,6 @@ def plot_curves(rounds: pd.DataFrame, acquisitions: list[str], out_dir: Path) ->
         paths.append(out_dir / name)
     return paths
 
-
-# --- the report -------------------------------------------------------------------------------
 
 def write_results(folder: StudyFolder | Path, rounds: pd.DataFrame | None = None) -> dict:
     """Write active_table.csv, the plots and active.md from rounds.csv; returns the summary (--json)."""

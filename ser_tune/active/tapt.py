@@ -70,8 +70,6 @@ class TaptError(ValueError):
     """TAPT cannot run (unsupported encoder, bad setting, unusable audio); the message names the cause."""
 
 
-# ---------------------------------------------------------------------------------------------- settings
-
 def _no_bool(value):
     if isinstance(value, bool):
         raise invalid(f"must be a number (got {value!r})")
@@ -138,8 +136,6 @@ class TaptResult:
     info: dict = field(default_factory=dict)  # tapt.json's content
 
 
-# ---------------------------------------------------------------------------------------------- support
-
 def _model_type(source: str, spec: str) -> str:
     local = Path(source).expanduser()
     if local.is_dir():
@@ -185,8 +181,6 @@ def check_tapt_supported(encoder_spec: str) -> None:
     raise TaptError(f"TAPT is not available for '{spec}' (model type '{model_type}'): {why}; "
                     "TAPT needs a wav2vec2 model (Wav2Vec2ForPreTraining)")
 
-
-# ---------------------------------------------------------------------------------------------- the model
 
 def _load_pretraining_model(spec: str, settings: TaptSettings):
     """(Wav2Vec2ForPreTraining, source config, feature extractor, fresh parameter names, notes)."""
@@ -314,8 +308,6 @@ def _batch_loss(model, batch):
     out = model(x, mask_time_indices=mask, sampled_negative_indices=neg)
     return out.loss / mask.sum()
 
-
-# ---------------------------------------------------------------------------------------------- pretrain
 
 def pretrain(encoder_spec: str, waves: list[np.ndarray], settings: TaptSettings, out_dir: Path,
              sample_rate: int = 16000, *, extra_info: dict | None = None) -> TaptResult:
@@ -465,8 +457,6 @@ def _save(model, source_config, fe, info: dict, out_dir: Path) -> None:
         raise
 
 
-# ---------------------------------------------------------------------------------------------- cached
-
 def tapt_key(encoder_spec: str, paths: Sequence[str], settings: TaptSettings, sample_rate: int = 16000) -> str:
     from ser_tune.encoders import spec_fingerprint
 
@@ -518,8 +508,6 @@ def tapt_encoder(encoder_spec: str, paths: list[str], settings: TaptSettings, st
         return pretrain(spec, waves, settings, folder, sample_rate=int(sample_rate),
                         extra_info={"key": key, "paths": sorted(str(Path(p).resolve()) for p in paths)})
 
-
-# ---------------------------------------------------------------------------------------------- CLI
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ser_tune.active.tapt",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,16 +54,11 @@ def pristine_copy(spec: str) -> SpeechEncoder:
     return copy.deepcopy(_PRISTINE[spec])
 
 
-_WARM = False
-
-
+@functools.cache
 def warm_up() -> None:
     """Pay a worker process's one-off costs before any round is timed (the first AdamW imports torch's
     compiler stack, seconds; scikit-learn's k-means imports its own), so a worker's first trial is not
     charged for them and round times compare across acquisitions."""
-    global _WARM
-    if _WARM:
-        return
     import sklearn.cluster  # noqa: F401
     import torch
 
@@ -70,7 +66,6 @@ def warm_up() -> None:
     opt = torch.optim.AdamW([p], lr=1e-3)
     (p.sum() ** 2).backward()
     opt.step()
-    _WARM = True
 
 
 def schedule_counts(fractions: list[float], pool_size: int) -> list[int]:
@@ -179,8 +174,6 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
             probs = pool_probabilities(tuner, result, pool, labelled) \
                 if ACQUISITIONS[acquisition].needs == "probs" else None
             picked = select(acquisition, k, probs=probs, embeddings=embeddings, labelled_mask=labelled, rng=rng)
-        if labelled[picked].any() or len(set(picked.tolist())) != len(picked):
-            raise LoopError(f"round {r}: {acquisition} picked a clip twice")     # select() guarantees it
         labelled[picked] = True
         selected.append(pool[picked])
         if on_select is not None:

@@ -21,7 +21,6 @@ study's feature cache, standardised per layer and feature over the pool, then av
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import time
@@ -32,26 +31,17 @@ from typing import Callable
 import numpy as np
 
 from ..data import SAMPLE_RATE, crop
-from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
+from ..encoders import SpeechEncoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
 from ..training.finetune import FineTuner, TrialData, TrialResult
 from ..training.settings import TrialSettings
+from ..training.trainable import pristine_encoder
 from .acquisition import ACQUISITIONS, COLD_STARTS, select
 from .config import FULL
 
 
 class LoopError(ValueError):
     """The loop cannot run with these inputs; the message names the setting."""
-
-
-_PRISTINE: dict[str, SpeechEncoder] = {}
-
-
-def pristine_copy(spec: str) -> SpeechEncoder:
-    """A fresh copy of a once-loaded encoder (rounds change weights in place; the original stays clean)."""
-    if spec not in _PRISTINE:
-        _PRISTINE[spec] = load_encoder(spec)
-    return copy.deepcopy(_PRISTINE[spec])
 
 
 @functools.cache
@@ -84,7 +74,7 @@ def schedule_counts(fractions: list[float], pool_size: int) -> list[int]:
 
 
 def pool_embeddings(data: TrialData, pool: np.ndarray, *, encoder_spec: str, cache_root: str | Path,
-                    settings: TrialSettings, encoder_loader: Callable[[str], SpeechEncoder] = pristine_copy
+                    settings: TrialSettings, encoder_loader: Callable[[str], SpeechEncoder] = pristine_encoder
                     ) -> np.ndarray:
     """(len(pool), D) embeddings of the pool clips from the feature cache (see the module docstring)."""
     ml = effective_max_length(settings.max_length, data.durations)
@@ -138,7 +128,7 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
              acquisition: str, fractions: list[float], cold_start: str = "random", reinit: bool = True,
              seed: int = 0, report: Callable[[dict], None] | None = None,
              on_select: Callable[[int, np.ndarray], None] | None = None,
-             encoder_loader: Callable[[str], SpeechEncoder] = pristine_copy) -> LoopResult:
+             encoder_loader: Callable[[str], SpeechEncoder] = pristine_encoder) -> LoopResult:
     """Run every round of one trial; ``acquisition`` 'full' is the full-label reference (one round, 100 %).
     ``report(row)`` gets each round's row; ``on_select(round, rows)`` the data rows it labelled, first."""
     if acquisition != FULL and acquisition not in ACQUISITIONS:

@@ -24,9 +24,9 @@ from ..study.progress import TrialProgress
 from ..study.session import Cluster
 from ..training.finetune import TrialData
 from ..training.settings import TrialSettings
-from ..training.trainable import TRIAL_COMPLETE, set_threads
+from ..training.trainable import TRIAL_COMPLETE, pristine_encoder, set_threads
 from .config import ActiveConfig
-from .loop import pristine_copy, run_loop
+from .loop import run_loop
 
 ROUND_COLUMNS = ("acquisition", "tapt", "seed", "trial_id", "status", "error", "round", "rounds", "target_fraction",
                  "labelled_fraction", "labelled_count", "pool_size", "added", "classes_labelled", "val_bca",
@@ -83,7 +83,7 @@ def run_active_trial(config: dict, context: ActiveContext) -> None:
 
     run_loop(data, settings, encoder_spec=context.encoder_specs[tapt], cache_root=context.cache_root,
              acquisition=acquisition, fractions=context.fractions, cold_start=context.cold_start,
-             reinit=context.reinit, seed=seed, report=report, on_select=on_select, encoder_loader=pristine_copy)
+             reinit=context.reinit, seed=seed, report=report, on_select=on_select, encoder_loader=pristine_encoder)
 
 
 class ActiveStudy(StudyKind):

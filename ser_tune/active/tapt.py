@@ -437,8 +437,7 @@ def _save(model, source_config, fe, info: dict, out_dir: Path) -> None:
     if not (source_config.mask_time_prob > 0 or source_config.mask_feature_prob > 0):
         # the source had no masking vector: leave the one TAPT used out, so the folder is what a
         # Wav2Vec2Model built from the source config expects
-        if "masked_spec_embed" in base._parameters:
-            del base._parameters["masked_spec_embed"]
+        base._parameters.pop("masked_spec_embed", None)
     config = copy.deepcopy(source_config)
     config.architectures = ["Wav2Vec2Model"]
     base.config = config

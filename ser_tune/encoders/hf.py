@@ -214,12 +214,10 @@ def load_hf_encoder(source: str, spec: str | None = None) -> SpeechEncoder:
         model = transformers.AutoModel.from_pretrained(source, config=config)
         if hasattr(model, "wav2vec2") and not hasattr(model, "feature_extractor"):
             model = model.wav2vec2
-        normalize = True
         try:
-            fe = transformers.AutoFeatureExtractor.from_pretrained(source)
-            normalize = bool(getattr(fe, "do_normalize", True))
+            normalize = bool(getattr(transformers.AutoFeatureExtractor.from_pretrained(source), "do_normalize", True))
         except (OSError, ValueError):
-            pass
+            normalize = True
         return freeze_for_inference(Wav2Vec2FamilySpeechEncoder(model, spec, normalize=normalize))
     raise EncoderError(f"{spec}: model type '{model_type}' is not a supported speech encoder "
                        f"(supported: whisper, {', '.join(sorted(WAV2VEC2_FAMILY))})")

@@ -30,13 +30,8 @@ from .settings import SettingsError, TrialSettings
 
 PEFT_MODES = ("none", "lora", "adapter", "lora+adapter")
 # lora_targets keys -> the last name of the Linear modules they mean (Whisper; wav2vec2/HuBERT/WavLM).
-LORA_TARGETS = {
-    "q": ("q_proj",),
-    "k": ("k_proj",),
-    "v": ("v_proj",),
-    "o": ("out_proj",),
-    "ffn": ("fc1", "fc2", "intermediate_dense", "output_dense"),
-}
+LORA_TARGETS = {"q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",), "o": ("out_proj",),
+                "ffn": ("fc1", "fc2", "intermediate_dense", "output_dense")}
 FFN_OUTPUT = ("fc2", "output_dense")      # where a bottleneck adapter goes
 ADAPTER_PARTS = ("adapter_down_proj", "adapter_up_proj")
 # Parameter groups two-stage adaptation can keep fixed in stage two.

@@ -55,9 +55,8 @@ def finished_at(study: StudyFolder, unit: str) -> float:
     if given is not None:
         return float(given)
     trials = study.unit_trials(unit)
-    observed = [trials["finished_at"].max(), trials["started_at"].max(), study.unit_epochs(unit)["timestamp"].max()]
-    observed = [float(t) for t in observed if t is not None and not pd.isna(t)]
-    return max(observed) if observed else NAN
+    return float(pd.Series([trials["finished_at"].max(), trials["started_at"].max(),
+                            study.unit_epochs(unit)["timestamp"].max()], dtype=float).max())
 
 
 def wall_clock(study: StudyFolder, unit: str) -> float:

@@ -201,9 +201,7 @@ def deployment_costs(folder: str | Path, waves: Sequence[np.ndarray], sample_rat
 
     model = load_model(folder, encoder_loader=encoder_loader)
     latency = measure_latency(model, waves, sample_rate, repeats=repeats, warmup=warmup, threads=threads)
-    return {"latency_ms_per_s": latency.latency_ms_per_s, "latency_min_ms_per_s": latency.min_ms_per_s,
-            "latency_max_ms_per_s": latency.max_ms_per_s, "latency_iqr_ms_per_s": latency.iqr_ms_per_s,
-            "latency_cv": latency.cv, "latency_audio_seconds": latency.audio_seconds,
-            "latency_cpu_ms_per_s": latency.cpu_ms_per_s, "latency_cpu_iqr_ms_per_s": latency.cpu_iqr_ms_per_s,
+    spread = ("min_ms_per_s", "max_ms_per_s", "iqr_ms_per_s", "cv", "audio_seconds", "cpu_ms_per_s", "cpu_iqr_ms_per_s")
+    return {"latency_ms_per_s": latency.latency_ms_per_s, **{f"latency_{name}": getattr(latency, name) for name in spread},
             "model_bytes": deployed_bytes(model, folder),
             "total_params": count_parameters(model.encoder)[1] + count_parameters(model.head)[1]}

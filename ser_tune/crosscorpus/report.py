@@ -42,16 +42,14 @@ def write_outputs(result: dict, out_dir) -> Path:
 
 def plot_confusion(entry: dict, labels: list[str], path: Path, *, title: str) -> Path:
     """Rows: the classes present in the target; columns: every model class (errors into missing ones show)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure   # no pyplot: no global backend or open-figure registry
 
     matrix = np.array(entry["confusion"])
     rows = [labels.index(l) for l in entry["classes_present"]]
     counts = matrix[rows]
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(labels), 1.2 + 0.6 * len(rows)))
+    fig = Figure(figsize=(1.0 + 0.8 * len(labels), 1.2 + 0.6 * len(rows)))
+    ax = fig.add_subplot()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     for r in range(len(rows)):
         for c in range(len(labels)):
@@ -64,7 +62,6 @@ def plot_confusion(entry: dict, labels: list[str], path: Path, *, title: str) ->
     ax.set_title(f"{title}: BCA {entry['bca']:.3f} ({entry['files']} clips)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -25,11 +25,6 @@ CELL_COLUMNS = (("fraction_used", "fraction"), ("labelled_count", "labelled_coun
                 ("val_bca", "val_bca"), ("seconds", "cumulative_seconds"))
 
 
-def series_name(acquisition: str, tapt: bool) -> str:
-    name = "full labels" if acquisition == FULL else acquisition
-    return f"{name} + TAPT" if tapt else name
-
-
 def _groups(rounds: pd.DataFrame, acquisitions: list[str]):
     ok = rounds[rounds["round"].notna()]
     order = {a: i for i, a in enumerate(acquisitions)}
@@ -113,7 +108,8 @@ def plot_curves(rounds: pd.DataFrame, acquisitions: list[str], out_dir: Path) ->
         styles = {}
         for acquisition, tapt, g in _groups(rounds, acquisitions):
             mean = g.groupby("round")[[x, "test_bca"]].mean()
-            label = series_name(acquisition, tapt)
+            name = "full labels" if acquisition == FULL else acquisition
+            label = f"{name} + TAPT" if tapt else name
             if acquisition == FULL:
                 ax.axhline(float(mean["test_bca"].iloc[-1]), linestyle="--" if not tapt else ":", color="black",
                            linewidth=1.2, label=f"{label} (reference)")

@@ -51,10 +51,6 @@ class ActiveContext:
     selections_dir: str | None = None
 
 
-def trial_key(acquisition: str, tapt: bool, seed: int) -> str:
-    return f"{acquisition}-tapt{int(bool(tapt))}-seed{seed}"
-
-
 AUDIO: dict[int, AudioStore] = {}   # per worker process: decoded audio survives across trials
 
 
@@ -74,7 +70,7 @@ def run_active_trial(config: dict, context: ActiveContext) -> None:
         # which clips each round labelled, by path (for audit: never a validation or test clip)
         picked.append([data.paths[i] for i in rows])
         if context.selections_dir is not None:
-            path = Path(context.selections_dir) / f"{trial_key(acquisition, tapt, seed)}.json"
+            path = Path(context.selections_dir) / f"{acquisition}-tapt{int(tapt)}-seed{seed}.json"
             write_atomic(path, json.dumps({**tags, "rounds": picked}, indent=1))
 
     def report(row: dict) -> None:

@@ -43,8 +43,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         self.spec = spec
         self.sample_rate = int(feature_extractor.sampling_rate)
         self.hop_length = int(feature_extractor.hop_length)
-        stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
-        self.frame_stride = stride
+        self.frame_stride = stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
         self.max_seconds = encoder.config.max_source_positions * stride * self.hop_length / self.sample_rate
 
     @property

@@ -108,8 +108,8 @@ def plot_curves(rounds: pd.DataFrame, acquisitions: list[str], out_dir: Path) ->
         styles = {}
         for acquisition, tapt, g in _groups(rounds, acquisitions):
             mean = g.groupby("round")[[x, "test_bca"]].mean()
-            name = "full labels" if acquisition == FULL else acquisition
-            label = f"{name} + TAPT" if tapt else name
+            series = "full labels" if acquisition == FULL else acquisition
+            label = f"{series} + TAPT" if tapt else series
             if acquisition == FULL:
                 ax.axhline(float(mean["test_bca"].iloc[-1]), linestyle="--" if not tapt else ":", color="black",
                            linewidth=1.2, label=f"{label} (reference)")

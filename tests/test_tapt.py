@@ -172,7 +172,6 @@ def test_saved_encoder_loads_as_hf_folder_and_differs(tapt_run):
     changed = [k for k in a if not torch.equal(a[k], s[k])]
     assert any(".layers." in k for k in changed)
     assert not any("feature_extractor" in k for k in changed)     # frozen by default
-    assert adapted.fingerprint() != source.fingerprint()
     config = json.loads((tapt_run.folder / "config.json").read_text())
     assert config["mask_time_prob"] == 0.0 and config["architectures"] == ["Wav2Vec2Model"]
     wave = torch.from_numpy(_waves(seed=3, n=1)[0])[None]

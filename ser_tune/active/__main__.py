@@ -17,14 +17,6 @@ EPILOG = """examples:
 """
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ser_tune.active", description=__doc__.splitlines()[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="active-learning experiment YAML (see experiments/active_*.yaml)")
-    add_common_arguments(p)
-    return p.parse_args(argv)
-
-
 def load(args):
     from ..config import ConfigError
     from .config import active_from_dict, load_active
@@ -46,15 +38,18 @@ def load(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    p = argparse.ArgumentParser(prog="python -m ser_tune.active", description=__doc__.splitlines()[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="active-learning experiment YAML (see experiments/active_*.yaml)")
+    add_common_arguments(p)
+    args = p.parse_args(argv)
     prepare_for(args.address)   # before anything imports Ray
     cfg = load(args)
     from ..study.cli import finish_cli, run_study_cli
     from .report import table_text, write_results
     from .study import ActiveStudy
 
-    active = cfg.active
-    exp = cfg.experiment
+    active, exp = cfg.active, cfg.experiment
     outcome = run_study_cli(ActiveStudy(cfg), args, name=exp.name, storage=exp.storage, resources=exp.resources)
     if outcome.interrupted:
         return finish_cli(outcome, {"study_dir": str(outcome.folder.dir), "status": "interrupted"})

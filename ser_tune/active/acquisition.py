@@ -62,8 +62,6 @@ def margin_scores(probs: np.ndarray) -> np.ndarray:
     return -(top2[:, 1] - top2[:, 0])
 
 
-# --- the functions ----------------------------------------------------------------------------
-
 def _top(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(-scores[candidates], kind="stable")
     return candidates[order[:k]]
@@ -94,12 +92,14 @@ def coreset(k, probs, embeddings, labelled, rng) -> np.ndarray:
     """Greedy core-set (k-center, Sener & Savarese 2018): repeatedly take the unlabelled clip farthest
     (Euclidean) from every labelled or already chosen clip, so the labelled set covers the embedding
     space. With nothing labelled yet the first pick is the clip closest to the pool's mean."""
+    from sklearn.metrics import pairwise_distances_argmin_min
+
     candidates = np.flatnonzero(~labelled)
     k = min(k, candidates.size)
     x = np.asarray(embeddings, dtype=np.float64)
     chosen: list[int] = []
     if labelled.any():
-        nearest = _min_distance(x[candidates], x[labelled])
+        nearest = pairwise_distances_argmin_min(x[candidates], x[labelled])[1]
     else:
         first = candidates[np.argmin(((x[candidates] - x.mean(0)) ** 2).sum(1))]
         chosen.append(int(first))
@@ -133,14 +133,6 @@ def kmeans(k, probs, embeddings, labelled, rng) -> np.ndarray:
         taken[pick] = True
         chosen.append(int(candidates[pick]))
     return np.asarray(chosen, dtype=np.int64)
-
-
-def _min_distance(a: np.ndarray, b: np.ndarray, block: int = 1024) -> np.ndarray:
-    out = np.empty(len(a))
-    for s in range(0, len(a), block):
-        d = ((a[s: s + block, None, :] - b[None]) ** 2).sum(-1)
-        out[s: s + block] = np.sqrt(d.min(1))
-    return out
 
 
 @dataclass(frozen=True)

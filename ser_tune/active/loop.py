@@ -21,8 +21,8 @@ study's feature cache, standardised per layer and feature over the pool, then av
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +31,11 @@ from typing import Callable
 import numpy as np
 
 from ..data import SAMPLE_RATE, crop
-from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
+from ..encoders import SpeechEncoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
 from ..training.finetune import FineTuner, TrialData, TrialResult
 from ..training.settings import TrialSettings
+from ..training.trainable import pristine_encoder
 from .acquisition import ACQUISITIONS, COLD_STARTS, select
 from .config import FULL
 
@@ -43,26 +44,11 @@ class LoopError(ValueError):
     """The loop cannot run with these inputs; the message names the setting."""
 
 
-_PRISTINE: dict[str, SpeechEncoder] = {}
-
-
-def pristine_copy(spec: str) -> SpeechEncoder:
-    """A fresh copy of a once-loaded encoder (rounds change weights in place; the original stays clean)."""
-    if spec not in _PRISTINE:
-        _PRISTINE[spec] = load_encoder(spec)
-    return copy.deepcopy(_PRISTINE[spec])
-
-
-_WARM = False
-
-
+@functools.cache
 def warm_up() -> None:
     """Pay a worker process's one-off costs before any round is timed (the first AdamW imports torch's
     compiler stack, seconds; scikit-learn's k-means imports its own), so a worker's first trial is not
     charged for them and round times compare across acquisitions."""
-    global _WARM
-    if _WARM:
-        return
     import sklearn.cluster  # noqa: F401
     import torch
 
@@ -70,7 +56,6 @@ def warm_up() -> None:
     opt = torch.optim.AdamW([p], lr=1e-3)
     (p.sum() ** 2).backward()
     opt.step()
-    _WARM = True
 
 
 def schedule_counts(fractions: list[float], pool_size: int) -> list[int]:
@@ -89,7 +74,7 @@ def schedule_counts(fractions: list[float], pool_size: int) -> list[int]:
 
 
 def pool_embeddings(data: TrialData, pool: np.ndarray, *, encoder_spec: str, cache_root: str | Path,
-                    settings: TrialSettings, encoder_loader: Callable[[str], SpeechEncoder] = pristine_copy
+                    settings: TrialSettings, encoder_loader: Callable[[str], SpeechEncoder] = pristine_encoder
                     ) -> np.ndarray:
     """(len(pool), D) embeddings of the pool clips from the feature cache (see the module docstring)."""
     ml = effective_max_length(settings.max_length, data.durations)
@@ -143,7 +128,7 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
              acquisition: str, fractions: list[float], cold_start: str = "random", reinit: bool = True,
              seed: int = 0, report: Callable[[dict], None] | None = None,
              on_select: Callable[[int, np.ndarray], None] | None = None,
-             encoder_loader: Callable[[str], SpeechEncoder] = pristine_copy) -> LoopResult:
+             encoder_loader: Callable[[str], SpeechEncoder] = pristine_encoder) -> LoopResult:
     """Run every round of one trial; ``acquisition`` 'full' is the full-label reference (one round, 100 %).
     ``report(row)`` gets each round's row; ``on_select(round, rows)`` the data rows it labelled, first."""
     if acquisition != FULL and acquisition not in ACQUISITIONS:
@@ -179,8 +164,6 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
             probs = pool_probabilities(tuner, result, pool, labelled) \
                 if ACQUISITIONS[acquisition].needs == "probs" else None
             picked = select(acquisition, k, probs=probs, embeddings=embeddings, labelled_mask=labelled, rng=rng)
-        if labelled[picked].any() or len(set(picked.tolist())) != len(picked):
-            raise LoopError(f"round {r}: {acquisition} picked a clip twice")     # select() guarantees it
         labelled[picked] = True
         selected.append(pool[picked])
         if on_select is not None:

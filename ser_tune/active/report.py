@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..study.folder import ROUNDS_FILE, StudyFolder
@@ -21,11 +20,9 @@ from .config import FULL
 
 TARGETS = (0.1, 0.2, 1.0)
 TABLE_FILE = "active_table.csv"
-
-
-def series_name(acquisition: str, tapt: bool) -> str:
-    name = "full labels" if acquisition == FULL else acquisition
-    return f"{name} + TAPT" if tapt else name
+# active_table.csv's column prefixes and the table cell's field each one holds
+CELL_COLUMNS = (("fraction_used", "fraction"), ("labelled_count", "labelled_count"), ("test_bca", "test_bca"),
+                ("val_bca", "val_bca"), ("seconds", "cumulative_seconds"))
 
 
 def _groups(rounds: pd.DataFrame, acquisitions: list[str]):
@@ -44,17 +41,14 @@ def fraction_table(rounds: pd.DataFrame, acquisitions: list[str], targets=TARGET
         row = {"acquisition": acquisition, "tapt": tapt, "seeds": int(g["seed"].nunique()), "at": {}}
         scheduled = sorted(g["target_fraction"].dropna().unique())
         for target in targets:
-            if acquisition == FULL and target < 1.0:
-                cell = None          # the reference trains on the whole pool only
-            else:
-                above = [f for f in scheduled if f >= target - 1e-9]
-                cell = None
-                if above:
-                    used = above[0]
-                    at = g[np.isclose(g["target_fraction"], used)]
-                    cell = {"fraction": float(used), "labelled_count": float(at["labelled_count"].mean()),
-                            "test_bca": float(at["test_bca"].mean()), "val_bca": float(at["val_bca"].mean()),
-                            "cumulative_seconds": float(at["cumulative_seconds"].mean()), "trials": int(len(at))}
+            above = [f for f in scheduled if f >= target - 1e-9]
+            cell = None
+            # the full-label reference trains on the whole pool only
+            if above and not (acquisition == FULL and target < 1.0):
+                at = g[np.isclose(g["target_fraction"], above[0])]
+                cell = {"fraction": float(above[0]),
+                        **{k: float(at[k].mean()) for k in ("labelled_count", "test_bca", "val_bca", "cumulative_seconds")},
+                        "trials": int(len(at))}
             row["at"][f"{target:g}"] = cell
         rows.append(row)
     return rows
@@ -97,22 +91,9 @@ def table_frame(table: list[dict], targets=TARGETS) -> pd.DataFrame:
         flat = {"acquisition": row["acquisition"], "tapt": row["tapt"], "seeds": row["seeds"]}
         for t in targets:
             c = row["at"].get(f"{t:g}") or {}
-            key = f"{100 * t:.0f}"
-            flat[f"fraction_used_{key}"] = c.get("fraction")
-            flat[f"labelled_count_{key}"] = c.get("labelled_count")
-            flat[f"test_bca_{key}"] = c.get("test_bca")
-            flat[f"val_bca_{key}"] = c.get("val_bca")
-            flat[f"seconds_{key}"] = c.get("cumulative_seconds")
+            flat.update({f"{column}_{100 * t:.0f}": c.get(field) for column, field in CELL_COLUMNS})
         rows.append(flat)
     return pd.DataFrame(rows)
-
-
-# --- plots ----------------------------------------------------------------------------------------
-
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
 
 
 def plot_curves(rounds: pd.DataFrame, acquisitions: list[str], out_dir: Path) -> list[Path]:
@@ -127,7 +108,8 @@ def plot_curves(rounds: pd.DataFrame, acquisitions: list[str], out_dir: Path) ->
         styles = {}
         for acquisition, tapt, g in _groups(rounds, acquisitions):
             mean = g.groupby("round")[[x, "test_bca"]].mean()
-            label = series_name(acquisition, tapt)
+            series = "full labels" if acquisition == FULL else acquisition
+            label = f"{series} + TAPT" if tapt else series
             if acquisition == FULL:
                 ax.axhline(float(mean["test_bca"].iloc[-1]), linestyle="--" if not tapt else ":", color="black",
                            linewidth=1.2, label=f"{label} (reference)")
@@ -140,11 +122,10 @@ def plot_curves(rounds: pd.DataFrame, acquisitions: list[str], out_dir: Path) ->
         ax.set_title("Active learning: " + ("label efficiency" if x == "labelled_fraction" else "cost"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        paths.append(_save(fig, out_dir / name))
+        fig.savefig(out_dir / name, dpi=100, bbox_inches="tight")
+        paths.append(out_dir / name)
     return paths
 
-
-# --- the report -------------------------------------------------------------------------------
 
 def write_results(folder: StudyFolder | Path, rounds: pd.DataFrame | None = None) -> dict:
     """Write active_table.csv, the plots and active.md from rounds.csv; returns the summary (--json)."""

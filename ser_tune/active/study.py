@@ -9,7 +9,6 @@ entry). Each trial then runs :func:`ser_tune.active.loop.run_loop` and reports a
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +18,15 @@ import pandas as pd
 
 from ..data import SAMPLE_RATE, AudioStore
 from ..study.driver import StudyError, StudyKind, Unit
-from ..study.folder import EPOCHS_FILE, ROUNDS_FILE, TRIALS_FILE, StudyFolder
+from ..study.folder import EPOCHS_FILE, ROUNDS_FILE, TRIALS_FILE, StudyFolder, write_atomic
 from ..study.prepare import cache_root, data_meta, encode_once, load_study_corpus, machine_info, study_split
 from ..study.progress import TrialProgress
 from ..study.session import Cluster
 from ..training.finetune import TrialData
 from ..training.settings import TrialSettings
-from ..training.trainable import TRIAL_COMPLETE, set_threads
+from ..training.trainable import TRIAL_COMPLETE, pristine_encoder, set_threads
 from .config import ActiveConfig
-from .loop import pristine_copy, run_loop
+from .loop import run_loop
 
 ROUND_COLUMNS = ("acquisition", "tapt", "seed", "trial_id", "status", "error", "round", "rounds", "target_fraction",
                  "labelled_fraction", "labelled_count", "pool_size", "added", "classes_labelled", "val_bca",
@@ -52,10 +51,6 @@ class ActiveContext:
     selections_dir: str | None = None
 
 
-def trial_key(acquisition: str, tapt: bool, seed: int) -> str:
-    return f"{acquisition}-tapt{int(bool(tapt))}-seed{seed}"
-
-
 AUDIO: dict[int, AudioStore] = {}   # per worker process: decoded audio survives across trials
 
 
@@ -75,10 +70,8 @@ def run_active_trial(config: dict, context: ActiveContext) -> None:
         # which clips each round labelled, by path (for audit: never a validation or test clip)
         picked.append([data.paths[i] for i in rows])
         if context.selections_dir is not None:
-            path = Path(context.selections_dir) / f"{trial_key(acquisition, tapt, seed)}.json"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**tags, "rounds": picked}, indent=1))
-            os.replace(tmp, path)
+            path = Path(context.selections_dir) / f"{acquisition}-tapt{int(tapt)}-seed{seed}.json"
+            write_atomic(path, json.dumps({**tags, "rounds": picked}, indent=1))
 
     def report(row: dict) -> None:
         final = {TRIAL_COMPLETE: True} if row["round"] == row["rounds"] else {}
@@ -86,7 +79,7 @@ def run_active_trial(config: dict, context: ActiveContext) -> None:
 
     run_loop(data, settings, encoder_spec=context.encoder_specs[tapt], cache_root=context.cache_root,
              acquisition=acquisition, fractions=context.fractions, cold_start=context.cold_start,
-             reinit=context.reinit, seed=seed, report=report, on_select=on_select, encoder_loader=pristine_copy)
+             reinit=context.reinit, seed=seed, report=report, on_select=on_select, encoder_loader=pristine_encoder)
 
 
 class ActiveStudy(StudyKind):
@@ -220,7 +213,5 @@ def rounds_table(folder: StudyFolder, acquisitions: list[str]) -> pd.DataFrame:
     frame = frame.assign(_o=frame["acquisition"].map(order)).sort_values(
         ["_o", "tapt", "seed", "round"], kind="stable").drop(columns="_o").reset_index(drop=True)
     frame["error"] = frame["error"].fillna("")
-    tmp = folder.dir / (ROUNDS_FILE + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, folder.dir / ROUNDS_FILE)
+    write_atomic(folder.dir / ROUNDS_FILE, frame.to_csv(index=False))
     return frame

@@ -70,8 +70,6 @@ class TaptError(ValueError):
     """TAPT cannot run (unsupported encoder, bad setting, unusable audio); the message names the cause."""
 
 
-# ---------------------------------------------------------------------------------------------- settings
-
 def _no_bool(value):
     if isinstance(value, bool):
         raise invalid(f"must be a number (got {value!r})")
@@ -103,8 +101,7 @@ class TaptSettings:
     @classmethod
     def from_dict(cls, values: dict | None, where: str = "tapt") -> "TaptSettings":
         """Check every setting; TaptError names ``<where>.<setting>``."""
-        if values is None:
-            values = {}
+        values = {} if values is None else values
         if not isinstance(values, dict):
             raise TaptError(f"{where}: must be a mapping of TAPT settings (got {values!r})")
         names = [f.name for f in fields(cls)]
@@ -139,8 +136,6 @@ class TaptResult:
     info: dict = field(default_factory=dict)  # tapt.json's content
 
 
-# ---------------------------------------------------------------------------------------------- support
-
 def _model_type(source: str, spec: str) -> str:
     local = Path(source).expanduser()
     if local.is_dir():
@@ -165,11 +160,11 @@ def check_tapt_supported(encoder_spec: str) -> None:
     """Raise TaptError (naming the spec and why) unless the encoder has a TAPT objective; loads no weights."""
     from ser_tune.encoders import EncoderError, EncoderSpec
 
-    try:
-        parsed = EncoderSpec.parse(encoder_spec)
-    except EncoderError as err:
-        raise TaptError(f"TAPT cannot use '{encoder_spec}': {err}") from None
     spec = encoder_spec
+    try:
+        parsed = EncoderSpec.parse(spec)
+    except EncoderError as err:
+        raise TaptError(f"TAPT cannot use '{spec}': {err}") from None
     if parsed.family == "speechbrain":
         raise TaptError(f"TAPT is not available for '{spec}': SpeechBrain models are fine-tuned classifiers "
                         "whose encoder comes without its self-supervised pre-training head; use the hf: spec "
@@ -187,26 +182,17 @@ def check_tapt_supported(encoder_spec: str) -> None:
                     "TAPT needs a wav2vec2 model (Wav2Vec2ForPreTraining)")
 
 
-# ---------------------------------------------------------------------------------------------- the model
-
-def _quiet_transformers():
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    return transformers
-
-
 def _load_pretraining_model(spec: str, settings: TaptSettings):
     """(Wav2Vec2ForPreTraining, source config, feature extractor, fresh parameter names, notes)."""
     import torch
 
-    transformers = _quiet_transformers()
+    from ser_tune.encoders import EncoderSpec
+    from ser_tune.encoders.hf import quiet_transformers
+
+    transformers = quiet_transformers()
     notes = []
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed)   # fresh head weights are the same in every run
-        from ser_tune.encoders import EncoderSpec
-
         parsed = EncoderSpec.parse(spec)
         if parsed.is_tiny:
             from ser_tune.encoders.tiny import build_tiny_model
@@ -262,12 +248,6 @@ def _masking_config(source_config, settings: TaptSettings):
     return config
 
 
-def _normalise(crop: np.ndarray, do_normalize: bool) -> np.ndarray:
-    if not do_normalize:
-        return crop
-    return (crop - crop.mean()) / np.sqrt(crop.var() + 1e-7)
-
-
 class _Batches:
     """Random equal-length crops, masks and negatives; numpy RNGs seeded from the settings."""
 
@@ -303,7 +283,8 @@ class _Batches:
         crops = []
         for w in waves:
             start = int(self.rng.integers(0, len(w) - length + 1))
-            crops.append(_normalise(np.asarray(w[start: start + length], dtype=np.float32), self.do_normalize))
+            crop = np.asarray(w[start: start + length], dtype=np.float32)
+            crops.append((crop - crop.mean()) / np.sqrt(crop.var() + 1e-7) if self.do_normalize else crop)
         x = torch.from_numpy(np.stack(crops).astype(np.float32))
         t = self.frames(length)
         s = self.settings
@@ -327,8 +308,6 @@ def _batch_loss(model, batch):
     out = model(x, mask_time_indices=mask, sampled_negative_indices=neg)
     return out.loss / mask.sum()
 
-
-# ---------------------------------------------------------------------------------------------- pretrain
 
 def pretrain(encoder_spec: str, waves: list[np.ndarray], settings: TaptSettings, out_dir: Path,
              sample_rate: int = 16000, *, extra_info: dict | None = None) -> TaptResult:
@@ -458,8 +437,7 @@ def _save(model, source_config, fe, info: dict, out_dir: Path) -> None:
     if not (source_config.mask_time_prob > 0 or source_config.mask_feature_prob > 0):
         # the source had no masking vector: leave the one TAPT used out, so the folder is what a
         # Wav2Vec2Model built from the source config expects
-        if "masked_spec_embed" in base._parameters:
-            del base._parameters["masked_spec_embed"]
+        base._parameters.pop("masked_spec_embed", None)
     config = copy.deepcopy(source_config)
     config.architectures = ["Wav2Vec2Model"]
     base.config = config
@@ -477,8 +455,6 @@ def _save(model, source_config, fe, info: dict, out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-
-# ---------------------------------------------------------------------------------------------- cached
 
 def tapt_key(encoder_spec: str, paths: Sequence[str], settings: TaptSettings, sample_rate: int = 16000) -> str:
     from ser_tune.encoders import spec_fingerprint
@@ -509,9 +485,7 @@ def tapt_encoder(encoder_spec: str, paths: list[str], settings: TaptSettings, st
 
     check_tapt_supported(encoder_spec)
     spec = resolve_spec(encoder_spec)
-    if isinstance(settings, dict):
-        settings = TaptSettings.from_dict(settings)
-    settings = TaptSettings.from_dict(settings.to_dict())
+    settings = checked_settings(settings)
     paths = [str(p) for p in (paths or [])]
     if not paths:
         raise TaptError(f"TAPT on '{spec}': no audio files given")
@@ -534,8 +508,6 @@ def tapt_encoder(encoder_spec: str, paths: list[str], settings: TaptSettings, st
                         extra_info={"key": key, "paths": sorted(str(Path(p).resolve()) for p in paths)})
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ser_tune.active.tapt",
                                      description="Task-adaptive pre-training of a wav2vec2 encoder on a corpus's audio.")
@@ -546,12 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     defaults = TaptSettings()
     for f in fields(TaptSettings):
         default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                                type=lambda v: v.lower() in ("1", "true", "yes"), help=f"(default {default})")
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                                type=type(default), help=f"(default {default})")
+        convert = (lambda v: v.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=convert,
+                            help=f"(default {default})")
     parser.add_argument("--exclude-speakers", nargs="+", default=[], metavar="SPEAKER",
                         help="leave these speakers' audio out (e.g. the test speakers of a later study: TAPT on "
                              "their audio would make its test transductive)")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data import LabelMapper, load_corpus, make_split
+from ..data import LabelMapper, make_split
 from ..study.driver import StudyError, StudyKind, Unit
 from ..study.folder import TRIALS_FILE, StudyFolder, TrialState
-from ..study.prepare import cache_root, machine_info
+from ..study.prepare import cache_root, load_study_corpus, machine_info
 from ..study.progress import TrialProgress
 from ..study.session import Cluster
 from ..training.export import WEIGHTS_FILE, load_model, read_weights
@@ -116,14 +116,11 @@ class AdaptStudy(StudyKind):
     def prepare(self, folder: StudyFolder) -> None:
         for role in ROLES:
             corpus_cfg = self.side(role).corpus
-            root = corpus_cfg.root
-            if corpus_cfg.name == "synthetic" and root is None:
+            if corpus_cfg.name == "synthetic" and corpus_cfg.root is None:
                 # generated corpora with other options must not share a folder (the generator refuses that)
                 tag = hashlib.sha1(json.dumps(corpus_cfg.options, sort_keys=True).encode()).hexdigest()[:8]
-                root = self.cfg.storage / f"_synthetic_{tag}"
-            self.corpora[role] = load_corpus(corpus_cfg.name, root, label_map=corpus_cfg.label_map,
-                                             drop_labels=corpus_cfg.drop_labels, min_duration=corpus_cfg.min_duration,
-                                             **(corpus_cfg.options or {}))
+                corpus_cfg = corpus_cfg.model_copy(update={"root": self.cfg.storage / f"_synthetic_{tag}"})
+            self.corpora[role] = load_study_corpus(corpus_cfg, self.cfg.storage)
             self.splits[role] = make_split(self.corpora[role].table, dict(self.side(role).split))
         labels = {role: sorted(self.corpora[role].table["label"].unique()) for role in ROLES}
         if "head" in self.cfg.stage2.freeze and labels["source"] != labels["target"]:

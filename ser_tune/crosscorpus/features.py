@@ -27,9 +27,7 @@ def embed_files(model, paths: list[str], memo: dict) -> tuple[np.ndarray, list[i
             continue
         feats.append(memo[path])
         kept.append(i)
-    if not feats:
-        return np.zeros((0, 0, 0), np.float32), kept, failed
-    return np.stack(feats).astype(np.float32), kept, failed
+    return (np.stack(feats).astype(np.float32) if feats else np.zeros((0, 0, 0), np.float32)), kept, failed
 
 
 class OriginalFeatures:
@@ -77,10 +75,9 @@ def encoder_fine_tuned(model, original) -> bool:
     if model.encoder.num_layers < original.num_layers:
         original = copy.deepcopy(original)
         original.truncate(model.encoder.num_layers)
-    for name, value in original.state_dict().items():
-        if name not in tuned or tuned[name].shape != value.shape or not torch.equal(tuned[name], value):
-            return True
-    return set(tuned) != set(original.state_dict())
+    reference = original.state_dict()
+    return set(tuned) != set(reference) or any(tuned[name].shape != value.shape or not torch.equal(tuned[name], value)
+                                               for name, value in reference.items())
 
 
 def normalized_features(pooled: np.ndarray, speakers, normalize: str) -> np.ndarray:

@@ -3,12 +3,12 @@ target."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..study.folder import write_atomic
 from ..training.export import to_jsonable  # one JSON fallback for numpy values, shared with export
 from .targets import file_stem
 
@@ -35,25 +35,21 @@ def write_outputs(result: dict, out_dir) -> Path:
         if entry.get("confusion") is not None:
             plot_confusion(entry, result["labels"], out / f"{stem}_confusion.png", title=key)
             entry["confusion_png"] = f"{stem}_confusion.png"
-    tmp = out / f"{RESULT_FILE}.tmp"
-    tmp.write_text(json.dumps(without_predictions(result), indent=2, default=to_jsonable))
-    os.replace(tmp, out / RESULT_FILE)
+    write_atomic(out / RESULT_FILE, json.dumps(without_predictions(result), indent=2, default=to_jsonable))
     (out / REPORT_FILE).write_text(markdown(result))
     return out / RESULT_FILE
 
 
 def plot_confusion(entry: dict, labels: list[str], path: Path, *, title: str) -> Path:
     """Rows: the classes present in the target; columns: every model class (errors into missing ones show)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure   # no pyplot: no global backend or open-figure registry
 
     matrix = np.array(entry["confusion"])
     rows = [labels.index(l) for l in entry["classes_present"]]
     counts = matrix[rows]
     share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(labels), 1.2 + 0.6 * len(rows)))
+    fig = Figure(figsize=(1.0 + 0.8 * len(labels), 1.2 + 0.6 * len(rows)))
+    ax = fig.add_subplot()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
     for r in range(len(rows)):
         for c in range(len(labels)):
@@ -66,7 +62,6 @@ def plot_confusion(entry: dict, labels: list[str], path: Path, *, title: str) ->
     ax.set_title(f"{title}: BCA {entry['bca']:.3f} ({entry['files']} clips)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -60,15 +60,13 @@ def source_training_set(source: dict, mapper: LabelMapper) -> tuple[pd.DataFrame
     corpus = load_corpus(source["name"], root, label_map=source.get("label_map"),
                          **(options if source["name"] == "synthetic" else {}))
     table = corpus.table
-    rows = table
-    part = "all clips"
+    rows, part = table, "all clips"
     split_file = source.get("split_file")
     if source.get("train_speakers"):
         rows = table[table["speaker"].astype(str).isin([str(x) for x in source["train_speakers"]])]
         part = "the model's training speakers"
     elif split_file and Path(split_file).is_file():
-        split = Split.load(split_file, table)
-        rows = split.part(table, "train")
+        rows = Split.load(split_file, table).part(table, "train")
         part = "the study's train split"
     rows = rows.assign(model_label=rows["label"].map(mapper))
     unmatched = int(rows["model_label"].isna().sum())

@@ -46,8 +46,7 @@ def default_view(corpus: str) -> str | None:
 
 def check_view(view: str) -> str:
     if view not in _load_maps()["views"]:
-        known = ", ".join(view_names())
-        raise DataError(f"label_map: unknown view '{view}' (known: {known})")
+        raise DataError(f"label_map: unknown view '{view}' (known: {', '.join(view_names())})")
     return view
 
 
@@ -74,9 +73,7 @@ def view_label(native: str, view: str) -> str | None:
     """A native name -> the view's class; None when the view has no counterpart."""
     check_view(view)
     mapping = _load_maps()["views"][view]
-    if not mapping:  # the identity view
-        return native
-    return mapping.get(native)
+    return mapping.get(native) if mapping else native   # an empty mapping is the identity view
 
 
 def map_labels(labels: pd.Series, corpus: str, view: str) -> pd.Series:

@@ -19,26 +19,14 @@ from .corpus import Corpus, load_corpus
 from .splits import leave_speakers_out_folds
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
-    def to_mel(f):
-        return 2595 * np.log10(1 + f / 700)
-
-    def to_hz(m):
-        return 700 * (10 ** (m / 2595) - 1)
-
-    edges = to_hz(np.linspace(0, to_mel(sample_rate / 2), n_mels + 2))
-    freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    bank = np.zeros((n_mels, freqs.size))
-    for i in range(n_mels):
-        lo, mid, hi = edges[i:i + 3]
-        bank[i] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
-    return bank
-
-
 def logmel_stats(wave: np.ndarray, sample_rate: int, n_mels: int = 40) -> np.ndarray:
+    from transformers.audio_utils import mel_filter_bank   # HTK-scale triangles, unnormalised
+
     n_fft = int(0.025 * sample_rate)
     _, _, spec = stft(wave, fs=sample_rate, nperseg=n_fft, noverlap=n_fft - int(0.01 * sample_rate))
-    mel = np.log(mel_filterbank(sample_rate, n_fft, n_mels) @ np.abs(spec) ** 2 + 1e-10)
+    bank = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0,
+                           max_frequency=sample_rate / 2, sampling_rate=sample_rate, norm=None, mel_scale="htk")
+    mel = np.log(bank.T @ np.abs(spec) ** 2 + 1e-10)
     return np.concatenate([mel.mean(axis=1), mel.std(axis=1)])
 
 

@@ -15,7 +15,6 @@ spec and truncate it again: ``load_encoder(spec, num_layers=k)``.
 """
 from __future__ import annotations
 
-import hashlib
 import numbers
 from typing import Sequence
 
@@ -88,18 +87,6 @@ class SpeechEncoder(nn.Module):
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         hidden, mask = self.embed(waves, lengths)
         return [hidden, *self.run_layers(hidden, mask, 0)], mask
-
-    def fingerprint(self) -> str:
-        """Identifies the weights, for cache keys: the same spec with other weights must not share features."""
-        digest = hashlib.sha256(self.spec.encode())
-        with torch.no_grad():
-            for name, tensor in sorted(self.state_dict().items()):
-                digest.update(name.encode())
-                flat = tensor.detach().float().flatten()
-                # A strided sample keeps this cheap on large models while still telling weights apart.
-                step = max(1, flat.numel() // 256)
-                digest.update(flat[::step].numpy().tobytes())
-        return digest.hexdigest()[:16]
 
     def describe(self) -> dict:
         total = sum(p.numel() for p in self.parameters())

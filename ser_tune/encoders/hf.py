@@ -16,7 +16,7 @@ from .base import EncoderError, SpeechEncoder, freeze_for_inference, lengths_to_
 WAV2VEC2_FAMILY = {"wav2vec2", "hubert", "wavlm", "data2vec-audio"}
 
 
-def _quiet_transformers():
+def quiet_transformers():
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -43,8 +43,7 @@ class WhisperSpeechEncoder(SpeechEncoder):
         self.spec = spec
         self.sample_rate = int(feature_extractor.sampling_rate)
         self.hop_length = int(feature_extractor.hop_length)
-        stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
-        self.frame_stride = stride
+        self.frame_stride = stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
         self.max_seconds = encoder.config.max_source_positions * stride * self.hop_length / self.sample_rate
 
     @property
@@ -195,7 +194,7 @@ class Wav2Vec2FamilySpeechEncoder(SpeechEncoder):
 
 def load_hf_encoder(source: str, spec: str | None = None) -> SpeechEncoder:
     """Load a Hugging Face speech encoder from a hub id or a local folder."""
-    transformers = _quiet_transformers()
+    transformers = quiet_transformers()
     spec = spec or f"hf:{source}"
     local = Path(source).expanduser()
     if local.exists():
@@ -214,12 +213,10 @@ def load_hf_encoder(source: str, spec: str | None = None) -> SpeechEncoder:
         model = transformers.AutoModel.from_pretrained(source, config=config)
         if hasattr(model, "wav2vec2") and not hasattr(model, "feature_extractor"):
             model = model.wav2vec2
-        normalize = True
         try:
-            fe = transformers.AutoFeatureExtractor.from_pretrained(source)
-            normalize = bool(getattr(fe, "do_normalize", True))
+            normalize = bool(getattr(transformers.AutoFeatureExtractor.from_pretrained(source), "do_normalize", True))
         except (OSError, ValueError):
-            pass
+            normalize = True
         return freeze_for_inference(Wav2Vec2FamilySpeechEncoder(model, spec, normalize=normalize))
     raise EncoderError(f"{spec}: model type '{model_type}' is not a supported speech encoder "
                        f"(supported: whisper, {', '.join(sorted(WAV2VEC2_FAMILY))})")

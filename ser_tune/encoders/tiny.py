@@ -43,10 +43,9 @@ def tiny_config(family: str):
 
 def build_tiny_model(family: str):
     """The Hugging Face model behind ``tiny-<family>`` (what tests ``save_pretrained``)."""
-    import transformers
+    from .hf import quiet_transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    transformers = quiet_transformers()
     config = tiny_config(family)
     with torch.random.fork_rng():
         torch.manual_seed(_TINY_SEED)

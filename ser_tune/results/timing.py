@@ -16,7 +16,6 @@ A threshold never reached is censored: every value is NaN and ``reached`` is Fal
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +44,9 @@ def started_at(study: StudyFolder, unit: str) -> float:
     given = study.unit_meta(unit).get("started_at")
     if given is not None:
         return float(given)
-    candidates = [study.unit_trials(unit)["started_at"].min(), study.unit_epochs(unit)["timestamp"].min(),
-                  study.meta.get("started_at")]
-    return _first_known(candidates)
+    candidates = pd.Series([study.unit_trials(unit)["started_at"].min(), study.unit_epochs(unit)["timestamp"].min(),
+                            study.meta.get("started_at")], dtype=float).dropna()
+    return float(candidates.iloc[0]) if len(candidates) else NAN
 
 
 def finished_at(study: StudyFolder, unit: str) -> float:
@@ -56,9 +55,8 @@ def finished_at(study: StudyFolder, unit: str) -> float:
     if given is not None:
         return float(given)
     trials = study.unit_trials(unit)
-    observed = [trials["finished_at"].max(), trials["started_at"].max(), study.unit_epochs(unit)["timestamp"].max()]
-    observed = [float(t) for t in observed if t is not None and not pd.isna(t)]
-    return max(observed) if observed else NAN
+    return float(pd.Series([trials["finished_at"].max(), trials["started_at"].max(),
+                            study.unit_epochs(unit)["timestamp"].max()], dtype=float).max())
 
 
 def wall_clock(study: StudyFolder, unit: str) -> float:
@@ -150,20 +148,6 @@ def trial_seconds(trial: pd.Series, trial_epochs: pd.DataFrame) -> float:
 
 def peak_concurrency(starts, ends) -> int:
     """Most trials running at once; intervals that only touch do not overlap."""
-    events = []
-    for start, end in zip(starts, ends):
-        if pd.isna(start) or pd.isna(end):
-            continue
-        events += [(float(start), 1), (float(end), -1)]
-    running = peak = 0
-    for _, change in sorted(events):  # at equal times -1 sorts before +1
-        running += change
-        peak = max(peak, running)
-    return max(peak, 1)
-
-
-def _first_known(values) -> float:
-    for value in values:
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            return float(value)
-    return NAN
+    events = sorted(event for start, end in zip(starts, ends) if not (pd.isna(start) or pd.isna(end))
+                    for event in ((float(start), 1), (float(end), -1)))   # at equal times -1 sorts before +1
+    return int(max([1, *np.cumsum([change for _, change in events])]))

@@ -38,13 +38,6 @@ def check_installed(name: str) -> None:
         raise StrategyError(f"strategy '{name}' needs optuna, which is not installed (pip install -e . installs it)")
 
 
-def __getattr__(attr: str):
-    # STRATEGIES: dict[str, type] (every name in STRATEGY_NAMES), built on first access.
-    if attr == "STRATEGIES":
-        return {name: strategy_class(name) for name in STRATEGY_NAMES}
-    raise AttributeError(f"module 'ser_tune.search' has no attribute '{attr}'")
-
-
 def make_plan(strategy: str, space, *, budget, seed, metric="val_bca", mode="max", max_concurrent=1,
               warmup=None, grid=None, objectives=None, constraints=None) -> SearchPlan:
     """Build the named strategy's plan; see :class:`~ser_tune.search.base.SearchPlan` (``objectives``
@@ -61,6 +54,6 @@ def make_plan(strategy: str, space, *, budget, seed, metric="val_bca", mode="max
     return plan
 
 
-__all__ = ["STRATEGIES", "STRATEGY_NAMES", "OPTUNA_STRATEGIES", "strategy_class", "check_installed", "make_plan", "SearchPlan", "Strategy",
+__all__ = ["STRATEGY_NAMES", "OPTUNA_STRATEGIES", "strategy_class", "check_installed", "make_plan", "SearchPlan", "Strategy",
            "StrategyError", "default_warmup", "Param", "SpaceError", "parse_space", "paper_space", "paper_grid",
            "to_tune_space", "to_grid_space", "grid_size"]

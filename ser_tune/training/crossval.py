@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,8 +124,7 @@ class FoldedRun:
 
     def timing(self) -> dict:
         """Load / encode / train seconds and cache counts, summed over folds."""
-        totals: dict = {}
+        totals = Counter()
         for tuner in self.tuners:
-            for key, value in tuner.timing().items():
-                totals[key] = totals.get(key, 0) + value
-        return totals
+            totals.update(tuner.timing())
+        return dict(totals)

@@ -83,11 +83,8 @@ def inference_call(model: Any) -> Callable[[np.ndarray], Any]:
 def counted_seconds(model: Any, waves: Sequence[np.ndarray], sample_rate: int) -> float:
     """Audio seconds one pass over ``waves`` runs, after the model's ``max_length`` crop."""
     crop = getattr(model, "max_length", None)
-    total = 0.0
-    for wave in waves:
-        seconds = len(wave) / sample_rate
-        total += min(seconds, float(crop)) if crop is not None else seconds
-    return total
+    limit = float("inf") if crop is None else float(crop)
+    return float(sum(min(len(wave) / sample_rate, limit) for wave in waves))
 
 
 def check_inputs(model: Any, waves: Sequence[np.ndarray], sample_rate: int, repeats: int,
@@ -204,9 +201,7 @@ def deployment_costs(folder: str | Path, waves: Sequence[np.ndarray], sample_rat
 
     model = load_model(folder, encoder_loader=encoder_loader)
     latency = measure_latency(model, waves, sample_rate, repeats=repeats, warmup=warmup, threads=threads)
-    return {"latency_ms_per_s": latency.latency_ms_per_s, "latency_min_ms_per_s": latency.min_ms_per_s,
-            "latency_max_ms_per_s": latency.max_ms_per_s, "latency_iqr_ms_per_s": latency.iqr_ms_per_s,
-            "latency_cv": latency.cv, "latency_audio_seconds": latency.audio_seconds,
-            "latency_cpu_ms_per_s": latency.cpu_ms_per_s, "latency_cpu_iqr_ms_per_s": latency.cpu_iqr_ms_per_s,
+    spread = ("min_ms_per_s", "max_ms_per_s", "iqr_ms_per_s", "cv", "audio_seconds", "cpu_ms_per_s", "cpu_iqr_ms_per_s")
+    return {"latency_ms_per_s": latency.latency_ms_per_s, **{f"latency_{name}": getattr(latency, name) for name in spread},
             "model_bytes": deployed_bytes(model, folder),
             "total_params": count_parameters(model.encoder)[1] + count_parameters(model.head)[1]}

@@ -30,13 +30,8 @@ from .settings import SettingsError, TrialSettings
 
 PEFT_MODES = ("none", "lora", "adapter", "lora+adapter")
 # lora_targets keys -> the last name of the Linear modules they mean (Whisper; wav2vec2/HuBERT/WavLM).
-LORA_TARGETS = {
-    "q": ("q_proj",),
-    "k": ("k_proj",),
-    "v": ("v_proj",),
-    "o": ("out_proj",),
-    "ffn": ("fc1", "fc2", "intermediate_dense", "output_dense"),
-}
+LORA_TARGETS = {"q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",), "o": ("out_proj",),
+                "ffn": ("fc1", "fc2", "intermediate_dense", "output_dense")}
 FFN_OUTPUT = ("fc2", "output_dense")      # where a bottleneck adapter goes
 ADAPTER_PARTS = ("adapter_down_proj", "adapter_up_proj")
 # Parameter groups two-stage adaptation can keep fixed in stage two.
@@ -108,12 +103,10 @@ def check_peft_settings(settings: TrialSettings) -> None:
     """The PEFT fields' values (TrialSettings.validate checks only the mode's name)."""
     if settings.peft not in PEFT_MODES:
         raise PeftError(f"trial setting 'peft' = {settings.peft!r}: must be one of {', '.join(PEFT_MODES)}")
-    if settings.lora_rank < 1:
-        raise PeftError(f"trial setting 'lora_rank' = {settings.lora_rank!r}: must be >= 1")
-    if not settings.lora_alpha > 0:
-        raise PeftError(f"trial setting 'lora_alpha' = {settings.lora_alpha!r}: must be > 0")
-    if settings.adapter_size < 1:
-        raise PeftError(f"trial setting 'adapter_size' = {settings.adapter_size!r}: must be >= 1")
+    for name, rule, ok in (("lora_rank", ">= 1", settings.lora_rank >= 1), ("lora_alpha", "> 0", settings.lora_alpha > 0),
+                           ("adapter_size", ">= 1", settings.adapter_size >= 1)):
+        if not ok:
+            raise PeftError(f"trial setting '{name}' = {getattr(settings, name)!r}: must be {rule}")
     parse_lora_targets(settings.lora_targets)
 
 

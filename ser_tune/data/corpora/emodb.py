@@ -9,10 +9,8 @@ from .common import Naming, Scan, corpus_files, existing_folder, scan_named
 NAME = re.compile(r"^(?P<speaker>\d{2})(?P<text>[a-z]\d{2})(?P<code>[A-Za-z])(?P<version>[a-z])$")
 
 # Speaker genders from the EmoDB documentation.
-SPEAKER_GENDER = {
-    "03": "m", "08": "f", "09": "f", "10": "m", "11": "m",
-    "12": "m", "13": "f", "14": "f", "15": "m", "16": "f",
-}
+SPEAKER_GENDER = {"03": "m", "08": "f", "09": "f", "10": "m", "11": "m", "12": "m", "13": "f", "14": "f", "15": "m",
+                  "16": "f"}
 
 
 def scan(root: Path, view: str | None, *, title: str = "EmoDB") -> Scan:

@@ -34,12 +34,9 @@ def read_labels(files: list[Path]) -> dict[str, dict]:
             m = LABEL_LINE.match(line.strip())
             if m is None:
                 raise CorpusError(f"{file}:{number}: malformed IEMOCAP label line: {line.strip()!r}")
-            labels[m["utt"]] = {
-                "code": m["code"],
-                "valence": float(m["v"]),
-                "arousal": float(m["a"]),     # IEMOCAP calls it activation
-                "dominance": float(m["d"]),
-            }
+            # IEMOCAP's activation is the arousal dimension
+            labels[m["utt"]] = {"code": m["code"], "valence": float(m["v"]), "arousal": float(m["a"]),
+                                "dominance": float(m["d"])}
     return labels
 
 
@@ -74,18 +71,10 @@ def scan(root: Path, view: str | None) -> Scan:
             result.skip(path, found)
             continue
         native, label = found
-        gender = m["gender"]
-        result.records.append({
-            "path": str(path),   # resolved (and de-duplicated) by build_table
-            "label": label,
-            "speaker": m["session"] + gender,
-            "gender": gender.lower(),
-            "session": m["session"],
-            "original_label": native,
-            "arousal": entry["arousal"],
-            "valence": entry["valence"],
-            "dominance": entry["dominance"],
-        })
+        # the path as walked: build_table resolves (and de-duplicates) it
+        result.records.append({"path": str(path), "label": label, "speaker": m["session"] + m["gender"],
+                               "gender": m["gender"].lower(), "session": m["session"], "original_label": native,
+                               **{k: entry[k] for k in ("arousal", "valence", "dominance")}})
     if matched == 0:
         raise CorpusError(f"{root}: no IEMOCAP utterance wavs found ({len(files)} .wav files, none named "
                           f"like Ses01F_impro01_F000.wav)")

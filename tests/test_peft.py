@@ -18,8 +18,14 @@ from ser_tune.data import generate_synthetic, load_corpus, speaker_split
 from ser_tune.encoders import load_encoder
 from ser_tune.training.export import WEIGHTS_FILE, load_model, read_weights
 from ser_tune.training.finetune import FineTuner, TrialData
-from ser_tune.training.peft import (PeftError, PeftPlan, apply_peft, peft_group, peft_summary, pretrained_name)
+from ser_tune.training.peft import (PeftError, PeftPlan, apply_peft, peft_group, peft_summary)
 from ser_tune.training.settings import TrialSettings
+
+
+def pretrained_name(name: str) -> str:
+    """The name a wrapped pretrained parameter had before injection (to compare with a fresh encoder)."""
+    return name.replace(".pretrained_linear.", ".").replace(".base_layer.", ".")
+
 
 # A small corpus keeps every trial here to a few seconds: 6 speakers x 7 emotions x 1 clip.
 SMALL = dict(n_speakers=6, clips_per_cell=1, duration_range=(0.6, 1.0))

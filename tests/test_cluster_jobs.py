@@ -110,14 +110,14 @@ def test_study_as_a_ray_job_stops_and_resumes_to_its_budget(tmp_path, grace_s):
         if grace_s is None:   # the driver had time to stop Ray Tune and say so
             assert meta["status"] == "interrupted" and meta["units"][unit]["status"] == "interrupted", meta["units"]
         first_log = cluster.job_logs("study-1")
-        assert re.search(r"^default\s+1/1\s+val_bca", first_log, re.M), first_log[-3000:]
-        assert re.search(rf"^{STRATEGIES[0]}\s+1/{BUDGET}\s+val_bca", first_log, re.M), first_log[-3000:]
+        assert re.search(r"^default\s+1/1\s+trial \d+\s+val_bca", first_log, re.M), first_log[-3000:]
+        assert re.search(rf"^{STRATEGIES[0]}\s+1/{BUDGET}\s+trial \d+\s+val_bca", first_log, re.M), first_log[-3000:]
 
         cluster.submit_job([*launch, "--resume"], submission_id="study-2")
         cluster.wait_for_job("study-2", ["SUCCEEDED"], timeout_s=400)
         resumed_log = cluster.job_logs("study-2")
     assert f"study folder: {study}" in resumed_log
-    assert re.search(rf"^{STRATEGIES[-1]}\s+{BUDGET}/{BUDGET}\s+val_bca", resumed_log, re.M), resumed_log[-3000:]
+    assert re.search(rf"^{STRATEGIES[-1]}\s+{BUDGET}/{BUDGET}\s+trial \d+\s+val_bca", resumed_log, re.M), resumed_log[-3000:]
     check_units_complete(study, UNITS)
     # The trial stopped part-way went on from its own epoch state: its epochs before the stop are kept
     # and the run after the resume starts where they ended, not at epoch 1.

@@ -85,5 +85,6 @@ def test_a_strategy_study_reproduces_its_pinned_trials(tmp_path):
                 assert g[key] == pytest.approx(w[key], abs=1e-9), f"{where}: {key}"
             assert g["best_epoch"] == w["best_epoch"], where
             assert g["epoch_val_bca"] == pytest.approx(w["epoch_val_bca"], abs=1e-9), where
-            # training losses to 1e-4: an exact float match would pin the order of floating-point sums
-            assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-4), where
+            # training losses to 1e-3: an exact float match would pin the order of floating-point sums (a fresh
+            # install of the same pins moved gp trial 1's by 1.4e-4 relative; every BCA above is still exact)
+            assert g["train_loss"] == pytest.approx(w["train_loss"], rel=1e-3), where

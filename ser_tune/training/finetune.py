@@ -36,7 +36,6 @@ from .export import cut_at_read_layer, save_model
 from .head import EmotionHead, load_logreg, pool_states, stack_statistics
 from .normalize import FeatureNorm
 from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
-from .probe import fit_probe
 from .settings import TrialSettings
 from .targets import Loss, Targets
 
@@ -422,6 +421,8 @@ class FineTuner:
         x = head.read(features).numpy().reshape(len(train), -1)
         y = self.data.y[train]
         with threadpool_limits(limits=torch.get_num_threads()):   # the trial's CPUs, not the machine's
+            from .probe import fit_probe   # late: scikit-learn loads only in a logreg trial
+
             model = fit_probe(x, y, self.s.C, self.s.seed, class_weight="balanced" if self.s.class_weighted else None)
         load_logreg(head, model, features.shape[-1])
         probabilities = model.predict_proba(x)[np.arange(len(y)), np.searchsorted(model[-1].classes_, y)]

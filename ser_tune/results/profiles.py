@@ -20,11 +20,10 @@ from __future__ import annotations
 import math
 from typing import Hashable, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..objectives import check_mode
-from .repeats import check_clock
+from .repeats import check_clock, ecdf_by_strategy
 
 LADDER_SIZE = 5
 
@@ -85,14 +84,7 @@ def data_profile(tables: Sequence[pd.DataFrame], clock: str) -> pd.DataFrame:
     columns = ["strategy", clock, "fraction"]
     if not tables:
         return pd.DataFrame(columns=columns)
-    pairs = pd.concat(list(tables), ignore_index=True)
-    parts = []
-    for strategy, own in pairs.groupby("strategy", sort=False):
-        times = np.sort(own.loc[own["reached"].astype(bool), f"{clock}_to"].to_numpy(float))
-        distinct = np.unique(times)
-        fraction = np.searchsorted(times, distinct, side="right") / len(own)
-        parts.append(pd.DataFrame({"strategy": strategy, clock: distinct, "fraction": fraction}))
-    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+    return ecdf_by_strategy(pd.concat(list(tables), ignore_index=True), clock)
 
 
 def profile_points(profile: pd.DataFrame, strategy: str, clock: str) -> list[list[float]]:

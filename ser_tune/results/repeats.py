@@ -218,8 +218,13 @@ def runtime_ecdf(runs: pd.DataFrame, clock: str) -> pd.DataFrame:
     """
     check_clock(clock)
     one_threshold(runs)
+    return ecdf_by_strategy(runs, clock)
+
+
+def ecdf_by_strategy(rows: pd.DataFrame, clock: str) -> pd.DataFrame:
+    """Per strategy, the fraction of its rows (runs, or (run, target) pairs) reached by each distinct time."""
     parts = []
-    for strategy, own in runs.groupby("strategy", sort=False):
+    for strategy, own in rows.groupby("strategy", sort=False):
         times = np.sort(own.loc[own["reached"].astype(bool), f"{clock}_to"].to_numpy(float))
         distinct = np.unique(times)
         fraction = np.searchsorted(times, distinct, side="right") / len(own)

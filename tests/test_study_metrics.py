@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from ser_tune.study.live_metrics import StudyMetrics
+from test_study_optuna import two_strategy_study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,17 +69,7 @@ def test_prometheus_scrapes_a_running_studys_progress(tmp_path):
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus is not installed (Debian: apt-get install -y prometheus)")
     ray_tmp = Path(tempfile.mkdtemp(prefix="rp", dir="/tmp"))   # short: Ray's socket paths have a length limit
-    config = {
-        "name": "metrics", "encoder": "tiny-whisper",
-        "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"), "options": {"clips_per_cell": 2}},
-        "split": {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0},
-        "trial": {"unfreeze": "none", "max_length": 1.0, "batch_size": 16},
-        "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 3]}},
-        "strategies": ["tpe", "random"], "budget": {"trials": 3}, "resources": {"cpus_per_trial": 1},
-        "concurrency": 1, "seed": 0, "storage": str(tmp_path / "studies"),
-    }
-    path = tmp_path / "metrics.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = two_strategy_study(tmp_path, "metrics")
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_metrics_report_interval_ms": "1000"}
     log = tmp_path / "launch.log"
     launch = prometheus = None

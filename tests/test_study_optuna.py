@@ -128,12 +128,10 @@ def test_the_dashboard_serves_a_study_folders_storage(tmp_path):
     assert [s["study_name"] for s in studies] == [study_name("tpe", 0, 0)]
 
 
-@pytest.mark.slow
-def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
-    """During the study, each strategy's trials ended so far are in STUDY/optuna.db; at its end every trial
-    of trials.csv is there with the same value; optuna-dashboard lists the studies."""
+def two_strategy_study(tmp_path: Path, name: str) -> Path:
+    """A tiny launchable study (synthetic corpus, tiny-whisper): tpe and random, 3 trials each, one at a time."""
     config = {
-        "name": "live", "encoder": "tiny-whisper",
+        "name": name, "encoder": "tiny-whisper",
         "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"), "options": {"clips_per_cell": 2}},
         "split": {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0},
         "trial": {"unfreeze": "none", "max_length": 1.0, "batch_size": 16},
@@ -141,8 +139,16 @@ def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
         "strategies": ["tpe", "random"], "budget": {"trials": 3}, "resources": {"cpus_per_trial": 1},
         "concurrency": 1, "seed": 0, "storage": str(tmp_path / "studies"),
     }
-    path = tmp_path / "live.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
+    """During the study, each strategy's trials ended so far are in STUDY/optuna.db; at its end every trial
+    of trials.csv is there with the same value; optuna-dashboard lists the studies."""
+    path = two_strategy_study(tmp_path, "live")
     log = tmp_path / "launch.log"
     with log.open("w") as out:
         launch = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(path)], cwd=REPO, text=True,

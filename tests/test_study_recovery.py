@@ -25,6 +25,7 @@ from ser_tune.study import cli, local_ray, lost_state, session
 from ser_tune.study.driver import StudyKind, Unit, fit
 from ser_tune.study.folder import TRIALS_FILE, StudyFolder
 from test_launch import REPO, _config, _launch
+from test_study_interrupt import _wait_for
 
 SPACE = {"lr": {"loguniform": [1e-4, 1e-1]}, "num_epochs": {"int": [1, 5]}, "unfreeze": {"choice": ["none", "top:1"]}}
 
@@ -156,16 +157,6 @@ def test_a_full_disk_is_one_line_the_study_interrupted_and_nothing_written_lost(
     assert (folder.dir / TRIALS_FILE).read_text() == "unit,trial_id\nold,1\n"
     assert not list(folder.dir.glob("*.tmp"))
     assert json.loads((folder.dir / "study.json").read_text())["status"] == "interrupted"
-
-
-def _wait_for(condition, what: str, timeout: float = 300.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _finished(tmp_path: Path, unit: str) -> list[Path]:

@@ -27,7 +27,7 @@ from .config import Experiment
 from .search import make_plan
 from .training.latency import LatencyCheck
 from .training.probe import CHOSEN, choose_normalization, linear_probe
-from .training.settings import TrialSettings
+from .training.settings import BRANCH, TrialSettings
 from .training.trainable import StudyContext, run_refit, run_trial
 from .study.driver import StudyError, StudyKind, Unit
 from .study.folder import FRONT_DIR, FRONT_FILE, REFIT_EXPORT, REFIT_UNIT, StudyFolder, TrialState
@@ -76,7 +76,8 @@ class StrategyStudy(StudyKind):
         tops = {TrialSettings(unfreeze=u).top_k for u in candidates(exp, "unfreeze", TrialSettings.unfreeze)}
         specs = dict.fromkeys(spec or exp.encoder for spec in candidates(exp, "encoder", None))
         done = {spec: encode_once(self.corpus.table, spec, cache_root(exp.storage),
-                                  max_lengths or [TrialSettings.max_length], [k for k in tops if k != 0])
+                                  max_lengths or [TrialSettings.max_length], [k for k in tops if k != 0],
+                                  frame_averages(exp))
                 for spec in specs}
         first = done[next(iter(specs))]   # the study's own encoder, unless every trial uses another
         folder.meta.update(encoder=first["encoder"], cache=first["cache"])
@@ -332,6 +333,25 @@ def candidates(exp: Experiment, name: str, default) -> list:
     if "grid" in exp.strategies and name in (exp.grid or {}):
         values += [v for v in exp.grid[name] if v not in values]
     return values
+
+
+def frame_averages(exp: Experiment) -> list[int]:
+    """The frame averages whose cached frames the study's trials read: none unless a trial's head can be
+    one that reads frames (frames cost disk and encode time a study of pooled heads never uses); else
+    every value ``frame_average`` takes: searched (plainly or in such a head's branch), else fixed, and the
+    grid's values when the grid strategy runs."""
+    heads = [h for h in candidates(exp, "head", TrialSettings.head) if TrialSettings(head=h).reads_frames]
+    if not heads:
+        return []
+    values = set()
+    for param in (exp.space.get(name) for name in ["frame_average", *(f"{h}{BRANCH}frame_average" for h in heads)]):
+        if param is not None:
+            values |= set(param.values) if param.kind == "choice" else set(range(int(param.low), int(param.high) + 1))
+    if not values:
+        values.add(exp.trial.get("frame_average", TrialSettings.frame_average))
+    if "grid" in exp.strategies:
+        values |= set((exp.grid or {}).get("frame_average", []))
+    return sorted(int(v) for v in values)
 
 
 def normalizations(exp: Experiment) -> list[str]:

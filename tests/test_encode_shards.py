@@ -89,11 +89,11 @@ def test_concurrent_misses_encode_an_entry_once(clips, tmp_path):
     started = threading.Event()
 
     def slow_encode(cache):
-        def encode(waves, boundaries, need_pooled, progress):
+        def encode(waves, boundaries, need_pooled, progress, averages=()):
             calls.append(1)
             started.set()
             threading.Event().wait(0.5)                      # the other caller queues on the lock meanwhile
-            return cache.encode_here(waves, boundaries, need_pooled, progress)
+            return cache.encode_here(waves, boundaries, need_pooled, progress, averages)
         return encode
 
     caches = [_cache(tmp_path), _cache(tmp_path)]
@@ -131,17 +131,21 @@ def test_shards_on_ray_give_the_local_bits(clips, tmp_path, capfd):
         # prediction, which sends shards, finds the first decoded length that differs and plans again
         hints = {"decoded": None, "header": lambda ml: lambda i: decoded_length(paths[i], SAMPLE_RATE, ml),
                  "wrong": lambda ml: lambda i: 7}
-        for max_length, boundaries in ((1.0, [0, 1]), (None, [2])):
-            here = _cache(tmp_path / "here").get(paths, _wave(clips, max_length), max_length, boundaries)
+        for max_length, boundaries, averages in ((1.0, [0, 1], []), (None, [2], [1, 2])):
+            here = _cache(tmp_path / "here").get(paths, _wave(clips, max_length), max_length, boundaries,
+                                                 averages=averages)
             for name, hint in hints.items():
                 shards = _cache(tmp_path / "ray" / name, encode_clips=spread, progress=True)
                 there = shards.get(paths, _wave(clips, max_length), max_length, boundaries,
-                                   length_hint=hint(max_length) if hint else None)
+                                   length_hint=hint(max_length) if hint else None, averages=averages)
                 assert shards.stats.misses == 1
                 assert np.array_equal(here.pooled, there.pooled) and np.array_equal(here.lengths, there.lengths), name
                 for b in boundaries:
                     assert np.array_equal(here.frames[b][0], there.frames[b][0]), name
                     assert np.array_equal(here.frames[b][1], there.frames[b][1]), name
+                for a in averages:   # every hidden state's frames, in float16
+                    assert np.array_equal(here.layer_frames[a][0], there.layer_frames[a][0]), name
+                    assert np.array_equal(here.layer_frames[a][1], there.layer_frames[a][1]), name
         err = capfd.readouterr().err
         assert f"{len(paths)}/{len(paths)}" in err
         summary = spread.summary()

@@ -12,11 +12,16 @@ max_length), not on the trial. One encoder pass stores, per clip:
   (how much a feature moves within an utterance carries emotion the mean averages away).
 - ``frames`` at a layer boundary b (optional): the full (T_i, D) hidden state at index b, the
   input of the lowest layer a "top-k" trial trains (b = L - k), so such a trial runs only its top layers.
+- ``layer_frames`` averaged over a frames in time (optional, a in FRAME_AVERAGES): every hidden state's
+  frames of every clip, (T_i', L+1, D) per clip with T_i' = ceil(T_i / a), in float16, one array for the
+  entry with a per-clip offset index: what heads that pool frames themselves read (``head: attentive``).
+  Read memory-mapped, so every trial of a node shares one copy in the page cache. Only studies whose
+  space can choose such a head ask for them (all 7 Whisper-base states of EmoDB: about 380 MB).
 
 Entries live on disk under the study's storage (shared by every trial and node), under an
 exclusive file lock so concurrent trials compute an entry once. An encode writes every file of the
 entry into a staging folder inside it and renames them into place at the end, the files that mark
-the entry complete (``frames_<b>.npy``, ``meta.json``) last: a killed encode leaves at most a
+the entry complete (``frames_<b>.npy``, ``layer_frames_a<a>.npy``, ``meta.json``) last: a killed encode leaves at most a
 staging folder (removed by the next encode) and files no reader looks at, never a half entry.
 
 Who computes a miss is the cache's ``encode_clips``: by default this process, batch by batch; the
@@ -50,9 +55,17 @@ class CachedFeatures:
     lengths: np.ndarray                   # (N,) frames per clip
     pooled_std: np.ndarray | None = None  # (N, L+1, D) float32: standard deviation over the same frames
     frames: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # b -> (concat (sumT, D), offsets (N+1,))
+    # a -> (every hidden state's frames averaged over a in time, concat (sumT_a, L+1, D) float16 memory-mapped,
+    # offsets (N+1,))
+    layer_frames: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def frames_of(self, boundary: int, index: int) -> np.ndarray:
         data, offsets = self.frames[boundary]
+        return data[offsets[index]: offsets[index + 1]]
+
+    def clip_frames(self, average: int, index: int) -> np.ndarray:
+        """Clip ``index``'s frames of every hidden state, averaged over ``average`` frames: (T', L+1, D) float16."""
+        data, offsets = self.layer_frames[average]
         return data[offsets[index]: offsets[index + 1]]
 
 
@@ -73,6 +86,35 @@ def effective_max_length(max_length: float | None, durations: Sequence[float]) -
 
 
 STAGING_PREFIX = ".partial-"   # an encode's staging folder inside its entry
+FRAME_AVERAGES = (1, 2)        # frames averaged over this many in time before they are stored
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def average_frames(frames: np.ndarray, k: int) -> np.ndarray:
+    """The mean of every ``k`` consecutive frames (T, ...) -> (ceil(T / k), ...); a last group of fewer
+    frames is the mean of those."""
+    if k == 1:
+        return frames
+    whole = len(frames) // k * k
+    out = frames[:whole].reshape(len(frames) // k, k, *frames.shape[1:]).mean(1)
+    if whole < len(frames):
+        out = np.concatenate([out, frames[whole:].mean(0, keepdims=True)])
+    return out
+
+
+def layer_frames_of(states: Sequence[torch.Tensor], lengths: Sequence[int], average: int) -> list[np.ndarray]:
+    """Each row's unpadded frames of every hidden state ([(B, T, D)] -> B arrays (T', L+1, D)), averaged
+    over ``average`` frames in time, in float16 (a ValueError when a value is past float16's range)."""
+    stacked = torch.stack(list(states), dim=2).numpy()
+    out = []
+    for row, n in enumerate(lengths):
+        frames = average_frames(stacked[row, : int(n)], average)
+        peak = float(np.abs(frames).max()) if frames.size else 0.0
+        if not peak <= FLOAT16_MAX:
+            raise ValueError(f"hidden states reach {peak:g}, past float16's range ({FLOAT16_MAX:g}): their frames "
+                             "cannot be cached in float16")
+        out.append(frames.astype(np.float16))
+    return out
 
 
 @dataclass
@@ -83,6 +125,7 @@ class EncodedClips:
     pooled: np.ndarray | None                       # (k, L+1, D) float32; None: the entry already has it
     pooled_std: np.ndarray | None = None            # (k, L+1, D) float32, with ``pooled``
     frames: dict[int, list[np.ndarray]] = field(default_factory=dict)   # b -> k arrays (T_i, D)
+    layer_frames: dict[int, list[np.ndarray]] = field(default_factory=dict)   # a -> k arrays (T_i', L+1, D) float16
 
     def __len__(self) -> int:
         return len(self.index)
@@ -95,12 +138,16 @@ class EncodedClips:
             raise ValueError(f"encoded parts cover {len(np.unique(index))} distinct of {n} clips "
                              f"({len(index)} in all): every clip must be encoded exactly once")
         order = np.argsort(index, kind="stable")
-        pooled = np.concatenate([p.pooled for p in parts])[order] if parts[0].pooled is not None else None
-        pooled_std = (np.concatenate([p.pooled_std for p in parts])[order] if parts[0].pooled_std is not None
-                      else None)
-        frames = {b: [f for p in parts for f in p.frames[b]] for b in parts[0].frames}
-        return cls(index=np.arange(n, dtype=np.int64), lengths=np.concatenate([p.lengths for p in parts])[order],
-                   pooled=pooled, pooled_std=pooled_std, frames={b: [per_clip[i] for i in order] for b, per_clip in frames.items()})
+
+        def rows(name: str):
+            return np.concatenate([getattr(p, name) for p in parts])[order] if getattr(parts[0], name) is not None else None
+
+        def per_clip(name: str) -> dict:
+            joined = {key: [f for p in parts for f in getattr(p, name)[key]] for key in getattr(parts[0], name)}
+            return {key: [clips[i] for i in order] for key, clips in joined.items()}
+
+        return cls(index=np.arange(n, dtype=np.int64), lengths=rows("lengths"), pooled=rows("pooled"),
+                   pooled_std=rows("pooled_std"), frames=per_clip("frames"), layer_frames=per_clip("layer_frames"))
 
 
 class ClipWaves:
@@ -140,11 +187,12 @@ class ClipWaves:
 
 
 class ClipEncode(Protocol):
-    """How a cache miss is computed: the entry's cropped waves in, their features out; ``progress``
-    (a tqdm bar over the clips) is advanced as clips finish."""
+    """How a cache miss is computed: the entry's cropped waves in, their features out (the frames at
+    ``boundaries``, the pooled statistics when ``need_pooled``, every hidden state's frames averaged over
+    each of ``averages``); ``progress`` (a tqdm bar over the clips) is advanced as clips finish."""
 
     def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool,
-                 progress: tqdm) -> EncodedClips: ...
+                 progress: tqdm, averages: Sequence[int] = ()) -> EncodedClips: ...
 
 
 def encode_progress(total: int, label: str, *, enabled: bool = True) -> tqdm:
@@ -190,17 +238,19 @@ class FeatureCache:
         return digest.hexdigest()[:20]
 
     def get(self, clip_ids: Sequence[str], load_wave: Callable[[int], np.ndarray], max_length: float | None,
-            boundaries: Sequence[int] = (), length_hint: Callable[[int], int] | None = None) -> CachedFeatures:
+            boundaries: Sequence[int] = (), length_hint: Callable[[int], int] | None = None, *,
+            averages: Sequence[int] = ()) -> CachedFeatures:
         """Features for the clips (in order); ``load_wave(i)`` gives clip i's cropped waveform and
-        ``length_hint(i)`` (optional) its length from the file's header (see :class:`ClipWaves`)."""
+        ``length_hint(i)`` (optional) its length from the file's header (see :class:`ClipWaves`);
+        ``averages``: every hidden state's frames, averaged over each of these many frames in time."""
         folder = self.root / self.key(clip_ids, max_length)
         folder.mkdir(parents=True, exist_ok=True)
-        wanted = sorted(set(int(b) for b in boundaries))
-        if self._complete(folder, wanted):
+        wanted, stacks = sorted(set(int(b) for b in boundaries)), frame_averages(averages)
+        if self._complete(folder, wanted, stacks):
             self.stats.hits += 1
-            return self._load(folder, wanted)
+            return self._load(folder, wanted, stacks)
         with FileLock(folder / ".lock"):  # exclusive across processes: concurrent trials encode an entry once
-            if self._complete(folder, wanted):  # another trial finished it while we waited
+            if self._complete(folder, wanted, stacks):  # another trial finished it while we waited
                 self.stats.hits += 1
             else:
                 self.stats.misses += 1
@@ -210,54 +260,71 @@ class FeatureCache:
                 meta = {"encoder": self.encoder_spec, "fingerprint": self.encoder_fingerprint,
                         "max_length": max_length, "clips": len(clip_ids)}
                 self._encode(folder, ClipWaves(load_wave, len(clip_ids), length_hint), missing,
-                             need_pooled=not (folder / "meta.json").exists(), meta=meta)
-        return self._load(folder, wanted)
+                             need_pooled=not (folder / "meta.json").exists(), meta=meta,
+                             averages=[a for a in stacks if not (folder / f"layer_frames_a{a}.npy").exists()])
+        return self._load(folder, wanted, stacks)
 
-    def has(self, clip_ids: Sequence[str], max_length: float | None, boundaries: Sequence[int] = ()) -> bool:
-        """Whether the entry (with the frames at ``boundaries``) is complete: a get would not encode."""
-        return self._complete(self.root / self.key(clip_ids, max_length), [int(b) for b in boundaries])
+    def has(self, clip_ids: Sequence[str], max_length: float | None, boundaries: Sequence[int] = (), *,
+            averages: Sequence[int] = ()) -> bool:
+        """Whether the entry (with the frames at ``boundaries`` and every hidden state's frames averaged over
+        each of ``averages``) is complete: a get would not encode."""
+        return self._complete(self.root / self.key(clip_ids, max_length), [int(b) for b in boundaries],
+                              frame_averages(averages))
 
     @staticmethod
-    def _complete(folder: Path, boundaries: Sequence[int]) -> bool:
-        return (folder / "meta.json").exists() and all((folder / f"frames_{b}.npy").exists() for b in boundaries)
+    def _complete(folder: Path, boundaries: Sequence[int], averages: Sequence[int] = ()) -> bool:
+        return ((folder / "meta.json").exists() and all((folder / f"frames_{b}.npy").exists() for b in boundaries)
+                and all((folder / f"layer_frames_a{a}.npy").exists() for a in averages))
 
-    def _load(self, folder: Path, boundaries: Sequence[int]) -> CachedFeatures:
+    def _load(self, folder: Path, boundaries: Sequence[int], averages: Sequence[int] = ()) -> CachedFeatures:
         feats = CachedFeatures(pooled=np.load(folder / "pooled.npy"), lengths=np.load(folder / "lengths.npy"),
                                pooled_std=np.load(folder / "pooled_std.npy"))
         for b in boundaries:
             feats.frames[b] = (np.load(folder / f"frames_{b}.npy", mmap_mode="r"),
                                np.load(folder / f"offsets_{b}.npy"))
+        for a in averages:   # memory-mapped: the trials of a node share one copy in the page cache
+            feats.layer_frames[a] = (np.load(folder / f"layer_frames_a{a}.npy", mmap_mode="r"),
+                                     np.load(folder / f"layer_offsets_a{a}.npy"))
         return feats
 
     def _encode(self, folder: Path, waves: ClipWaves, boundaries: list[int], need_pooled: bool,
-                meta: dict) -> None:
+                meta: dict, averages: Sequence[int] = ()) -> None:
         start = time.perf_counter()
         label = f"encode {meta['clips']} clips (max_length {meta['max_length']})"
         with encode_progress(len(waves), label, enabled=self.progress) as progress:
-            encoded = self.encode_clips(waves, boundaries, need_pooled, progress)
+            encoded = self.encode_clips(waves, boundaries, need_pooled, progress, averages=list(averages))
         write_entry(folder, encoded, {**meta, "created": time.time()})
         self.stats.encode_seconds += time.perf_counter() - start
         self.stats.clips_encoded += len(waves)
 
     def encode_here(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
-                    progress: tqdm) -> EncodedClips:
+                    progress: tqdm, averages: Sequence[int] = ()) -> EncodedClips:
         """The default ``encode_clips``: every batch in this process with the cache's encoder."""
         parts = []
         for part in encode_batches(self.encoder, waves, equal_length_batches(waves, self.batch_size),
-                                   boundaries, need_pooled):
+                                   boundaries, need_pooled, averages):
             parts.append(part)
             progress.update(len(part))
         return EncodedClips.join(parts, len(waves))
 
 
+def frame_averages(averages: Sequence[int]) -> list[int]:
+    """``averages`` checked against FRAME_AVERAGES, sorted, each once."""
+    wanted = sorted(set(int(a) for a in averages))
+    if set(wanted) - set(FRAME_AVERAGES):
+        raise ValueError(f"frames are averaged over one of {FRAME_AVERAGES} frames (asked for {wanted})")
+    return wanted
+
+
 @torch.no_grad()
 def encode_batches(encoder: SpeechEncoder, waves: Sequence[np.ndarray], batches: Sequence[Sequence[int]],
-                   boundaries: Sequence[int], need_pooled: bool) -> Iterator[EncodedClips]:
+                   boundaries: Sequence[int], need_pooled: bool, averages: Sequence[int] = ()) -> Iterator[EncodedClips]:
     """Each batch's features (``index``: positions in ``waves``): every hidden state's mean and standard
-    deviation over its unpadded frames when ``need_pooled``, and the frames at each boundary. A clip's features depend only
-    on the clips of its batch, so the same batches give the same bits wherever they run."""
+    deviation over its unpadded frames when ``need_pooled``, the frames at each boundary, and every hidden
+    state's frames averaged over each of ``averages`` (float16). A clip's features depend only on the
+    clips of its batch, so the same batches give the same bits wherever they run."""
     encoder.eval()
-    deepest = encoder.num_layers if need_pooled else max(boundaries)
+    deepest = encoder.num_layers if (need_pooled or averages) else max(boundaries)
     for batch in batches:
         x = torch.from_numpy(np.stack([waves[i] for i in batch]))
         lens = torch.full((len(batch),), x.shape[1], dtype=torch.long)
@@ -272,7 +339,8 @@ def encode_batches(encoder: SpeechEncoder, waves: Sequence[np.ndarray], batches:
         frames = {b: [states[b][row, : lengths[row]].numpy().astype(np.float32) for row in range(len(batch))]
                   for b in boundaries}
         yield EncodedClips(index=np.asarray(batch, dtype=np.int64), lengths=lengths, pooled=pooled,
-                           pooled_std=pooled_std, frames=frames)
+                           pooled_std=pooled_std, frames=frames,
+                           layer_frames={a: layer_frames_of(states, lengths, a) for a in averages})
 
 
 def masked_mean_std(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,18 +355,22 @@ def masked_mean_std(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Ten
 
 def write_entry(folder: Path, encoded: EncodedClips, meta: dict) -> None:
     """Write an encode's files into a staging folder inside ``folder``, then rename them into place:
-    the data first, then what marks the entry complete (``frames_<b>.npy``, then ``meta.json``)."""
+    the data first, then what marks the entry complete (``frames_<b>.npy``, ``layer_frames_a<a>.npy``,
+    then ``meta.json``)."""
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
     try:
         order = []
         if encoded.pooled is not None:
             order += save_arrays(staging, pooled=encoded.pooled, pooled_std=encoded.pooled_std,
                                  lengths=encoded.lengths)
-        for b, per_clip in encoded.frames.items():
-            offsets = np.concatenate([[0], np.cumsum([f.shape[0] for f in per_clip])]).astype(np.int64)
-            order += save_arrays(staging, **{f"offsets_{b}": offsets})
-        for b, per_clip in encoded.frames.items():
-            order += save_arrays(staging, **{f"frames_{b}": np.concatenate(per_clip, axis=0)})
+        concatenated = {**{(f"frames_{b}", f"offsets_{b}"): per_clip for b, per_clip in encoded.frames.items()},
+                        **{(f"layer_frames_a{a}", f"layer_offsets_a{a}"): per_clip
+                           for a, per_clip in encoded.layer_frames.items()}}
+        for (_, offsets), per_clip in concatenated.items():
+            starts = np.concatenate([[0], np.cumsum([f.shape[0] for f in per_clip])]).astype(np.int64)
+            order += save_arrays(staging, **{offsets: starts})
+        for (data, _), per_clip in concatenated.items():
+            order += save_arrays(staging, **{data: np.concatenate(per_clip, axis=0)})
         (staging / "meta.json").write_text(json.dumps(meta))
         for name in [*order, "meta.json"]:
             os.replace(staging / name, folder / name)

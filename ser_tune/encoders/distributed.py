@@ -63,14 +63,14 @@ def plan_shards(costs: Sequence[float], count: int) -> list[list[int]]:
 
 
 def encode_shard(encoder_spec: str, waves: list[np.ndarray], batches: list[list[int]], boundaries: list[int],
-                 need_pooled: bool, threads: int) -> EncodedClips | dict:
+                 need_pooled: bool, threads: int, averages: Sequence[int] = ()) -> EncodedClips | dict:
     """One shard: load the encoder, encode the batches (positions in ``waves``). No batches: only load
     it and describe it (a warm-up: the worker's imports are done once the next shard comes)."""
     torch.set_num_threads(max(1, int(threads)))   # torch ignores Ray's CPU count
     encoder = load_encoder(encoder_spec)
     if not batches:
         return encoder.describe()
-    parts = list(encode_batches(encoder, waves, batches, boundaries, need_pooled))
+    parts = list(encode_batches(encoder, waves, batches, boundaries, need_pooled, averages))
     return EncodedClips.join(parts, len(waves))
 
 
@@ -129,19 +129,22 @@ class RayShardedEncode:
                 continue
         return None
 
-    def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool, progress) -> EncodedClips:
+    def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool, progress,
+                 averages: Sequence[int] = ()) -> EncodedClips:
         """Shards planned from the clips' lengths as their headers predict them, each sent as soon as its
         own clips are decoded, so the cluster encodes while this process decodes the rest; a decoded
         length that differs from its prediction cancels what was sent, and the shards are planned again
         from the decoded lengths (the batches, and so the bits, are always those of a local encode)."""
         expected = waves.expected_lengths() if isinstance(waves, ClipWaves) else None
-        pending = self.submit(waves, expected, boundaries, need_pooled) if expected is not None else None
+        asked = (boundaries, need_pooled, list(averages))
+        pending = self.submit(waves, expected, *asked) if expected is not None else None
         if pending is None:
-            pending = self.submit(waves, [len(w) for w in waves], boundaries, need_pooled)
+            pending = self.submit(waves, [len(w) for w in waves], *asked)
         self.tasks += len(pending)
         return self.gather(pending, len(waves), progress)
 
-    def submit(self, waves, lengths: list[int], boundaries: list[int], need_pooled: bool) -> dict | None:
+    def submit(self, waves, lengths: list[int], boundaries: list[int], need_pooled: bool,
+               averages: Sequence[int] = ()) -> dict | None:
         """Send every shard (task ref -> the shard's clip positions); None, with nothing left running, when
         a decoded wave is not as long as ``lengths`` says."""
         import ray
@@ -161,7 +164,7 @@ class RayShardedEncode:
                     local.append(list(range(start, start + len(batches[b]))))
                     start += len(batches[b])
                 pending[task.remote(self.encoder_spec, shard_waves, local, list(boundaries), need_pooled,
-                                    self.cpus_per_task)] = index
+                                    self.cpus_per_task, list(averages))] = index
         except BaseException as exc:   # a wave not as predicted, a file that cannot be decoded, an interrupt
             for ref in pending:
                 ray.cancel(ref, force=True)

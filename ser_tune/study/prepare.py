@@ -80,9 +80,10 @@ def cache_root(storage) -> Path:
     return Path(storage).expanduser().resolve() / "_feature_cache"
 
 
-def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops) -> dict:
+def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops, frame_averages=()) -> dict:
     """Encode every clip once per effective max_length, with the frame-level hidden states at the
-    boundaries below the top ``k`` layers for each k in ``boundary_tops`` (None: all layers train).
+    boundaries below the top ``k`` layers for each k in ``boundary_tops`` (None: all layers train), and
+    every hidden state's frames averaged over each of ``frame_averages`` (for heads that read frames).
     With Ray initialised (a study's driver) the clips are encoded as Ray tasks over every CPU of the
     cluster (``encoders.distributed.RayShardedEncode``), else here with every core; same cache
     entries either way, and a progress line on stderr while an entry is encoded.
@@ -97,7 +98,7 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: load_encoder(encoder_spec),
                          encode_clips=spread, progress=True)
     set_threads(os.cpu_count() or 1)
-    if spread is not None and not all(cache.has(paths, ml) for ml in lengths):
+    if spread is not None and not all(cache.has(paths, ml, averages=frame_averages) for ml in lengths):
         spread.warm_up()   # the cluster's workers load the encoder; this process never needs it
         description = spread.describe() or cache.encoder.describe()
     else:
@@ -109,9 +110,11 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     pooled = {}
     for ml in sorted(set(lengths), key=lambda v: (v is None, v)):
         pooled[ml] = cache.get(paths, lambda i, ml=ml: crop(audio.get(paths[i]), ml, SAMPLE_RATE), ml, boundaries,
-                               length_hint=lambda i, ml=ml: decoded_length(paths[i], SAMPLE_RATE, ml)).pooled
+                               length_hint=lambda i, ml=ml: decoded_length(paths[i], SAMPLE_RATE, ml),
+                               averages=frame_averages).pooled
     summary = {"root": str(root), "max_lengths": [str(m) for m in sorted(set(lengths), key=str)],
-               "boundaries": boundaries, "misses": cache.stats.misses, "hits": cache.stats.hits}
+               "boundaries": boundaries, "frame_averages": sorted(frame_averages), "misses": cache.stats.misses,
+               "hits": cache.stats.hits}
     if spread is not None and spread.tasks:
         summary["ray"] = spread.summary()
     return {"seconds": time.perf_counter() - start, "encoder": description, "pooled": pooled[lengths[0]],

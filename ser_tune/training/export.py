@@ -28,7 +28,8 @@ from torch import nn
 
 from ..data import SAMPLE_RATE
 from ..encoders import SpeechEncoder, load_encoder
-from .head import EmotionHead, pool_states
+from ..encoders.cache import layer_frames_of
+from .head import AttentiveHead, make_head, pool_states
 from .normalize import FeatureNorm
 from .settings import SettingsError, TrialSettings
 
@@ -138,7 +139,7 @@ def to_jsonable(value):
 class TunedModel:
     meta: dict
     encoder: SpeechEncoder
-    head: EmotionHead
+    head: nn.Module     # an EmotionHead (pooled statistics), or an AttentiveHead (frames)
     norm: dict = field(default_factory=dict)   # the training clips' feature statistics ("mean", "std")
 
     @property
@@ -153,15 +154,32 @@ class TunedModel:
     def max_length(self) -> float | None:
         return self.meta.get("max_length")
 
+    @property
+    def reads_frames(self) -> bool:
+        return isinstance(self.head, AttentiveHead)
+
     @torch.no_grad()
-    def embed(self, wave: np.ndarray) -> torch.Tensor:
-        """Per-layer pooled statistics (1, L+1, D') of one waveform at ``sample_rate``, cropped to
-        max_length, pooled as the model's ``pooling`` setting says."""
+    def hidden_states(self, wave: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every hidden state (1, T, D) of one waveform at ``sample_rate``, cropped to max_length, and its mask."""
         if self.max_length is not None:
             wave = wave[: int(round(self.max_length * self.sample_rate))]
         x = torch.from_numpy(np.array(wave, dtype=np.float32))[None]
-        states, mask = self.encoder(x, torch.tensor([x.shape[1]]))
+        return self.encoder(x, torch.tensor([x.shape[1]]))
+
+    @torch.no_grad()
+    def embed(self, wave: np.ndarray) -> torch.Tensor:
+        """What the head reads of one waveform: per-layer pooled statistics (1, L+1, D'), pooled as the
+        model's ``pooling`` setting says; for a head that reads frames, every layer's frames (1, T', L+1, D)
+        as the feature cache holds them (averaged over ``frame_average`` in time, rounded to float16)."""
+        states, mask = self.hidden_states(wave)
+        if self.reads_frames:
+            return self.frames(states, mask)
         return pool_states(states, mask, str(self.meta.get("settings", {}).get("pooling", "mean")))
+
+    def frames(self, states: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        average = int(self.meta.get("settings", {}).get("frame_average", 1))
+        [frames] = layer_frames_of(states, [int(mask.sum())], average)
+        return torch.from_numpy(frames.astype(np.float32))[None]
 
     @property
     def n_classes(self) -> int:
@@ -180,19 +198,38 @@ class TunedModel:
         training corpus's statistics (``corpus``; the clips' own with ``own_statistics``, e.g. another
         corpus), or each speaker's own (``speaker``; ``speakers`` gives the clips' speakers, default:
         one speaker)."""
+        norm = self.feature_norm(features, speakers, own_statistics=own_statistics)
+        return features if norm is None else norm.apply(features, np.arange(len(features)))
+
+    def feature_norm(self, features: torch.Tensor, speakers=None, *, own_statistics: bool = False) -> FeatureNorm | None:
+        """The normalisation of ``normalized`` for clips with per-layer features ``features`` (N, L+1, D)."""
         if self.normalize == "none":
-            return features
+            return None
         speakers = ["speaker"] * len(features) if speakers is None else list(speakers)
         reference = None if own_statistics else (self.norm["mean"].double().numpy(), self.norm["std"].double().numpy())
-        norm = FeatureNorm.fit(self.normalize, features.numpy(), speakers=speakers, rows=np.arange(len(features)),
+        return FeatureNorm.fit(self.normalize, features.numpy(), speakers=speakers, rows=np.arange(len(features)),
                                reference=reference)
-        return norm.apply(features, np.arange(len(features)))
 
     @torch.no_grad()
     def outputs(self, waves: list[np.ndarray], speakers=None) -> np.ndarray:
         """Head outputs (N, outputs) of waves taken together (normalised together, see ``normalized``)."""
+        if self.reads_frames:
+            return self.frame_outputs(waves, speakers)
         features = torch.cat([self.embed(w) for w in waves])
         return self.head(self.normalized(features, speakers)).numpy()
+
+    @torch.no_grad()
+    def frame_outputs(self, waves: list[np.ndarray], speakers=None) -> np.ndarray:
+        """``outputs`` of a head that reads frames: each clip's frames normalised with the statistics its
+        per-layer means give (as in training), one clip at a time."""
+        clips = []
+        for wave in waves:
+            states, mask = self.hidden_states(wave)
+            clips.append((self.frames(states, mask), pool_states(states, mask, "mean")))
+        norm = self.feature_norm(torch.cat([means for _, means in clips]), speakers)
+        outs = [self.head(frames if norm is None else norm.apply_frames(frames, [i]))
+                for i, (frames, _) in enumerate(clips)]
+        return torch.cat(outs).numpy()
 
     @torch.no_grad()
     def predict_proba(self, wave: np.ndarray) -> np.ndarray:
@@ -276,12 +313,11 @@ def read_meta(folder: Path) -> dict:
     return meta
 
 
-def _head(meta: dict, meta_path: Path) -> EmotionHead:
+def _head(meta: dict, meta_path: Path) -> nn.Module:
     try:
         s = TrialSettings.from_config(meta["settings"])
         outputs = (len(meta["labels"]) if s.uses_categories else 0) + len(meta.get("dimensions") or [])
-        return EmotionHead(int(meta["num_states"]), int(meta["hidden_size"]), outputs, layer=s.layer, kind=s.head,
-                           hidden=s.head_hidden, dropout=s.dropout)
+        return make_head(s, int(meta["num_states"]), int(meta["hidden_size"]), outputs)
     except (SettingsError, TypeError, ValueError) as err:
         raise ModelFolderError(f"{meta_path}: {err}") from None
 

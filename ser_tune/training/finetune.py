@@ -4,7 +4,9 @@ Epochs before ``unfreeze_epoch`` train only the head; later epochs also train th
 ``k`` layers (or all of them). With ``features: cache`` frozen layers come from the study's
 feature cache, so head epochs cost only the head and top-k epochs run only the top layers;
 with ``features: naive`` every epoch re-encodes every clip (the reference code's way), kept
-for the benchmark. Each epoch reports validation BCA; the best epoch's model is evaluated once
+for the benchmark. A head that reads frames (``head: attentive``) reads every layer's cached frames,
+memory-mapped, a padded batch with a mask at a time; its training batches are augmented as its settings
+say (``augment.py``), its validation and test batches never. Each epoch reports validation BCA; the best epoch's model is evaluated once
 on the test speakers at the end.
 ``FineTuner`` is shaped like a SpeechBrain ``Brain``: ``forward``, ``objective``, ``fit_batch``,
 ``fit_epoch``, ``evaluate``, ``keep_epoch``, ``save_state`` and ``finish`` are its named steps;
@@ -32,8 +34,9 @@ from ..data import SAMPLE_RATE, AudioStore, crop, pad_batch
 from ..data.corpus import DIMENSIONS
 from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
+from .augment import augment_frames, mixup_pairs
 from .export import cut_at_read_layer, save_model
-from .head import EmotionHead, load_logreg, pool_states, stack_statistics
+from .head import AttentiveHead, frame_moments, load_logreg, make_head, pool_states, stack_statistics
 from .normalize import FeatureNorm
 from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
 from .settings import TrialSettings
@@ -136,7 +139,7 @@ class TrialResult:
 class TrialModel:
     """What turns clips into head outputs: the head, the encoder when any layer runs live, and the
     cached features (None on the naive path, which encodes every batch)."""
-    head: EmotionHead
+    head: nn.Module                  # an EmotionHead, or an AttentiveHead (reads frames)
     encoder: SpeechEncoder | None
     feats: CachedFeatures | None
 
@@ -223,6 +226,7 @@ class FineTuner:
         self._peft: PeftPlan | None = None
         self._norm: FeatureNorm | None = None
         self._statistics: tuple[CachedFeatures, np.ndarray] | None = None
+        self._feats: CachedFeatures | None = None
         if settings.features == "cache":
             if cache_root is None:
                 raise TrialError("features: cache needs a cache folder")
@@ -261,17 +265,35 @@ class FineTuner:
         """The cached per-layer statistics the head reads, (N, L+1, D'): ``feats``' mean, or its mean and
         standard deviation side by side (``pooling: meanstd``); made once per entry."""
         if self._statistics is None or self._statistics[0] is not feats:
-            self._statistics = (feats, stack_statistics(feats.pooled, feats.pooled_std, self.s.pooling))
+            pooling = "mean" if self.s.reads_frames else self.s.pooling   # frames are normalised by their means'
+            self._statistics = (feats, stack_statistics(feats.pooled, feats.pooled_std, pooling))
         return self._statistics[1]
 
     def cached_features(self) -> CachedFeatures:
         """The feature cache's entry for this tuner's clips: every layer's pooled features and, when the
-        encoder trains, the input of the lowest trained layer ("all": the frozen front end's output).
-        Encodes what is missing; needs ``features: cache``."""
+        encoder trains, the input of the lowest trained layer ("all": the frozen front end's output); for a
+        head that reads frames, every layer's frames averaged over ``frame_average``. Encodes what is
+        missing; needs ``features: cache``."""
         if self.cache is None:
             raise TrialError("cached features need 'features: cache'")
-        boundaries = [self._boundary(self.s.top_k)] if self.s.encoder_trains else []
-        return self.cache.get(self.data.paths, self.clip_wave, self.max_length, boundaries)
+        if self._feats is None:   # one look-up per tuner (a hit or the encode), however many steps read it
+            boundaries = [self._boundary(self.s.top_k)] if self.s.encoder_trains else []
+            self._feats = self.cache.get(self.data.paths, self.clip_wave, self.max_length, boundaries,
+                                         averages=self._frame_averages())
+        return self._feats
+
+    def _frame_averages(self) -> list[int]:
+        return [self.s.frame_average] if self.s.reads_frames else []
+
+    def frame_statistics(self, feats: CachedFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation (L+1, D) of the training clips' frames as the head reads them
+        (normalised as ``settings.normalize`` says), from the cache's per-clip frame statistics."""
+        rows = self.data.parts["train"]
+        mean, std = feats.pooled[rows], feats.pooled_std[rows]
+        if self.norm is not None:
+            shift, scale = self.norm.shift_scale(rows)
+            mean, std = (mean - shift) / scale, std / scale
+        return frame_moments(mean, std, feats.lengths[rows])
 
     @property
     def targets(self) -> Targets:
@@ -329,7 +351,7 @@ class FineTuner:
             if self.cache is not None:
                 feats = self.cached_features()
                 self.seconds["encode"] += self.cache.stats.encode_seconds
-                num_states, dim = self.statistics(feats).shape[1:]
+                num_states, dim = (feats.pooled if s.reads_frames else self.statistics(feats)).shape[1:]
             else:
                 enc = self._load_encoder()
                 num_states, dim = enc.num_layers + 1, enc.hidden_size * (2 if s.pooling == "meanstd" else 1)
@@ -337,8 +359,9 @@ class FineTuner:
             if s.encoder_trains:
                 boundary = 0 if s.top_k is None else (num_states - 1) - min(s.top_k, num_states - 1)
             encoder = self._load_encoder() if (s.encoder_trains or feats is None) else None
-            head = EmotionHead(num_states, dim, self.targets.outputs, layer=s.layer, kind=s.head,
-                               hidden=s.head_hidden, dropout=s.dropout)
+            head = make_head(s, num_states, dim, self.targets.outputs)
+            if isinstance(head, AttentiveHead):
+                head.set_statistics(*self.frame_statistics(feats))
             trained = self._encoder_parameters(encoder, boundary)
             fixed: dict[str, nn.Parameter] = {}
             if init_state is not None:
@@ -370,7 +393,7 @@ class FineTuner:
             return apply_peft(encoder, self._peft)
         return self._trainable_encoder_params(encoder, boundary, s.top_k)
 
-    def _optimizer(self, head: EmotionHead, trained: dict[str, nn.Parameter], freeze: Sequence[str]):
+    def _optimizer(self, head: nn.Module, trained: dict[str, nn.Parameter], freeze: Sequence[str]):
         """AdamW over the head (unless frozen) and the trained encoder parameters; the learning rate warms
         up linearly over ``warmup_fraction`` of all epochs' steps, then decays to 0 along a half cosine."""
         s = self.s
@@ -447,8 +470,13 @@ class FineTuner:
         return [order[b: starts[j + 1] if j + 1 < len(starts) else len(order)] for j, b in enumerate(starts)]
 
     def fit_batch(self, state: FitState, idx: np.ndarray, live: int | None, grad: bool) -> float | None:
-        """One optimiser step on clips ``idx``; returns the loss (None: no labelled clip in the batch)."""
-        loss = self.objective(state, self.forward(state.model, idx, live, grad), idx)
+        """One optimiser step on clips ``idx`` (training clips: augmented as the settings say, see
+        ``augment.py``); returns the loss (None: no labelled clip in the batch)."""
+        outputs, mix = self.augmented_forward(state.model, idx, live, grad)
+        loss = self.objective(state, outputs, idx)
+        if mix is not None and loss is not None:   # mixup: each row's loss against both clips' targets
+            order, lam = mix
+            loss = lam * loss + (1.0 - lam) * self.objective(state, outputs, idx[order])
         if loss is None:
             return None
         if not torch.isfinite(loss):
@@ -463,7 +491,33 @@ class FineTuner:
 
     def forward(self, model: TrialModel, idx, live: int | None, grad: bool) -> torch.Tensor:
         """Head outputs (class logits, then standardised dimensions) for clips ``idx``."""
+        if isinstance(model.head, AttentiveHead):
+            return model.head(*self.frame_batch(model.feats, idx))
         return model.head(self.pooled(model, idx, live, grad))
+
+    def augmented_forward(self, model: TrialModel, idx, live: int | None, grad: bool):
+        """``forward`` for training clips ``idx``, with a head that reads frames augmented as the settings
+        say: (outputs, mixup's (row order, weight) or None)."""
+        head = model.head
+        if not isinstance(head, AttentiveHead):
+            return self.forward(model, idx, live, grad), None
+        frames, mask = augment_frames(*self.frame_batch(model.feats, idx), self.s, head.frame_std)
+        pooled = head.pool(frames, mask)
+        mix = mixup_pairs(len(idx), self.s.mixup)
+        if mix is not None:
+            order, lam = mix
+            pooled = lam * pooled + (1.0 - lam) * pooled[torch.from_numpy(order)]
+        return head.classify(pooled), mix
+
+    def frame_batch(self, feats: CachedFeatures, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every layer's cached frames of clips ``idx``, padded: (B, T, L+1, D) float32 (normalised as
+        ``settings.normalize`` says) and the mask of real frames (B, T)."""
+        clips = [torch.from_numpy(np.asarray(feats.clip_frames(self.s.frame_average, int(i)), dtype=np.float32))
+                 for i in idx]
+        lengths = torch.tensor([len(c) for c in clips])
+        frames = nn.utils.rnn.pad_sequence(clips, batch_first=True)
+        mask = torch.arange(frames.shape[1])[None] < lengths[:, None]
+        return (frames if self.norm is None else self.norm.apply_frames(frames, idx)), mask
 
     @staticmethod
     def objective(state: FitState, outputs: torch.Tensor, idx) -> torch.Tensor | None:
@@ -619,14 +673,14 @@ class FineTuner:
         if not s.uses_categories:
             raise TrialError(f"class probabilities need task 'categories' or 'both' (task is '{s.task}')")
         idx = np.asarray(idx, dtype=np.int64)
-        head = EmotionHead(result.num_states, result.hidden_size, self.targets.outputs, layer=s.layer,
-                           kind=s.head, hidden=s.head_hidden, dropout=s.dropout)
+        head = make_head(s, result.num_states, result.hidden_size, self.targets.outputs)
         head.load_state_dict(result.state["head"])
         weights = result.state.get("encoder") or {}
         boundary = self._boundary(s.top_k) if weights else None
         feats = None
         if self.cache is not None:
-            feats = self.cache.get(self.data.paths, self.clip_wave, self.max_length, [] if boundary is None else [boundary])
+            feats = self.cache.get(self.data.paths, self.clip_wave, self.max_length,
+                                   [] if boundary is None else [boundary], averages=self._frame_averages())
         encoder = None
         if weights or feats is None:
             encoder = self._load_encoder()

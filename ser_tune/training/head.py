@@ -10,6 +10,11 @@ pooling first is exact; for ``meanstd`` the learned mix is one of each layer's s
 ``head: logreg`` uses the same module as a linear head: its standardisation (``norm``) and
 classifier hold a scikit-learn logistic regression's scaler and coefficients (see :func:`load_logreg`),
 so evaluation, export and predict are the same code for every head.
+
+``head: attentive`` (:class:`AttentiveHead`) reads every layer's cached frames instead and pools them
+itself: standardised per layer and feature with the training frames' statistics, mixed by learned
+softmax layer weights, pooled by attentive statistics pooling (Okabe et al., 2018: an attention-weighted
+mean and standard deviation over the clip's unpadded frames), then a linear classifier.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch
 from torch import nn
 
 from ..encoders.cache import masked_mean_std
+from .settings import TrialSettings
 
 POOLINGS = ("mean", "meanstd")
 
@@ -134,3 +140,72 @@ def load_logreg(head: EmotionHead, model, dim: int) -> None:
     weight[classes], bias[classes] = coef, intercept
     head.classifier.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
     head.classifier.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+
+class AttentiveHead(nn.Module):
+    """Frames of every hidden state (B, T, L+1, D) and a mask of the real ones (B, T) -> outputs.
+
+    Each frame's features are standardised per layer and feature with fixed statistics (the buffers
+    ``frame_mean``, ``frame_std``: the training frames', see :func:`frame_moments`), mixed over layers
+    by learned softmax weights, and pooled by attention: a score per frame from a small tanh network,
+    softmax over the clip's real frames (padding never enters), then the weighted mean and standard
+    deviation side by side (2D) go through dropout to a linear classifier."""
+
+    def __init__(self, num_states: int, dim: int, num_outputs: int, *, hidden: int = 128, dropout: float = 0.1):
+        super().__init__()
+        self.num_states = num_states
+        self.layer_logits = nn.Parameter(torch.zeros(num_states))
+        self.register_buffer("frame_mean", torch.zeros(num_states, dim))
+        self.register_buffer("frame_std", torch.ones(num_states, dim))
+        self.attention = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * dim, num_outputs)
+        self.classifier_outputs = num_outputs
+
+    def layer_weights(self) -> torch.Tensor:
+        return torch.softmax(self.layer_logits, dim=0)
+
+    @torch.no_grad()
+    def set_statistics(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """The standardisation's per-layer statistics (L+1, D)."""
+        self.frame_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.frame_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def pool(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, L+1, D) frames -> (B, 2D): the attention-weighted mean and standard deviation of the
+        layer mix over the real frames (``mask`` None: every frame is real)."""
+        mixed = torch.einsum("btld,l->btd", (frames - self.frame_mean) / self.frame_std, self.layer_weights())
+        scores = self.attention(mixed).squeeze(-1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(scores, dim=1).unsqueeze(-1)
+        mean = (alpha * mixed).sum(1)
+        var = (alpha * (mixed - mean.unsqueeze(1)) ** 2).sum(1)
+        return torch.cat([mean, torch.sqrt(var + 1e-6)], dim=-1)
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(pooled))
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.pool(frames, mask))
+
+
+def frame_moments(mean: np.ndarray, std: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (L+1, D) over every frame of some clips, from each clip's frame mean
+    and standard deviation (N, L+1, D) and frame count (N,): exact for the frames they were taken over
+    (frames averaged in time afterwards keep the mean and spread a little less)."""
+    weight = np.asarray(lengths, dtype=np.float64) / max(float(np.sum(lengths)), 1.0)
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    mu = np.einsum("n,nld->ld", weight, mean)
+    second = np.einsum("n,nld->ld", weight, std ** 2 + mean ** 2)
+    return mu, np.sqrt(np.maximum(second - mu ** 2, 1e-12))
+
+
+def make_head(settings: TrialSettings, num_states: int, dim: int, num_outputs: int) -> nn.Module:
+    """The head of ``settings``' family on ``num_states`` hidden states of ``dim`` features (for a head
+    that reads pooled statistics, ``dim`` is their width D')."""
+    s = settings
+    if s.reads_frames:
+        return AttentiveHead(num_states, dim, num_outputs, hidden=s.attention_hidden, dropout=s.dropout)
+    return EmotionHead(num_states, dim, num_outputs, layer=s.layer, kind=s.head, hidden=s.head_hidden,
+                       dropout=s.dropout)

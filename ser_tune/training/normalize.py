@@ -62,10 +62,23 @@ class FeatureNorm:
         return cls(kind, np.stack([m for m, _ in stats]), np.stack([s for _, s in stats]),
                    group.astype(np.int64), reference)
 
+    def shift_scale(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and standard deviation (len(rows), states, dim) each of the clips ``rows`` is z-scored with."""
+        group = self.group_of_row[np.asarray(rows, dtype=np.int64)]
+        return self.mean[group], self.std[group]
+
+    def apply_frames(self, frames, rows):
+        """z-scored frames (len(rows), T, states, dim) (torch) of the clips ``rows``: every frame of a clip
+        with the statistics its pooled features get (the same affine map)."""
+        import torch
+
+        mean, std = self.shift_scale(rows)
+        return ((frames - torch.as_tensor(mean[:, None], dtype=frames.dtype))
+                / torch.as_tensor(std[:, None], dtype=frames.dtype))
+
     def apply(self, features, rows):
         """z-scored ``features`` (len(rows), states, dim) of the clips ``rows`` (numpy or torch)."""
-        group = self.group_of_row[np.asarray(rows, dtype=np.int64)]
-        mean, std = self.mean[group], self.std[group]
+        mean, std = self.shift_scale(rows)
         if hasattr(features, "detach"):   # a torch tensor: keep it one (and its gradient path)
             import torch
 

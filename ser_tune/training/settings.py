@@ -63,10 +63,25 @@ class TrialSettings:
     layer: Annotated[Union[Literal["weighted", "all"], int], described("'weighted', 'all' or a layer index")] = "weighted"
     # "logreg": scikit-learn's L2-regularised logistic regression (the probe's kind of model) fitted
     # to convergence on the standardised features, inverse regularisation C; "linear" or "mlp": a torch
-    # head trained by AdamW for num_epochs.
-    head: Literal["logreg", "linear", "mlp"] = "linear"
+    # head trained by AdamW for num_epochs; "attentive": a learned softmax mix of every layer's cached
+    # frames, attentive statistics pooling (attention-weighted mean and standard deviation over the
+    # clip's frames, Okabe et al. 2018) and a linear classifier, trained as linear and mlp are.
+    head: Literal["logreg", "linear", "mlp", "attentive"] = "linear"
     C: Annotated[Float, Field(gt=0)] = 1.0
     head_hidden: Int = 256
+    # "attentive" only: the attention's hidden width, and the frames it reads: averaged over 1 or 2
+    # frames in time in the feature cache (2: half the frames, half the cache and the head's work).
+    attention_hidden: Annotated[Int, Field(ge=1)] = 128
+    frame_average: Annotated[Literal[1, 2], BeforeValidator(_integer), described("1 or 2")] = 1
+    # Augmentation of the cached frames of training clips ("attentive" only; validation and test clips
+    # are never augmented), each off at 0: mask up to time_mask consecutive frames of each clip, drop
+    # each frame with probability frame_dropout, mix pairs of clips' pooled statistics and one-hot
+    # targets with a Beta(mixup, mixup) weight, add Gaussian noise of feature_noise times each
+    # feature's standard deviation over the training frames.
+    time_mask: Annotated[Int, Field(ge=0)] = 0
+    frame_dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.0
+    mixup: Annotated[Float, Field(ge=0)] = 0.0
+    feature_noise: Annotated[Float, Field(ge=0)] = 0.0
     dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.1
     weight_decay: Annotated[Float, Field(ge=0)] = 0.01
     batch_size: Annotated[Int, Field(ge=1)] = 16
@@ -137,7 +152,12 @@ class TrialSettings:
 
     @property
     def encoder_trains(self) -> bool:
-        return self.head != "logreg" and self.top_k != 0 and self.unfreeze_epoch < self.num_epochs
+        return self.head in ENCODER_HEADS and self.top_k != 0 and self.unfreeze_epoch < self.num_epochs
+
+    @property
+    def reads_frames(self) -> bool:
+        """Whether the head reads every layer's cached frames (else each layer's pooled statistics)."""
+        return self.head in FRAME_HEADS
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -146,18 +166,27 @@ class TrialSettings:
 
 
 ADAPTER = TypeAdapter(TrialSettings)
-HEADS = ("logreg", "linear", "mlp")
-TRAINED_HEADS = ("linear", "mlp")
+HEADS = ("logreg", "linear", "mlp", "attentive")
+TRAINED_HEADS = ("linear", "mlp", "attentive")   # trained by AdamW for num_epochs
+ENCODER_HEADS = ("linear", "mlp")                # may train encoder layers under them (unfreeze)
+FRAME_HEADS = ("attentive",)                     # read every layer's cached frames and pool them themselves
+POOLED_HEADS = ("logreg", "linear", "mlp")       # read each layer's pooled statistics
 # Settings that mean something for some heads only: a trial's config (see :func:`applicable`) leaves
 # them out for the others. A logistic regression is fitted to convergence on frozen features: no
-# steps, epochs, dropout or encoder training; a torch head has no C.
+# steps, epochs, dropout or encoder training; a torch head has no C; an attentive head pools every
+# layer's cached frames itself (no pooling, layer or encoder training), and only it reads frames to
+# augment.
 ONLY_FOR_HEADS = {
     "C": ("logreg",),
     "head_hidden": ("mlp",),
+    **{name: POOLED_HEADS for name in ("pooling", "layer")},
     **{name: TRAINED_HEADS for name in (
-        "lr", "num_epochs", "unfreeze_epoch", "unfreeze", "head_lr", "head_lr_scale", "dropout", "weight_decay",
-        "batch_size", "grad_clip", "warmup_fraction", "peft", "lora_rank", "lora_alpha", "lora_targets",
-        "adapter_size")},
+        "lr", "num_epochs", "head_lr", "head_lr_scale", "dropout", "weight_decay", "batch_size", "grad_clip",
+        "warmup_fraction")},
+    **{name: ENCODER_HEADS for name in (
+        "unfreeze_epoch", "unfreeze", "peft", "lora_rank", "lora_alpha", "lora_targets", "adapter_size")},
+    **{name: FRAME_HEADS for name in (
+        "attention_hidden", "frame_average", "time_mask", "frame_dropout", "mixup", "feature_noise")},
 }
 # A setting searched within one head's branch of a conditional space is named "<head>.<setting>"
 # (see ser_tune.search.space): it applies when the trial's head is that head.
@@ -187,6 +216,10 @@ AGREE = [
      s.task == "categories"),
     ("head", "logreg is fitted on the cached frozen features: it needs 'features: cache'",
      lambda s: s.head != "logreg" or s.features == "cache"),
+    ("head", "attentive reads the cached frames: it needs 'features: cache'",
+     lambda s: not s.reads_frames or s.features == "cache"),
+    ("mixup", "mixup mixes one-hot class targets: it needs task 'categories'",
+     lambda s: s.mixup == 0 or s.task == "categories"),
     ("objective", "a CCC objective needs task 'dimensions' or 'both'",
      lambda s: s.uses_dimensions or not s.objective.startswith("val_ccc")),
     ("objective", "val_bca needs task 'categories' or 'both'", lambda s: s.uses_categories or s.objective != "val_bca"),

@@ -12,6 +12,7 @@ import torch
 from ray.tune.search.sample import Domain
 
 from ser_tune.config import QUICKSTART, experiment_from_dict
+from ser_tune.crosscorpus import CrossCorpusError, evaluate_cross_corpus
 from ser_tune.data import crop, load_corpus, speaker_split
 from ser_tune.encoders import load_encoder, spec_fingerprint
 from ser_tune.encoders.cache import FeatureCache
@@ -196,13 +197,15 @@ def test_an_attentive_trial_resumes_from_its_saved_state_to_the_same_result(data
     assert resumed.test_predictions.tolist() == full.test_predictions.tolist()
 
 
-def test_an_attentive_model_exports_and_predicts_as_its_trial(data, tmp_path, feature_cache_root):
+def test_an_attentive_model_exports_and_predicts_as_its_trial(data, tmp_path, feature_cache_root, synthetic_root):
     tuner = FineTuner(_attentive(frame_average=2), data, encoder_spec=SPEC, cache_root=feature_cache_root)
     result = tuner.run(checkpoint_dir=tmp_path)
     model = load_model(tmp_path / "model")
     preds = [int(model.predict_proba(data.audio.get(data.paths[i])[: 24000]).argmax()) for i in data.parts["test"]]
     assert preds == result.test_predictions.tolist()
     assert model.head(model.embed(data.audio.get(data.paths[0]))).shape == (1, len(data.labels))   # as latency times it
+    with pytest.raises(CrossCorpusError, match="attentive head reads frames"):   # a clear line, not a crash
+        evaluate_cross_corpus(tmp_path / "model", [{"name": "synthetic", "root": str(synthetic_root)}])
 
 
 RAW = {

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.labels import LabelMapper
+from ..training.settings import FRAME_HEADS
 from .baselines import predict_head, random_head_baseline, scores, source_baseline
 from .features import OriginalFeatures, embed_files, encoder_fine_tuned, normalized_features
 from .report import write_outputs
@@ -50,6 +51,9 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
     if not getattr(model, "n_classes", len(labels)):
         raise CrossCorpusError(f"{model_dir}: this model predicts emotion dimensions only, not categories; "
                                "cross-corpus evaluation needs categories")
+    if model.meta.get("settings", {}).get("head") in FRAME_HEADS:
+        raise CrossCorpusError(f"{model_dir}: its {model.meta['settings']['head']} head reads frames; cross-corpus "
+                               "evaluation reads pooled features (models with a linear, mlp or logreg head)")
     mapper = LabelMapper(labels)
     notes = []
     if source is None:

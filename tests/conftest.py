@@ -1,11 +1,16 @@
 """Shared fixtures: the synthetic corpus (generated once per session) and the real EmoDB when present."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from ser_tune.data import generate_synthetic, load_corpus
+
+# Local studies start no Ray dashboard (~5 s each and a share of the 2 cores while they run); the tests
+# of the dashboard's token and login line ask for it back.
+os.environ.setdefault("SER_TUNE_RAY_DASHBOARD", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -44,7 +44,7 @@ SUBSTITUTIONS = [
     (r"^python -m ser_tune\.launch$", "python -m ser_tune.launch --trials 1 --strategies tpe",
      "the quickstart (~2 min): one tpe trial of its synthetic corpus and tiny-whisper"),
     ("experiments/emodb.yaml", "{tiny}",
-     "EmoDB + Whisper-base: synthetic corpus + tiny-whisper, a trial each of nsga2 and motpe on val_bca and latency"),
+     "EmoDB + Whisper-base: synthetic corpus + tiny-whisper, a trial of nsga2 on val_bca and latency"),
     ("experiments/emodb_nested.yaml", "{nested}", "the same tiny study with 2 outer x 2 inner speaker folds"),
     ("--trials 15", "--trials 1", "a tiny budget"),
     ("--cv-folds 4 --repeats 10", "--cv-folds 2 --repeats 2", "a tiny budget"),
@@ -185,7 +185,7 @@ def _tiny_folder(root: Path) -> dict:
     return {
         "corpus": str(corpus), "studies": str(studies), "tapt": str(root / "tapt"), "wav2vec2": str(wav2vec2),
         "tiny": _write(root / "tiny.yaml", {
-            **study, "name": "tiny", "strategies": ["nsga2", "motpe"],
+            **study, "name": "tiny", "strategies": ["nsga2"],
             "objective": {"metrics": {"val_bca": "max", "latency_ms_per_s": "min"},
                           "latency": {"clips": 2, "repeats": 1, "warmup": 0}}}),
         "csv": _write(root / "tiny_csv.yaml", {

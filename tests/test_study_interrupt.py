@@ -98,7 +98,8 @@ def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(
     log = tmp_path / "run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1"], cwd=REPO,
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                env={**os.environ, "SER_TUNE_RAY_DASHBOARD": "1"})   # its token is tested
     try:
         line = _wait_for(lambda: re.search(r"Ray dashboard: (\S+) \(token: (\S+)\)", log.read_text()), "the dashboard")
         url, token = line.group(1), Path(line.group(2)).read_text().strip()

@@ -70,7 +70,8 @@ def test_prometheus_scrapes_a_running_studys_progress(tmp_path):
         pytest.skip("prometheus is not installed (Debian: apt-get install -y prometheus)")
     ray_tmp = Path(tempfile.mkdtemp(prefix="rp", dir="/tmp"))   # short: Ray's socket paths have a length limit
     path = two_strategy_study(tmp_path, "metrics")
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_metrics_report_interval_ms": "1000"}
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_metrics_report_interval_ms": "1000",
+           "SER_TUNE_RAY_DASHBOARD": "1"}   # the dashboard writes Ray's prometheus.yml
     log = tmp_path / "launch.log"
     launch = prometheus = None
     try:

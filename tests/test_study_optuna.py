@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
 
 from ser_tune.study.optuna_store import STORE_FILE, OptunaRecorder, recorder_for, storage_url, study_name
 
@@ -152,6 +154,7 @@ def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
     log = tmp_path / "launch.log"
     with log.open("w") as out:
         launch = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(path)], cwd=REPO, text=True,
+                                  env={**os.environ, "SER_TUNE_RAY_DASHBOARD": "1"},   # its login line is tested
                                   stdout=out, stderr=subprocess.STDOUT)
     seen_live = {}
     try:
@@ -167,6 +170,8 @@ def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
                         seen_live["tpe"] = (len(ended), launch.poll() is None)
                 except KeyError:   # the study's first trial has not ended yet
                     pass
+                except (OperationalError, optuna.exceptions.StorageInternalError):
+                    pass   # read while the driver writes: SQLite answers "database is locked"; poll again
             time.sleep(0.5)
         assert launch.wait(timeout=max(1, deadline - time.monotonic())) == 0, log.read_text()[-3000:]
     finally:

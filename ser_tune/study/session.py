@@ -53,7 +53,7 @@ def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None
         context = _join(address, kwargs)
     else:
         with children_ignore_sigint():
-            context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=True,
+            context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=wants_dashboard(),
                                dashboard_host="127.0.0.1",
                                runtime_env={"worker_process_setup_hook": "ser_tune.study.session.calm_worker"},
                                **kwargs)
@@ -62,6 +62,12 @@ def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None
     url = getattr(context, "dashboard_url", None)
     return Cluster(cpus=float(sum(cpus)), largest_node=float(max(cpus) if cpus else 0), nodes=len(nodes),
                    dashboard=f"http://{url}" if url else None, token_file=token_file)
+
+
+def wants_dashboard() -> bool:
+    """A local Ray starts its dashboard unless SER_TUNE_RAY_DASHBOARD=0 (a headless machine or CI: the
+    dashboard costs ~5 s of start and a core's share while the study runs; optuna.db still fills)."""
+    return os.environ.get("SER_TUNE_RAY_DASHBOARD", "1") != "0"
 
 
 class TransientSyncError(logging.Filter):

@@ -25,6 +25,7 @@ import pandas as pd
 
 from .config import Experiment
 from .search import make_plan
+from .search.base import native_config
 from .training.latency import LatencyCheck
 from .training.probe import CHOSEN, choose_normalization, linear_probe
 from .training.settings import BRANCH, TrialSettings
@@ -271,7 +272,7 @@ def refit_job(best: pd.Series, assignment: int) -> dict:
     ``assignment`` of the refit unit (an outer fold's, or the last: every speaker)."""
     config = {c[4:]: v for c, v in best.items() if c.startswith("cfg_") and not pd.isna(v)}
     config["num_epochs"] = int(best["best_epoch"])
-    return {"settings": native_values(config), "assignment": assignment, "trial_id": str(best["trial_id"]),
+    return {"settings": native_config(config), "assignment": assignment, "trial_id": str(best["trial_id"]),
             "unit": str(best["unit"])}
 
 
@@ -358,7 +359,3 @@ def normalizations(exp: Experiment) -> list[str]:
     """The feature normalisations the probe is fitted with: none, and any the trials use."""
     used = candidates(exp, "normalize", TrialSettings.normalize)
     return ["none"] + [n for n in used if n != "none"]
-
-
-def native_values(config: dict) -> dict:
-    return {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}

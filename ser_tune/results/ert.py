@@ -81,7 +81,6 @@ def verdicts(runs: pd.DataFrame, strategies: list[str], final_test: pd.DataFrame
 
 def final_test_values(study: StudyFolder) -> pd.DataFrame:
     """One row per search run: its best trial's test metric (``value``)."""
-
     rows = []
     for strategy in study.strategies:
         for unit in study.runs(strategy):

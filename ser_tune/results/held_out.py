@@ -32,7 +32,6 @@ def outer_folds(study: StudyFolder) -> list[dict]:
 
 def fold_values(study: StudyFolder, strategy: str) -> dict[int, float]:
     """Outer fold -> the strategy's test metric there: per run, its held-out trial's; mean over repeats."""
-
     by_fold: dict[int, list[float]] = {}
     for unit in study.runs(strategy):
         best = study.held_out_trial(unit)

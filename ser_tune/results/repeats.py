@@ -347,7 +347,8 @@ def verdict(row: Mapping, claim: str, runs_word: str = "repeats") -> str:
     runs, reference_runs = int(row["runs"]), int(row["reference_runs"])
     if runs < 2 or reference_runs < 2:
         few, count = (strategy, runs) if runs < 2 else (reference, reference_runs)
-        return (f"{strategy} vs {reference}: cannot be tested with {_runs(count)} of {few} "
+        had = {0: "no run", 1: "one run"}.get(count, f"{count} runs")
+        return (f"{strategy} vs {reference}: cannot be tested with {had} of {few} "
                 f"(a rank test needs at least 2 on each side)")
     repeats = f"{runs} {runs_word}" if runs == reference_runs else f"{runs} and {reference_runs} {runs_word}"
     numbers = f"Holm p = {format_p(row['p_holm'])}, A12 = {row['a12']:.2f}"
@@ -359,10 +360,6 @@ def verdict(row: Mapping, claim: str, runs_word: str = "repeats") -> str:
 
 def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
-
-
-def _runs(count: int) -> str:
-    return {0: "no run", 1: "one run"}.get(count, f"{count} runs")
 
 
 def time_to_target_comparison(runs: pd.DataFrame, clock: str, *, reference: str = "random",

@@ -154,7 +154,7 @@ def strategy_summary(study: StudyFolder, row: dict, marks: pd.DataFrame) -> dict
     single = row["runs"] == 1
 
     def by_threshold(column: str) -> dict:
-        return {threshold_key(t): _json_number(v) if single else None for t, v in zip(own["threshold"], own[column])}
+        return {repr(float(t)): _json_number(v) if single else None for t, v in zip(own["threshold"], own[column])}
 
     return {"trials": row["trials"], "errors": row["errors"], "runs": row["runs"],
             f"best_{study.metric}": _json_number(row["best_val"]), "best_config": row["best_config"],
@@ -167,22 +167,15 @@ def strategy_summary(study: StudyFolder, row: dict, marks: pd.DataFrame) -> dict
             "trials_started": row["trials_started"], "status": row["status"]}
 
 
-def threshold_key(threshold: float) -> str:
-    return repr(float(threshold))
-
-
 _RUN_COLUMNS = (
     "study", "study_dir", "strategy", "unit", "outer_fold", "repeat", "status", "notes", "budget", "warmup",
     "metric", "mode", "trials_started", "trials", "errors", "best_val", "best_trial_id", "best_trial_index",
     "best_config", "best_test", "best_test_accuracy", "started_at", "finished_at", "wall_clock_seconds",
     "per_minute", "trial_seconds", "load_seconds", "trial_encode_seconds", "train_seconds", "concurrency",
     "overhead_seconds", "shared_encode_seconds")
-_STRATEGY_COLUMNS = (
-    "study", "study_dir", "strategy", "runs", "status", "notes", "budget", "warmup", "metric", "mode",
-    "trials_started", "trials", "errors", "best_val", "best_trial_id", "best_trial_index",
-    "best_config", "best_test", "best_test_accuracy", "started_at", "finished_at",
-    "wall_clock_seconds", "per_minute", "trial_seconds", "load_seconds", "trial_encode_seconds",
-    "train_seconds", "concurrency", "overhead_seconds", "shared_encode_seconds", "best_val_se", "best_test_se")
+# A strategy's row: a run's without the run's own tags, with its run count and the runs' standard errors.
+_STRATEGY_COLUMNS = ("study", "study_dir", "strategy", "runs", *_RUN_COLUMNS[_RUN_COLUMNS.index("status"):],
+                     "best_val_se", "best_test_se")
 _THRESHOLD_COLUMNS = (
     "study", "study_dir", "strategy", "unit", "metric", "threshold", "reached", "seconds_to",
     "seconds_to_incl_encode", "trial_seconds_to", "trials_to", "crossing_trial_id",
@@ -207,6 +200,4 @@ def _plain_json(value):
 
 
 def _json_number(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)

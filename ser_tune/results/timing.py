@@ -75,8 +75,8 @@ def usable_reports(study: StudyFolder, unit: str) -> pd.DataFrame:
 
 def first_crossing(study: StudyFolder, unit: str, threshold: float) -> Crossing:
     reports = usable_reports(study, unit)
-    reached = [study.is_better_or_equal(v, threshold) for v in reports[study.metric]]
-    hits = reports[np.array(reached, dtype=bool)] if len(reports) else reports
+    values = reports[study.metric]
+    hits = reports[values <= threshold if study.mode == "min" else values >= threshold]
     if hits.empty:
         return Crossing(threshold=float(threshold), reached=False)
     hit = hits.iloc[0]

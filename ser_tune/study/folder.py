@@ -382,9 +382,6 @@ class StudyFolder:
             config[column[len("cfg_"):]] = plain_value(value, integral=integral_column(self.trials[column]))
         return config
 
-    def is_better_or_equal(self, value: float, threshold: float) -> bool:
-        return value <= threshold if self.mode == "min" else value >= threshold
-
 
 def load_study(study_dir) -> StudyFolder:
     """Read and check a study folder; raises StudyFormatError on missing or malformed files."""

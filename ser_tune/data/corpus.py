@@ -155,16 +155,6 @@ def drop_classes(corpus: Corpus, drop_labels) -> Corpus:
     return corpus
 
 
-def _check_min_duration(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise DataError(f"min_duration: must be a number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
-def resolve_view(name: str, label_map: str | None) -> str | None:
-    return default_view(name) if label_map is None else check_view(label_map)
-
-
 def load_corpus(name: str, root: str | Path, *, label_map: str | None = None, check_audio: bool = True,
                 min_duration: float = MIN_DURATION, drop_labels: list[str] | None = None, **options) -> Corpus:
     """Read a corpus folder (or CSV manifest) into a Corpus; see the module docs of each corpus.
@@ -180,11 +170,12 @@ def load_corpus(name: str, root: str | Path, *, label_map: str | None = None, ch
     if root is None or str(root) == "":
         raise CorpusError(f"root: no folder given for corpus '{name}'")
     root = Path(root).expanduser().resolve()
-    view = resolve_view(name, label_map)
-    min_duration = _check_min_duration(min_duration)
+    view = default_view(name) if label_map is None else check_view(label_map)
+    if isinstance(min_duration, bool) or not isinstance(min_duration, (int, float)) or not min_duration >= 0:
+        raise DataError(f"min_duration: must be a number of seconds >= 0, got {min_duration!r}")
     if options and name != "synthetic":
         raise DataError(f"options: corpus '{name}' takes no options (got {', '.join(sorted(options))})")
     scan = _SCANNERS[name](root, view, **options)
-    table, skipped = build_table(name, root, scan, check_audio=check_audio, min_duration=min_duration)
+    table, skipped = build_table(name, root, scan, check_audio=check_audio, min_duration=float(min_duration))
     corpus = Corpus(name=name, root=root, table=table, skipped=skipped, synthetic=name == "synthetic")
     return drop_classes(corpus, drop_labels)

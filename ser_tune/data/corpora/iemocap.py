@@ -66,15 +66,9 @@ def scan(root: Path, view: str | None) -> Scan:
         if entry is None:
             result.skip(path, f"no label for utterance {utt} in any EmoEvaluation file")
             continue
-        found = label_for(entry["code"], "iemocap", view, "IEMOCAP category")
-        if isinstance(found, str):
-            result.skip(path, found)
-            continue
-        native, label = found
-        # the path as walked: build_table resolves (and de-duplicates) it
-        result.records.append({"path": str(path), "label": label, "speaker": m["session"] + m["gender"],
-                               "gender": m["gender"].lower(), "session": m["session"], "original_label": native,
-                               **{k: entry[k] for k in ("arousal", "valence", "dominance")}})
+        result.add(path, label_for(entry["code"], "iemocap", view, "IEMOCAP category"),
+                   {"speaker": m["session"] + m["gender"], "gender": m["gender"].lower(), "session": m["session"],
+                    **{k: entry[k] for k in ("arousal", "valence", "dominance")}})
     if matched == 0:
         raise CorpusError(f"{root}: no IEMOCAP utterance wavs found ({len(files)} .wav files, none named "
                           f"like Ses01F_impro01_F000.wav)")

@@ -74,8 +74,7 @@ DEFAULT_RESAMPLES = 2000
 # ---------------------------------------------------------------- run table
 
 def run_table(reports_by_run: Mapping[tuple[str, Hashable], pd.DataFrame], threshold: float,
-              mode: str = "max",
-              totals: Mapping[tuple[str, Hashable], Mapping[str, float]] | None = None
+              mode: str = "max", totals: Mapping[tuple[str, Hashable], Mapping[str, float]] | None = None
               ) -> pd.DataFrame:
     """One row per run: ``RUN_TABLE_COLUMNS``, for one threshold.
 
@@ -95,10 +94,8 @@ def run_row(key: tuple[str, Hashable], reports: pd.DataFrame, threshold: float, 
     """The run table row of one run (see ``run_table``)."""
     reports = time_ordered_reports(reports, key)
     valued = reports.dropna(subset=["value"])
-    hits = valued[valued["value"] >= threshold] if mode == "max" else \
-        valued[valued["value"] <= threshold]
-    row = {"strategy": key[0], "run": key[1], "threshold": float(threshold),
-           "reached": not hits.empty}
+    hits = valued[valued["value"] >= threshold] if mode == "max" else valued[valued["value"] <= threshold]
+    row = {"strategy": key[0], "run": key[1], "threshold": float(threshold), "reached": not hits.empty}
     for clock, column in CLOCK_COLUMN.items():
         row[f"{clock}_to"] = float(hits[column].iloc[0]) if len(hits) else math.nan
         observed = float(reports[column].max()) if len(reports) else 0.0
@@ -193,15 +190,13 @@ def expected_running_time(runs: pd.DataFrame, clock: str, *, resamples: int = DE
                        reached=int(reached.sum()), level=level)
 
 
-def ert_table(runs: pd.DataFrame, clocks: Sequence[str] = CLOCKS, *,
-              resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-              level: float = 0.95) -> pd.DataFrame:
+def ert_table(runs: pd.DataFrame, clocks: Sequence[str] = CLOCKS, *, resamples: int = DEFAULT_RESAMPLES,
+              seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """One row per (strategy, clock): the ``ErtEstimate`` fields, strategies in table order."""
     rows = []
     for strategy, own in runs.groupby("strategy", sort=False):
         for clock in clocks:
-            estimate = expected_running_time(own, clock, resamples=resamples, seed=seed,
-                                             level=level)
+            estimate = expected_running_time(own, clock, resamples=resamples, seed=seed, level=level)
             rows.append({"strategy": strategy, **estimate.__dict__})
     return pd.DataFrame(rows)
 
@@ -233,8 +228,7 @@ def ecdf_by_strategy(rows: pd.DataFrame, clock: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
-def best_so_far(reports: pd.DataFrame, clock: str, mode: str = "max",
-                run: Hashable = None) -> pd.Series:
+def best_so_far(reports: pd.DataFrame, clock: str, mode: str = "max", run: Hashable = None) -> pd.Series:
     """A run's best objective so far against ``clock``: values indexed by increasing clock.
 
     On the time clocks it is the best of the reports up to that time; against trials, the best
@@ -296,9 +290,9 @@ def vargha_delaney_a12(x: Sequence[float], y: Sequence[float], larger_is_better:
     return float(better.mean() + 0.5 * (x == y).mean())
 
 
-def compare_to_reference(values: pd.DataFrame, column: str, *, larger_is_better: bool,
-                         claim: str, reference: str = "random",
-                         alpha: float = 0.05, runs_word: str = "repeats") -> pd.DataFrame:
+def compare_to_reference(values: pd.DataFrame, column: str, *, larger_is_better: bool, claim: str,
+                         reference: str = "random", alpha: float = 0.05,
+                         runs_word: str = "repeats") -> pd.DataFrame:
     """Each strategy against ``reference`` over runs: one-sided Mann-Whitney U test.
 
     ``values`` has one row per run with ``strategy`` and ``column``; runs with NaN there are
@@ -321,11 +315,9 @@ def compare_to_reference(values: pd.DataFrame, column: str, *, larger_is_better:
             continue
         mine = samples.get(strategy, np.array([]))
         row = {"strategy": strategy, "reference": reference, "runs": len(mine),
-               "reference_runs": len(baseline), "statistic": math.nan, "p": math.nan,
-               "a12": math.nan}
+               "reference_runs": len(baseline), "statistic": math.nan, "p": math.nan, "a12": math.nan}
         if len(mine) >= 2 and len(baseline) >= 2:
-            test = stats.mannwhitneyu(mine, baseline,
-                                      alternative="greater" if larger_is_better else "less")
+            test = stats.mannwhitneyu(mine, baseline, alternative="greater" if larger_is_better else "less")
             row.update(statistic=float(test.statistic), p=float(test.pvalue),
                        a12=vargha_delaney_a12(mine, baseline, larger_is_better))
         rows.append(row)

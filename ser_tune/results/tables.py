@@ -91,13 +91,10 @@ def threshold_row(study: StudyFolder, unit: str, threshold: float, wall: float) 
     return {
         "study": study.name, "study_dir": str(study.dir), "strategy": tags.get("strategy", unit), "unit": unit,
         "metric": study.metric, "threshold": float(threshold), "reached": crossing.reached,
-        "seconds_to": crossing.seconds_to,
-        "seconds_to_incl_encode": crossing.seconds_to + study.encode_seconds,
-        "trial_seconds_to": crossing.trial_seconds_to,
-        "trials_to": crossing.trials_to,
+        "seconds_to": crossing.seconds_to, "trial_seconds_to": crossing.trial_seconds_to,
+        "seconds_to_incl_encode": crossing.seconds_to + study.encode_seconds, "trials_to": crossing.trials_to,
         "crossing_trial_id": crossing.trial_id, "crossing_epoch": crossing.epoch,
-        "crossing_value": crossing.value,
-        "trials_started": int(len(study.unit_trials(unit))),
+        "crossing_value": crossing.value, "trials_started": int(len(study.unit_trials(unit))),
         "wall_clock_seconds": wall,
     }
 
@@ -178,8 +175,8 @@ _STRATEGY_COLUMNS = ("study", "study_dir", "strategy", "runs", *_RUN_COLUMNS[_RU
                      "best_val_se", "best_test_se")
 _THRESHOLD_COLUMNS = (
     "study", "study_dir", "strategy", "unit", "metric", "threshold", "reached", "seconds_to",
-    "seconds_to_incl_encode", "trial_seconds_to", "trials_to", "crossing_trial_id",
-    "crossing_epoch", "crossing_value", "trials_started", "wall_clock_seconds")
+    "seconds_to_incl_encode", "trial_seconds_to", "trials_to", "crossing_trial_id", "crossing_epoch",
+    "crossing_value", "trials_started", "wall_clock_seconds")
 
 
 def _float(value) -> float:

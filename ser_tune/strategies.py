@@ -43,6 +43,7 @@ DEFAULT, REFIT, EXPORT = "default", REFIT_UNIT, REFIT_EXPORT
 class StrategyStudy(StudyKind):
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
+        self.cpus_per_trial = experiment.resources.cpus_per_trial
         self.corpus = self.split = self.plan = None
 
     # --- before Ray ------------------------------------------------------------------------------
@@ -59,12 +60,6 @@ class StrategyStudy(StudyKind):
                            "folds": self.plan.describe(exp.budget.repeats), "machine": machine_info(),
                            "encode_seconds": 0.0}
             folder.save_meta()
-
-    def check_cluster(self, cluster: Cluster) -> None:
-        cpus = self.experiment.resources.cpus_per_trial
-        if cpus > cluster.largest_node:
-            raise StudyError(f"resources.cpus_per_trial = {cpus:g} but the largest node has "
-                             f"{cluster.largest_node:g} CPUs; no trial could ever start")
 
     # --- the shared encode and the probe ---------------------------------------------------------
     def encode(self, folder: StudyFolder) -> float:

@@ -87,6 +87,7 @@ class ActiveStudy(StudyKind):
 
     def __init__(self, cfg: ActiveConfig):
         self.cfg = cfg
+        self.cpus_per_trial = cfg.experiment.resources.cpus_per_trial
         self.corpus = self.split = None
         self.encoder_specs: dict[bool, str] = {False: cfg.experiment.encoder}
 
@@ -111,12 +112,6 @@ class ActiveStudy(StudyKind):
                            "pool": {"clips": int(len(pool)),
                                     "speakers": sorted(pool["speaker"].astype(str).unique())}}
             folder.save_meta()
-
-    def check_cluster(self, cluster: Cluster) -> None:
-        cpus = self.cfg.experiment.resources.cpus_per_trial
-        if cpus > cluster.largest_node:
-            raise StudyError(f"resources.cpus_per_trial = {cpus:g} but the largest node has "
-                             f"{cluster.largest_node:g} CPUs; no trial could ever start")
 
     def encode(self, folder: StudyFolder) -> float:
         """TAPT when asked, then the frozen features of every encoder used (base, and TAPT when on)."""

@@ -66,12 +66,16 @@ class Unit:
 
 class StudyKind:
     """What a kind of study supplies to the driver; see :func:`run_study`."""
+    cpus_per_trial: float = 0.0   # resources.cpus_per_trial, which some node must have (0: not checked)
 
     def prepare(self, folder: StudyFolder) -> None:
         """Corpus, split and anything else before Ray starts; record it in folder.meta."""
 
     def check_cluster(self, cluster: Cluster) -> None:
         """Raise StudyError when the cluster can never run a trial (e.g. too few CPUs per node)."""
+        if self.cpus_per_trial > cluster.largest_node:
+            raise StudyError(f"resources.cpus_per_trial = {self.cpus_per_trial:g} but the largest node has "
+                             f"{cluster.largest_node:g} CPUs; no trial could ever start")
 
     def encode(self, folder: StudyFolder) -> float:
         """The shared encode (frozen features, once per study); returns its seconds."""

@@ -265,15 +265,10 @@ def peft_summary(trials: pd.DataFrame, fixed: dict | None = None) -> pd.DataFram
     work = pd.DataFrame({"mode": modes, "val_bca": col("val_bca"), "test_bca": col("test_bca"),
                          "trainable_params": col("trainable_params"), "total_params": col("total_params"),
                          "seconds": pd.to_numeric(seconds, errors="coerce")}, index=frame.index)
-    rows = []
-    for mode, g in work.groupby("mode", sort=False):
-        trainable, total = g["trainable_params"].median(), g["total_params"].median()
-        rows.append({"mode": mode, "trials": len(g), "val_bca_mean": g["val_bca"].mean(),
-                     "val_bca_best": g["val_bca"].max(), "test_bca_mean": g["test_bca"].mean(),
-                     "trainable_params": trainable, "total_params": total,
-                     "trainable_share": trainable / total if total and total == total else np.nan,
-                     "seconds_per_trial": g["seconds"].mean()})
-    columns = ["mode", "trials", "val_bca_mean", "val_bca_best", "test_bca_mean", "trainable_params",
-               "total_params", "trainable_share", "seconds_per_trial"]
-    out = pd.DataFrame(rows, columns=columns)
+    out = work.groupby("mode", sort=False).agg(
+        trials=("val_bca", "size"), val_bca_mean=("val_bca", "mean"), val_bca_best=("val_bca", "max"),
+        test_bca_mean=("test_bca", "mean"), trainable_params=("trainable_params", "median"),
+        total_params=("total_params", "median"), seconds_per_trial=("seconds", "mean")).reset_index()
+    share = (out["trainable_params"] / out["total_params"]).where(out["total_params"] > 0)
+    out.insert(7, "trainable_share", share)
     return out.sort_values("trainable_params", kind="stable", na_position="last").reset_index(drop=True)

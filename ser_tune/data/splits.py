@@ -327,10 +327,8 @@ def speaker_folds(table: pd.DataFrame, k: int, *, seed: int, rows=None, name: st
         raise DataError(f"{name}: {k!r} folds need an integer from 2 to the number of speakers ({n})")
     speakers, counts, genders = _speaker_counts(pool)
     rng = np.random.default_rng(seed)
-    candidates = []
-    for _ in range(_CANDIDATES):
-        order = rng.permutation(n)
-        candidates.append({f"fold{i}": np.sort(order[i::k]) for i in range(k)})
+    candidates = [{f"fold{i}": np.sort(order[i::k]) for i in range(k)}
+                  for order in (rng.permutation(n) for _ in range(_CANDIDATES))]
     chosen = _best_candidate(candidates, counts, genders, rng)
     speaker = table["speaker"].astype(str).to_numpy()
     return [mask & np.isin(speaker, [speakers[j] for j in chosen[f"fold{i}"]]) for i in range(k)]

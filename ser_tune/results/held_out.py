@@ -96,9 +96,8 @@ def gain(model: dict[int, float], probe: dict[int, float]) -> dict | None:
 def held_out_table(study: StudyFolder, summary: dict) -> pd.DataFrame:
     """The report's table: one row per strategy and baseline, each outer fold's test metric, their
     mean ± sd, and for strategies the paired gain over the probe."""
-    rows = []
-    for name, entry in summary["strategies"].items():
-        rows.append({"model": name, **row_cells(entry["nested_test_bca"]), "gain": entry.get("gain_over_probe")})
+    rows = [{"model": name, **row_cells(entry["nested_test_bca"]), "gain": entry.get("gain_over_probe")}
+            for name, entry in summary["strategies"].items()]
     for name, values in summary["baselines"].items():
         if values is not None:
             label = {"default": "untuned default configuration", "probe": "linear probe (frozen features)"}.get(

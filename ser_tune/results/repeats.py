@@ -193,11 +193,9 @@ def expected_running_time(runs: pd.DataFrame, clock: str, *, resamples: int = DE
 def ert_table(runs: pd.DataFrame, clocks: Sequence[str] = CLOCKS, *, resamples: int = DEFAULT_RESAMPLES,
               seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """One row per (strategy, clock): the ``ErtEstimate`` fields, strategies in table order."""
-    rows = []
-    for strategy, own in runs.groupby("strategy", sort=False):
-        for clock in clocks:
-            estimate = expected_running_time(own, clock, resamples=resamples, seed=seed, level=level)
-            rows.append({"strategy": strategy, **estimate.__dict__})
+    rows = [{"strategy": strategy, **expected_running_time(own, clock, resamples=resamples, seed=seed,
+                                                           level=level).__dict__}
+            for strategy, own in runs.groupby("strategy", sort=False) for clock in clocks]
     return pd.DataFrame(rows)
 
 

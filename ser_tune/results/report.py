@@ -256,12 +256,10 @@ def deployment_section(study: StudyFolder, entry: dict, several: bool) -> str:
     outer = (study.experiment.get("evaluation") or {}).get("outer_folds", 1) > 1
     speakers = "its outer fold's test speakers" if outer else "the test speakers"
     header = ["Strategy", "Trial", "Settings", *objectives, "Model MB", f"{study.test_metric} ({speakers})"]
-    rows = []
-    for name, strategy in entry["strategies"].items():
-        for point in strategy.get("pareto") or []:
-            rows.append([name, point["trial_id"], _config_text(point["config"]),
-                         *(_cost(k, point.get(k)) for k in objectives), _cost("model_bytes", point.get("model_bytes")),
-                         _number(point.get(study.test_metric))])
+    rows = [[name, point["trial_id"], _config_text(point["config"]),
+             *(_cost(k, point.get(k)) for k in objectives), _cost("model_bytes", point.get("model_bytes")),
+             _number(point.get(study.test_metric))]
+            for name, strategy in entry["strategies"].items() for point in strategy.get("pareto") or []]
     lines += ["Each strategy's Pareto front (its finished trials no other of its trials beats in every objective):",
               "", markdown_table(header, rows) if rows else "No trial measured every objective.\n"]
     volumes = [[name, str(len(s["hypervolume"]["runs"])), _spread(s["hypervolume"]["mean"], s["hypervolume"]["se"])]

@@ -36,11 +36,10 @@ def hyperopt_space(space: dict[str, Param]) -> dict:
 
     plain = {name: p for name, p in space.items() if name != "head" and split_branch(name)[0] is None}
     out = HyperOptSearch.convert_search_space(to_tune_space(plain)) if plain else {}
-    branches = []
-    for head in space["head"].values:
+    def branch(head: str) -> dict:
         own = {name: p for name, p in space.items() if split_branch(name)[0] == head}
-        branches.append({"head": head, **(HyperOptSearch.convert_search_space(to_tune_space(own)) if own else {})})
-    out["head"] = hp.choice("head", branches)
+        return {"head": head, **(HyperOptSearch.convert_search_space(to_tune_space(own)) if own else {})}
+    out["head"] = hp.choice("head", [branch(head) for head in space["head"].values])
     return out
 
 

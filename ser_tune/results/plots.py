@@ -272,9 +272,7 @@ def _mark_best(ax, best, column: str, categories: list[str], several: bool) -> N
 def _categories(studies, column) -> list[str]:
     """Text settings (e.g. unfreeze="top:2") become categories; numbers stay numeric."""
     values = pd.concat([s.trials[column] for s in studies if column in s.trials.columns]).dropna()
-    if pd.to_numeric(values, errors="coerce").notna().all():
-        return []
-    return sorted({str(v) for v in values})
+    return [] if pd.to_numeric(values, errors="coerce").notna().all() else sorted({str(v) for v in values})
 
 
 def _positions(values: pd.Series, categories: list[str]):

@@ -32,9 +32,7 @@ class StudyMetrics(Callback):
         self._made = None
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_made"] = None
-        return state
+        return {**self.__dict__, "_made": None}
 
     def made(self):
         """(trials ended counter, budget gauge, best gauge), made once per process."""

@@ -84,9 +84,7 @@ class OptunaRecorder(Callback):
         self._study = None
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_study"] = None
-        return state
+        return {**self.__dict__, "_study": None}
 
     def open(self):
         import optuna

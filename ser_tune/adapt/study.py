@@ -205,8 +205,7 @@ def table(rows: list[dict]) -> str:
 
     lines = ["| stage | trained on | peft | freeze | target BCA % | source BCA % | trainable params | seconds |",
              "|---|---|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['stage']} | {r['trained_on']} | {r['peft']} ({r['unfreeze']}) | "
-                     f"{','.join(r['freeze']) or '-'} | {pct(r.get('target_bca'))} | {pct(r.get('source_bca'))} | "
-                     f"{int(r['trainable_params']):,} | {r['seconds']:.1f} |")
+    lines += [f"| {r['stage']} | {r['trained_on']} | {r['peft']} ({r['unfreeze']}) | "
+              f"{','.join(r['freeze']) or '-'} | {pct(r.get('target_bca'))} | {pct(r.get('source_bca'))} | "
+              f"{int(r['trainable_params']):,} | {r['seconds']:.1f} |" for r in rows]
     return "\n".join(lines)

@@ -75,9 +75,7 @@ def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResu
     metric = studies[0].metric
     title = (f"ser_tune comparison: {', '.join(s.name for s in studies)}" if several
              else f"ser_tune study: {studies[0].name}")
-    parts = [f"# {title}\n"]
-    for study in studies:
-        parts.append(_setup_section(study, several))
+    parts = [f"# {title}\n", *(_setup_section(study, several) for study in studies)]
     complete, incomplete = split_complete(tables)
     parts.append("## Strategy comparison\n")
     parts.append(_comparison_table(complete["strategies"], several))
@@ -186,12 +184,10 @@ def repeated_section(entry: dict, several: bool) -> str:
     strategies = {n: e for n, e in entry["strategies"].items() if e.get("ert")}
     if not strategies:
         return ""
-    rows = []
     user = {f"{t:g}" for t in entry.get("thresholds", [])}
-    for name, e in strategies.items():
-        for threshold, ert in ((k, v) for k, v in e["ert"].items() if k in user):
-            rows.append([name, threshold, f"{ert['reached']}/{ert['runs']}", _interval(ert, "seconds"),
-                         _interval(ert, "cpu_seconds"), _interval(ert, "trials", digits=1)])
+    rows = [[name, threshold, f"{ert['reached']}/{ert['runs']}", _interval(ert, "seconds"),
+             _interval(ert, "cpu_seconds"), _interval(ert, "trials", digits=1)]
+            for name, e in strategies.items() for threshold, ert in e["ert"].items() if threshold in user]
     header = ["Strategy", "Threshold", "Runs that reached it", "ERT wall-clock s [95 % CI]",
               "ERT trial CPU-s [95 % CI]", "ERT trials [95 % CI]"]
     verdicts = "\n".join(f"- {e['verdict']}" for e in strategies.values() if e.get("verdict"))
@@ -335,13 +331,13 @@ def _modes_section(study: StudyFolder) -> str:
     table = peft_summary(study.trials, fixed=(study.meta.get("experiment") or {}).get("trial"))
     if table.empty:
         return ""
-    lines = ["| Mode | Trials | Mean val BCA | Best val BCA | Mean test BCA | Trainable params | Share | s / trial |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in table.to_dict("records"):
-        lines.append(f"| {r['mode']} | {r['trials']} | {r['val_bca_mean']:.3f} | {r['val_bca_best']:.3f} | "
-                     f"{r['test_bca_mean']:.3f} | {r['trainable_params']:,.0f} | {r['trainable_share']:.2%} | "
-                     f"{r['seconds_per_trial']:.1f} |")
-    return "\n".join(lines) + "\n\nHead-only trials never load the encoder, so their share is of the head alone.\n"
+    header = ["Mode", "Trials", "Mean val BCA", "Best val BCA", "Mean test BCA", "Trainable params", "Share",
+              "s / trial"]
+    rows = [[r["mode"], r["trials"], f"{r['val_bca_mean']:.3f}", f"{r['val_bca_best']:.3f}",
+             f"{r['test_bca_mean']:.3f}", f"{r['trainable_params']:,.0f}", f"{r['trainable_share']:.2%}",
+             f"{r['seconds_per_trial']:.1f}"] for r in table.to_dict("records")]
+    return (markdown_table(header, rows)
+            + "\nHead-only trials never load the encoder, so their share is of the head alone.\n")
 
 
 def _setup_section(study: StudyFolder, several: bool) -> str:
@@ -553,19 +549,15 @@ def _config_text(config: dict) -> str:
 
 
 def _number(value, digits: int = 3) -> str:
-    if value is None or pd.isna(value):
-        return "—"
-    return f"{float(value):.{digits}f}"
+    return "—" if value is None or pd.isna(value) else f"{float(value):.{digits}f}"
 
 
 def _minutes(seconds) -> str:
     return "?" if seconds is None or pd.isna(seconds) else f"{float(seconds) / 60:.1f}"
 
 
-def _seconds(seconds) -> str:
-    if seconds is None or pd.isna(seconds):
-        return "—"
-    return f"{float(seconds):.1f} s ({float(seconds) / 60:.1f} min)"
+def _seconds(value) -> str:
+    return "—" if value is None or pd.isna(value) else f"{float(value):.1f} s ({_minutes(value)} min)"
 
 
 def _short(metric: str) -> str:

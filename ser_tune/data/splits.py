@@ -51,15 +51,10 @@ class Split:
 
     def to_dict(self, table: pd.DataFrame) -> dict:
         _need_columns(table, ("path", "speaker"))
-        return {
-            "kind": self.kind,
-            "seed": int(self.seed),
-            "speaker_dependent": bool(self.speaker_dependent),
-            "spec": self.spec(),
-            "counts": self.counts(),
-            "speakers": {p: self.speakers(table, p) for p in PARTS},
-            "parts": {p: table.loc[self._rows(table, p), "path"].astype(str).tolist() for p in PARTS},
-        }
+        return {"kind": self.kind, "seed": int(self.seed), "speaker_dependent": bool(self.speaker_dependent),
+                "spec": self.spec(), "counts": self.counts(),
+                "speakers": {p: self.speakers(table, p) for p in PARTS},
+                "parts": {p: table.loc[self._rows(table, p), "path"].astype(str).tolist() for p in PARTS}}
 
     @classmethod
     def from_dict(cls, d: dict, table: pd.DataFrame) -> "Split":
@@ -205,15 +200,9 @@ def _pick_speakers(table: pd.DataFrame, sizes: dict[str, int], rng: np.random.Ge
     is from the whole table's, plus gender imbalance, and picks (seeded) among the best ones.
     """
     speakers, counts, genders = _speaker_counts(table)
-    candidates = []
-    for _ in range(_CANDIDATES):
-        order = rng.permutation(len(speakers))
-        parts, start = {}, 0
-        for name, size in sizes.items():
-            parts[name] = np.sort(order[start:start + size])
-            start += size
-        parts["train"] = np.sort(order[start:])
-        candidates.append(parts)
+    bounds = np.cumsum(list(sizes.values()))   # a permutation cut into the held-out parts, the rest train
+    candidates = [dict(zip([*sizes, "train"], map(np.sort, np.split(rng.permutation(len(speakers)), bounds))))
+                  for _ in range(_CANDIDATES)]
     chosen = _best_candidate(candidates, counts, genders, rng)
     return {speakers[i]: name for name, members in chosen.items() for i in members}
 

@@ -40,19 +40,13 @@ class Corpus:
 
     def summary(self) -> dict:
         t = self.table
-        out = {
-            "corpus": self.name,
-            "root": str(self.root),
-            "synthetic": self.synthetic,
-            "files": int(len(t)),
-            "speakers": int(t["speaker"].nunique()),
-            "labels": {str(k): int(v) for k, v in t["label"].value_counts().sort_index().items()},
-            "duration": {"min": float(t["duration"].min()), "max": float(t["duration"].max()),
-                         "mean": float(t["duration"].mean())},
-            "sample_rates": sorted(int(s) for s in t["sample_rate"].unique()),
-            "skipped": [dict(s) for s in self.skipped],
-            "dropped_labels": dict(self.dropped_labels),
-        }
+        out = {"corpus": self.name, "root": str(self.root), "synthetic": self.synthetic, "files": int(len(t)),
+               "speakers": int(t["speaker"].nunique()),
+               "labels": {str(k): int(v) for k, v in t["label"].value_counts().sort_index().items()},
+               "duration": {"min": float(t["duration"].min()), "max": float(t["duration"].max()),
+                            "mean": float(t["duration"].mean())},
+               "sample_rates": sorted(int(s) for s in t["sample_rate"].unique()),
+               "skipped": [dict(s) for s in self.skipped], "dropped_labels": dict(self.dropped_labels)}
         if "gender" in t.columns and t["gender"].notna().any():
             per_speaker = t.drop_duplicates("speaker")["gender"].fillna("unknown")
             out["speaker_genders"] = {str(k): int(v) for k, v in per_speaker.value_counts().sort_index().items()}

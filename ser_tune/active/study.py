@@ -156,8 +156,7 @@ class ActiveStudy(StudyKind):
             "reused": bool(result.reused), "steps": int(settings.steps),
             "first_loss": float(result.losses[0]) if result.losses else None,
             "last_loss": float(result.losses[-1]) if result.losses else None,
-            "eval_loss_before": getattr(result, "eval_loss_before", None),
-            "eval_loss_after": getattr(result, "eval_loss_after", None),
+            "eval_loss_before": result.eval_loss_before, "eval_loss_after": result.eval_loss_after,
             "clips": len(paths), "test_audio": bool(self.cfg.active.tapt_test_audio), "settings": settings.to_dict()}
         folder.save_meta()
         return folder.meta["tapt"]

@@ -54,7 +54,8 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _finish(fig: Figure, ax, title: str, xlabel: str, ylabel: str, path: Path, heading: str = "") -> PlotResult:
+def _finish(fig: Figure, ax, title: str, xlabel: str, ylabel: str, path: Path,
+            heading: str = "") -> PlotResult:
     """Label, title (``heading`` or ``title``), legend and grid the one-panel plot on ``ax``; save it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -151,7 +151,8 @@ def strategy_summary(study: StudyFolder, row: dict, marks: pd.DataFrame) -> dict
     single = row["runs"] == 1
 
     def by_threshold(column: str) -> dict:
-        return {repr(float(t)): _json_number(v) if single else None for t, v in zip(own["threshold"], own[column])}
+        return {repr(float(t)): _json_number(v) if single else None
+                for t, v in zip(own["threshold"], own[column])}
 
     return {"trials": row["trials"], "errors": row["errors"], "runs": row["runs"],
             f"best_{study.metric}": _json_number(row["best_val"]), "best_config": row["best_config"],

@@ -97,8 +97,8 @@ class OptunaStrategy(StrategyBase):
                                            mode=modes if several else modes[0],
                                            sampler=RebuiltSampler(self.sampler(), self.seed),
                                            constraints=self.constraints)
-        notes = f"{self.method()}; searches " + " and ".join(f"{m} ({mode})" for m, mode in self.objectives.items())
+        notes = " and ".join(f"{m} ({mode})" for m, mode in self.objectives.items())
         # concurrency only: the sampler takes the constraints itself
-        return self.searched(ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent), notes, limit=False,
-                             several_metrics=several)
+        return self.searched(ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent),
+                             f"{self.method()}; searches {notes}", limit=False, several_metrics=several)
 

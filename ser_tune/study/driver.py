@@ -169,7 +169,8 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
     path = folder.dir / unit.name
     if path.exists() and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable, param_space=unit.param_space, resume_unfinished=True,
-                                  resume_errored=unit.continue_errored, restart_errored=not unit.continue_errored)
+                                  resume_errored=unit.continue_errored,
+                                  restart_errored=not unit.continue_errored)
     return tune.Tuner(
         trainable, param_space=unit.param_space,
         tune_config=tune.TuneConfig(search_alg=unit.searcher, num_samples=unit.num_samples, metric=unit.metric,

@@ -17,4 +17,5 @@ def scan(root: Path, view: str | None, *, title: str = "EmoDB") -> Scan:
     def describe(m) -> dict:
         return {"speaker": m["speaker"], "gender": SPEAKER_GENDER.get(m["speaker"]), "text": m["text"]}
 
-    return scan_named(root, Naming(title, "emodb", NAME, "03a01Fa.wav", "EmoDB emotion letter"), view, describe)
+    naming = Naming(title, "emodb", NAME, "03a01Fa.wav", "EmoDB emotion letter")
+    return scan_named(root, naming, view, describe)

@@ -67,8 +67,8 @@ def scan(root: Path, view: str | None) -> Scan:
             result.skip(path, f"no label for utterance {utt} in any EmoEvaluation file")
             continue
         result.add(path, label_for(entry["code"], "iemocap", view, "IEMOCAP category"),
-                   {"speaker": m["session"] + m["gender"], "gender": m["gender"].lower(), "session": m["session"],
-                    **{k: entry[k] for k in ("arousal", "valence", "dominance")}})
+                   {"speaker": m["session"] + m["gender"], "gender": m["gender"].lower(),
+                    "session": m["session"], **{k: entry[k] for k in ("arousal", "valence", "dominance")}})
     if matched == 0:
         raise CorpusError(f"{root}: no IEMOCAP utterance wavs found ({len(files)} .wav files, none named "
                           f"like Ses01F_impro01_F000.wav)")

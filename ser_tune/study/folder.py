@@ -236,8 +236,7 @@ class StudyFolder:
 
     @property
     def encode_seconds(self) -> float:
-        value = self.meta.get("encode_seconds")
-        return float(value) if value is not None else 0.0
+        return float(self.meta.get("encode_seconds") or 0.0)
 
     @property
     def labels(self) -> list[str]:

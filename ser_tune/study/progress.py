@@ -50,12 +50,9 @@ class TrialProgress(Callback):
         self.catch_up(trials, trial)
         result = getattr(trial, "last_result", None) or {}
         value = result.get(self.metric)
-        number = start_number(trials, trial)
-        if isinstance(value, (int, float)):
-            self.note(value)
-            print(self.line(result, f"{self.metric} {value:.3f}  best {self.best:.3f}", number), flush=True)
-        else:
-            print(self.line(result, f"{self.metric} -", number), flush=True)
+        self.note(value)
+        words = f"{value:.3f}  best {self.best:.3f}" if isinstance(value, (int, float)) else "-"
+        print(self.line(result, f"{self.metric} {words}", start_number(trials, trial)), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.catch_up(trials, trial)

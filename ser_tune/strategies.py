@@ -146,10 +146,9 @@ class StrategyStudy(StudyKind):
         exp = self.experiment
         return StudyContext(table=self.corpus.table, assignments=self.plan.inner(fold, repeat),
                             labels=folder.meta["labels"], encoder_spec=exp.encoder,
-                            cache_root=str(cache_root(exp.storage)),
-                            fixed={"objective": exp.objective.metric, **dict(exp.trial)},
-                            cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))), decode=decode,
-                            state_root=str(folder.state_dir(name)),
+                            cache_root=str(cache_root(exp.storage)), state_root=str(folder.state_dir(name)),
+                            fixed={"objective": exp.objective.metric, **dict(exp.trial)}, decode=decode,
+                            cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))),
                             source={"name": self.corpus.name, "root": str(self.corpus.root),
                                     "label_map": exp.corpus.label_map, "options": dict(exp.corpus.options or {})},
                             latency=self.latency_check())

@@ -415,11 +415,9 @@ def check_split(table: pd.DataFrame, assignment: pd.Series, *, speaker_independe
         raise DataError(f"{where}: {message}")
 
 
-_SPEC_KEYS = {
-    "speaker": {"val_speakers", "test_speakers", "seed"},
-    "random": {"val_fraction", "test_fraction", "seed"},
-    "fold": {"k", "fold", "val_speakers", "seed"},
-}
+_SPEC_KEYS = {"speaker": {"val_speakers", "test_speakers", "seed"},
+              "random": {"val_fraction", "test_fraction", "seed"},
+              "fold": {"k", "fold", "val_speakers", "seed"}}
 
 
 def make_split(table: pd.DataFrame, spec: dict) -> Split:

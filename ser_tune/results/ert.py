@@ -130,9 +130,9 @@ def reference_comparison(runs: pd.DataFrame, repeats_of: dict[str, int], runs_wo
             "reference": REFERENCE, "threshold": repeats.one_threshold(runs), "clock": "seconds",
             "p_holm": row["p_holm"], "a12": row["a12"], "a12_low": low, "a12_high": high,
             "significant": bool(row["significant"]),
-            "power": {"repeats": repeats_of.get(row["strategy"]), "runs": row["runs"],
-                      "reference_runs": row["reference_runs"], "alpha": ALPHA, "comparisons": tested,
-                      "power": power.POWER, "min_detectable_a12": detectable}}
+            "power": {"repeats": repeats_of.get(row["strategy"]), "runs": row["runs"], "alpha": ALPHA,
+                      "reference_runs": row["reference_runs"], "comparisons": tested, "power": power.POWER,
+                      "min_detectable_a12": detectable}}
     return out
 
 

@@ -76,13 +76,12 @@ def _step_to_end(ax, x, fraction, end: float, label: str) -> None:
 def plot_best_so_far(studies: list[StudyFolder], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
     """Running best validation metric against wall-clock and against trial index."""
     several = len(studies) > 1
+    title = "Best-so-far validation metric against"
+    trials = "trial (in start order within the strategy's run, from 1, as the launcher's lines say)"
     return [_plot_best(studies, thresholds, out_dir / "best_vs_time.png", several, "seconds",
-                       "Best-so-far validation metric against wall-clock",
-                       "seconds since the strategy (each run) started"),
+                       f"{title} wall-clock", "seconds since the strategy (each run) started"),
             _plot_best(studies, thresholds, out_dir / "best_vs_trials.png", several, "trials",
-                       "Best-so-far validation metric against trial index",
-                       "trial (in start order within the strategy's run, from 1, as the launcher's lines "
-                       "say)")]
+                       f"{title} trial index", trials)]
 
 
 def _plot_best(studies, thresholds, path, several, clock: str, title: str, xlabel: str) -> PlotResult:

@@ -47,16 +47,14 @@ def study_split(folder: StudyFolder, corpus: Corpus, spec: dict) -> Split:
 def data_meta(corpus: Corpus, split: Split) -> dict:
     """study.json's "corpus", "split" and "labels" entries."""
     table = corpus.table
-    parts = {p: sorted(split.speakers(table, p)) for p in PARTS}
-    meta = {
-        "corpus": {"name": corpus.name, "root": str(corpus.root), "files": len(table),
-                   "speakers": int(table["speaker"].nunique()), "synthetic": bool(corpus.synthetic),
-                   "labels": {k: int(v) for k, v in table["label"].value_counts().sort_index().items()},
-                   "skipped": len(corpus.skipped)},
-        "split": {"kind": split.kind, "speaker_dependent": bool(split.speaker_dependent),
-                  **{f"{p}_speakers": parts[p] for p in PARTS}, "counts": split.counts()},
-        "labels": sorted(table["label"].unique()),
-    }
+    meta = {"corpus": {"name": corpus.name, "root": str(corpus.root), "files": len(table),
+                       "speakers": int(table["speaker"].nunique()), "synthetic": bool(corpus.synthetic),
+                       "labels": {k: int(v) for k, v in table["label"].value_counts().sort_index().items()},
+                       "skipped": len(corpus.skipped)},
+            "split": {"kind": split.kind, "speaker_dependent": bool(split.speaker_dependent),
+                      **{f"{p}_speakers": sorted(split.speakers(table, p)) for p in PARTS},
+                      "counts": split.counts()},
+            "labels": sorted(table["label"].unique())}
     dims = [d for d in DIMENSIONS if d in table and table[d].notna().any()]
     if dims:
         labelled = table[dims].notna().all(axis=1).to_numpy()

@@ -93,11 +93,9 @@ def probe_records(name: str, records: list[dict], skipped: list[dict], *, check_
         try:
             duration, sample_rate = audio_info(record["path"], scan_samples=check_audio, min_duration=min_duration)
             digest = content_hash(record["path"])
-        except AudioError as err:
-            skipped.append({"path": record["path"], "reason": err.reason})
-            continue
-        except OSError as err:
-            skipped.append({"path": record["path"], "reason": f"cannot read file ({err.strerror or err})"})
+        except (AudioError, OSError) as err:
+            why = err.reason if isinstance(err, AudioError) else f"cannot read file ({err.strerror or err})"
+            skipped.append({"path": record["path"], "reason": why})
             continue
         if digest in first_copy:
             skipped.append({"path": record["path"], "reason": f"identical bytes to {first_copy[digest]}"})

@@ -464,24 +464,23 @@ def _comparison_table(frame: pd.DataFrame, several: bool) -> str:
     if frame.empty:
         return "No strategy has run yet.\n"
     metrics = set(frame["metric"])
-    one_metric = len(metrics) == 1
+    metric = next(iter(metrics)) if len(metrics) == 1 else None   # None: the studies' metrics differ
     rows = []
     repeated = bool((frame["runs"] > 1).any())
     for row in frame.to_dict("records"):
-        best_val = _mean_se(row, "best_val") + ("" if one_metric else f" ({row['metric']})")
+        best_val = _mean_se(row, "best_val") + ("" if metric else f" ({row['metric']})")
         rows.append(([row["study"]] if several else []) + [
             row["strategy"] + (f" ({row['runs']} runs)" if row["runs"] > 1 else ""), row["status"],
             str(row["trials"]), str(row["errors"]), best_val, _config_text(row["best_config"]),
-            _mean_se(row, "best_test"), _seconds(row["wall_clock_seconds"]),
-            _seconds(row["trial_seconds"]), _seconds(row["load_seconds"]),
-            _seconds(row["trial_encode_seconds"]), str(row["concurrency"]),
+            _mean_se(row, "best_test"), _seconds(row["wall_clock_seconds"]), _seconds(row["trial_seconds"]),
+            _seconds(row["load_seconds"]), _seconds(row["trial_encode_seconds"]), str(row["concurrency"]),
             _seconds(row["overhead_seconds"]), _number(row["per_minute"], 4)])
     header = (["Study"] if several else []) + [
-        "Strategy", "Status", "Trials done", "Errors",
-        f"Best {next(iter(metrics))}" if one_metric else "Best val", "Best config",
-        f"{test_column(next(iter(metrics)))} of best trial" if one_metric else "Test of best trial", "Wall-clock", "Trial time (sum)", "Load (sum)",
-        "Per-trial encode (sum)", "Concurrency", "Ray overhead",
-        f"{_short(next(iter(metrics)))} per minute" if one_metric else "Best val per minute"]
+        "Strategy", "Status", "Trials done", "Errors", f"Best {metric}" if metric else "Best val",
+        "Best config", f"{test_column(metric)} of best trial" if metric else "Test of best trial",
+        "Wall-clock",
+        "Trial time (sum)", "Load (sum)", "Per-trial encode (sum)", "Concurrency", "Ray overhead",
+        f"{_short(metric)} per minute" if metric else "Best val per minute"]
     note = ("\nA strategy with several runs (repeats x outer folds): best values are the mean ± SE over its runs "
             "(each run's best trial), wall-clock the mean per run, times and counts summed; the best config "
             "is its best trial over all runs.\n") if repeated else ""

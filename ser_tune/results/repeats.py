@@ -259,8 +259,7 @@ def mean_se_curve(curves: Sequence[pd.Series], grid: Sequence[float]) -> pd.Data
         values[row, known] = curve.to_numpy(float)[position[known]]
     frame = pd.DataFrame(values)  # pandas skips NaN (runs not yet started) per grid point
     return pd.DataFrame({"x": grid, "mean": frame.mean(axis=0).to_numpy(),
-                         "se": frame.sem(axis=0, ddof=1).to_numpy(),
-                         "runs": frame.count(axis=0).to_numpy()})
+                         "se": frame.sem(axis=0, ddof=1).to_numpy(), "runs": frame.count(axis=0).to_numpy()})
 
 
 # ---------------------------------------------------------------- tests against a reference

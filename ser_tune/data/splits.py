@@ -277,10 +277,8 @@ def leave_speakers_out_folds(table: pd.DataFrame, *, k: int = 5, seed: int = 0, 
     for i, test in enumerate(folds):
         following = [folds[(i + j) % k] for j in range(1, k)]
         pool = np.concatenate([f[rng.permutation(f.size)] for f in following])
-        val = pool[:val_speakers]
-        speaker_part = {s: "train" for s in speakers}
-        speaker_part.update({speakers[j]: "test" for j in test})
-        speaker_part.update({speakers[j]: "val" for j in val})
+        speaker_part = {**dict.fromkeys(speakers, "train"), **{speakers[j]: "test" for j in test},
+                        **{speakers[j]: "val" for j in pool[:val_speakers]}}
         splits.append(Split(kind="fold", assignment=_assignment(table, speaker_part), seed=seed,
                             speaker_dependent=False,
                             params={"k": int(k), "fold": i, "val_speakers": int(val_speakers), "seed": seed}))

@@ -154,9 +154,8 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
         k = count - int(labelled.sum())
         if acquisition == FULL:
             picked = np.arange(len(pool))
-        elif r == 1:
-            picked = select(cold_start, k, embeddings=embeddings, labelled_mask=labelled, rng=rng) \
-                if cold_start == "kmeans" else select("random", k, labelled_mask=labelled, rng=rng)
+        elif r == 1:   # random ignores the embeddings
+            picked = select(cold_start, k, embeddings=embeddings, labelled_mask=labelled, rng=rng)
         else:
             probs = pool_probabilities(tuner, result, pool, labelled) \
                 if ACQUISITIONS[acquisition].needs == "probs" else None

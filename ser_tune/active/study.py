@@ -133,11 +133,6 @@ class ActiveStudy(StudyKind):
         folder.save_meta()
         return folder.meta["encode_seconds"]
 
-    def tapt_paths(self) -> list[str]:
-        parts = ("train", "val", "test") if self.cfg.active.tapt_test_audio else ("train", "val")
-        table, assignment = self.corpus.table, self.split.assignment
-        return [str(p) for p in table.loc[assignment.isin(parts).to_numpy(), "path"]]
-
     def run_tapt(self, folder: StudyFolder) -> dict | None:
         """Task-adaptive pre-training of the encoder once (cached on disk under storage), when asked."""
         if True not in self.cfg.active.tapt:
@@ -147,7 +142,8 @@ class ActiveStudy(StudyKind):
         exp = self.cfg.experiment
         check_tapt_supported(exp.encoder)
         settings = TaptSettings.from_dict(dict(self.cfg.active.tapt_settings), where="active.tapt_settings")
-        paths = self.tapt_paths()
+        parts = ("train", "val", "test") if self.cfg.active.tapt_test_audio else ("train", "val")
+        paths = [str(p) for p in self.corpus.table.loc[self.split.assignment.isin(parts).to_numpy(), "path"]]
         storage = Path(exp.storage).expanduser().resolve()       # the encoder goes to <storage>/_tapt/<key>
         result = tapt_encoder(exp.encoder, paths, settings, storage, sample_rate=SAMPLE_RATE)
         self.encoder_specs[True] = result.spec

@@ -54,6 +54,6 @@ def make_plan(strategy: str, space, *, budget, seed, metric="val_bca", mode="max
     return plan
 
 
-__all__ = ["STRATEGY_NAMES", "OPTUNA_STRATEGIES", "strategy_class", "check_installed", "make_plan", "SearchPlan",
-           "StrategyError", "default_warmup", "Param", "SpaceError", "parse_space", "paper_space", "paper_grid",
-           "to_tune_space", "to_grid_space", "grid_size"]
+__all__ = ["STRATEGY_NAMES", "OPTUNA_STRATEGIES", "strategy_class", "check_installed", "make_plan",
+           "SearchPlan", "StrategyError", "default_warmup", "Param", "SpaceError", "parse_space",
+           "paper_space", "paper_grid", "to_tune_space", "to_grid_space", "grid_size"]

@@ -19,11 +19,6 @@ LABEL_LINE = re.compile(
 UTTERANCE = re.compile(r"^(?P<session>Ses\d{2})[FM]_.+_(?P<gender>[FM])\d+[a-z]?$")
 
 
-def label_files(files: list[Path]) -> list[Path]:
-    """The per-dialog evaluation files (EmoEvaluation/*.txt, not its Categorical/Attribute subfolders)."""
-    return [p for p in files if p.suffix == ".txt" and p.parent.name == "EmoEvaluation"]
-
-
 def read_labels(files: list[Path]) -> dict[str, dict]:
     labels: dict[str, dict] = {}
     for file in files:
@@ -43,7 +38,8 @@ def read_labels(files: list[Path]) -> dict[str, dict]:
 def scan(root: Path, view: str | None) -> Scan:
     existing_folder(root, "IEMOCAP")
     everything = corpus_files(root)
-    evaluations = label_files(everything)
+    # the per-dialog evaluation files (EmoEvaluation/*.txt, not its Categorical/Attribute subfolders)
+    evaluations = [p for p in everything if p.suffix == ".txt" and p.parent.name == "EmoEvaluation"]
     if not evaluations:
         raise CorpusError(f"{root}: no IEMOCAP label files found "
                           f"(expected Session*/dialog/EmoEvaluation/*.txt)")

@@ -286,12 +286,6 @@ def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | 
     return target
 
 
-def front_latency(study: StudyFolder) -> str:
-    """The latency column a front is chosen from (``predict --max-latency``): its latency objective, else
-    the wall-clock latency."""
-    return next((c for c in study.front_objectives if c.startswith("latency_")), "latency_ms_per_s")
-
-
 def export_front(study: StudyFolder) -> Path | None:
     """Copy the model of every trial on the study-wide front to ``front/<trial_id>/`` and list them in
     ``front/front.json`` (most accurate first); None when the study has no front."""
@@ -310,7 +304,8 @@ def export_front(study: StudyFolder) -> Path | None:
     folds = study.cv_folds > 1
     (target / FRONT_FILE).write_text(json.dumps({
         "objectives": study.front_objectives, "constraints": study.constraints, "metric": study.metric,
-        "latency": front_latency(study),
+        # what ``predict --max-latency`` compares: the front's latency objective, else the wall-clock latency
+        "latency": next((c for c in study.front_objectives if c.startswith("latency_")), "latency_ms_per_s"),
         "trained_on": "the first inner fold's train speakers" if folds else "the trial's train speakers",
         "models": models}, indent=2))
     return target

@@ -291,10 +291,8 @@ def _all_values(studies, column, test) -> bool:
 def overall_best(studies: list[StudyFolder]) -> tuple[StudyFolder, pd.Series] | None:
     """Best non-ERROR trial across all strategies (and studies; first study's mode decides)."""
     found = [(s, t) for s in studies if (t := s.best_trial()) is not None]
-    if not found:
-        return None
     sign = 1.0 if studies[0].mode == "min" else -1.0
-    return min(found, key=lambda pair: sign * float(pair[1][pair[0].metric]))
+    return min(found, key=lambda pair: sign * float(pair[1][pair[0].metric]), default=None)
 
 
 def parse_confusion(study: StudyFolder, trial: pd.Series) -> tuple[np.ndarray | None, str]:

@@ -64,10 +64,7 @@ class TrialProgress(Callback):
 def start_number(trials, trial) -> int | None:
     """The trial's place in start order, from 1: Ray Tune lists a run's trials in the order it created them
     (also after a restore)."""
-    for at, other in enumerate(trials or []):
-        if other is trial:
-            return at + 1
-    return None
+    return next((at + 1 for at, other in enumerate(trials or []) if other is trial), None)
 
 
 def short(value) -> str:

@@ -104,9 +104,6 @@ class FoldedRun:
             self.best = mean
             for tuner, state in zip(self.tuners, states):
                 tuner.keep_epoch(state)
-        return self.epoch_row(states, scores)
-
-    def epoch_row(self, states: list[FitState], scores: list[dict]) -> dict:
         row = {"epoch": states[0].epoch, "best_epoch": states[0].best["epoch"]}
         row.update(fold_means([s.best["metrics"] for s in states]))
         row.update({f"epoch_{k}": v for k, v in fold_means(scores).items()})

@@ -93,7 +93,8 @@ class StrategyStudy(StudyKind):
         table = self.corpus.table
         y = table["label"].map({name: i for i, name in enumerate(sorted(table["label"].unique()))}).to_numpy()
         out = {}
-        for kind in normalizations(self.experiment):
+        used = candidates(self.experiment, "normalize", TrialSettings.normalize)
+        for kind in ["none"] + [n for n in used if n != "none"]:   # none, and any the trials use
             folds = []
             for f, outer in enumerate(self.plan.outer):
                 train = np.flatnonzero((outer != "test").to_numpy())
@@ -343,8 +344,3 @@ def frame_averages(exp: Experiment) -> list[int]:
         values |= set((exp.grid or {}).get("frame_average", []))
     return sorted(int(v) for v in values)
 
-
-def normalizations(exp: Experiment) -> list[str]:
-    """The feature normalisations the probe is fitted with: none, and any the trials use."""
-    used = candidates(exp, "normalize", TrialSettings.normalize)
-    return ["none"] + [n for n in used if n != "none"]

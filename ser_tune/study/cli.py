@@ -49,7 +49,8 @@ def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbo
         fail(message)
 
     try:
-        folder = open_folder(storage, name, args.resume)
+        folder = (StudyFolder.latest(storage, name) if args.resume == "latest" else
+                  StudyFolder.open(Path(args.resume)) if args.resume else StudyFolder.create(storage, name))
         print(f"study folder: {folder.dir}", flush=True)
         kind.prepare(folder)
         if records_trials(folder.meta):
@@ -115,14 +116,6 @@ def local_cluster() -> Cluster:
     """What a local Ray would have: this machine's CPUs."""
     cpus = os.cpu_count() or 1
     return Cluster(cpus=cpus, largest_node=cpus, nodes=1, dashboard=None)
-
-
-def open_folder(storage, name: str, resume: str | None) -> StudyFolder:
-    if resume == "latest":
-        return StudyFolder.latest(storage, name)
-    if resume:
-        return StudyFolder.open(Path(resume))
-    return StudyFolder.create(storage, name)
 
 
 def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials) -> str | None:

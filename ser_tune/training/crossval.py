@@ -88,12 +88,10 @@ class FoldedRun:
             for d in dirs:
                 (d / STATE_FILE).unlink(missing_ok=True)
             states = [t.start() for t in self.tuners]
-        self.best = max((self.epoch_mean(states, e) for e in range(1, states[0].epoch + 1)), default=-math.inf)
+        # the best of the folds' mean objective at each epoch so far (their histories: also after a resume)
+        self.best = max((float(np.mean([s.history[e - 1][f"epoch_{self.objective}"] for s in states]))
+                         for e in range(1, states[0].epoch + 1)), default=-math.inf)
         return states
-
-    def epoch_mean(self, states: list[FitState], epoch: int) -> float:
-        """The folds' mean objective at ``epoch`` (from their histories: also after a resume)."""
-        return float(np.mean([s.history[epoch - 1][f"epoch_{self.objective}"] for s in states]))
 
     def fit_epoch(self, states: list[FitState]) -> dict:
         """Train every fold one epoch; keep it when its mean objective is the best so far; returns the

@@ -65,9 +65,8 @@ CLOCKS = ("seconds", "cpu_seconds", "trials")
 REPORT_COLUMNS = ("time", "cpu_seconds", "trial", "value")
 # The report column that measures each clock.
 CLOCK_COLUMN = {"seconds": "time", "cpu_seconds": "cpu_seconds", "trials": "trial"}
-RUN_TABLE_COLUMNS = (("strategy", "run", "threshold", "reached")
-                     + tuple(f"{clock}_to" for clock in CLOCKS)
-                     + tuple(f"{clock}_total" for clock in CLOCKS) + ("best_value",))
+RUN_TABLE_COLUMNS = ("strategy", "run", "threshold", "reached", *(f"{clock}_to" for clock in CLOCKS),
+                     *(f"{clock}_total" for clock in CLOCKS), "best_value")
 DEFAULT_RESAMPLES = 2000
 
 

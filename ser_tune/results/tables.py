@@ -65,9 +65,7 @@ AVERAGED = ("best_val", "best_test", "best_test_accuracy", "wall_clock_seconds",
 def strategy_row(study: StudyFolder, strategy: str) -> dict[str, Any]:
     """A strategy over its runs: one run's row as it is; several runs' counts and times summed, their
     best values and wall-clocks averaged (with the standard error), the best trial over all runs."""
-    runs = [run_row(study, unit) for unit in study.runs(strategy)]
-    if not runs:
-        runs = [run_row(study, strategy)]
+    runs = [run_row(study, unit) for unit in study.runs(strategy) or [strategy]]
     if len(runs) == 1:
         return {**runs[0], "unit": runs[0]["unit"], "runs": 1}
     frame = pd.DataFrame(runs)

@@ -136,8 +136,7 @@ def apply_peft(encoder: nn.Module, plan: PeftPlan) -> dict[str, nn.Parameter]:
             _add_adapter(layer, plan.adapter_size)
     if plan.uses_lora:
         _add_lora(encoder, adapted, plan)
-    for p in encoder.parameters():
-        p.requires_grad_(False)
+    encoder.requires_grad_(False)
     new = {name: p for name, p in encoder.named_parameters() if peft_group(name) is not None}
     for p in new.values():
         p.requires_grad_(True)
@@ -224,8 +223,7 @@ def start_from(init_state: dict, *, encoder: nn.Module | None, head: nn.Module, 
     for p in fixed.values():
         p.requires_grad_(False)
     if "head" in freeze:
-        for p in head.parameters():
-            p.requires_grad_(False)
+        head.requires_grad_(False)
     return still, fixed
 
 

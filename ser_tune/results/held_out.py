@@ -77,9 +77,8 @@ def held_out_summary(study: StudyFolder, strategies: dict) -> dict:
         entry["gain_over_probe"] = gain(values, probe_values(study, paired if paired in probes else "none"))
     baselines = {"default": spread(fold_values(study, DEFAULT), n) if study.runs(DEFAULT) else None,
                  "probe": spread(probe_values(study), n) if probes else None}
-    for normalize in probes:
-        if normalize != "none":
-            baselines[f"probe_{normalize}"] = spread(probe_values(study, normalize), n)
+    baselines.update({f"probe_{kind}": spread(probe_values(study, kind), n) for kind in probes
+                      if kind != "none"})
     return {"outer_folds": outer_folds(study), "baselines": baselines}
 
 

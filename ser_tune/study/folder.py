@@ -356,15 +356,11 @@ class StudyFolder:
     def front_rows(self, front: pd.DataFrame) -> list[dict]:
         """One plain row per front trial: its id, strategy, run, searched settings, every objective, the
         latency spread and its test metric (on the outer fold's test speakers)."""
-        rows = []
-        for _, trial in front.iterrows():
-            row = {"trial_id": str(trial["trial_id"]), "strategy": trial["strategy"], "unit": trial["unit"],
-                   "config": self.trial_config(trial)}
-            for column in dict.fromkeys([*self.front_objectives, *LATENCY_COLUMNS, self.test_metric, "model_bytes"]):
-                if column in trial.index and not pd.isna(trial[column]):
-                    row[column] = float(trial[column])
-            rows.append(row)
-        return rows
+        columns = dict.fromkeys([*self.front_objectives, *LATENCY_COLUMNS, self.test_metric, "model_bytes"])
+        return [{"trial_id": str(trial["trial_id"]), "strategy": trial["strategy"], "unit": trial["unit"],
+                 "config": self.trial_config(trial),
+                 **{c: float(trial[c]) for c in columns if c in trial.index and not pd.isna(trial[c])}}
+                for _, trial in front.iterrows()]
 
     @property
     def config_columns(self) -> list[str]:

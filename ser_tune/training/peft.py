@@ -244,9 +244,7 @@ def peft_summary(trials: pd.DataFrame, fixed: dict | None = None) -> pd.DataFram
     total_params, trainable_share, seconds_per_trial; sorted by trainable_params.
     """
     fixed = dict(fixed or {})
-    frame = trials
-    if "status" in frame:
-        frame = frame[frame["status"].fillna("TERMINATED") != "ERROR"]
+    frame = trials[trials["status"].fillna("TERMINATED") != "ERROR"] if "status" in trials else trials
 
     def setting(name: str) -> pd.Series:
         default = fixed.get(name, getattr(TrialSettings, name))

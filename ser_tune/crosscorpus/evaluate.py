@@ -41,8 +41,7 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
     if not isinstance(targets, (list, tuple)) or not targets:
         raise CrossCorpusError("targets: give at least one target corpus {name, root, label_map}")
     checked = [check_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
-    if source is not None:
-        source = resolve_source(source)
+    source = resolve_source(source) if source is not None else None
     try:
         model = load_model(model_dir)
     except (ModelFolderError, OSError, KeyError) as err:

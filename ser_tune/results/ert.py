@@ -84,10 +84,9 @@ def final_test_values(study: StudyFolder) -> pd.DataFrame:
     rows = []
     for strategy in study.strategies:
         for unit in study.runs(strategy):
-            best = study.held_out_trial(unit)
-            value = best.get(study.test_metric) if best is not None else None
+            best = study.held_out_trial(unit)   # (its test metric column is numeric: NaN when missing)
             rows.append({"strategy": strategy, "run": unit,
-                         "value": float(value) if value is not None and not pd.isna(value) else np.nan})
+                         "value": np.nan if best is None else float(best.get(study.test_metric, np.nan))})
     return pd.DataFrame(rows, columns=["strategy", "run", "value"])
 
 

@@ -153,10 +153,8 @@ def _sigterm_as_sigint(signum, frame) -> None:
 
 
 def trial_resources(resources) -> dict:
-    wanted = {"cpu": resources.cpus_per_trial}
-    if resources.memory_gb:
-        wanted["memory"] = int(resources.memory_gb * 2**30)
-    return wanted
+    return {"cpu": resources.cpus_per_trial,
+            **({"memory": int(resources.memory_gb * 2**30)} if resources.memory_gb else {})}
 
 
 def finish_cli(outcome: Outcome, summary: dict | None) -> int:

@@ -27,9 +27,8 @@ DIMENSIONS = ("arousal", "valence", "dominance")
 def load_study_corpus(corpus, storage: Path) -> Corpus:
     """The experiment's corpus (``corpus`` is its config section); the synthetic corpus is generated
     once under ``<storage>/_synthetic`` when no root is given."""
-    root = corpus.root
-    if corpus.name == "synthetic" and root is None:
-        root = Path(storage).expanduser().resolve() / "_synthetic"
+    root = Path(storage).expanduser().resolve() / "_synthetic" if (
+        corpus.name == "synthetic" and corpus.root is None) else corpus.root
     return load_corpus(corpus.name, root, label_map=corpus.label_map, drop_labels=corpus.drop_labels,
                        min_duration=corpus.min_duration, **(corpus.options or {}))
 

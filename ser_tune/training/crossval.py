@@ -36,9 +36,8 @@ class FoldedResult:
     def metrics(self) -> dict:
         """The trial's final metrics: validation at the kept epoch and test, each the mean over folds,
         with each fold's value (``_folds``) and their spread (``_sd``) when there are several folds."""
-        out = {"best_epoch": self.best_epoch}
-        out.update(fold_means([r.val_metrics for r in self.results]))
-        out.update(fold_means([r.test_metrics for r in self.results]))
+        out = {"best_epoch": self.best_epoch, **fold_means([r.val_metrics for r in self.results]),
+               **fold_means([r.test_metrics for r in self.results])}
         confusions = [np.asarray(r.test_confusion) for r in self.results if r.test_confusion is not None]
         if confusions:
             out["test_confusion"] = np.sum(confusions, axis=0).tolist()

@@ -82,8 +82,7 @@ class Targets:
             keep = np.isfinite(target).all(1)
             values = [ccc(out[keep, n_classes + j], target[keep, j]) if keep.sum() >= 2 else float("nan")
                       for j in range(len(self.dim_names))]
-            for name, v in zip(self.dim_names, values):
-                metrics[f"{prefix}ccc_{name}"] = v
+            metrics.update({f"{prefix}ccc_{name}": v for name, v in zip(self.dim_names, values)})
             metrics[f"{prefix}ccc"] = float(np.nanmean(values)) if keep.sum() >= 2 else float("nan")
         return metrics
 

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 
@@ -50,8 +51,6 @@ def spec_fingerprint(spec: str) -> str:
     A local folder is identified by its files' names, sizes and modification times; a hub id or
     tiny spec by its text (tiny weights come from a fixed seed).
     """
-    import hashlib
-
     digest = hashlib.sha256(spec.encode())
     parsed = EncoderSpec.parse(spec)
     folder = None if parsed.is_tiny else Path(parsed.source).expanduser()

@@ -78,8 +78,7 @@ def strategy_row(study: StudyFolder, strategy: str) -> dict[str, Any]:
     row.update({k: float(frame[k].sum()) for k in SUMMED})
     row.update({k: float(frame[k].mean()) for k in AVERAGED})
     row.update({f"{k}_se": float(frame[k].sem()) for k in AVERAGED})
-    for k in ("trials_started", "trials", "errors"):
-        row[k] = int(row[k])
+    row.update({k: int(row[k]) for k in ("trials_started", "trials", "errors")})
     return row
 
 

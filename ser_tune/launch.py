@@ -108,11 +108,8 @@ def launch_json(summary: dict, folder) -> dict:
     seconds_to_0.9 (one run) or repeats, ert and verdict (several runs), nested_test_bca and
     gain_over_probe; the baselines and outer folds; study_dir, status, incomplete and best_model."""
     entry = summary["studies"][0]
-    strategies = {}
-    for name, s in entry["strategies"].items():
-        row = dict(s)
-        row["seconds_to_0.9"] = (s.get("seconds_to") or {}).get("0.9")
-        strategies[name] = row
+    strategies = {name: {**s, "seconds_to_0.9": (s.get("seconds_to") or {}).get("0.9")}
+                  for name, s in entry["strategies"].items()}
     incomplete = [name for name, s in strategies.items() if s.get("status") != "done"]
     return {"study_dir": str(folder.dir), "status": folder.meta.get("status"), "incomplete": incomplete,
             "strategies": strategies, "targets": entry.get("targets"),

@@ -197,11 +197,8 @@ def hypervolume_over_time(reports: pd.DataFrame, objectives: Mapping[str, str],
     ended = reports.sort_values(time_column, kind="mergesort")
     end_times = ended[time_column].to_numpy(dtype=float)
     grid = np.unique(end_times[~np.isnan(end_times)]) if times is None else np.asarray(times, dtype=float)
-    rows = []
-    for t in grid:
-        done = ended[end_times <= t]
-        rows.append({"time": float(t), "hypervolume": hypervolume(done, objectives, reference),
-                     "trials": len(done)})
+    rows = [{"time": float(t), "hypervolume": hypervolume(ended[end_times <= t], objectives, reference),
+             "trials": int((end_times <= t).sum())} for t in grid]
     return pd.DataFrame(rows, columns=["time", "hypervolume", "trials"])
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 
 from .config import Experiment
 from .search import make_plan
+from .search.base import native_config
 from .training.latency import LatencyCheck
 from .training.probe import CHOSEN, choose_normalization, linear_probe
 from .training.settings import BRANCH, TrialSettings
@@ -42,6 +43,7 @@ DEFAULT, REFIT, EXPORT = "default", REFIT_UNIT, REFIT_EXPORT
 class StrategyStudy(StudyKind):
     def __init__(self, experiment: Experiment):
         self.experiment = experiment
+        self.cpus_per_trial = experiment.resources.cpus_per_trial
         self.corpus = self.split = self.plan = None
 
     # --- before Ray ------------------------------------------------------------------------------
@@ -58,12 +60,6 @@ class StrategyStudy(StudyKind):
                            "folds": self.plan.describe(exp.budget.repeats), "machine": machine_info(),
                            "encode_seconds": 0.0}
             folder.save_meta()
-
-    def check_cluster(self, cluster: Cluster) -> None:
-        cpus = self.experiment.resources.cpus_per_trial
-        if cpus > cluster.largest_node:
-            raise StudyError(f"resources.cpus_per_trial = {cpus:g} but the largest node has "
-                             f"{cluster.largest_node:g} CPUs; no trial could ever start")
 
     # --- the shared encode and the probe ---------------------------------------------------------
     def encode(self, folder: StudyFolder) -> float:
@@ -97,7 +93,8 @@ class StrategyStudy(StudyKind):
         table = self.corpus.table
         y = table["label"].map({name: i for i, name in enumerate(sorted(table["label"].unique()))}).to_numpy()
         out = {}
-        for kind in normalizations(self.experiment):
+        used = candidates(self.experiment, "normalize", TrialSettings.normalize)
+        for kind in ["none"] + [n for n in used if n != "none"]:   # none, and any the trials use
             folds = []
             for f, outer in enumerate(self.plan.outer):
                 train = np.flatnonzero((outer != "test").to_numpy())
@@ -150,10 +147,9 @@ class StrategyStudy(StudyKind):
         exp = self.experiment
         return StudyContext(table=self.corpus.table, assignments=self.plan.inner(fold, repeat),
                             labels=folder.meta["labels"], encoder_spec=exp.encoder,
-                            cache_root=str(cache_root(exp.storage)),
-                            fixed={"objective": exp.objective.metric, **dict(exp.trial)},
-                            cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))), decode=decode,
-                            state_root=str(folder.state_dir(name)),
+                            cache_root=str(cache_root(exp.storage)), state_root=str(folder.state_dir(name)),
+                            fixed={"objective": exp.objective.metric, **dict(exp.trial)}, decode=decode,
+                            cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))),
                             source={"name": self.corpus.name, "root": str(self.corpus.root),
                                     "label_map": exp.corpus.label_map, "options": dict(exp.corpus.options or {})},
                             latency=self.latency_check())
@@ -271,7 +267,7 @@ def refit_job(best: pd.Series, assignment: int) -> dict:
     ``assignment`` of the refit unit (an outer fold's, or the last: every speaker)."""
     config = {c[4:]: v for c, v in best.items() if c.startswith("cfg_") and not pd.isna(v)}
     config["num_epochs"] = int(best["best_epoch"])
-    return {"settings": native_values(config), "assignment": assignment, "trial_id": str(best["trial_id"]),
+    return {"settings": native_config(config), "assignment": assignment, "trial_id": str(best["trial_id"]),
             "unit": str(best["unit"])}
 
 
@@ -289,12 +285,6 @@ def export_model(folder: StudyFolder, source: Path, trial: pd.Series) -> Path | 
                                  "unit": trial["unit"]}
     folder.save_meta()
     return target
-
-
-def front_latency(study: StudyFolder) -> str:
-    """The latency column a front is chosen from (``predict --max-latency``): its latency objective, else
-    the wall-clock latency."""
-    return next((c for c in study.front_objectives if c.startswith("latency_")), "latency_ms_per_s")
 
 
 def export_front(study: StudyFolder) -> Path | None:
@@ -315,7 +305,8 @@ def export_front(study: StudyFolder) -> Path | None:
     folds = study.cv_folds > 1
     (target / FRONT_FILE).write_text(json.dumps({
         "objectives": study.front_objectives, "constraints": study.constraints, "metric": study.metric,
-        "latency": front_latency(study),
+        # what ``predict --max-latency`` compares: the front's latency objective, else the wall-clock latency
+        "latency": next((c for c in study.front_objectives if c.startswith("latency_")), "latency_ms_per_s"),
         "trained_on": "the first inner fold's train speakers" if folds else "the trial's train speakers",
         "models": models}, indent=2))
     return target
@@ -353,12 +344,3 @@ def frame_averages(exp: Experiment) -> list[int]:
         values |= set((exp.grid or {}).get("frame_average", []))
     return sorted(int(v) for v in values)
 
-
-def normalizations(exp: Experiment) -> list[str]:
-    """The feature normalisations the probe is fitted with: none, and any the trials use."""
-    used = candidates(exp, "normalize", TrialSettings.normalize)
-    return ["none"] + [n for n in used if n != "none"]
-
-
-def native_values(config: dict) -> dict:
-    return {k: v.item() if isinstance(v, np.generic) else v for k, v in config.items()}

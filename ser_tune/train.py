@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -38,8 +39,6 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    import os
-
     args = parse_args(argv)
     from .data import DataError, load_corpus, make_split
     from .encoders import EncoderError

@@ -62,24 +62,12 @@ def margin_scores(probs: np.ndarray) -> np.ndarray:
     return -(top2[:, 1] - top2[:, 0])
 
 
-def _top(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
-    order = np.argsort(-scores[candidates], kind="stable")
-    return candidates[order[:k]]
-
-
-def entropy(k, probs, embeddings, labelled, rng) -> np.ndarray:
-    """The k unlabelled clips whose predicted class distribution has the highest entropy."""
-    return _top(entropy_scores(probs), np.flatnonzero(~labelled), k)
-
-
-def least_confidence(k, probs, embeddings, labelled, rng) -> np.ndarray:
-    """The k unlabelled clips with the lowest top-class probability."""
-    return _top(least_confidence_scores(probs), np.flatnonzero(~labelled), k)
-
-
-def margin(k, probs, embeddings, labelled, rng) -> np.ndarray:
-    """The k unlabelled clips with the smallest gap between the two most probable classes."""
-    return _top(margin_scores(probs), np.flatnonzero(~labelled), k)
+def highest(scores: Callable[[np.ndarray], np.ndarray]) -> Callable:
+    """The acquisition taking the k unlabelled clips of highest ``scores(probs)`` (ties: lower index)."""
+    def pick(k, probs, embeddings, labelled, rng) -> np.ndarray:
+        candidates = np.flatnonzero(~labelled)
+        return candidates[np.argsort(-scores(probs)[candidates], kind="stable")[:k]]
+    return pick
 
 
 def random(k, probs, embeddings, labelled, rng) -> np.ndarray:
@@ -144,9 +132,9 @@ class Acquisition:
 
 
 ACQUISITIONS: dict[str, Acquisition] = {a.name: a for a in (
-    Acquisition("entropy", entropy, "probs", "uncertainty"),
-    Acquisition("least_confidence", least_confidence, "probs", "uncertainty"),
-    Acquisition("margin", margin, "probs", "uncertainty"),
+    Acquisition("entropy", highest(entropy_scores), "probs", "uncertainty"),
+    Acquisition("least_confidence", highest(least_confidence_scores), "probs", "uncertainty"),
+    Acquisition("margin", highest(margin_scores), "probs", "uncertainty"),
     Acquisition("random", random, "", "baseline"),
     Acquisition("coreset", coreset, "embeddings", "diversity"),
     Acquisition("kmeans", kmeans, "embeddings", "diversity"),

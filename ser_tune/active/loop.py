@@ -82,9 +82,7 @@ def pool_embeddings(data: TrialData, pool: np.ndarray, *, encoder_spec: str, cac
     feats = cache.get(data.paths, lambda i: crop(data.audio.get(data.paths[i]), ml, SAMPLE_RATE), ml, [])
     x = feats.pooled[pool].astype(np.float64)                      # (P, L+1, D)
     x = (x - x.mean(0)) / (x.std(0) + 1e-8)
-    if isinstance(settings.layer, int):
-        return x[:, settings.layer]
-    return x.mean(1)
+    return x[:, settings.layer] if isinstance(settings.layer, int) else x.mean(1)
 
 
 @dataclass
@@ -157,9 +155,8 @@ def run_loop(data: TrialData, settings: TrialSettings, *, encoder_spec: str, cac
         k = count - int(labelled.sum())
         if acquisition == FULL:
             picked = np.arange(len(pool))
-        elif r == 1:
-            picked = select(cold_start, k, embeddings=embeddings, labelled_mask=labelled, rng=rng) \
-                if cold_start == "kmeans" else select("random", k, labelled_mask=labelled, rng=rng)
+        elif r == 1:   # random ignores the embeddings
+            picked = select(cold_start, k, embeddings=embeddings, labelled_mask=labelled, rng=rng)
         else:
             probs = pool_probabilities(tuner, result, pool, labelled) \
                 if ACQUISITIONS[acquisition].needs == "probs" else None

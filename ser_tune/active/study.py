@@ -87,6 +87,7 @@ class ActiveStudy(StudyKind):
 
     def __init__(self, cfg: ActiveConfig):
         self.cfg = cfg
+        self.cpus_per_trial = cfg.experiment.resources.cpus_per_trial
         self.corpus = self.split = None
         self.encoder_specs: dict[bool, str] = {False: cfg.experiment.encoder}
 
@@ -112,12 +113,6 @@ class ActiveStudy(StudyKind):
                                     "speakers": sorted(pool["speaker"].astype(str).unique())}}
             folder.save_meta()
 
-    def check_cluster(self, cluster: Cluster) -> None:
-        cpus = self.cfg.experiment.resources.cpus_per_trial
-        if cpus > cluster.largest_node:
-            raise StudyError(f"resources.cpus_per_trial = {cpus:g} but the largest node has "
-                             f"{cluster.largest_node:g} CPUs; no trial could ever start")
-
     def encode(self, folder: StudyFolder) -> float:
         """TAPT when asked, then the frozen features of every encoder used (base, and TAPT when on)."""
         tapt = self.run_tapt(folder)
@@ -138,11 +133,6 @@ class ActiveStudy(StudyKind):
         folder.save_meta()
         return folder.meta["encode_seconds"]
 
-    def tapt_paths(self) -> list[str]:
-        parts = ("train", "val", "test") if self.cfg.active.tapt_test_audio else ("train", "val")
-        table, assignment = self.corpus.table, self.split.assignment
-        return [str(p) for p in table.loc[assignment.isin(parts).to_numpy(), "path"]]
-
     def run_tapt(self, folder: StudyFolder) -> dict | None:
         """Task-adaptive pre-training of the encoder once (cached on disk under storage), when asked."""
         if True not in self.cfg.active.tapt:
@@ -152,7 +142,8 @@ class ActiveStudy(StudyKind):
         exp = self.cfg.experiment
         check_tapt_supported(exp.encoder)
         settings = TaptSettings.from_dict(dict(self.cfg.active.tapt_settings), where="active.tapt_settings")
-        paths = self.tapt_paths()
+        parts = ("train", "val", "test") if self.cfg.active.tapt_test_audio else ("train", "val")
+        paths = [str(p) for p in self.corpus.table.loc[self.split.assignment.isin(parts).to_numpy(), "path"]]
         storage = Path(exp.storage).expanduser().resolve()       # the encoder goes to <storage>/_tapt/<key>
         result = tapt_encoder(exp.encoder, paths, settings, storage, sample_rate=SAMPLE_RATE)
         self.encoder_specs[True] = result.spec
@@ -161,8 +152,7 @@ class ActiveStudy(StudyKind):
             "reused": bool(result.reused), "steps": int(settings.steps),
             "first_loss": float(result.losses[0]) if result.losses else None,
             "last_loss": float(result.losses[-1]) if result.losses else None,
-            "eval_loss_before": getattr(result, "eval_loss_before", None),
-            "eval_loss_after": getattr(result, "eval_loss_after", None),
+            "eval_loss_before": result.eval_loss_before, "eval_loss_after": result.eval_loss_after,
             "clips": len(paths), "test_audio": bool(self.cfg.active.tapt_test_audio), "settings": settings.to_dict()}
         folder.save_meta()
         return folder.meta["tapt"]

@@ -274,10 +274,8 @@ class _Batches:
 
     def make(self, waves: list[np.ndarray]):
         import torch
-        from transformers.models.wav2vec2.modeling_wav2vec2 import (
-            _compute_mask_indices,
-            _sample_negative_indices,
-        )
+        from transformers.models.wav2vec2.modeling_wav2vec2 import (_compute_mask_indices,
+                                                                    _sample_negative_indices)
 
         length = min(self.max_samples, min(len(w) for w in waves))
         crops = []

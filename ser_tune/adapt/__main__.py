@@ -6,6 +6,7 @@ last (with ``--json``, the report as one JSON object).
 from __future__ import annotations
 
 import argparse
+import json
 
 from ..study.session import add_common_arguments, fail, prepare_for
 
@@ -24,8 +25,6 @@ def main(argv=None) -> int:
             cfg = config_from_dict({**cfg.to_dict(), "storage": args.storage}, source=cfg.path)
     except AdaptError as exc:
         fail(str(exc))
-    import json
-
     from ..study.cli import finish_cli, run_study_cli
     from ..config import Resources
     from .study import RESULT_FILE, AdaptStudy, table

@@ -175,9 +175,8 @@ class AdaptStudy(StudyKind):
     def finish(self, folder: StudyFolder) -> None:
         rows = [stage_rows(folder)[s] for s in STAGES if s in stage_rows(folder)]
         report = {"name": self.cfg.name, "encoder": self.cfg.encoder, "study_dir": str(folder.dir),
-                  "source": folder.meta["source"], "target": folder.meta["target"],
-                  "head_carried_over": folder.meta["labels"]["source"] == folder.meta["labels"]["target"],
-                  "stages": rows}
+                  "source": folder.meta["source"], "target": folder.meta["target"], "stages": rows,
+                  "head_carried_over": folder.meta["labels"]["source"] == folder.meta["labels"]["target"]}
         (folder.dir / RESULT_FILE).write_text(json.dumps(report, indent=2, default=str))
         (folder.dir / TABLE_FILE).write_text(table(rows) + "\n")
         folder.meta["adapt"] = str(folder.dir / RESULT_FILE)
@@ -205,8 +204,7 @@ def table(rows: list[dict]) -> str:
 
     lines = ["| stage | trained on | peft | freeze | target BCA % | source BCA % | trainable params | seconds |",
              "|---|---|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['stage']} | {r['trained_on']} | {r['peft']} ({r['unfreeze']}) | "
-                     f"{','.join(r['freeze']) or '-'} | {pct(r.get('target_bca'))} | {pct(r.get('source_bca'))} | "
-                     f"{int(r['trainable_params']):,} | {r['seconds']:.1f} |")
+    lines += [f"| {r['stage']} | {r['trained_on']} | {r['peft']} ({r['unfreeze']}) | "
+              f"{','.join(r['freeze']) or '-'} | {pct(r.get('target_bca'))} | {pct(r.get('source_bca'))} | "
+              f"{int(r['trainable_params']):,} | {r['seconds']:.1f} |" for r in rows]
     return "\n".join(lines)

@@ -30,14 +30,11 @@ def random_head(model, seed: int):
     """
     import torch
 
-    from ..training.head import EmotionHead
-    from ..training.settings import TrialSettings
+    from ..training.export import head_of
 
-    s = TrialSettings.from_config(model.meta["settings"])
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        head = EmotionHead(int(model.meta["num_states"]), int(model.meta["hidden_size"]), len(model.labels),
-                           layer=s.layer, kind=s.head, hidden=s.head_hidden, dropout=s.dropout)
+        head = head_of(model.meta, len(model.labels))
     return head.eval()
 
 

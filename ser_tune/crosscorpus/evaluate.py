@@ -41,8 +41,7 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
     if not isinstance(targets, (list, tuple)) or not targets:
         raise CrossCorpusError("targets: give at least one target corpus {name, root, label_map}")
     checked = [check_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
-    if source is not None:
-        source = resolve_source(source)
+    source = resolve_source(source) if source is not None else None
     try:
         model = load_model(model_dir)
     except (ModelFolderError, OSError, KeyError) as err:
@@ -121,21 +120,20 @@ def evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds, 
                                 "native_label": used["label"], "label": used["model_label"],
                                 "predicted": [labels[i] for i in tuned]})
     details = {"random_head": random_head_baseline(model, head_input, y, labels, seeds, predictions)}
-    frozen_bca = None
     if frozen is not None:
         # The probe reads any layer of the original encoder: a head-only model's cached features are those.
         base = full if full is not None else original.pooled(list(predictions["path"]),
                                                              used["duration"].to_numpy(float))
         pred = frozen.predict(normalized_features(base, speakers, model.normalize))
         predictions["frozen_head"] = [labels[i] for i in pred]
-        s = scores(y, pred, len(labels))
-        frozen_bca = s["bca"]
-        details["frozen_head"] = {**s, "classifier": "linear probe: logistic regression (class-balanced) on one "
-                                                     "layer's standardised features, layer and C by source speaker CV",
-                                  "layer": frozen.layer, "C": frozen.C,
-                                  "features": f"original encoder weights, per-layer pooled, normalize={model.normalize} "
-                                              "(each corpus its own statistics)"}
-    entry["baselines"] = {"random_head": details["random_head"]["bca_mean"], "frozen_head": frozen_bca}
+        details["frozen_head"] = {
+            **scores(y, pred, len(labels)),
+            "classifier": "linear probe: logistic regression (class-balanced) on one layer's standardised "
+                          "features, layer and C by source speaker CV", "layer": frozen.layer, "C": frozen.C,
+            "features": f"original encoder weights, per-layer pooled, normalize={model.normalize} "
+                        "(each corpus its own statistics)"}
+    entry["baselines"] = {"random_head": details["random_head"]["bca_mean"],
+                          "frozen_head": details["frozen_head"]["bca"] if frozen is not None else None}
     entry["baseline_details"] = details
     entry["predictions"] = predictions.to_dict("records")
     return entry

@@ -2,6 +2,7 @@
 shared feature cache, normalised as the model normalises its own corpus."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,6 @@ class OriginalFeatures:
 def encoder_fine_tuned(model, original) -> bool:
     """True when any encoder weight of the tuned model differs from the encoder spec's own (of the layers
     it kept, when it was exported truncated at the layer its head reads)."""
-    import copy
-
     import torch
 
     tuned = model.encoder.state_dict()

@@ -17,9 +17,8 @@ REPORT_FILE = "crosscorpus.md"
 
 
 def without_predictions(result: dict) -> dict:
-    out = dict(result)
-    out["targets"] = {k: {f: v for f, v in t.items() if f != "predictions"} for k, t in result["targets"].items()}
-    return out
+    return {**result, "targets": {k: {f: v for f, v in t.items() if f != "predictions"}
+                                  for k, t in result["targets"].items()}}
 
 
 def write_outputs(result: dict, out_dir) -> Path:

@@ -72,8 +72,7 @@ def source_training_set(source: dict, mapper: LabelMapper) -> tuple[pd.DataFrame
     unmatched = int(rows["model_label"].isna().sum())
     rows = rows[rows["model_label"].notna()]
     info = {"corpus": corpus.name, "root": str(corpus.root), "label_map": source.get("label_map"),
-            "clips": int(len(rows)), "part": part, "excluded": unmatched,
-            "synthetic": bool(corpus.synthetic)}
+            "clips": int(len(rows)), "part": part, "excluded": unmatched, "synthetic": bool(corpus.synthetic)}
     if source.get("study"):
         info["study"] = source["study"]
     return table, rows, info

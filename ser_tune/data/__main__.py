@@ -46,8 +46,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"files: {s['files']}   speakers: {s['speakers']}{gender_text}")
     lines.append("labels:")
     width = max(len(k) for k in s["labels"])
-    for label, count in s["labels"].items():
-        lines.append(f"  {label:<{width}}  {count:>6}  ({100 * count / s['files']:.1f}%)")
+    lines += [f"  {label:<{width}}  {count:>6}  ({100 * count / s['files']:.1f}%)"
+              for label, count in s["labels"].items()]
     d = s["duration"]
     lines.append(f"duration: {d['min']:.2f}-{d['max']:.2f} s (mean {d['mean']:.2f} s)")
     lines.append("sample rates: " + ", ".join(f"{r} Hz" for r in s["sample_rates"]))
@@ -56,11 +56,9 @@ def format_summary(s: dict) -> str:
     skipped = s["skipped"]
     lines.append(f"skipped: {len(skipped)}")
     if len(skipped) > MAX_SKIPPED_SHOWN:
-        for reason, n in Counter(x["reason"] for x in skipped).most_common():
-            lines.append(f"  {n:>6} x {reason}")
+        lines += [f"  {n:>6} x {reason}" for reason, n in Counter(x["reason"] for x in skipped).most_common()]
         lines.append(f"  first {MAX_SKIPPED_SHOWN}:")
-    for x in skipped[:MAX_SKIPPED_SHOWN]:
-        lines.append(f"  {x['path']}: {x['reason']}")
+    lines += [f"  {x['path']}: {x['reason']}" for x in skipped[:MAX_SKIPPED_SHOWN]]
     if len(skipped) > MAX_SKIPPED_SHOWN:
         lines.append(f"  ... {len(skipped) - MAX_SKIPPED_SHOWN} more (--json lists all)")
     return "\n".join(lines)

@@ -40,19 +40,13 @@ class Corpus:
 
     def summary(self) -> dict:
         t = self.table
-        out = {
-            "corpus": self.name,
-            "root": str(self.root),
-            "synthetic": self.synthetic,
-            "files": int(len(t)),
-            "speakers": int(t["speaker"].nunique()),
-            "labels": {str(k): int(v) for k, v in t["label"].value_counts().sort_index().items()},
-            "duration": {"min": float(t["duration"].min()), "max": float(t["duration"].max()),
-                         "mean": float(t["duration"].mean())},
-            "sample_rates": sorted(int(s) for s in t["sample_rate"].unique()),
-            "skipped": [dict(s) for s in self.skipped],
-            "dropped_labels": dict(self.dropped_labels),
-        }
+        out = {"corpus": self.name, "root": str(self.root), "synthetic": self.synthetic, "files": int(len(t)),
+               "speakers": int(t["speaker"].nunique()),
+               "labels": {str(k): int(v) for k, v in t["label"].value_counts().sort_index().items()},
+               "duration": {"min": float(t["duration"].min()), "max": float(t["duration"].max()),
+                            "mean": float(t["duration"].mean())},
+               "sample_rates": sorted(int(s) for s in t["sample_rate"].unique()),
+               "skipped": [dict(s) for s in self.skipped], "dropped_labels": dict(self.dropped_labels)}
         if "gender" in t.columns and t["gender"].notna().any():
             per_speaker = t.drop_duplicates("speaker")["gender"].fillna("unknown")
             out["speaker_genders"] = {str(k): int(v) for k, v in per_speaker.value_counts().sort_index().items()}
@@ -99,11 +93,9 @@ def probe_records(name: str, records: list[dict], skipped: list[dict], *, check_
         try:
             duration, sample_rate = audio_info(record["path"], scan_samples=check_audio, min_duration=min_duration)
             digest = content_hash(record["path"])
-        except AudioError as err:
-            skipped.append({"path": record["path"], "reason": err.reason})
-            continue
-        except OSError as err:
-            skipped.append({"path": record["path"], "reason": f"cannot read file ({err.strerror or err})"})
+        except (AudioError, OSError) as err:
+            why = err.reason if isinstance(err, AudioError) else f"cannot read file ({err.strerror or err})"
+            skipped.append({"path": record["path"], "reason": why})
             continue
         if digest in first_copy:
             skipped.append({"path": record["path"], "reason": f"identical bytes to {first_copy[digest]}"})
@@ -155,16 +147,6 @@ def drop_classes(corpus: Corpus, drop_labels) -> Corpus:
     return corpus
 
 
-def _check_min_duration(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise DataError(f"min_duration: must be a number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
-def resolve_view(name: str, label_map: str | None) -> str | None:
-    return default_view(name) if label_map is None else check_view(label_map)
-
-
 def load_corpus(name: str, root: str | Path, *, label_map: str | None = None, check_audio: bool = True,
                 min_duration: float = MIN_DURATION, drop_labels: list[str] | None = None, **options) -> Corpus:
     """Read a corpus folder (or CSV manifest) into a Corpus; see the module docs of each corpus.
@@ -180,11 +162,12 @@ def load_corpus(name: str, root: str | Path, *, label_map: str | None = None, ch
     if root is None or str(root) == "":
         raise CorpusError(f"root: no folder given for corpus '{name}'")
     root = Path(root).expanduser().resolve()
-    view = resolve_view(name, label_map)
-    min_duration = _check_min_duration(min_duration)
+    view = default_view(name) if label_map is None else check_view(label_map)
+    if isinstance(min_duration, bool) or not isinstance(min_duration, (int, float)) or not min_duration >= 0:
+        raise DataError(f"min_duration: must be a number of seconds >= 0, got {min_duration!r}")
     if options and name != "synthetic":
         raise DataError(f"options: corpus '{name}' takes no options (got {', '.join(sorted(options))})")
     scan = _SCANNERS[name](root, view, **options)
-    table, skipped = build_table(name, root, scan, check_audio=check_audio, min_duration=min_duration)
+    table, skipped = build_table(name, root, scan, check_audio=check_audio, min_duration=float(min_duration))
     corpus = Corpus(name=name, root=root, table=table, skipped=skipped, synthetic=name == "synthetic")
     return drop_classes(corpus, drop_labels)

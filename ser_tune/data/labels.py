@@ -1,6 +1,7 @@
 """Emotion labels: corpus codes -> native names -> a view's classes, all read from label_maps.yaml."""
 from __future__ import annotations
 
+import copy
 import functools
 from importlib import resources
 
@@ -27,8 +28,6 @@ def _load_maps() -> dict:
 
 def label_maps() -> dict:
     """The parsed label_maps.yaml (a deep copy: callers may not edit the shared one)."""
-    import copy
-
     return copy.deepcopy(_load_maps())
 
 

@@ -51,15 +51,10 @@ class Split:
 
     def to_dict(self, table: pd.DataFrame) -> dict:
         _need_columns(table, ("path", "speaker"))
-        return {
-            "kind": self.kind,
-            "seed": int(self.seed),
-            "speaker_dependent": bool(self.speaker_dependent),
-            "spec": self.spec(),
-            "counts": self.counts(),
-            "speakers": {p: self.speakers(table, p) for p in PARTS},
-            "parts": {p: table.loc[self._rows(table, p), "path"].astype(str).tolist() for p in PARTS},
-        }
+        return {"kind": self.kind, "seed": int(self.seed), "speaker_dependent": bool(self.speaker_dependent),
+                "spec": self.spec(), "counts": self.counts(),
+                "speakers": {p: self.speakers(table, p) for p in PARTS},
+                "parts": {p: table.loc[self._rows(table, p), "path"].astype(str).tolist() for p in PARTS}}
 
     @classmethod
     def from_dict(cls, d: dict, table: pd.DataFrame) -> "Split":
@@ -205,15 +200,9 @@ def _pick_speakers(table: pd.DataFrame, sizes: dict[str, int], rng: np.random.Ge
     is from the whole table's, plus gender imbalance, and picks (seeded) among the best ones.
     """
     speakers, counts, genders = _speaker_counts(table)
-    candidates = []
-    for _ in range(_CANDIDATES):
-        order = rng.permutation(len(speakers))
-        parts, start = {}, 0
-        for name, size in sizes.items():
-            parts[name] = np.sort(order[start:start + size])
-            start += size
-        parts["train"] = np.sort(order[start:])
-        candidates.append(parts)
+    bounds = np.cumsum(list(sizes.values()))   # a permutation cut into the held-out parts, the rest train
+    candidates = [dict(zip([*sizes, "train"], map(np.sort, np.split(rng.permutation(len(speakers)), bounds))))
+                  for _ in range(_CANDIDATES)]
     chosen = _best_candidate(candidates, counts, genders, rng)
     return {speakers[i]: name for name, members in chosen.items() for i in members}
 
@@ -288,10 +277,8 @@ def leave_speakers_out_folds(table: pd.DataFrame, *, k: int = 5, seed: int = 0, 
     for i, test in enumerate(folds):
         following = [folds[(i + j) % k] for j in range(1, k)]
         pool = np.concatenate([f[rng.permutation(f.size)] for f in following])
-        val = pool[:val_speakers]
-        speaker_part = {s: "train" for s in speakers}
-        speaker_part.update({speakers[j]: "test" for j in test})
-        speaker_part.update({speakers[j]: "val" for j in val})
+        speaker_part = {**dict.fromkeys(speakers, "train"), **{speakers[j]: "test" for j in test},
+                        **{speakers[j]: "val" for j in pool[:val_speakers]}}
         splits.append(Split(kind="fold", assignment=_assignment(table, speaker_part), seed=seed,
                             speaker_dependent=False,
                             params={"k": int(k), "fold": i, "val_speakers": int(val_speakers), "seed": seed}))
@@ -327,10 +314,8 @@ def speaker_folds(table: pd.DataFrame, k: int, *, seed: int, rows=None, name: st
         raise DataError(f"{name}: {k!r} folds need an integer from 2 to the number of speakers ({n})")
     speakers, counts, genders = _speaker_counts(pool)
     rng = np.random.default_rng(seed)
-    candidates = []
-    for _ in range(_CANDIDATES):
-        order = rng.permutation(n)
-        candidates.append({f"fold{i}": np.sort(order[i::k]) for i in range(k)})
+    candidates = [{f"fold{i}": np.sort(order[i::k]) for i in range(k)}
+                  for order in (rng.permutation(n) for _ in range(_CANDIDATES))]
     chosen = _best_candidate(candidates, counts, genders, rng)
     speaker = table["speaker"].astype(str).to_numpy()
     return [mask & np.isin(speaker, [speakers[j] for j in chosen[f"fold{i}"]]) for i in range(k)]
@@ -428,11 +413,9 @@ def check_split(table: pd.DataFrame, assignment: pd.Series, *, speaker_independe
         raise DataError(f"{where}: {message}")
 
 
-_SPEC_KEYS = {
-    "speaker": {"val_speakers", "test_speakers", "seed"},
-    "random": {"val_fraction", "test_fraction", "seed"},
-    "fold": {"k", "fold", "val_speakers", "seed"},
-}
+_SPEC_KEYS = {"speaker": {"val_speakers", "test_speakers", "seed"},
+              "random": {"val_fraction", "test_fraction", "seed"},
+              "fold": {"k", "fold", "val_speakers", "seed"}}
 
 
 def make_split(table: pd.DataFrame, spec: dict) -> Split:

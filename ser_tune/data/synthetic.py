@@ -94,13 +94,9 @@ def _speakers(seed: int, n: int) -> list[Speaker]:
             number=FIRST_SPEAKER + i, gender=gender,
             f0=float(rng.normal(205, 18) if female else rng.normal(115, 12)),
             tract=float(rng.normal(1.16, 0.04) if female else rng.normal(1.0, 0.04)),
-            expressiveness=float(rng.uniform(0.9, 1.1)),
-            level_db=float(rng.normal(0, 1.5)),
-            rate=float(rng.uniform(0.88, 1.12)),
-            tilt=float(rng.normal(0, 0.04)),
-            breath=float(rng.uniform(0.0, 0.06)),
-            avd_offset=tuple(float(x) for x in rng.normal(0, 0.2, 3)),
-        ))
+            expressiveness=float(rng.uniform(0.9, 1.1)), level_db=float(rng.normal(0, 1.5)),
+            rate=float(rng.uniform(0.88, 1.12)), tilt=float(rng.normal(0, 0.04)),
+            breath=float(rng.uniform(0.0, 0.06)), avd_offset=tuple(float(x) for x in rng.normal(0, 0.2, 3))))
     return out
 
 

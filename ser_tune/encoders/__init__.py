@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def resolve_spec(spec: str, bases=()) -> str:
     bases = [] if path.is_absolute() else [Path(base) for base in [*bases, Path.cwd()]]
     found = next((base / path for base in bases if (base / path).exists()), path if path.exists() else None)
     if found is not None:
-        return str(parsed.with_source(str(found.resolve())))
+        return str(EncoderSpec(parsed.family, str(found.resolve())))
     first_part_here = len(path.parts) > 1 and any((base / path.parts[0]).exists() for base in bases)
     if source.startswith(("/", ".", "~")) or source.count("/") > 1 or first_part_here:
         raise EncoderError(f"no encoder folder {(Path.cwd() / path).resolve()} ({spec})")
@@ -50,8 +51,6 @@ def spec_fingerprint(spec: str) -> str:
     A local folder is identified by its files' names, sizes and modification times; a hub id or
     tiny spec by its text (tiny weights come from a fixed seed).
     """
-    import hashlib
-
     digest = hashlib.sha256(spec.encode())
     parsed = EncoderSpec.parse(spec)
     folder = None if parsed.is_tiny else Path(parsed.source).expanduser()

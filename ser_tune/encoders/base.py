@@ -97,10 +97,8 @@ class SpeechEncoder(nn.Module):
 
 def freeze_for_inference(encoder: SpeechEncoder) -> SpeechEncoder:
     """Eval mode with every parameter frozen (how every loader hands an encoder out)."""
-    encoder.eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    return encoder
+    encoder.requires_grad_(False)
+    return encoder.eval()
 
 
 def lengths_to_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:

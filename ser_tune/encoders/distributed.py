@@ -159,10 +159,8 @@ class RayShardedEncode:
                 shard_waves = [waves[i] for i in index]   # decoded here and now: earlier shards already run
                 if any(len(w) != lengths[i] for w, i in zip(shard_waves, index)):
                     raise LengthMismatch
-                local, start = [], 0
-                for b in shard:   # the shard's batches as positions in its own wave list
-                    local.append(list(range(start, start + len(batches[b]))))
-                    start += len(batches[b])
+                ends = np.cumsum([len(batches[b]) for b in shard])   # its batches as positions in its waves
+                local = [list(range(end - len(batches[b]), end)) for b, end in zip(shard, ends)]
                 pending[task.remote(self.encoder_spec, shard_waves, local, list(boundaries), need_pooled,
                                     self.cpus_per_task, list(averages))] = index
         except BaseException as exc:   # a wave not as predicted, a file that cannot be decoded, an interrupt

@@ -82,17 +82,8 @@ class WhisperSpeechEncoder(SpeechEncoder):
         return x, lengths_to_mask(frame_lengths, frames)
 
     def run_layers(self, hidden, mask, start, end=None):
-        end = self.num_layers if end is None else end
-        attn = _additive_mask(mask, hidden.dtype)
-        out = []
-        for index in range(start, end):
-            hidden = self.encoder.layers[index](hidden, attn)
-            if isinstance(hidden, tuple):
-                hidden = hidden[0]
-            if index == self.num_layers - 1:
-                hidden = self.encoder.layer_norm(hidden)
-            out.append(hidden)
-        return out
+        return _run_masked(self.encoder.layers, hidden, mask, start, self.num_layers if end is None else end,
+                           lambda h, index: self.encoder.layer_norm(h) if index == self.num_layers - 1 else h)
 
 
 def _additive_mask(mask: torch.Tensor, dtype) -> torch.Tensor:
@@ -100,6 +91,18 @@ def _additive_mask(mask: torch.Tensor, dtype) -> torch.Tensor:
     key = mask[:, None, None, :]
     return torch.zeros(key.shape, dtype=dtype).masked_fill(~key, torch.finfo(dtype).min).expand(
         -1, 1, mask.shape[1], -1)
+
+
+def _run_masked(layers, hidden, mask, start: int, end: int, finish) -> list[torch.Tensor]:
+    """Layers ``start .. end-1`` with padded keys hidden from attention; each output goes through
+    ``finish(hidden, index)`` (what follows the last layer)."""
+    attn = _additive_mask(mask, hidden.dtype)
+    out = []
+    for index in range(start, end):
+        hidden = layers[index](hidden, attention_mask=attn)
+        hidden = finish(hidden[0] if isinstance(hidden, tuple) else hidden, index)
+        out.append(hidden)
+    return out
 
 
 class Wav2Vec2FamilySpeechEncoder(SpeechEncoder):
@@ -175,13 +178,7 @@ class Wav2Vec2FamilySpeechEncoder(SpeechEncoder):
                                                       position_bias=position_bias, index=index)
                 out.append(self._finish(hidden, index))
             return out
-        attn = _additive_mask(mask, hidden.dtype)
-        for index in range(start, end):
-            hidden = layers[index](hidden, attention_mask=attn)
-            if isinstance(hidden, tuple):
-                hidden = hidden[0]
-            out.append(self._finish(hidden, index))
-        return out
+        return _run_masked(layers, hidden, mask, start, end, self._finish)
 
     def _finish(self, hidden, index):
         if index == self.num_layers - 1:

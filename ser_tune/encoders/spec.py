@@ -40,8 +40,5 @@ class EncoderSpec:
     def is_tiny(self) -> bool:
         return self.family == "tiny"
 
-    def with_source(self, source: str) -> "EncoderSpec":
-        return EncoderSpec(self.family, source)
-
     def __str__(self) -> str:
         return f"tiny-{self.source}" if self.is_tiny else f"{self.family}:{self.source}"

@@ -15,11 +15,6 @@ from pathlib import Path
 from .base import EncoderError, SpeechEncoder, freeze_for_inference
 
 
-def _savedir(source: str) -> Path:
-    root = Path(os.environ.get("SER_TUNE_HOME", Path.home() / ".cache" / "ser_tune")) / "speechbrain"
-    return root / hashlib.sha1(source.encode()).hexdigest()[:12]
-
-
 def load_speechbrain_encoder(source: str, spec: str | None = None) -> SpeechEncoder:
     spec = spec or f"speechbrain:{source}"
     local = Path(source).expanduser()
@@ -34,8 +29,10 @@ def load_speechbrain_encoder(source: str, spec: str | None = None) -> SpeechEnco
         from speechbrain.inference.interfaces import Pretrained
     except ImportError as exc:  # torchaudio missing or broken
         raise EncoderError(f"{spec}: SpeechBrain cannot be imported here ({exc})") from None
+    home = Path(os.environ.get("SER_TUNE_HOME", Path.home() / ".cache" / "ser_tune"))
+    savedir = home / "speechbrain" / hashlib.sha1(source.encode()).hexdigest()[:12]
     try:
-        pretrained = Pretrained.from_hparams(source=source, savedir=str(_savedir(source)))
+        pretrained = Pretrained.from_hparams(source=source, savedir=str(savedir))
     except Exception as exc:  # SpeechBrain raises many types for a missing hub/folder/ckpt
         raise EncoderError(f"{spec}: SpeechBrain could not load '{source}': {type(exc).__name__}: {exc}") from None
     wrappers = [m for m in pretrained.mods.values() if isinstance(m, HFTransformersInterface)]

@@ -34,22 +34,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path = write_report(args.study_dirs[0], thresholds=args.thresholds,
                                 others=args.study_dirs[1:], out_dir=args.out)
-            print_tables(json.loads((path.parent / "summary.json").read_text()))
+            from ..launch import print_comparison   # the launcher's table (a command line beside this one)
+
+            summary = json.loads((path.parent / "summary.json").read_text())
+            for entry in summary["studies"]:   # each study's comparison, as the launcher prints it
+                if len(summary["studies"]) > 1:
+                    print(f"\n{entry['name']}:")
+                print_comparison({"studies": [entry]})
             print(f"report: {path}")
     except StudyFormatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def print_tables(summary: dict) -> None:
-    """The strategy comparison of each study, as the launcher prints it at the end of a study."""
-    from ..launch import print_comparison   # the launcher's table (a command line beside this one)
-
-    for entry in summary["studies"]:
-        if len(summary["studies"]) > 1:
-            print(f"\n{entry['name']}:")
-        print_comparison({"studies": [entry]})
 
 
 if __name__ == "__main__":

@@ -81,14 +81,12 @@ def verdicts(runs: pd.DataFrame, strategies: list[str], final_test: pd.DataFrame
 
 def final_test_values(study: StudyFolder) -> pd.DataFrame:
     """One row per search run: its best trial's test metric (``value``)."""
-
     rows = []
     for strategy in study.strategies:
         for unit in study.runs(strategy):
-            best = study.held_out_trial(unit)
-            value = best.get(study.test_metric) if best is not None else None
+            best = study.held_out_trial(unit)   # (its test metric column is numeric: NaN when missing)
             rows.append({"strategy": strategy, "run": unit,
-                         "value": float(value) if value is not None and not pd.isna(value) else np.nan})
+                         "value": np.nan if best is None else float(best.get(study.test_metric, np.nan))})
     return pd.DataFrame(rows, columns=["strategy", "run", "value"])
 
 
@@ -131,9 +129,9 @@ def reference_comparison(runs: pd.DataFrame, repeats_of: dict[str, int], runs_wo
             "reference": REFERENCE, "threshold": repeats.one_threshold(runs), "clock": "seconds",
             "p_holm": row["p_holm"], "a12": row["a12"], "a12_low": low, "a12_high": high,
             "significant": bool(row["significant"]),
-            "power": {"repeats": repeats_of.get(row["strategy"]), "runs": row["runs"],
-                      "reference_runs": row["reference_runs"], "alpha": ALPHA, "comparisons": tested,
-                      "power": power.POWER, "min_detectable_a12": detectable}}
+            "power": {"repeats": repeats_of.get(row["strategy"]), "runs": row["runs"], "alpha": ALPHA,
+                      "reference_runs": row["reference_runs"], "comparisons": tested, "power": power.POWER,
+                      "min_detectable_a12": detectable}}
     return out
 
 

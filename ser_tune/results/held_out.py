@@ -32,7 +32,6 @@ def outer_folds(study: StudyFolder) -> list[dict]:
 
 def fold_values(study: StudyFolder, strategy: str) -> dict[int, float]:
     """Outer fold -> the strategy's test metric there: per run, its held-out trial's; mean over repeats."""
-
     by_fold: dict[int, list[float]] = {}
     for unit in study.runs(strategy):
         best = study.held_out_trial(unit)
@@ -78,9 +77,8 @@ def held_out_summary(study: StudyFolder, strategies: dict) -> dict:
         entry["gain_over_probe"] = gain(values, probe_values(study, paired if paired in probes else "none"))
     baselines = {"default": spread(fold_values(study, DEFAULT), n) if study.runs(DEFAULT) else None,
                  "probe": spread(probe_values(study), n) if probes else None}
-    for normalize in probes:
-        if normalize != "none":
-            baselines[f"probe_{normalize}"] = spread(probe_values(study, normalize), n)
+    baselines.update({f"probe_{kind}": spread(probe_values(study, kind), n) for kind in probes
+                      if kind != "none"})
     return {"outer_folds": outer_folds(study), "baselines": baselines}
 
 
@@ -97,9 +95,8 @@ def gain(model: dict[int, float], probe: dict[int, float]) -> dict | None:
 def held_out_table(study: StudyFolder, summary: dict) -> pd.DataFrame:
     """The report's table: one row per strategy and baseline, each outer fold's test metric, their
     mean ± sd, and for strategies the paired gain over the probe."""
-    rows = []
-    for name, entry in summary["strategies"].items():
-        rows.append({"model": name, **row_cells(entry["nested_test_bca"]), "gain": entry.get("gain_over_probe")})
+    rows = [{"model": name, **row_cells(entry["nested_test_bca"]), "gain": entry.get("gain_over_probe")}
+            for name, entry in summary["strategies"].items()]
     for name, values in summary["baselines"].items():
         if values is not None:
             label = {"default": "untuned default configuration", "probe": "linear probe (frozen features)"}.get(

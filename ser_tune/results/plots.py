@@ -39,11 +39,6 @@ def _metric_label(studies: list[StudyFolder]) -> str:
     return metrics.pop() if len(metrics) == 1 else "validation metric"
 
 
-def _running_best(values: pd.Series, mode: str) -> pd.Series:
-    best = values.cummin() if mode == "min" else values.cummax()
-    return best.ffill()
-
-
 def _draw_thresholds(ax, thresholds) -> None:
     """A dashed line per threshold, labelled inside the axes (a label past its edge is cut off)."""
     for threshold in thresholds:
@@ -59,23 +54,34 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _finish(fig: Figure, ax, title: str, xlabel: str, ylabel: str, path: Path,
+            heading: str = "") -> PlotResult:
+    """Label, title (``heading`` or ``title``), legend and grid the one-panel plot on ``ax``; save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(heading or title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return PlotResult(title, _save(fig, path))
+
+
+def _step_to_end(ax, x, fraction, end: float, label: str) -> None:
+    """A fraction-reached step line from 0 at time 0, flat after its last step to ``end``."""
+    x = np.concatenate([[0.0], np.asarray(x, float), [end]])
+    fraction = np.asarray(fraction, float)
+    ax.step(x, np.concatenate([[0.0], fraction, fraction[-1:] if len(fraction) else [0.0]]), where="post",
+            label=label)
+
+
 def plot_best_so_far(studies: list[StudyFolder], thresholds: list[float], out_dir: Path) -> list[PlotResult]:
     """Running best validation metric against wall-clock and against trial index."""
     several = len(studies) > 1
-    return [_plot_best_vs_time(studies, thresholds, out_dir / "best_vs_time.png", several),
-            _plot_best_vs_trials(studies, thresholds, out_dir / "best_vs_trials.png", several)]
-
-
-def _plot_best_vs_time(studies, thresholds, path, several) -> PlotResult:
-    title = "Best-so-far validation metric against wall-clock"
-    return _plot_best(studies, thresholds, path, several, "seconds", title,
-                      "seconds since the strategy (each run) started")
-
-
-def _plot_best_vs_trials(studies, thresholds, path, several) -> PlotResult:
-    title = "Best-so-far validation metric against trial index"
-    return _plot_best(studies, thresholds, path, several, "trials", title,
-                      "trial (in start order within the strategy's run, from 1, as the launcher's lines say)")
+    title = "Best-so-far validation metric against"
+    trials = "trial (in start order within the strategy's run, from 1, as the launcher's lines say)"
+    return [_plot_best(studies, thresholds, out_dir / "best_vs_time.png", several, "seconds",
+                       f"{title} wall-clock", "seconds since the strategy (each run) started"),
+            _plot_best(studies, thresholds, out_dir / "best_vs_trials.png", several, "trials",
+                       f"{title} trial index", trials)]
 
 
 def _plot_best(studies, thresholds, path, several, clock: str, title: str, xlabel: str) -> PlotResult:
@@ -84,12 +90,7 @@ def _plot_best(studies, thresholds, path, several, clock: str, title: str, xlabe
     if not draw_best_so_far(ax, studies, thresholds, clock, several):
         return PlotResult(title, skipped="no epoch reports with a validation metric (epochs.csv empty)"
                           if clock == "seconds" else "no trial has a validation metric")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"best {_metric_label(studies)} so far")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return PlotResult(title, _save(fig, path))
+    return _finish(fig, ax, title, xlabel, f"best {_metric_label(studies)} so far", path)
 
 
 def draw_best_so_far(ax, studies, thresholds, clock: str, several: bool) -> int:
@@ -130,7 +131,8 @@ def _run_curve(study: StudyFolder, unit: str, clock: str) -> pd.Series:
         return repeats.best_so_far(frame, "seconds", study.mode)
     trials = study.unit_trials(unit)
     values = trials[study.metric].where(trials["status"] != "ERROR")
-    best = _running_best(values.reset_index(drop=True), study.mode)
+    values = values.reset_index(drop=True)
+    best = (values.cummin() if study.mode == "min" else values.cummax()).ffill()
     keep = best.notna().to_numpy()
     return pd.Series(best.to_numpy()[keep], index=trials["trial_index"].to_numpy(float)[keep] + 1)
 
@@ -141,7 +143,7 @@ def plot_runtime_ecdf(studies: list[StudyFolder], thresholds: list[float], out_d
     title = "Runs that reached the threshold against wall-clock (runtime ECDF)"
     if not thresholds or not any(len(s.runs(st)) > 1 for s in studies for st in s.strategies):
         return None
-    top = max(thresholds)
+    top, several = max(thresholds), len(studies) > 1
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for study in studies:
@@ -150,17 +152,10 @@ def plot_runtime_ecdf(studies: list[StudyFolder], thresholds: list[float], out_d
         end = float(runs["seconds_total"].max())
         for strategy in study.strategies:
             own = ecdf[ecdf["strategy"] == strategy]
-            x = np.concatenate([[0.0], own["seconds"].to_numpy(float), [end]])
-            y = np.concatenate([[0.0], own["fraction"].to_numpy(float),
-                                [own["fraction"].iloc[-1] if len(own) else 0.0]])
-            ax.step(x, y, where="post", label=_series_label(study, strategy, len(studies) > 1))
+            _step_to_end(ax, own["seconds"], own["fraction"], end, _series_label(study, strategy, several))
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("seconds since the run started")
-    ax.set_ylabel(f"fraction of runs with best {_metric_label(studies)} >= {top:g}")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return PlotResult(title, _save(fig, out_dir / "runtime_ecdf.png"))
+    ylabel = f"fraction of runs with best {_metric_label(studies)} >= {top:g}"
+    return _finish(fig, ax, title, "seconds since the run started", ylabel, out_dir / "runtime_ecdf.png")
 
 
 def plot_data_profile(studies: list[StudyFolder], out_dir: Path) -> PlotResult | None:
@@ -169,7 +164,7 @@ def plot_data_profile(studies: list[StudyFolder], out_dir: Path) -> PlotResult |
     title = "Data profiles: (run, target) pairs reached over the ladder of targets"
     if not any(len(s.runs(st)) > 1 for s in studies for st in s.strategies):
         return None
-    fig = Figure(figsize=(11, 4.5))
+    fig, several = Figure(figsize=(11, 4.5)), len(studies) > 1
     axes = fig.subplots(1, 2, sharey=True)
     for study in studies:
         streams, totals = run_reports(study)
@@ -180,10 +175,7 @@ def plot_data_profile(studies: list[StudyFolder], out_dir: Path) -> PlotResult |
             end = float(tables[0][f"{clock}_total"].max()) if tables else 0.0   # flat to the last run's end
             for strategy in study.strategies:
                 own = profile[profile["strategy"] == strategy]
-                x = np.concatenate([[0.0], own[clock].to_numpy(float), [end]])
-                fraction = own["fraction"].to_numpy(float)
-                y = np.concatenate([[0.0], fraction, [fraction[-1] if len(fraction) else 0.0]])
-                ax.step(x, y, where="post", label=_series_label(study, strategy, len(studies) > 1))
+                _step_to_end(ax, own[clock], own["fraction"], end, _series_label(study, strategy, several))
     for ax, label in zip(axes, ("seconds since the run started", "trials")):
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
@@ -231,10 +223,10 @@ def hyperparameter_figure(studies: list[StudyFolder], columns: list[str], title:
         _mark_best(ax, best, column, categories, several)
         if categories:
             ax.set_xticks(range(len(categories)), categories, fontsize=8)
-        elif column in LOG_SCALE_SETTINGS and _all_positive(studies, column):
+        elif column in LOG_SCALE_SETTINGS and _all_values(studies, column, lambda v: v > 0):
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap
-        elif _all_integral(studies, column):
+        elif _all_values(studies, column, lambda v: v == v.round()):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(column[len("cfg_"):])
         ax.set_ylabel(_metric_label(studies))
@@ -280,9 +272,7 @@ def _mark_best(ax, best, column: str, categories: list[str], several: bool) -> N
 def _categories(studies, column) -> list[str]:
     """Text settings (e.g. unfreeze="top:2") become categories; numbers stay numeric."""
     values = pd.concat([s.trials[column] for s in studies if column in s.trials.columns]).dropna()
-    if pd.to_numeric(values, errors="coerce").notna().all():
-        return []
-    return sorted({str(v) for v in values})
+    return [] if pd.to_numeric(values, errors="coerce").notna().all() else sorted({str(v) for v in values})
 
 
 def _positions(values: pd.Series, categories: list[str]):
@@ -291,25 +281,18 @@ def _positions(values: pd.Series, categories: list[str]):
     return pd.to_numeric(values).to_numpy(dtype=float)
 
 
-def _all_positive(studies, column) -> bool:
+def _all_values(studies, column, test) -> bool:
+    """Whether the setting has numeric values and ``test`` holds for every one of them."""
     values = pd.concat([pd.to_numeric(s.trials[column], errors="coerce")
                         for s in studies if column in s.trials.columns]).dropna()
-    return bool(len(values)) and bool((values > 0).all())
-
-
-def _all_integral(studies, column) -> bool:
-    values = pd.concat([pd.to_numeric(s.trials[column], errors="coerce")
-                        for s in studies if column in s.trials.columns]).dropna()
-    return bool(len(values)) and bool((values == values.round()).all())
+    return bool(len(values)) and bool(test(values).all())
 
 
 def overall_best(studies: list[StudyFolder]) -> tuple[StudyFolder, pd.Series] | None:
     """Best non-ERROR trial across all strategies (and studies; first study's mode decides)."""
     found = [(s, t) for s in studies if (t := s.best_trial()) is not None]
-    if not found:
-        return None
     sign = 1.0 if studies[0].mode == "min" else -1.0
-    return min(found, key=lambda pair: sign * float(pair[1][pair[0].metric]))
+    return min(found, key=lambda pair: sign * float(pair[1][pair[0].metric]), default=None)
 
 
 def parse_confusion(study: StudyFolder, trial: pd.Series) -> tuple[np.ndarray | None, str]:
@@ -378,12 +361,8 @@ def plot_fronts(studies: list[StudyFolder], out_dir: Path) -> PlotResult | None:
             line = ax.step(front[x_name], front[y_name], where="post", marker="o",
                            label=_series_label(study, strategy, len(studies) > 1))[0]
             ax.scatter(trials[x_name], trials[y_name], s=12, alpha=0.35, color=line.get_color())
-    ax.set_xlabel(x_name)
-    ax.set_ylabel(y_name)
-    ax.set_title(title + ("" if len(with_front[0].front_objectives) == 2 else " (first two objectives)"))
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return PlotResult(title, _save(fig, out_dir / "fronts.png"))
+    return _finish(fig, ax, title, x_name, y_name, out_dir / "fronts.png", heading=title + (
+        "" if len(with_front[0].front_objectives) == 2 else " (first two objectives)"))
 
 
 def plot_hypervolume(studies: list[StudyFolder], out_dir: Path) -> PlotResult | None:
@@ -407,12 +386,8 @@ def plot_hypervolume(studies: list[StudyFolder], out_dir: Path) -> PlotResult | 
             drawn += 1
     if not drawn:
         return None
-    ax.set_xlabel("seconds since the strategy (each run) started")
-    ax.set_ylabel("hypervolume of the trials ended")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return PlotResult(title, _save(fig, out_dir / "hypervolume_vs_time.png"))
+    return _finish(fig, ax, title, "seconds since the strategy (each run) started",
+                   "hypervolume of the trials ended", out_dir / "hypervolume_vs_time.png")
 
 
 PLOT_FILES = ("best_vs_time.png", "best_vs_trials.png", "runtime_ecdf.png", "hyperparameters.png", "confusion.png",

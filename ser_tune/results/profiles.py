@@ -54,8 +54,7 @@ def ladder_bounds(reports_by_run: Mapping[tuple[str, Hashable], pd.DataFrame], m
     is given and worse than best, else the worst over runs of its first trial's best value. None when
     no run reported a value."""
     check_mode(mode)
-    better = max if mode == "max" else min
-    worse = min if mode == "max" else max
+    better, worse = (max, min) if mode == "max" else (min, max)
     bests, firsts = [], []
     for reports in reports_by_run.values():
         valued = reports.dropna(subset=["value"])

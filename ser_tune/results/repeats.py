@@ -65,17 +65,15 @@ CLOCKS = ("seconds", "cpu_seconds", "trials")
 REPORT_COLUMNS = ("time", "cpu_seconds", "trial", "value")
 # The report column that measures each clock.
 CLOCK_COLUMN = {"seconds": "time", "cpu_seconds": "cpu_seconds", "trials": "trial"}
-RUN_TABLE_COLUMNS = (("strategy", "run", "threshold", "reached")
-                     + tuple(f"{clock}_to" for clock in CLOCKS)
-                     + tuple(f"{clock}_total" for clock in CLOCKS) + ("best_value",))
+RUN_TABLE_COLUMNS = ("strategy", "run", "threshold", "reached", *(f"{clock}_to" for clock in CLOCKS),
+                     *(f"{clock}_total" for clock in CLOCKS), "best_value")
 DEFAULT_RESAMPLES = 2000
 
 
 # ---------------------------------------------------------------- run table
 
 def run_table(reports_by_run: Mapping[tuple[str, Hashable], pd.DataFrame], threshold: float,
-              mode: str = "max",
-              totals: Mapping[tuple[str, Hashable], Mapping[str, float]] | None = None
+              mode: str = "max", totals: Mapping[tuple[str, Hashable], Mapping[str, float]] | None = None
               ) -> pd.DataFrame:
     """One row per run: ``RUN_TABLE_COLUMNS``, for one threshold.
 
@@ -95,10 +93,8 @@ def run_row(key: tuple[str, Hashable], reports: pd.DataFrame, threshold: float, 
     """The run table row of one run (see ``run_table``)."""
     reports = time_ordered_reports(reports, key)
     valued = reports.dropna(subset=["value"])
-    hits = valued[valued["value"] >= threshold] if mode == "max" else \
-        valued[valued["value"] <= threshold]
-    row = {"strategy": key[0], "run": key[1], "threshold": float(threshold),
-           "reached": not hits.empty}
+    hits = valued[valued["value"] >= threshold] if mode == "max" else valued[valued["value"] <= threshold]
+    row = {"strategy": key[0], "run": key[1], "threshold": float(threshold), "reached": not hits.empty}
     for clock, column in CLOCK_COLUMN.items():
         row[f"{clock}_to"] = float(hits[column].iloc[0]) if len(hits) else math.nan
         observed = float(reports[column].max()) if len(reports) else 0.0
@@ -193,16 +189,12 @@ def expected_running_time(runs: pd.DataFrame, clock: str, *, resamples: int = DE
                        reached=int(reached.sum()), level=level)
 
 
-def ert_table(runs: pd.DataFrame, clocks: Sequence[str] = CLOCKS, *,
-              resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-              level: float = 0.95) -> pd.DataFrame:
+def ert_table(runs: pd.DataFrame, clocks: Sequence[str] = CLOCKS, *, resamples: int = DEFAULT_RESAMPLES,
+              seed: int = 0, level: float = 0.95) -> pd.DataFrame:
     """One row per (strategy, clock): the ``ErtEstimate`` fields, strategies in table order."""
-    rows = []
-    for strategy, own in runs.groupby("strategy", sort=False):
-        for clock in clocks:
-            estimate = expected_running_time(own, clock, resamples=resamples, seed=seed,
-                                             level=level)
-            rows.append({"strategy": strategy, **estimate.__dict__})
+    rows = [{"strategy": strategy, **expected_running_time(own, clock, resamples=resamples, seed=seed,
+                                                           level=level).__dict__}
+            for strategy, own in runs.groupby("strategy", sort=False) for clock in clocks]
     return pd.DataFrame(rows)
 
 
@@ -233,8 +225,7 @@ def ecdf_by_strategy(rows: pd.DataFrame, clock: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
-def best_so_far(reports: pd.DataFrame, clock: str, mode: str = "max",
-                run: Hashable = None) -> pd.Series:
+def best_so_far(reports: pd.DataFrame, clock: str, mode: str = "max", run: Hashable = None) -> pd.Series:
     """A run's best objective so far against ``clock``: values indexed by increasing clock.
 
     On the time clocks it is the best of the reports up to that time; against trials, the best
@@ -267,8 +258,7 @@ def mean_se_curve(curves: Sequence[pd.Series], grid: Sequence[float]) -> pd.Data
         values[row, known] = curve.to_numpy(float)[position[known]]
     frame = pd.DataFrame(values)  # pandas skips NaN (runs not yet started) per grid point
     return pd.DataFrame({"x": grid, "mean": frame.mean(axis=0).to_numpy(),
-                         "se": frame.sem(axis=0, ddof=1).to_numpy(),
-                         "runs": frame.count(axis=0).to_numpy()})
+                         "se": frame.sem(axis=0, ddof=1).to_numpy(), "runs": frame.count(axis=0).to_numpy()})
 
 
 # ---------------------------------------------------------------- tests against a reference
@@ -296,9 +286,9 @@ def vargha_delaney_a12(x: Sequence[float], y: Sequence[float], larger_is_better:
     return float(better.mean() + 0.5 * (x == y).mean())
 
 
-def compare_to_reference(values: pd.DataFrame, column: str, *, larger_is_better: bool,
-                         claim: str, reference: str = "random",
-                         alpha: float = 0.05, runs_word: str = "repeats") -> pd.DataFrame:
+def compare_to_reference(values: pd.DataFrame, column: str, *, larger_is_better: bool, claim: str,
+                         reference: str = "random", alpha: float = 0.05,
+                         runs_word: str = "repeats") -> pd.DataFrame:
     """Each strategy against ``reference`` over runs: one-sided Mann-Whitney U test.
 
     ``values`` has one row per run with ``strategy`` and ``column``; runs with NaN there are
@@ -321,11 +311,9 @@ def compare_to_reference(values: pd.DataFrame, column: str, *, larger_is_better:
             continue
         mine = samples.get(strategy, np.array([]))
         row = {"strategy": strategy, "reference": reference, "runs": len(mine),
-               "reference_runs": len(baseline), "statistic": math.nan, "p": math.nan,
-               "a12": math.nan}
+               "reference_runs": len(baseline), "statistic": math.nan, "p": math.nan, "a12": math.nan}
         if len(mine) >= 2 and len(baseline) >= 2:
-            test = stats.mannwhitneyu(mine, baseline,
-                                      alternative="greater" if larger_is_better else "less")
+            test = stats.mannwhitneyu(mine, baseline, alternative="greater" if larger_is_better else "less")
             row.update(statistic=float(test.statistic), p=float(test.pvalue),
                        a12=vargha_delaney_a12(mine, baseline, larger_is_better))
         rows.append(row)
@@ -347,7 +335,8 @@ def verdict(row: Mapping, claim: str, runs_word: str = "repeats") -> str:
     runs, reference_runs = int(row["runs"]), int(row["reference_runs"])
     if runs < 2 or reference_runs < 2:
         few, count = (strategy, runs) if runs < 2 else (reference, reference_runs)
-        return (f"{strategy} vs {reference}: cannot be tested with {_runs(count)} of {few} "
+        had = {0: "no run", 1: "one run"}.get(count, f"{count} runs")
+        return (f"{strategy} vs {reference}: cannot be tested with {had} of {few} "
                 f"(a rank test needs at least 2 on each side)")
     repeats = f"{runs} {runs_word}" if runs == reference_runs else f"{runs} and {reference_runs} {runs_word}"
     numbers = f"Holm p = {format_p(row['p_holm'])}, A12 = {row['a12']:.2f}"
@@ -359,10 +348,6 @@ def verdict(row: Mapping, claim: str, runs_word: str = "repeats") -> str:
 
 def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.2g}"
-
-
-def _runs(count: int) -> str:
-    return {0: "no run", 1: "one run"}.get(count, f"{count} runs")
 
 
 def time_to_target_comparison(runs: pd.DataFrame, clock: str, *, reference: str = "random",

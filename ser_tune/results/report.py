@@ -75,9 +75,7 @@ def render_report(studies: list[StudyFolder], tables: dict, plots: list[PlotResu
     metric = studies[0].metric
     title = (f"ser_tune comparison: {', '.join(s.name for s in studies)}" if several
              else f"ser_tune study: {studies[0].name}")
-    parts = [f"# {title}\n"]
-    for study in studies:
-        parts.append(_setup_section(study, several))
+    parts = [f"# {title}\n", *(_setup_section(study, several) for study in studies)]
     complete, incomplete = split_complete(tables)
     parts.append("## Strategy comparison\n")
     parts.append(_comparison_table(complete["strategies"], several))
@@ -186,12 +184,10 @@ def repeated_section(entry: dict, several: bool) -> str:
     strategies = {n: e for n, e in entry["strategies"].items() if e.get("ert")}
     if not strategies:
         return ""
-    rows = []
     user = {f"{t:g}" for t in entry.get("thresholds", [])}
-    for name, e in strategies.items():
-        for threshold, ert in ((k, v) for k, v in e["ert"].items() if k in user):
-            rows.append([name, threshold, f"{ert['reached']}/{ert['runs']}", _interval(ert, "seconds"),
-                         _interval(ert, "cpu_seconds"), _interval(ert, "trials", digits=1)])
+    rows = [[name, threshold, f"{ert['reached']}/{ert['runs']}", _interval(ert, "seconds"),
+             _interval(ert, "cpu_seconds"), _interval(ert, "trials", digits=1)]
+            for name, e in strategies.items() for threshold, ert in e["ert"].items() if threshold in user]
     header = ["Strategy", "Threshold", "Runs that reached it", "ERT wall-clock s [95 % CI]",
               "ERT trial CPU-s [95 % CI]", "ERT trials [95 % CI]"]
     verdicts = "\n".join(f"- {e['verdict']}" for e in strategies.values() if e.get("verdict"))
@@ -256,12 +252,10 @@ def deployment_section(study: StudyFolder, entry: dict, several: bool) -> str:
     outer = (study.experiment.get("evaluation") or {}).get("outer_folds", 1) > 1
     speakers = "its outer fold's test speakers" if outer else "the test speakers"
     header = ["Strategy", "Trial", "Settings", *objectives, "Model MB", f"{study.test_metric} ({speakers})"]
-    rows = []
-    for name, strategy in entry["strategies"].items():
-        for point in strategy.get("pareto") or []:
-            rows.append([name, point["trial_id"], _config_text(point["config"]),
-                         *(_cost(k, point.get(k)) for k in objectives), _cost("model_bytes", point.get("model_bytes")),
-                         _number(point.get(study.test_metric))])
+    rows = [[name, point["trial_id"], _config_text(point["config"]),
+             *(_cost(k, point.get(k)) for k in objectives), _cost("model_bytes", point.get("model_bytes")),
+             _number(point.get(study.test_metric))]
+            for name, strategy in entry["strategies"].items() for point in strategy.get("pareto") or []]
     lines += ["Each strategy's Pareto front (its finished trials no other of its trials beats in every objective):",
               "", markdown_table(header, rows) if rows else "No trial measured every objective.\n"]
     volumes = [[name, str(len(s["hypervolume"]["runs"])), _spread(s["hypervolume"]["mean"], s["hypervolume"]["se"])]
@@ -337,13 +331,13 @@ def _modes_section(study: StudyFolder) -> str:
     table = peft_summary(study.trials, fixed=(study.meta.get("experiment") or {}).get("trial"))
     if table.empty:
         return ""
-    lines = ["| Mode | Trials | Mean val BCA | Best val BCA | Mean test BCA | Trainable params | Share | s / trial |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in table.to_dict("records"):
-        lines.append(f"| {r['mode']} | {r['trials']} | {r['val_bca_mean']:.3f} | {r['val_bca_best']:.3f} | "
-                     f"{r['test_bca_mean']:.3f} | {r['trainable_params']:,.0f} | {r['trainable_share']:.2%} | "
-                     f"{r['seconds_per_trial']:.1f} |")
-    return "\n".join(lines) + "\n\nHead-only trials never load the encoder, so their share is of the head alone.\n"
+    header = ["Mode", "Trials", "Mean val BCA", "Best val BCA", "Mean test BCA", "Trainable params", "Share",
+              "s / trial"]
+    rows = [[r["mode"], r["trials"], f"{r['val_bca_mean']:.3f}", f"{r['val_bca_best']:.3f}",
+             f"{r['test_bca_mean']:.3f}", f"{r['trainable_params']:,.0f}", f"{r['trainable_share']:.2%}",
+             f"{r['seconds_per_trial']:.1f}"] for r in table.to_dict("records")]
+    return (markdown_table(header, rows)
+            + "\nHead-only trials never load the encoder, so their share is of the head alone.\n")
 
 
 def _setup_section(study: StudyFolder, several: bool) -> str:
@@ -470,24 +464,23 @@ def _comparison_table(frame: pd.DataFrame, several: bool) -> str:
     if frame.empty:
         return "No strategy has run yet.\n"
     metrics = set(frame["metric"])
-    one_metric = len(metrics) == 1
+    metric = next(iter(metrics)) if len(metrics) == 1 else None   # None: the studies' metrics differ
     rows = []
     repeated = bool((frame["runs"] > 1).any())
     for row in frame.to_dict("records"):
-        best_val = _mean_se(row, "best_val") + ("" if one_metric else f" ({row['metric']})")
+        best_val = _mean_se(row, "best_val") + ("" if metric else f" ({row['metric']})")
         rows.append(([row["study"]] if several else []) + [
             row["strategy"] + (f" ({row['runs']} runs)" if row["runs"] > 1 else ""), row["status"],
             str(row["trials"]), str(row["errors"]), best_val, _config_text(row["best_config"]),
-            _mean_se(row, "best_test"), _seconds(row["wall_clock_seconds"]),
-            _seconds(row["trial_seconds"]), _seconds(row["load_seconds"]),
-            _seconds(row["trial_encode_seconds"]), str(row["concurrency"]),
+            _mean_se(row, "best_test"), _seconds(row["wall_clock_seconds"]), _seconds(row["trial_seconds"]),
+            _seconds(row["load_seconds"]), _seconds(row["trial_encode_seconds"]), str(row["concurrency"]),
             _seconds(row["overhead_seconds"]), _number(row["per_minute"], 4)])
     header = (["Study"] if several else []) + [
-        "Strategy", "Status", "Trials done", "Errors",
-        f"Best {next(iter(metrics))}" if one_metric else "Best val", "Best config",
-        f"{test_column(next(iter(metrics)))} of best trial" if one_metric else "Test of best trial", "Wall-clock", "Trial time (sum)", "Load (sum)",
-        "Per-trial encode (sum)", "Concurrency", "Ray overhead",
-        f"{_short(next(iter(metrics)))} per minute" if one_metric else "Best val per minute"]
+        "Strategy", "Status", "Trials done", "Errors", f"Best {metric}" if metric else "Best val",
+        "Best config", f"{test_column(metric)} of best trial" if metric else "Test of best trial",
+        "Wall-clock",
+        "Trial time (sum)", "Load (sum)", "Per-trial encode (sum)", "Concurrency", "Ray overhead",
+        f"{_short(metric)} per minute" if metric else "Best val per minute"]
     note = ("\nA strategy with several runs (repeats x outer folds): best values are the mean ± SE over its runs "
             "(each run's best trial), wall-clock the mean per run, times and counts summed; the best config "
             "is its best trial over all runs.\n") if repeated else ""
@@ -555,19 +548,15 @@ def _config_text(config: dict) -> str:
 
 
 def _number(value, digits: int = 3) -> str:
-    if value is None or pd.isna(value):
-        return "—"
-    return f"{float(value):.{digits}f}"
+    return "—" if value is None or pd.isna(value) else f"{float(value):.{digits}f}"
 
 
 def _minutes(seconds) -> str:
     return "?" if seconds is None or pd.isna(seconds) else f"{float(seconds) / 60:.1f}"
 
 
-def _seconds(seconds) -> str:
-    if seconds is None or pd.isna(seconds):
-        return "—"
-    return f"{float(seconds):.1f} s ({float(seconds) / 60:.1f} min)"
+def _seconds(value) -> str:
+    return "—" if value is None or pd.isna(value) else f"{float(value):.1f} s ({_minutes(value)} min)"
 
 
 def _short(metric: str) -> str:

@@ -65,9 +65,7 @@ AVERAGED = ("best_val", "best_test", "best_test_accuracy", "wall_clock_seconds",
 def strategy_row(study: StudyFolder, strategy: str) -> dict[str, Any]:
     """A strategy over its runs: one run's row as it is; several runs' counts and times summed, their
     best values and wall-clocks averaged (with the standard error), the best trial over all runs."""
-    runs = [run_row(study, unit) for unit in study.runs(strategy)]
-    if not runs:
-        runs = [run_row(study, strategy)]
+    runs = [run_row(study, unit) for unit in study.runs(strategy) or [strategy]]
     if len(runs) == 1:
         return {**runs[0], "unit": runs[0]["unit"], "runs": 1}
     frame = pd.DataFrame(runs)
@@ -80,8 +78,7 @@ def strategy_row(study: StudyFolder, strategy: str) -> dict[str, Any]:
     row.update({k: float(frame[k].sum()) for k in SUMMED})
     row.update({k: float(frame[k].mean()) for k in AVERAGED})
     row.update({f"{k}_se": float(frame[k].sem()) for k in AVERAGED})
-    for k in ("trials_started", "trials", "errors"):
-        row[k] = int(row[k])
+    row.update({k: int(row[k]) for k in ("trials_started", "trials", "errors")})
     return row
 
 
@@ -91,13 +88,10 @@ def threshold_row(study: StudyFolder, unit: str, threshold: float, wall: float) 
     return {
         "study": study.name, "study_dir": str(study.dir), "strategy": tags.get("strategy", unit), "unit": unit,
         "metric": study.metric, "threshold": float(threshold), "reached": crossing.reached,
-        "seconds_to": crossing.seconds_to,
-        "seconds_to_incl_encode": crossing.seconds_to + study.encode_seconds,
-        "trial_seconds_to": crossing.trial_seconds_to,
-        "trials_to": crossing.trials_to,
+        "seconds_to": crossing.seconds_to, "trial_seconds_to": crossing.trial_seconds_to,
+        "seconds_to_incl_encode": crossing.seconds_to + study.encode_seconds, "trials_to": crossing.trials_to,
         "crossing_trial_id": crossing.trial_id, "crossing_epoch": crossing.epoch,
-        "crossing_value": crossing.value,
-        "trials_started": int(len(study.unit_trials(unit))),
+        "crossing_value": crossing.value, "trials_started": int(len(study.unit_trials(unit))),
         "wall_clock_seconds": wall,
     }
 
@@ -154,7 +148,8 @@ def strategy_summary(study: StudyFolder, row: dict, marks: pd.DataFrame) -> dict
     single = row["runs"] == 1
 
     def by_threshold(column: str) -> dict:
-        return {threshold_key(t): _json_number(v) if single else None for t, v in zip(own["threshold"], own[column])}
+        return {repr(float(t)): _json_number(v) if single else None
+                for t, v in zip(own["threshold"], own[column])}
 
     return {"trials": row["trials"], "errors": row["errors"], "runs": row["runs"],
             f"best_{study.metric}": _json_number(row["best_val"]), "best_config": row["best_config"],
@@ -167,26 +162,19 @@ def strategy_summary(study: StudyFolder, row: dict, marks: pd.DataFrame) -> dict
             "trials_started": row["trials_started"], "status": row["status"]}
 
 
-def threshold_key(threshold: float) -> str:
-    return repr(float(threshold))
-
-
 _RUN_COLUMNS = (
     "study", "study_dir", "strategy", "unit", "outer_fold", "repeat", "status", "notes", "budget", "warmup",
     "metric", "mode", "trials_started", "trials", "errors", "best_val", "best_trial_id", "best_trial_index",
     "best_config", "best_test", "best_test_accuracy", "started_at", "finished_at", "wall_clock_seconds",
     "per_minute", "trial_seconds", "load_seconds", "trial_encode_seconds", "train_seconds", "concurrency",
     "overhead_seconds", "shared_encode_seconds")
-_STRATEGY_COLUMNS = (
-    "study", "study_dir", "strategy", "runs", "status", "notes", "budget", "warmup", "metric", "mode",
-    "trials_started", "trials", "errors", "best_val", "best_trial_id", "best_trial_index",
-    "best_config", "best_test", "best_test_accuracy", "started_at", "finished_at",
-    "wall_clock_seconds", "per_minute", "trial_seconds", "load_seconds", "trial_encode_seconds",
-    "train_seconds", "concurrency", "overhead_seconds", "shared_encode_seconds", "best_val_se", "best_test_se")
+# A strategy's row: a run's without the run's own tags, with its run count and the runs' standard errors.
+_STRATEGY_COLUMNS = ("study", "study_dir", "strategy", "runs", *_RUN_COLUMNS[_RUN_COLUMNS.index("status"):],
+                     "best_val_se", "best_test_se")
 _THRESHOLD_COLUMNS = (
     "study", "study_dir", "strategy", "unit", "metric", "threshold", "reached", "seconds_to",
-    "seconds_to_incl_encode", "trial_seconds_to", "trials_to", "crossing_trial_id",
-    "crossing_epoch", "crossing_value", "trials_started", "wall_clock_seconds")
+    "seconds_to_incl_encode", "trial_seconds_to", "trials_to", "crossing_trial_id", "crossing_epoch",
+    "crossing_value", "trials_started", "wall_clock_seconds")
 
 
 def _float(value) -> float:
@@ -207,6 +195,4 @@ def _plain_json(value):
 
 
 def _json_number(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return float(value)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)

@@ -75,18 +75,17 @@ def usable_reports(study: StudyFolder, unit: str) -> pd.DataFrame:
 
 def first_crossing(study: StudyFolder, unit: str, threshold: float) -> Crossing:
     reports = usable_reports(study, unit)
-    reached = [study.is_better_or_equal(v, threshold) for v in reports[study.metric]]
-    hits = reports[np.array(reached, dtype=bool)] if len(reports) else reports
+    values = reports[study.metric]
+    hits = reports[values <= threshold if study.mode == "min" else values >= threshold]
     if hits.empty:
         return Crossing(threshold=float(threshold), reached=False)
     hit = hits.iloc[0]
     t_star = float(hit["timestamp"])
     return Crossing(
         threshold=float(threshold), reached=True, timestamp=t_star, trial_id=str(hit["trial_id"]),
-        epoch=float(hit["epoch"]), value=float(hit[study.metric]),
+        epoch=float(hit["epoch"]), value=float(hit[study.metric]), trials_to=float(hit["trial_index"]) + 1,
         seconds_to=t_star - started_at(study, unit),
-        trial_seconds_to=cumulative_trial_seconds(study.unit_trials(unit), study.unit_epochs(unit), t_star),
-        trials_to=float(hit["trial_index"]) + 1)
+        trial_seconds_to=cumulative_trial_seconds(study.unit_trials(unit), study.unit_epochs(unit), t_star))
 
 
 def run_reports(study: StudyFolder, unit: str) -> tuple[pd.DataFrame, dict]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from numbers import Integral
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -58,16 +58,6 @@ class SearchPlan:
 
     def __post_init__(self):
         self.expected_trials = self.expected_trials or self.num_samples
-
-
-class Strategy(Protocol):
-    name: str
-
-    def __init__(self, space: dict[str, Param], *, budget: int, seed: int, metric: str = "val_bca",
-                 mode: str = "max", max_concurrent: int = 1, warmup: int | None = None,
-                 grid: dict | None = None, objectives: dict | None = None, constraints: Any = None): ...
-
-    def plan(self) -> SearchPlan: ...
 
 
 def default_warmup(budget: int) -> int:

@@ -21,8 +21,7 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from ser_tune.search.base import SearchPlan, StrategyBase, native_config
-from ser_tune.search.space import to_tune_space
+from ser_tune.search.base import SearchPlan, StrategyBase
 
 class RebuiltSampler(optuna.samplers.BaseSampler):
     """The sampler ``make(seed=...)`` makes, pickled as its recipe and made again when unpickled.
@@ -98,15 +97,8 @@ class OptunaStrategy(StrategyBase):
                                            mode=modes if several else modes[0],
                                            sampler=RebuiltSampler(self.sampler(), self.seed),
                                            constraints=self.constraints)
-        return SearchPlan(
-            strategy=self.name,
-            # concurrency only: the sampler takes the constraints itself
-            searcher=ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent),
-            param_space=to_tune_space(self._require_space()),
-            num_samples=self.budget,
-            warmup=self.warmup,
-            decode=native_config,
-            notes=f"{self.method()}; searches " + " and ".join(f"{m} ({mode})" for m, mode in self.objectives.items()),
-            several_metrics=several,
-        )
+        notes = " and ".join(f"{m} ({mode})" for m, mode in self.objectives.items())
+        # concurrency only: the sampler takes the constraints itself
+        return self.searched(ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent),
+                             f"{self.method()}; searches {notes}", limit=False, several_metrics=several)
 

@@ -81,7 +81,5 @@ class RelaxedDecoder:
     def __call__(self, config: dict) -> dict:
         relaxed = {relaxed_name(p): p for p in self.space.values()}
         out = {key: native(value) for key, value in config.items() if key not in relaxed}
-        for key, p in relaxed.items():
-            if key in config:
-                out[p.name] = self.decode_value(p, config[key])
+        out.update({p.name: self.decode_value(p, config[key]) for key, p in relaxed.items() if key in config})
         return out

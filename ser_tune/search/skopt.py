@@ -91,10 +91,7 @@ class SkoptSearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
         if self._opt is not None:
             return False
-        if metric:
-            self._metric = metric
-        if mode:
-            self._mode = mode
+        self._metric, self._mode = metric or self._metric, mode or self._mode
         self._names, dims = tune_space_to_dimensions(config)
         if not dims:
             raise ValueError("SkoptSearcher: the param_space has nothing to search")

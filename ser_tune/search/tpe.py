@@ -29,10 +29,6 @@ from ser_tune.search.base import SearchPlan, StrategyBase, native
 from ser_tune.search.space import Param, split_branch, to_tune_space
 
 
-def is_conditional(space: dict[str, Param]) -> bool:
-    return any(split_branch(name)[0] is not None for name in space)
-
-
 def hyperopt_space(space: dict[str, Param]) -> dict:
     """The space as hyperopt's own: plain settings as they are, ``head`` a nested ``hp.choice`` of one
     mapping per family ({"head": family, "<family>.<setting>": domain, ...})."""
@@ -40,11 +36,10 @@ def hyperopt_space(space: dict[str, Param]) -> dict:
 
     plain = {name: p for name, p in space.items() if name != "head" and split_branch(name)[0] is None}
     out = HyperOptSearch.convert_search_space(to_tune_space(plain)) if plain else {}
-    branches = []
-    for head in space["head"].values:
+    def branch(head: str) -> dict:
         own = {name: p for name, p in space.items() if split_branch(name)[0] == head}
-        branches.append({"head": head, **(HyperOptSearch.convert_search_space(to_tune_space(own)) if own else {})})
-    out["head"] = hp.choice("head", branches)
+        return {"head": head, **(HyperOptSearch.convert_search_space(to_tune_space(own)) if own else {})}
+    out["head"] = hp.choice("head", [branch(head) for head in space["head"].values])
     return out
 
 
@@ -78,7 +73,7 @@ class TPEStrategy(StrategyBase):
 
     def plan(self) -> SearchPlan:
         space = self._require_space()
-        conditional = is_conditional(space)
+        conditional = any(split_branch(name)[0] is not None for name in space)
         searcher = TellableHyperOptSearch(space=hyperopt_space(space) if conditional else None,
                                   metric=self.metric, mode=self.mode,
                                   n_initial_points=self.warmup, random_state_seed=self.seed)

@@ -49,7 +49,8 @@ def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbo
         fail(message)
 
     try:
-        folder = open_folder(storage, name, args.resume)
+        folder = (StudyFolder.latest(storage, name) if args.resume == "latest" else
+                  StudyFolder.open(Path(args.resume)) if args.resume else StudyFolder.create(storage, name))
         print(f"study folder: {folder.dir}", flush=True)
         kind.prepare(folder)
         if records_trials(folder.meta):
@@ -117,14 +118,6 @@ def local_cluster() -> Cluster:
     return Cluster(cpus=cpus, largest_node=cpus, nodes=1, dashboard=None)
 
 
-def open_folder(storage, name: str, resume: str | None) -> StudyFolder:
-    if resume == "latest":
-        return StudyFolder.latest(storage, name)
-    if resume:
-        return StudyFolder.open(Path(resume))
-    return StudyFolder.create(storage, name)
-
-
 def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials) -> str | None:
     previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:
@@ -160,10 +153,8 @@ def _sigterm_as_sigint(signum, frame) -> None:
 
 
 def trial_resources(resources) -> dict:
-    wanted = {"cpu": resources.cpus_per_trial}
-    if resources.memory_gb:
-        wanted["memory"] = int(resources.memory_gb * 2**30)
-    return wanted
+    return {"cpu": resources.cpus_per_trial,
+            **({"memory": int(resources.memory_gb * 2**30)} if resources.memory_gb else {})}
 
 
 def finish_cli(outcome: Outcome, summary: dict | None) -> int:

@@ -66,12 +66,16 @@ class Unit:
 
 class StudyKind:
     """What a kind of study supplies to the driver; see :func:`run_study`."""
+    cpus_per_trial: float = 0.0   # resources.cpus_per_trial, which some node must have (0: not checked)
 
     def prepare(self, folder: StudyFolder) -> None:
         """Corpus, split and anything else before Ray starts; record it in folder.meta."""
 
     def check_cluster(self, cluster: Cluster) -> None:
         """Raise StudyError when the cluster can never run a trial (e.g. too few CPUs per node)."""
+        if self.cpus_per_trial > cluster.largest_node:
+            raise StudyError(f"resources.cpus_per_trial = {self.cpus_per_trial:g} but the largest node has "
+                             f"{cluster.largest_node:g} CPUs; no trial could ever start")
 
     def encode(self, folder: StudyFolder) -> float:
         """The shared encode (frozen features, once per study); returns its seconds."""
@@ -118,7 +122,8 @@ def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dic
     if unit.num_samples:   # (none left: every trial had ended before Ray's state of the unit was lost)
         grid, stopped = fit(make_tuner(folder, unit, resources=resources, verbose=verbose))
     ended = collect_unit(kind, folder, unit, grid, earlier)
-    complete = ended >= unit.expected_trials or time_budget_spent(unit, entry)
+    complete = ended >= unit.expected_trials or bool(
+        unit.time_budget_s and time.time() - float(entry["started_at"]) >= unit.time_budget_s)
     entry.update(status=UNIT_DONE if complete else UNIT_INTERRUPTED, trials_ended=ended)
     if complete:
         entry["finished_at"] = time.time()
@@ -163,10 +168,9 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
     trainable = tune.with_resources(tune.with_parameters(unit.trainable, context=unit.context), resources)
     path = folder.dir / unit.name
     if path.exists() and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable, param_space=unit.param_space, resume_unfinished=True,
-                                   resume_errored=unit.continue_errored,
-                                   restart_errored=not unit.continue_errored)
-        return tuner
+        return tune.Tuner.restore(str(path), trainable, param_space=unit.param_space, resume_unfinished=True,
+                                  resume_errored=unit.continue_errored,
+                                  restart_errored=not unit.continue_errored)
     return tune.Tuner(
         trainable, param_space=unit.param_space,
         tune_config=tune.TuneConfig(search_alg=unit.searcher, num_samples=unit.num_samples, metric=unit.metric,
@@ -190,12 +194,6 @@ def unit_callbacks(folder: StudyFolder, unit: Unit, verbose: int) -> list:
         callbacks.append(StudyMetrics(folder.dir.name, str(unit.tags.get("strategy", unit.name)), unit.name,
                                       metric, unit.mode, unit.expected_trials))
     return callbacks + ([recorder] if recorder is not None else [])
-
-
-def time_budget_spent(unit: Unit, entry: dict) -> bool:
-    if not unit.time_budget_s:
-        return False
-    return time.time() - float(entry["started_at"]) >= unit.time_budget_s
 
 
 def collect_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, grid, earlier=()) -> int:
@@ -223,7 +221,8 @@ def trial_rows(unit: Unit, result) -> tuple[dict, list[dict]]:
            "trial_index": trial_index(trial_id, Path(result.path).name), "status": status,
            "error": one_line(result.error) if result.error else ""}
     row.update({f"raw_{k}": v for k, v in (result.config or {}).items()})
-    row.update({k: encode_cell(v) for k, v in metrics.items() if k not in RAY_BOOKKEEPING})
+    row.update({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in metrics.items()
+                if k not in RAY_BOOKKEEPING})
     reports = [{"unit": unit.name, **unit.tags, "trial_id": trial_id, **report_row(r, unit.report_keys)}
                for r in trial_reports(result)]
     if reports:
@@ -255,10 +254,6 @@ def report_row(record: dict, keys: tuple[str, ...]) -> dict:
     row["timestamp"] = float(record.get("reported_at", record.get("timestamp", 0.0)))
     row.setdefault("time_total_s", record.get("time_total_s"))
     return row
-
-
-def encode_cell(value):
-    return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def trial_index(trial_id: str, dirname: str) -> int:

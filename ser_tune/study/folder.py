@@ -236,8 +236,7 @@ class StudyFolder:
 
     @property
     def encode_seconds(self) -> float:
-        value = self.meta.get("encode_seconds")
-        return float(value) if value is not None else 0.0
+        return float(self.meta.get("encode_seconds") or 0.0)
 
     @property
     def labels(self) -> list[str]:
@@ -357,15 +356,11 @@ class StudyFolder:
     def front_rows(self, front: pd.DataFrame) -> list[dict]:
         """One plain row per front trial: its id, strategy, run, searched settings, every objective, the
         latency spread and its test metric (on the outer fold's test speakers)."""
-        rows = []
-        for _, trial in front.iterrows():
-            row = {"trial_id": str(trial["trial_id"]), "strategy": trial["strategy"], "unit": trial["unit"],
-                   "config": self.trial_config(trial)}
-            for column in dict.fromkeys([*self.front_objectives, *LATENCY_COLUMNS, self.test_metric, "model_bytes"]):
-                if column in trial.index and not pd.isna(trial[column]):
-                    row[column] = float(trial[column])
-            rows.append(row)
-        return rows
+        columns = dict.fromkeys([*self.front_objectives, *LATENCY_COLUMNS, self.test_metric, "model_bytes"])
+        return [{"trial_id": str(trial["trial_id"]), "strategy": trial["strategy"], "unit": trial["unit"],
+                 "config": self.trial_config(trial),
+                 **{c: float(trial[c]) for c in columns if c in trial.index and not pd.isna(trial[c])}}
+                for _, trial in front.iterrows()]
 
     @property
     def config_columns(self) -> list[str]:
@@ -381,9 +376,6 @@ class StudyFolder:
                 continue
             config[column[len("cfg_"):]] = plain_value(value, integral=integral_column(self.trials[column]))
         return config
-
-    def is_better_or_equal(self, value: float, threshold: float) -> bool:
-        return value <= threshold if self.mode == "min" else value >= threshold
 
 
 def load_study(study_dir) -> StudyFolder:

@@ -32,9 +32,7 @@ class StudyMetrics(Callback):
         self._made = None
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_made"] = None
-        return state
+        return {**self.__dict__, "_made": None}
 
     def made(self):
         """(trials ended counter, budget gauge, best gauge), made once per process."""
@@ -53,21 +51,18 @@ class StudyMetrics(Callback):
 
     def setup(self, **info):
         """As the unit starts: its budget is known before any trial ends."""
-        try:
-            self.made()
-        except Exception as exc:   # noqa: BLE001 - whatever the metrics client raises
-            print(f"{self.tags['unit']}: progress metrics not recorded ({type(exc).__name__}: {exc})", flush=True)
+        self.safely(self.made)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.ended_safely((getattr(trial, "last_result", None) or {}).get(self.metric))
+        self.safely(self.ended, (getattr(trial, "last_result", None) or {}).get(self.metric))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.ended_safely(None)
+        self.safely(self.ended, None)
 
-    def ended_safely(self, value) -> None:
+    def safely(self, action, *args) -> None:
         """Metrics are a view: one that cannot be recorded never stops the study."""
         try:
-            self.ended(value)
+            action(*args)
         except Exception as exc:   # noqa: BLE001 - whatever the metrics client raises
             print(f"{self.tags['unit']}: progress metrics not recorded ({type(exc).__name__}: {exc})", flush=True)
 

@@ -62,9 +62,10 @@ def restart(unit, earlier: list):
     from ray.tune.search.sample import Domain
     from ray.tune.search.variant_generator import generate_variants
 
-    if has_grid(unit.param_space):   # its first points in Ray's order (a grid larger than the budget runs its first)
+    if any(isinstance(v, dict) and "grid_search" in v for v in unit.param_space.values()):
+        # a grid's points not yet run, in Ray's order (a grid larger than the budget runs its first)
         grid = [config for _, config in generate_variants(unit.param_space)]
-        left = [c for c in grid if not any(same_point(c, r.config) for r in earlier)]
+        left = [c for c in grid if not any(all(r.config.get(k) == v for k, v in c.items()) for r in earlier)]
         left = left[:max(unit.expected_trials - len(earlier), 0)]
         limit = getattr(unit.searcher, "max_concurrent", 0) or unit.max_concurrent_trials or 0
         return dataclasses.replace(unit, param_space={}, num_samples=len(left),
@@ -91,11 +92,3 @@ def tell(searcher, earlier: list, metric: str | None) -> None:
             searcher.add_evaluated_point(result.config, (result.metrics or {}).get(metric), error=bool(result.error))
         except NotImplementedError:
             return
-
-
-def has_grid(space: dict) -> bool:
-    return any(isinstance(v, dict) and "grid_search" in v for v in space.values())
-
-
-def same_point(config: dict, earlier: dict) -> bool:
-    return all(earlier.get(k) == v for k, v in config.items())

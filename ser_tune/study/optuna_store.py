@@ -25,6 +25,7 @@ from ray.tune import Callback
 
 from ..search.space import Param, parse_space
 from ..training.trainable import read_reports
+from .folder import StudyFolder
 from .progress import start_number
 
 STORE_FILE = "optuna.db"
@@ -84,9 +85,7 @@ class OptunaRecorder(Callback):
         self._study = None
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_study"] = None
-        return state
+        return {**self.__dict__, "_study": None}
 
     def open(self):
         import optuna
@@ -214,10 +213,7 @@ def recorder_for(study_dir: str | Path, meta: dict, unit_name: str, tags: dict) 
     strategy = tags.get("strategy")
     if not records_trials(meta) or not strategy or tags.get("baseline"):
         return None
-    objective = experiment.get("objective") or {}
-    metric = objective.get("metric", "val_bca")
-    objectives = {metric: objective.get("mode", "max"),
-                  **{k: v for k, v in (objective.get("metrics") or {}).items() if k != metric}}
+    objectives = StudyFolder(study_dir, meta).objectives
     repeat, fold = int(tags.get("repeat", 0)), int(tags.get("outer_fold", 0))
     grid = experiment.get("grid") if strategy == "grid" else None
     if strategy == "grid" and not grid:

@@ -27,9 +27,8 @@ DIMENSIONS = ("arousal", "valence", "dominance")
 def load_study_corpus(corpus, storage: Path) -> Corpus:
     """The experiment's corpus (``corpus`` is its config section); the synthetic corpus is generated
     once under ``<storage>/_synthetic`` when no root is given."""
-    root = corpus.root
-    if corpus.name == "synthetic" and root is None:
-        root = Path(storage).expanduser().resolve() / "_synthetic"
+    root = Path(storage).expanduser().resolve() / "_synthetic" if (
+        corpus.name == "synthetic" and corpus.root is None) else corpus.root
     return load_corpus(corpus.name, root, label_map=corpus.label_map, drop_labels=corpus.drop_labels,
                        min_duration=corpus.min_duration, **(corpus.options or {}))
 
@@ -47,16 +46,14 @@ def study_split(folder: StudyFolder, corpus: Corpus, spec: dict) -> Split:
 def data_meta(corpus: Corpus, split: Split) -> dict:
     """study.json's "corpus", "split" and "labels" entries."""
     table = corpus.table
-    parts = {p: sorted(split.speakers(table, p)) for p in PARTS}
-    meta = {
-        "corpus": {"name": corpus.name, "root": str(corpus.root), "files": len(table),
-                   "speakers": int(table["speaker"].nunique()), "synthetic": bool(corpus.synthetic),
-                   "labels": {k: int(v) for k, v in table["label"].value_counts().sort_index().items()},
-                   "skipped": len(corpus.skipped)},
-        "split": {"kind": split.kind, "speaker_dependent": bool(split.speaker_dependent),
-                  **{f"{p}_speakers": parts[p] for p in PARTS}, "counts": split.counts()},
-        "labels": sorted(table["label"].unique()),
-    }
+    meta = {"corpus": {"name": corpus.name, "root": str(corpus.root), "files": len(table),
+                       "speakers": int(table["speaker"].nunique()), "synthetic": bool(corpus.synthetic),
+                       "labels": {k: int(v) for k, v in table["label"].value_counts().sort_index().items()},
+                       "skipped": len(corpus.skipped)},
+            "split": {"kind": split.kind, "speaker_dependent": bool(split.speaker_dependent),
+                      **{f"{p}_speakers": sorted(split.speakers(table, p)) for p in PARTS},
+                      "counts": split.counts()},
+            "labels": sorted(table["label"].unique())}
     dims = [d for d in DIMENSIONS if d in table and table[d].notna().any()]
     if dims:
         labelled = table[dims].notna().all(axis=1).to_numpy()

@@ -50,12 +50,9 @@ class TrialProgress(Callback):
         self.catch_up(trials, trial)
         result = getattr(trial, "last_result", None) or {}
         value = result.get(self.metric)
-        number = start_number(trials, trial)
-        if isinstance(value, (int, float)):
-            self.note(value)
-            print(self.line(result, f"{self.metric} {value:.3f}  best {self.best:.3f}", number), flush=True)
-        else:
-            print(self.line(result, f"{self.metric} -", number), flush=True)
+        self.note(value)
+        words = f"{value:.3f}  best {self.best:.3f}" if isinstance(value, (int, float)) else "-"
+        print(self.line(result, f"{self.metric} {words}", start_number(trials, trial)), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.catch_up(trials, trial)
@@ -67,10 +64,7 @@ class TrialProgress(Callback):
 def start_number(trials, trial) -> int | None:
     """The trial's place in start order, from 1: Ray Tune lists a run's trials in the order it created them
     (also after a restore)."""
-    for at, other in enumerate(trials or []):
-        if other is trial:
-            return at + 1
-    return None
+    return next((at + 1 for at, other in enumerate(trials or []) if other is trial), None)
 
 
 def short(value) -> str:

@@ -36,9 +36,8 @@ class FoldedResult:
     def metrics(self) -> dict:
         """The trial's final metrics: validation at the kept epoch and test, each the mean over folds,
         with each fold's value (``_folds``) and their spread (``_sd``) when there are several folds."""
-        out = {"best_epoch": self.best_epoch}
-        out.update(fold_means([r.val_metrics for r in self.results]))
-        out.update(fold_means([r.test_metrics for r in self.results]))
+        out = {"best_epoch": self.best_epoch, **fold_means([r.val_metrics for r in self.results]),
+               **fold_means([r.test_metrics for r in self.results])}
         confusions = [np.asarray(r.test_confusion) for r in self.results if r.test_confusion is not None]
         if confusions:
             out["test_confusion"] = np.sum(confusions, axis=0).tolist()
@@ -88,12 +87,10 @@ class FoldedRun:
             for d in dirs:
                 (d / STATE_FILE).unlink(missing_ok=True)
             states = [t.start() for t in self.tuners]
-        self.best = max((self.epoch_mean(states, e) for e in range(1, states[0].epoch + 1)), default=-math.inf)
+        # the best of the folds' mean objective at each epoch so far (their histories: also after a resume)
+        self.best = max((float(np.mean([s.history[e - 1][f"epoch_{self.objective}"] for s in states]))
+                         for e in range(1, states[0].epoch + 1)), default=-math.inf)
         return states
-
-    def epoch_mean(self, states: list[FitState], epoch: int) -> float:
-        """The folds' mean objective at ``epoch`` (from their histories: also after a resume)."""
-        return float(np.mean([s.history[epoch - 1][f"epoch_{self.objective}"] for s in states]))
 
     def fit_epoch(self, states: list[FitState]) -> dict:
         """Train every fold one epoch; keep it when its mean objective is the best so far; returns the
@@ -104,9 +101,6 @@ class FoldedRun:
             self.best = mean
             for tuner, state in zip(self.tuners, states):
                 tuner.keep_epoch(state)
-        return self.epoch_row(states, scores)
-
-    def epoch_row(self, states: list[FitState], scores: list[dict]) -> dict:
         row = {"epoch": states[0].epoch, "best_epoch": states[0].best["epoch"]}
         row.update(fold_means([s.best["metrics"] for s in states]))
         row.update({f"epoch_{k}": v for k, v in fold_means(scores).items()})

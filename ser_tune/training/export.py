@@ -281,7 +281,10 @@ def load_model(folder: str | Path, encoder_loader: Callable[[str], SpeechEncoder
             raise ModelFolderError(f"{folder / 'model.json'}: peft: {err}") from None
         encoder.requires_grad_(False)
     load_tensors(encoder, weights["encoder"], weights_path, f"encoder {meta['encoder']}", complete=False)
-    head = _head(meta, folder / "model.json")
+    try:
+        head = head_of(meta)
+    except (SettingsError, TypeError, ValueError) as err:
+        raise ModelFolderError(f"{folder / 'model.json'}: {err}") from None
     load_tensors(head, weights["head"], weights_path, "the head model.json describes", complete=True)
     head.eval()
     encoder.eval()
@@ -313,13 +316,13 @@ def read_meta(folder: Path) -> dict:
     return meta
 
 
-def _head(meta: dict, meta_path: Path) -> nn.Module:
-    try:
-        s = TrialSettings.from_config(meta["settings"])
+def head_of(meta: dict, outputs: int | None = None) -> nn.Module:
+    """A new head of the kind model.json ``meta`` describes, with ``outputs`` outputs (default: its classes,
+    when it predicts them, and its dimensions)."""
+    s = TrialSettings.from_config(meta["settings"])
+    if outputs is None:
         outputs = (len(meta["labels"]) if s.uses_categories else 0) + len(meta.get("dimensions") or [])
-        return make_head(s, int(meta["num_states"]), int(meta["hidden_size"]), outputs)
-    except (SettingsError, TypeError, ValueError) as err:
-        raise ModelFolderError(f"{meta_path}: {err}") from None
+    return make_head(s, int(meta["num_states"]), int(meta["hidden_size"]), outputs)
 
 
 def load_tensors(module: nn.Module, tensors: dict[str, torch.Tensor], path: Path, what: str, *,

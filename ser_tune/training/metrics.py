@@ -30,8 +30,7 @@ def confusion(y_true, y_pred, num_classes: int) -> list[list[int]]:
 
 def ccc(x, y) -> float:
     """Lin's concordance correlation coefficient: 1 identical, 0 for a constant prediction, < 0 anti-correlated."""
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
+    x, y = np.asarray(x, float), np.asarray(y, float)
     mx, my = x.mean(), y.mean()
     vx, vy = x.var(), y.var()
     cov = ((x - mx) * (y - my)).mean()
@@ -41,7 +40,6 @@ def ccc(x, y) -> float:
 
 def ccc_loss(pred, target):
     """1 - CCC per column, averaged: the differentiable loss for dimensional targets (torch tensors)."""
-
     mp, mt = pred.mean(0), target.mean(0)
     vp, vt = pred.var(0, unbiased=False), target.var(0, unbiased=False)
     cov = ((pred - mp) * (target - mt)).mean(0)

@@ -136,8 +136,7 @@ def apply_peft(encoder: nn.Module, plan: PeftPlan) -> dict[str, nn.Parameter]:
             _add_adapter(layer, plan.adapter_size)
     if plan.uses_lora:
         _add_lora(encoder, adapted, plan)
-    for p in encoder.parameters():
-        p.requires_grad_(False)
+    encoder.requires_grad_(False)
     new = {name: p for name, p in encoder.named_parameters() if peft_group(name) is not None}
     for p in new.values():
         p.requires_grad_(True)
@@ -224,8 +223,7 @@ def start_from(init_state: dict, *, encoder: nn.Module | None, head: nn.Module, 
     for p in fixed.values():
         p.requires_grad_(False)
     if "head" in freeze:
-        for p in head.parameters():
-            p.requires_grad_(False)
+        head.requires_grad_(False)
     return still, fixed
 
 
@@ -246,9 +244,7 @@ def peft_summary(trials: pd.DataFrame, fixed: dict | None = None) -> pd.DataFram
     total_params, trainable_share, seconds_per_trial; sorted by trainable_params.
     """
     fixed = dict(fixed or {})
-    frame = trials
-    if "status" in frame:
-        frame = frame[frame["status"].fillna("TERMINATED") != "ERROR"]
+    frame = trials[trials["status"].fillna("TERMINATED") != "ERROR"] if "status" in trials else trials
 
     def setting(name: str) -> pd.Series:
         default = fixed.get(name, getattr(TrialSettings, name))
@@ -265,15 +261,10 @@ def peft_summary(trials: pd.DataFrame, fixed: dict | None = None) -> pd.DataFram
     work = pd.DataFrame({"mode": modes, "val_bca": col("val_bca"), "test_bca": col("test_bca"),
                          "trainable_params": col("trainable_params"), "total_params": col("total_params"),
                          "seconds": pd.to_numeric(seconds, errors="coerce")}, index=frame.index)
-    rows = []
-    for mode, g in work.groupby("mode", sort=False):
-        trainable, total = g["trainable_params"].median(), g["total_params"].median()
-        rows.append({"mode": mode, "trials": len(g), "val_bca_mean": g["val_bca"].mean(),
-                     "val_bca_best": g["val_bca"].max(), "test_bca_mean": g["test_bca"].mean(),
-                     "trainable_params": trainable, "total_params": total,
-                     "trainable_share": trainable / total if total and total == total else np.nan,
-                     "seconds_per_trial": g["seconds"].mean()})
-    columns = ["mode", "trials", "val_bca_mean", "val_bca_best", "test_bca_mean", "trainable_params",
-               "total_params", "trainable_share", "seconds_per_trial"]
-    out = pd.DataFrame(rows, columns=columns)
+    out = work.groupby("mode", sort=False).agg(
+        trials=("val_bca", "size"), val_bca_mean=("val_bca", "mean"), val_bca_best=("val_bca", "max"),
+        test_bca_mean=("test_bca", "mean"), trainable_params=("trainable_params", "median"),
+        total_params=("total_params", "median"), seconds_per_trial=("seconds", "mean")).reset_index()
+    share = (out["trainable_params"] / out["total_params"]).where(out["total_params"] > 0)
+    out.insert(7, "trainable_share", share)
     return out.sort_values("trainable_params", kind="stable", na_position="last").reset_index(drop=True)

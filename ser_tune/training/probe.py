@@ -84,9 +84,8 @@ def linear_probe(pooled: np.ndarray, y: np.ndarray, folds, *, train: np.ndarray,
     with threadpool_limits(limits=1):
         grid = {(layer, c): inner_score(layer_features(pooled, layer), y, folds, c, seed)
                 for layer in layers for c in c_grid}
-    (layer, c), best = max(grid.items(), key=lambda kv: kv[1])   # ties: the first (lower layer, smaller C)
-    x = layer_features(pooled, layer)
-    with threadpool_limits(limits=1):
+        (layer, c), best = max(grid.items(), key=lambda kv: kv[1])   # ties: lower layer, smaller C first
+        x = layer_features(pooled, layer)
         model = fit_probe(x[train], y[train], c, seed)
     preds = model.predict(x[test]) if len(test) else None
     test_bca = float(balanced_accuracy_score(y[test], preds)) if len(test) else None

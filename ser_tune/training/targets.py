@@ -29,24 +29,19 @@ class Targets:
         self.data = data
         self.n_classes = len(data.labels) if settings.uses_categories else 0
         self.dim_names: tuple[str, ...] = ()
-        self.dim_mean = np.zeros(0)
-        self.dim_std = np.zeros(0)
+        self.dim_mean = self.dim_std = np.zeros(0)
         self._dims_z = None
-        if settings.uses_dimensions:
-            self._standardise_dimensions()
+        if settings.uses_dimensions:   # standardised with the training clips' statistics
+            train = data.dims[data.parts["train"]]
+            self.dim_names = data.dim_names
+            self.dim_mean = np.nanmean(train, 0)
+            self.dim_std = np.nanstd(train, 0) + 1e-6
+            self._dims_z = (data.dims - self.dim_mean) / self.dim_std
 
     @property
     def outputs(self) -> int:
         """Width of the head's output: one logit per class and one value per dimension."""
         return self.n_classes + len(self.dim_names)
-
-    def _standardise_dimensions(self) -> None:
-        data = self.data
-        train = data.dims[data.parts["train"]]
-        self.dim_names = data.dim_names
-        self.dim_mean = np.nanmean(train, 0)
-        self.dim_std = np.nanstd(train, 0) + 1e-6
-        self._dims_z = (data.dims - self.dim_mean) / self.dim_std
 
     def loss_function(self, train_idx: np.ndarray) -> Loss:
         """``loss(outputs, idx)``: cross-entropy on the classes (class-weighted by the training clips when
@@ -87,8 +82,7 @@ class Targets:
             keep = np.isfinite(target).all(1)
             values = [ccc(out[keep, n_classes + j], target[keep, j]) if keep.sum() >= 2 else float("nan")
                       for j in range(len(self.dim_names))]
-            for name, v in zip(self.dim_names, values):
-                metrics[f"{prefix}ccc_{name}"] = v
+            metrics.update({f"{prefix}ccc_{name}": v for name, v in zip(self.dim_names, values)})
             metrics[f"{prefix}ccc"] = float(np.nanmean(values)) if keep.sum() >= 2 else float("nan")
         return metrics
 

@@ -38,6 +38,14 @@ class Scan:
                 wavs.append(path)
         return wavs
 
+    def add(self, path, found: tuple[str, str] | str, fields: dict) -> None:
+        """A record of ``path`` with ``found``'s (native name, view label) and ``fields``, or ``path`` skipped
+        for the reason ``found`` gives."""
+        if isinstance(found, str):
+            self.skip(path, found)
+        else:   # the path as walked: build_table resolves (and de-duplicates) it
+            self.records.append({"path": str(path), "label": found[1], **fields, "original_label": found[0]})
+
 
 def existing_folder(root: Path, corpus_title: str) -> Path:
     if not root.exists():
@@ -94,10 +102,13 @@ class Naming:
     code_name: str
 
 
-def scan_named(root: Path, files: list[Path], naming: Naming, view: str | None,
-               describe: Callable[[re.Match], "dict | str"], result: Scan) -> Scan:
-    """Records of the files whose names follow ``naming``; ``describe(match)`` gives a record's other
-    columns (speaker, gender, ...) or the reason to skip the file. Stops when no file is named so."""
+def scan_named(root: Path, naming: Naming, view: str | None, describe: Callable[[re.Match], "dict | str"],
+               files: list[Path] | None = None) -> Scan:
+    """Records of the wav files under ``root`` (or among ``files``, every file under it) whose names follow
+    ``naming``; ``describe(match)`` gives a record's other columns (speaker, gender, ...) or the reason to
+    skip the file. Stops when no file is named so."""
+    result = Scan()
+    files = result.take_wavs(corpus_files(existing_folder(root, naming.title)) if files is None else files)
     matched = 0
     for path in files:
         m = naming.pattern.match(path.stem)
@@ -106,13 +117,8 @@ def scan_named(root: Path, files: list[Path], naming: Naming, view: str | None,
             continue
         matched += 1
         fields = describe(m)
-        found = fields if isinstance(fields, str) else label_for(m["code"], naming.corpus, view, naming.code_name)
-        if isinstance(found, str):
-            result.skip(path, found)
-            continue
-        native, label = found
-        # the path as walked: build_table resolves (and de-duplicates) it
-        result.records.append({"path": str(path), "label": label, **fields, "original_label": native})
+        result.add(path, fields if isinstance(fields, str) else label_for(m["code"], naming.corpus, view,
+                                                                          naming.code_name), fields)
     if matched == 0:
         raise CorpusError(f"{root}: no {naming.title} files found ({len(files)} .wav files, none named "
                           f"like {naming.example})")

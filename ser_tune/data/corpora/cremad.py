@@ -39,11 +39,9 @@ def read_genders(path: Path) -> dict[str, str]:
 
 
 def scan(root: Path, view: str | None) -> Scan:
-    existing_folder(root, "CREMA-D")
-    everything = corpus_files(root)
+    everything = corpus_files(existing_folder(root, "CREMA-D"))
     demographics = find_demographics(root, everything)
     genders = read_genders(demographics) if demographics else {}
-    result = Scan()
     naming = Naming("CREMA-D", "cremad", NAME, "1001_DFA_ANG_XX.wav", "CREMA-D emotion code")
 
     def describe(m) -> dict | str:
@@ -52,4 +50,4 @@ def scan(root: Path, view: str | None) -> Scan:
         return {"speaker": m["actor"], "gender": genders.get(m["actor"]), "intensity": LEVEL[m["level"]],
                 "text": m["sentence"]}
 
-    return scan_named(root, result.take_wavs(everything), naming, view, describe, result)
+    return scan_named(root, naming, view, describe, everything)

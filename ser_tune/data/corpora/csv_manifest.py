@@ -75,8 +75,7 @@ def scan(root: Path, view: str | None) -> Scan:
         if rel is None:
             result.skip(f"{file}:{line}", "empty 'path'")
             continue
-        path = Path(rel).expanduser()
-        path = (path if path.is_absolute() else base / path).resolve()
+        path = (base / Path(rel).expanduser()).resolve()   # an absolute path replaces base
         missing = [c for c in ("label", "speaker") if _text(row[c]) is None]
         if missing:
             result.skip(path, f"{file.name} line {line}: empty '{missing[0]}'")
@@ -94,12 +93,9 @@ def scan(root: Path, view: str | None) -> Scan:
             continue
         record = {"path": str(path), "label": label, "speaker": _text(row["speaker"]),
                   "original_label": labels[i], "listed_as": f"line {line} ({rel})"}
-        for column in TEXT_COLUMNS:
-            if column in table.columns:
-                record[column] = _text(row[column])
-        if "gender" in record and record["gender"] is not None:
+        record.update({column: _text(row[column]) for column in TEXT_COLUMNS if column in table.columns})
+        if record.get("gender") is not None:
             record["gender"] = GENDER.get(record["gender"].lower(), record["gender"])
-        for column, values in numeric.items():
-            record[column] = float(values[i])
+        record.update({column: float(values[i]) for column, values in numeric.items()})
         result.records.append(record)
     return result

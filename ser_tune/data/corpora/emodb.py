@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .common import Naming, Scan, corpus_files, existing_folder, scan_named
+from .common import Naming, Scan, scan_named
 
 NAME = re.compile(r"^(?P<speaker>\d{2})(?P<text>[a-z]\d{2})(?P<code>[A-Za-z])(?P<version>[a-z])$")
 
@@ -14,11 +14,8 @@ SPEAKER_GENDER = {"03": "m", "08": "f", "09": "f", "10": "m", "11": "m", "12": "
 
 
 def scan(root: Path, view: str | None, *, title: str = "EmoDB") -> Scan:
-    existing_folder(root, title)
-    result = Scan()
-    naming = Naming(title, "emodb", NAME, "03a01Fa.wav", "EmoDB emotion letter")
-
     def describe(m) -> dict:
         return {"speaker": m["speaker"], "gender": SPEAKER_GENDER.get(m["speaker"]), "text": m["text"]}
 
-    return scan_named(root, result.take_wavs(corpus_files(root)), naming, view, describe, result)
+    naming = Naming(title, "emodb", NAME, "03a01Fa.wav", "EmoDB emotion letter")
+    return scan_named(root, naming, view, describe)

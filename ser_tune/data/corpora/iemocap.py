@@ -19,11 +19,6 @@ LABEL_LINE = re.compile(
 UTTERANCE = re.compile(r"^(?P<session>Ses\d{2})[FM]_.+_(?P<gender>[FM])\d+[a-z]?$")
 
 
-def label_files(files: list[Path]) -> list[Path]:
-    """The per-dialog evaluation files (EmoEvaluation/*.txt, not its Categorical/Attribute subfolders)."""
-    return [p for p in files if p.suffix == ".txt" and p.parent.name == "EmoEvaluation"]
-
-
 def read_labels(files: list[Path]) -> dict[str, dict]:
     labels: dict[str, dict] = {}
     for file in files:
@@ -43,7 +38,8 @@ def read_labels(files: list[Path]) -> dict[str, dict]:
 def scan(root: Path, view: str | None) -> Scan:
     existing_folder(root, "IEMOCAP")
     everything = corpus_files(root)
-    evaluations = label_files(everything)
+    # the per-dialog evaluation files (EmoEvaluation/*.txt, not its Categorical/Attribute subfolders)
+    evaluations = [p for p in everything if p.suffix == ".txt" and p.parent.name == "EmoEvaluation"]
     if not evaluations:
         raise CorpusError(f"{root}: no IEMOCAP label files found "
                           f"(expected Session*/dialog/EmoEvaluation/*.txt)")
@@ -66,15 +62,9 @@ def scan(root: Path, view: str | None) -> Scan:
         if entry is None:
             result.skip(path, f"no label for utterance {utt} in any EmoEvaluation file")
             continue
-        found = label_for(entry["code"], "iemocap", view, "IEMOCAP category")
-        if isinstance(found, str):
-            result.skip(path, found)
-            continue
-        native, label = found
-        # the path as walked: build_table resolves (and de-duplicates) it
-        result.records.append({"path": str(path), "label": label, "speaker": m["session"] + m["gender"],
-                               "gender": m["gender"].lower(), "session": m["session"], "original_label": native,
-                               **{k: entry[k] for k in ("arousal", "valence", "dominance")}})
+        result.add(path, label_for(entry["code"], "iemocap", view, "IEMOCAP category"),
+                   {"speaker": m["session"] + m["gender"], "gender": m["gender"].lower(),
+                    "session": m["session"], **{k: entry[k] for k in ("arousal", "valence", "dominance")}})
     if matched == 0:
         raise CorpusError(f"{root}: no IEMOCAP utterance wavs found ({len(files)} .wav files, none named "
                           f"like Ses01F_impro01_F000.wav)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .common import Naming, Scan, corpus_files, existing_folder, scan_named
+from .common import Naming, Scan, scan_named
 
 NAME = re.compile(
     r"^(?P<modality>\d{2})-(?P<channel>\d{2})-(?P<code>\d{2})-(?P<intensity>\d{2})-"
@@ -17,8 +17,6 @@ STATEMENT = {"01": "Kids are talking by the door", "02": "Dogs are sitting by th
 
 
 def scan(root: Path, view: str | None) -> Scan:
-    existing_folder(root, "RAVDESS")
-    result = Scan()
     naming = Naming("RAVDESS", "ravdess", NAME, "03-01-06-01-02-01-12.wav", "RAVDESS emotion code")
 
     def describe(m) -> dict | str:
@@ -30,4 +28,4 @@ def scan(root: Path, view: str | None) -> Scan:
         return {"speaker": m["actor"], "gender": "m" if int(m["actor"]) % 2 == 1 else "f",   # odd actors are male
                 "intensity": INTENSITY[m["intensity"]], "text": STATEMENT.get(m["statement"], m["statement"])}
 
-    return scan_named(root, result.take_wavs(corpus_files(root)), naming, view, describe, result)
+    return scan_named(root, naming, view, describe)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from ser_tune.study.optuna_store import STORE_FILE, OptunaRecorder, recorder_for, storage_url, study_name
 
@@ -170,8 +170,8 @@ def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
                         seen_live["tpe"] = (len(ended), launch.poll() is None)
                 except KeyError:   # the study's first trial has not ended yet
                     pass
-                except (OperationalError, optuna.exceptions.StorageInternalError):
-                    pass   # read while the driver writes: SQLite answers "database is locked"; poll again
+                except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
+                    pass   # read while the driver writes ("database is locked", or both creating the tables)
             time.sleep(0.5)
         assert launch.wait(timeout=max(1, deadline - time.monotonic())) == 0, log.read_text()[-3000:]
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -108,14 +109,18 @@ class OptunaRecorder(Callback):
         self.record_safely(trial, trials, failed=True)
 
     def record_safely(self, trial, trials, *, failed: bool) -> None:
-        """The study goes on when its Optuna copy cannot be written (a full disk, a locked file): one line."""
-        try:
-            self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=failed,
-                        number=start_number(trials, trial))
-        except Exception as exc:   # noqa: BLE001 - any storage error; trials.csv stays the record
-            self._study = None
-            print(f"{self.url[len('sqlite:///'):]}: trial {trial.trial_id} not recorded "
-                  f"({type(exc).__name__}: {exc}); the study goes on, trials.csv has it", flush=True)
+        """The study goes on when its Optuna copy cannot be written (a full disk, a locked file): one line.
+        A second try, after reopening, rides out a reader (optuna-dashboard) creating the file's tables at
+        the same moment."""
+        for attempt in (1, 2):
+            try:
+                return self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=failed,
+                                   number=start_number(trials, trial))
+            except Exception as exc:   # noqa: BLE001 - any storage error; trials.csv stays the record
+                self._study, error = None, exc
+                time.sleep(0.5 * attempt)
+        print(f"{self.url[len('sqlite:///'):]}: trial {trial.trial_id} not recorded "
+              f"({type(error).__name__}: {error}); the study goes on, trials.csv has it", flush=True)
 
     def record(self, trial_id: str, result: dict, *, failed: bool, number: int | None = None) -> None:
         """Add one ended trial; ``number``: its place in start order (Optuna numbers trials in the order

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,16 @@ def pytest_collection_modifyitems(config, items):
     long file alone."""
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+
+@pytest.fixture(autouse=True)
+def python_ctrl_c():
+    """Every test starts with Python's own Ctrl-C handler: a test process can be left with SIGINT ignored
+    (a local Ray starts with it ignored), and a launcher a test starts inherits an ignored SIGINT, so the
+    interrupt tests would send Ctrl-C into nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture(scope="session")

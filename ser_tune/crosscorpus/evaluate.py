@@ -50,8 +50,9 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
     if not getattr(model, "n_classes", len(labels)):
         raise CrossCorpusError(f"{model_dir}: this model predicts emotion dimensions only, not categories; "
                                "cross-corpus evaluation needs categories")
-    if model.meta.get("settings", {}).get("head") in FRAME_HEADS:
-        raise CrossCorpusError(f"{model_dir}: its {model.meta['settings']['head']} head reads frames; cross-corpus "
+    head = model.meta.get("settings", {}).get("head")
+    if head in FRAME_HEADS:
+        raise CrossCorpusError(f"{model_dir}: its {head} head reads frames; cross-corpus "
                                "evaluation reads pooled features (models with a linear, mlp or logreg head)")
     mapper = LabelMapper(labels)
     notes = []

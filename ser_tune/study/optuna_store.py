@@ -112,13 +112,14 @@ class OptunaRecorder(Callback):
         """The study goes on when its Optuna copy cannot be written (a full disk, a locked file): one line.
         A second try, after reopening, rides out a reader (optuna-dashboard) creating the file's tables at
         the same moment."""
-        for attempt in (1, 2):
+        for retry in (False, True):
+            if retry:
+                time.sleep(0.5)
             try:
                 return self.record(str(trial.trial_id), getattr(trial, "last_result", None) or {}, failed=failed,
                                    number=start_number(trials, trial))
             except Exception as exc:   # noqa: BLE001 - any storage error; trials.csv stays the record
                 self._study, error = None, exc
-                time.sleep(0.5 * attempt)
         print(f"{self.url[len('sqlite:///'):]}: trial {trial.trial_id} not recorded "
               f"({type(error).__name__}: {error}); the study goes on, trials.csv has it", flush=True)
 

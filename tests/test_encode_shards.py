@@ -116,6 +116,20 @@ def test_local_encode_shows_progress_on_stderr_only(clips, tmp_path, capsys):
     assert done["cache"]["misses"] == 1
 
 
+def test_a_study_whose_features_are_all_cached_never_loads_the_encoder(clips, tmp_path, monkeypatch):
+    table, _, _ = clips
+    first = encode_once(table, SPEC, tmp_path, [1.0], [None])
+    import ser_tune.study.prepare as prepare
+
+    def no_encoder(spec, *args, **kwargs):
+        raise AssertionError(f"loaded {spec} on a warm cache")
+
+    monkeypatch.setattr(prepare, "load_encoder", no_encoder)
+    again = encode_once(table, SPEC, tmp_path, [1.0], [None])
+    assert again["encoder"] == first["encoder"] and again["cache"]["hits"] == 1 and again["cache"]["misses"] == 0
+    np.testing.assert_array_equal(again["pooled"], first["pooled"])
+
+
 @pytest.mark.slow
 def test_shards_on_ray_give_the_local_bits(clips, tmp_path, capfd):
     """Several shards on a 2-CPU Ray, against this process's encode: the same pooled features, frames and

@@ -229,6 +229,20 @@ class FeatureCache:
             self._encoder = self._loader()
         return self._encoder
 
+    def remembered_description(self) -> dict | None:
+        """The encoder's ``describe()`` as the first encode with these weights saved it (None: none did):
+        a study whose features are all cached then never loads the encoder (seconds of CPU per launch)."""
+        try:
+            return json.loads((self.root / f"encoder-{self.encoder_fingerprint}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remember_description(self, description: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=self.root, suffix=".tmp", delete=False) as out:
+            json.dump(description, out)
+        os.replace(out.name, self.root / f"encoder-{self.encoder_fingerprint}.json")
+
     def key(self, clip_ids: Sequence[str], max_length: float | None) -> str:
         digest = hashlib.sha256()
         digest.update(f"{self.encoder_fingerprint}|{max_length}|v2".encode())   # v2: entries hold pooled_std

@@ -27,6 +27,10 @@ keeps a copy into the trials that follow. Reloading costs little after a worker'
 (its modules are imported and the weights sit in the page cache: about 0.1 s for Whisper-base);
 the first one's imports and load (seconds) are started by :meth:`RayShardedEncode.warm_up`, and the
 first warm-up to finish describes the encoder to the driver, which never loads it.
+
+On one node a short corpus is encoded faster by the driver alone (:func:`spreading_pays`): each task's
+worker pays seconds of imports and an encoder load before its first clip, more than a few minutes of
+audio take on the driver's own threads.
 """
 from __future__ import annotations
 
@@ -79,6 +83,22 @@ def shard_task(*args) -> tuple[str, EncodedClips]:
     import ray
 
     return ray.get_runtime_context().get_node_id(), encode_shard(*args)
+
+
+# Below this much audio a one-node study encodes in its driver (the tiny corpora of tests and quickstarts).
+SPREAD_MIN_AUDIO_S = 600.0
+
+
+def spreading_pays(audio_seconds: float) -> bool:
+    """Whether the shared encode should run as Ray tasks (Ray initialised): always when some node other than
+    the driver's has CPUs (a cluster's workers do the encode, not its head), else for at least
+    SPREAD_MIN_AUDIO_S seconds of audio."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    elsewhere = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0
+                 and n.get("NodeID") != here]
+    return bool(elsewhere) or audio_seconds >= SPREAD_MIN_AUDIO_S
 
 
 class RayShardedEncode:

@@ -16,7 +16,7 @@ from ..data import (SAMPLE_RATE, AudioStore, Corpus, Split, check_split, crop, d
                     make_split, outer_fold_assignments, speaker_folds)
 from ..encoders import load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
-from ..encoders.distributed import RayShardedEncode
+from ..encoders.distributed import RayShardedEncode, spreading_pays
 from ..training.trainable import set_threads
 from .folder import SPLIT_FILE, StudyFolder
 
@@ -81,8 +81,8 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     """Encode every clip once per effective max_length, with the frame-level hidden states at the
     boundaries below the top ``k`` layers for each k in ``boundary_tops`` (None: all layers train), and
     every hidden state's frames averaged over each of ``frame_averages`` (for heads that read frames).
-    With Ray initialised (a study's driver) the clips are encoded as Ray tasks over every CPU of the
-    cluster (``encoders.distributed.RayShardedEncode``), else here with every core; same cache
+    With Ray initialised (a study's driver) and ``encoders.distributed.spreading_pays``, the clips are encoded
+    as Ray tasks over every CPU of the cluster (``RayShardedEncode``), else here with every core; same cache
     entries either way, and a progress line on stderr while an entry is encoded.
     Returns {"seconds", "encoder" (its description), "cache"} for study.json ("cache": entries, hits,
     misses, and under "ray" the tasks and clips per node when Ray encoded), and "pooled": the per-layer
@@ -91,15 +91,20 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
 
     paths = [str(p) for p in table["path"]]
     lengths = [effective_max_length(m, table["duration"].to_numpy(float)) for m in max_lengths]
-    spread = RayShardedEncode(encoder_spec) if ray.is_initialized() else None
+    audio_seconds = float(table["duration"].sum())
+    spread = RayShardedEncode(encoder_spec) if ray.is_initialized() and spreading_pays(audio_seconds) else None
     cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: load_encoder(encoder_spec),
                          encode_clips=spread, progress=True)
     set_threads(os.cpu_count() or 1)
-    if spread is not None and not all(cache.has(paths, ml, averages=frame_averages) for ml in lengths):
-        spread.warm_up()   # the cluster's workers load the encoder; this process never needs it
-        description = spread.describe() or cache.encoder.describe()
-    else:
-        description = cache.encoder.describe()
+    cached = all(cache.has(paths, ml, averages=frame_averages) for ml in lengths)
+    description = cache.remembered_description() if cached else None
+    if description is None:
+        if spread is not None and not cached:
+            spread.warm_up()   # the cluster's workers load the encoder; this process never needs it
+            description = spread.describe() or cache.encoder.describe()
+        else:
+            description = cache.encoder.describe()
+        cache.remember_description(description)
     n = description["num_layers"]
     boundaries = sorted({0 if k is None else n - min(k, n) for k in boundary_tops})
     audio = AudioStore(SAMPLE_RATE)

@@ -275,3 +275,15 @@ def test_cli_bad_input_is_one_error_line_and_exit_2(world, capsys, args, named):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and named in err[0]
+
+
+def test_a_target_is_encoded_whole_so_a_study_of_that_corpus_reads_the_same_entry(result, world):
+    """Clips the model's labels leave out (RAVDESS "surprised") are encoded too: the entry is the whole corpus
+    in its table order, the one a study of that corpus (or the other way of a cross-corpus pair) reads."""
+    from ser_tune.encoders import spec_fingerprint
+    from ser_tune.encoders.cache import FeatureCache, effective_max_length
+
+    assert result["targets"]["ravdess"]["excluded"] >= 1
+    table = load_corpus("ravdess", world["ravdess"]).table   # as a study loads it
+    cache = FeatureCache(world["cache"], "tiny-whisper", spec_fingerprint("tiny-whisper"), lambda: None)
+    assert cache.has([str(p) for p in table["path"]], effective_max_length(2.0, table["duration"].to_numpy(float)))

@@ -85,23 +85,31 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
     return result
 
 
+def whole_corpus_pooled(original: OriginalFeatures, table: pd.DataFrame) -> np.ndarray:
+    """The original encoder's pooled features of every clip of the target corpus, in its table order: the
+    cache entry a study of that corpus makes, so neither encodes it twice (clips the model's labels leave
+    out are encoded too, for that reuse)."""
+    return original.pooled([str(p) for p in table["path"]], table["duration"].to_numpy(float))
+
+
 def evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds, embedded: dict) -> dict:
     labels = mapper.labels
     table, info = load_target(target, mapper)
     excluded = table[table["model_label"].isna()]
-    used = table[table["model_label"].notna()].reset_index(drop=True)
+    rows = np.flatnonzero(table["model_label"].notna().to_numpy())   # the used clips' rows in the whole table
+    used = table.iloc[rows].reset_index(drop=True)
     entry = {**info, "files": 0, "excluded": int(len(excluded)),
              "excluded_labels": {str(k): int(v) for k, v in sorted(Counter(excluded["label"]).items())}}
     full = None
     if fine_tuned:
         feats, kept, failed = embed_files(model, [str(p) for p in used["path"]], embedded)
     else:   # the tuned model's encoder is the original (cut where the model's was): the cached features
-        full = original.pooled([str(p) for p in used["path"]], used["duration"].to_numpy(float))
+        full = whole_corpus_pooled(original, table)[rows]
         feats = full[:, : model.encoder.num_layers + 1]
         kept, failed = list(range(len(used))), []
     entry["skipped"] += len(failed)
     entry["skipped_examples"] = (entry["skipped_examples"] + failed)[:5]
-    used = used.iloc[kept].reset_index(drop=True)
+    used, rows = used.iloc[kept].reset_index(drop=True), rows[kept]
     present = [l for l in labels if l in set(used["model_label"])]
     entry.update({"files": int(len(used)), "classes_present": present,
                   "missing_classes": [l for l in labels if l not in present],
@@ -123,8 +131,7 @@ def evaluate_target(model, target, mapper, frozen, original, fine_tuned, seeds, 
     details = {"random_head": random_head_baseline(model, head_input, y, labels, seeds, predictions)}
     if frozen is not None:
         # The probe reads any layer of the original encoder: a head-only model's cached features are those.
-        base = full if full is not None else original.pooled(list(predictions["path"]),
-                                                             used["duration"].to_numpy(float))
+        base = full if full is not None else whole_corpus_pooled(original, table)[rows]
         pred = frozen.predict(normalized_features(base, speakers, model.normalize))
         predictions["frozen_head"] = [labels[i] for i in pred]
         details["frozen_head"] = {

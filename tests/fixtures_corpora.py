@@ -93,7 +93,7 @@ def make_iemocap(root: Path) -> Path:
         text = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
         for j, (utt, code, vad) in enumerate(lines):
             text += [f"[{1.5 * j:.4f} - {1.5 * j + 1.2:.4f}]\t{utt}\t{code}\t[{vad}]",
-                     f"C-E1:\tNeutral;\t()", f"A-E1:\tval 3; act 2; dom  3;\t()", ""]
+                     "C-E1:\tNeutral;\t()", "A-E1:\tval 3; act 2; dom  3;\t()", ""]
             write_wav(base / session / "sentences" / "wav" / dialog / f"{utt}.wav", freq=200 + 10 * j + 5 * d)
         evaluation = base / session / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
         evaluation.parent.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,7 @@ def test_study_tuned_for_val_ccc(tmp_path):
         "encoder": "tiny-whisper",
         "trial": {"task": "dimensions", "unfreeze": "none", "max_length": 1.0, "num_epochs": 8},
         "space": {"lr": {"loguniform": [3e-3, 3e-2]}},
-        "strategies": ["tpe"], "budget": {"trials": 3}, "resources": {"cpus_per_trial": 1},
+        "strategies": ["tpe"], "budget": {"trials": 3}, "resources": {"cpus_per_trial": 1}, "concurrency": 1,
         "storage": str(tmp_path / "studies"), "objective": {"metric": "val_ccc", "mode": "max"},
         "thresholds": [0.2, 0.5],
     }

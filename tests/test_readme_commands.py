@@ -175,7 +175,8 @@ def _tiny_folder(root: Path) -> dict:
               "split": {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0},
               "resources": {"cpus_per_trial": 1}, "storage": str(studies)}
     study = {**common, "encoder": "tiny-whisper", "trial": {"unfreeze": "none", "max_length": 1.0, "batch_size": 16},
-             "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 2]}}, "budget": {"trials": 1}}
+             "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 2]}}, "budget": {"trials": 1},
+             "concurrency": 1}   # one trial worker per search run: each costs seconds of imports
     manifest = _manifest(corpus, root / "my_corpus")
     wav2vec2 = root / "tiny-wav2vec2"
     build_tiny_model("wav2vec2").save_pretrained(wav2vec2)

@@ -32,6 +32,7 @@ def _experiment(tmp_path: Path, **changes) -> Path:
         "grid": {"head": ["mlp", "linear"], "num_epochs": [3, 1]},
         "budget": {"trials": 4},
         "resources": {"cpus_per_trial": 1},
+        "concurrency": 1,   # one trial worker per search run (each costs seconds of imports); tests/test_launch.py runs 2
         "seed": 0,
         "storage": str(tmp_path / "studies"),
         **changes,

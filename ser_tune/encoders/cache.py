@@ -238,10 +238,17 @@ class FeatureCache:
             return None
 
     def remember_description(self, description: dict) -> None:
+        """Saved whole or not at all; a temporary file of its own (studies share the cache root), removed
+        when the write fails (a full disk)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=self.root, suffix=".tmp", delete=False) as out:
-            json.dump(description, out)
-        os.replace(out.name, self.root / f"encoder-{self.encoder_fingerprint}.json")
+            pass
+        try:
+            Path(out.name).write_text(json.dumps(description))
+            os.replace(out.name, self.root / f"encoder-{self.encoder_fingerprint}.json")
+        except BaseException:
+            Path(out.name).unlink(missing_ok=True)
+            raise
 
     def key(self, clip_ids: Sequence[str], max_length: float | None) -> str:
         digest = hashlib.sha256()

@@ -15,10 +15,11 @@ The schema, with defaults (see experiments/*.yaml for worked examples)::
     space: <the paper's space>      # searched TrialSettings: {name: {loguniform|uniform|int|choice: [...]}}
     grid: null                      # for the grid strategy; null = derived from the space
     strategies: [tpe, gp]
-    budget: {trials: 15, minutes: null, repeats: 1, repeat_over: [searcher]}
+    budget: {trials: 15, minutes: null, repeats: 1, repeat_over: [searcher], warmup: sized}
                                     # per strategy; minutes = optional time limit per strategy;
                                     # repeats: runs of each strategy, varying what repeat_over lists
-                                    # (searcher: its seed; split: the split's seed)
+                                    # (searcher: its seed; split: the split's seed); warmup: model-based
+                                    # searchers' random start, sized to the budget or the library's default
     resources: {cpus_per_trial: 1, memory_gb: null}
     concurrency: null               # max concurrent trials per strategy; null = cluster CPUs // cpus_per_trial
     seed: 0
@@ -70,6 +71,8 @@ SPLIT_KEYS = {                      # the keyword arguments of ser_tune.data.mak
 }
 DEFAULT_SPLIT = {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0}
 REPEAT_OVER = ("searcher", "split")
+# sized: each searcher's random warm-up sized to the budget (search.default_warmup); library: the library's own
+WARMUPS = ("sized", "library")
 SPEAKER_FOLDS = ": speaker folds need speakers, but split.kind is 'random' (use speaker or fold)"
 
 # The quickstart study: synthetic corpus, tiny encoder, a few minutes on a laptop.
@@ -265,6 +268,7 @@ class Budget(Section):
     repeats: PositiveInt = 1
     repeat_over: listed(choice(REPEAT_OVER, noun="repeat target"), f"a non-empty list from {', '.join(REPEAT_OVER)}",
                         single=True, noun="a repeat target") = ["searcher"]
+    warmup: choice(WARMUPS) = "sized"
 
 
 class Evaluation(Section):

@@ -28,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, help="optional time budget per strategy")
     p.add_argument("--concurrency", type=int, help="max concurrent trials per strategy")
     p.add_argument("--repeats", type=int, help="independent runs of every strategy (budget.repeats)")
+    p.add_argument("--warmup", choices=("sized", "library"),
+                   help="model-based searchers' random warm-up: sized to the budget, or each library's default "
+                        "(budget.warmup)")
     p.add_argument("--cv-folds", type=int, help="speaker folds each trial is scored on (objective.cv_folds)")
     p.add_argument("--outer-folds", type=int, help="outer folds of test speakers (evaluation.outer_folds)")
     p.add_argument("--seed", type=int)
@@ -45,6 +48,7 @@ def load(args):
     overrides = {"strategies": args.strategies, "budget.trials": args.trials, "budget.minutes": args.minutes,
                  "resources.cpus_per_trial": args.cpus_per_trial, "concurrency": args.concurrency,
                  "storage": args.storage, "seed": args.seed, "budget.repeats": args.repeats,
+                 "budget.warmup": args.warmup,
                  "objective.cv_folds": args.cv_folds, "evaluation.outer_folds": args.outer_folds}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:

@@ -240,6 +240,13 @@ def test_new_fields_round_trip_through_to_dict():
     assert {k: v for k, v in again.items() if k != "source"} == saved
 
 
+def test_warmup_is_sized_unless_the_library_default_is_asked_for():
+    assert default_experiment().budget.warmup == "sized"
+    assert experiment_from_dict(_with(budget__warmup="library")).budget.warmup == "library"
+    with pytest.raises(ConfigError, match=r"budget\.warmup must be one of sized, library \(got 'libary'\)"):
+        experiment_from_dict(_with(budget__warmup="libary"))
+
+
 def test_a_single_repeat_target_is_a_list_of_one():
     assert experiment_from_dict(_with(budget__repeat_over="split")).budget.repeat_over == ["split"]
 
@@ -311,7 +318,7 @@ def test_unknown_keys_are_named_with_their_place(raw, field):
 def test_known_keys_are_listed():
     with pytest.raises(ConfigError, match=r"evaluation\.inner is not a known key; known keys: outer_folds$"):
         experiment_from_dict(_with(evaluation={"inner": 1}))
-    with pytest.raises(ConfigError, match="known keys: trials, minutes, repeats, repeat_over$"):
+    with pytest.raises(ConfigError, match="known keys: trials, minutes, repeats, repeat_over, warmup$"):
         experiment_from_dict(_with(budget__trails=3))
 
 

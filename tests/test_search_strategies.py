@@ -92,6 +92,27 @@ def test_default_warmup_is_sized_to_the_budget(budget, warmup):
     assert default_warmup(budget) < budget or budget == 1
 
 
+def test_library_warmup_is_each_librarys_own_default_capped_at_the_budget():
+    import optuna
+    import skopt as scikit_optimize
+
+    shipped = {"tpe": inspect.signature(HyperOptSearch).parameters["n_initial_points"].default,
+               "gp": inspect.signature(BayesOptSearch).parameters["random_search_steps"].default,
+               "skopt": inspect.signature(scikit_optimize.Optimizer).parameters["n_initial_points"].default,
+               "motpe": inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default,
+               "nsga2": inspect.signature(optuna.samplers.NSGAIISampler).parameters["population_size"].default}
+    objectives = {"val_bca": "max", "latency_ms_per_s": "min"}
+    for name, default in shipped.items():
+        several = objectives if name in OPTUNA_STRATEGIES else None
+        assert make_plan(name, SPACE, budget=100, seed=0, warmup=base.LIBRARY, objectives=several).warmup == default
+        capped = make_plan(name, SPACE, budget=12, seed=0, warmup=base.LIBRARY, objectives=several)
+        assert capped.warmup == min(default, 12), name
+    assert "20 random warm-up trials of 30" in make_plan("tpe", SPACE, budget=30, seed=0, warmup="library").notes
+    assert make_plan("random", SPACE, budget=30, seed=0, warmup="library").warmup == 30   # nothing to warm up
+    with pytest.raises(StrategyError, match="or 'library'"):
+        make_plan("tpe", SPACE, budget=30, seed=0, warmup="libary")
+
+
 def test_model_based_plans_are_seeded_limited_and_maximise():
     plan = make_plan("tpe", SPACE, budget=15, seed=3, max_concurrent=2)
     assert isinstance(plan.searcher, ConcurrencyLimiter) and plan.searcher.max_concurrent == 2
@@ -373,3 +394,23 @@ def test_optuna_strategies_search_every_objective_and_store_constraints(strategy
     assert not single.several_metrics and single.searcher.searcher.metric == "val_bca"
     for module in (nsga2, motpe, optuna_search):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_a_study_with_library_warmups_hands_them_to_its_units(tmp_path):
+    from ser_tune.config import experiment_from_dict
+    from ser_tune.strategies import StrategyStudy
+    from ser_tune.study.folder import StudyFolder
+    from ser_tune.study.session import Cluster
+
+    exp = experiment_from_dict({
+        "name": "warm", "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"),
+                                   "options": {"clips_per_cell": 1}},
+        "storage": str(tmp_path / "studies"), "strategies": ["tpe", "gp", "random"],
+        "budget": {"trials": 30, "warmup": "library"}})
+    study = StrategyStudy(exp)
+    folder = StudyFolder.create(exp.storage, exp.name)
+    study.prepare(folder)
+    cluster = Cluster(cpus=2, largest_node=2, nodes=1, dashboard=None)
+    units = {s: study.strategy_unit(folder, s, 0, 0, cluster) for s in ("tpe", "gp", "random")}
+    assert {s: u.info["warmup"] for s, u in units.items()} == {"tpe": 20, "gp": 10, "random": 30}
+    assert units["tpe"].info["notes"].startswith("TPE (hyperopt), 20 random warm-up trials of 30")

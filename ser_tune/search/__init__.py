@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from ser_tune.search.base import SearchPlan, StrategyError, default_warmup
+from ser_tune.search.base import LIBRARY, SearchPlan, StrategyError, default_warmup
 from ser_tune.search.space import (Param, SpaceError, grid_size, paper_grid, paper_space, parse_space,
                                    to_grid_space, to_tune_space)
 
@@ -55,5 +55,5 @@ def make_plan(strategy: str, space, *, budget, seed, metric="val_bca", mode="max
 
 
 __all__ = ["STRATEGY_NAMES", "OPTUNA_STRATEGIES", "strategy_class", "check_installed", "make_plan",
-           "SearchPlan", "StrategyError", "default_warmup", "Param", "SpaceError", "parse_space",
+           "SearchPlan", "StrategyError", "LIBRARY", "default_warmup", "Param", "SpaceError", "parse_space",
            "paper_space", "paper_grid", "to_tune_space", "to_grid_space", "grid_size"]

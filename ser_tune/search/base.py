@@ -60,6 +60,9 @@ class SearchPlan:
         self.expected_trials = self.expected_trials or self.num_samples
 
 
+LIBRARY = "library"   # warmup="library": the searcher library's own default warm-up (capped at the budget)
+
+
 def default_warmup(budget: int) -> int:
     """Random warm-up sized to the budget: 30 % (at least 2), always leaving one guided trial.
 
@@ -93,6 +96,7 @@ class StrategyBase:
 
     name = "base"
     model_based = True   # needs at least one random warm-up trial to fit its model
+    library_warmup: int | None = None   # the searcher library's default random warm-up (warmup="library")
 
     def __init__(self, space: dict[str, Param], *, budget: int, seed: int, metric: str = "val_bca",
                  mode: str = "max", max_concurrent: int = 1, warmup: int | None = None,
@@ -107,11 +111,13 @@ class StrategyBase:
             raise StrategyError(f"{self.name}: metric must be a non-empty string (got {metric!r})")
         if not isinstance(max_concurrent, Integral) or isinstance(max_concurrent, bool) or max_concurrent < 1:
             raise StrategyError(f"{self.name}: max_concurrent must be a positive integer (got {max_concurrent!r})")
+        if warmup == LIBRARY:   # what a user gets from the library as shipped: shows what sizing buys
+            warmup = None if self.library_warmup is None else min(self.library_warmup, int(budget))
         if warmup is not None:
             low = 1 if self.model_based else 0
             if not isinstance(warmup, Integral) or isinstance(warmup, bool) or not low <= warmup <= budget:
                 raise StrategyError(f"{self.name}: warmup must be an integer in [{low}, budget={budget}] "
-                                    f"(got {warmup!r})")
+                                    f"or '{LIBRARY}' (got {warmup!r})")
         self.space = parse_space(space) if space is not None else None
         self.budget = int(budget)
         self.seed = int(seed)

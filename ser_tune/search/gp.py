@@ -86,6 +86,7 @@ class BudgetBayesOptSearch(BayesOptSearch):
 
 class GPStrategy(StrategyBase):
     name = "gp"
+    library_warmup = 10   # BayesOptSearch random_search_steps
 
     def plan(self) -> SearchPlan:
         space = self._require_space()

@@ -18,6 +18,7 @@ from ser_tune.search.optuna_search import OptunaStrategy
 
 class MOTPEStrategy(OptunaStrategy):
     name = "motpe"
+    library_warmup = 10   # Optuna TPESampler n_startup_trials
 
     def method(self) -> str:
         return f"multi-objective TPE (Optuna), {self.warmup} random warm-up trials of {self.budget}"

@@ -21,6 +21,7 @@ from ser_tune.search.optuna_search import OptunaStrategy
 
 class NSGA2Strategy(OptunaStrategy):
     name = "nsga2"
+    library_warmup = 50   # Optuna NSGAIISampler population_size
 
     def method(self) -> str:
         return f"NSGA-II (Optuna), generations of {max(2, self.warmup)} trials (the first random) of {self.budget}"

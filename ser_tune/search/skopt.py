@@ -166,6 +166,7 @@ class SkoptSearcher(Searcher):
 
 class SkoptStrategy(StrategyBase):
     name = "skopt"
+    library_warmup = 10   # skopt.Optimizer n_initial_points
 
     def plan(self) -> SearchPlan:
         searcher = SkoptSearcher(metric=self.metric, mode=self.mode, n_initial_points=self.warmup,

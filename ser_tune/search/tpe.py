@@ -70,6 +70,7 @@ class TellableHyperOptSearch(HyperOptSearch):
 
 class TPEStrategy(StrategyBase):
     name = "tpe"
+    library_warmup = 20   # Ray's HyperOptSearch n_initial_points
 
     def plan(self) -> SearchPlan:
         space = self._require_space()

@@ -7,7 +7,11 @@ Runs ``python -m ser_tune.launch CONFIG --repeats R --cv-folds K --trials N --js
 the config; grid runs its grid once) and records per strategy: the runs, the success rate at the
 threshold, the ERT with its bootstrap 95 % interval on the three clocks (run wall-clock, trial
 CPU-seconds, trials), the final best objective and its test BCA (mean ± SE over runs) and the verdict
-against random search; the runtime ECDF plot is the study's plots/runtime_ecdf.png. It also projects
+against random search; beside them the study's ladder of targets with every strategy's ERT at each, its
+data profiles (fraction of (run, target) pairs reached against seconds and trials) and, per verdict, the
+smallest A12 the test could detect at 80 % power. Plots: the study's plots/runtime_ecdf.png and
+plots/data_profile.png. An interrupted study (``--from-study``) is summarised on its runs that ended;
+``python -m ser_tune.launch CONFIG --resume STUDY_DIR`` finishes it. It also projects
 the study's time on a cluster from the measured costs: every run's trials spread over all the
 cluster's CPUs (units one after another), so the study takes about the sum over units of
 max(its trials' CPU-seconds / CPUs, its longest trial) plus each unit's measured fixed cost (a model:
@@ -84,18 +88,27 @@ def summarise(study_dir: Path, threshold: float, clusters: list[int]) -> dict:
     study = load_study(study_dir)
     out = launch_json(summary_json([study.dir], [threshold]), study)
     key = f"{threshold:g}"
+    ladder = [f"{t:g}" for t in out.get("targets") or []]
     strategies = {}
     for name, s in out["strategies"].items():
-        ert = (s.get("ert") or {}).get(key) or {}
-        strategies[name] = {"runs": s.get("runs"), "repeats": s.get("repeats"), "ert": ert,
+        every = s.get("ert") or {}
+        strategies[name] = {"runs": s.get("runs"), "repeats": s.get("repeats"), "status": s.get("status"),
+                            "ert": every.get(key) or {}, "ladder_ert": {t: every.get(t) for t in ladder},
+                            "data_profile": s.get("data_profile"), "data_profile_trials": s.get("data_profile_trials"),
+                            "power": s.get("power"), "comparison": s.get("comparison"),
                             "best_val_bca": s.get("best_val_bca"), "test_bca": s.get("test_bca"),
                             "nested_test_bca": s.get("nested_test_bca"), "verdict": s.get("verdict")}
     meta = study.meta
-    return {"study_dir": str(study.dir), "threshold": threshold,
+    return {"study_dir": str(study.dir), "threshold": threshold, "targets": out.get("targets"),
+            "status": meta.get("status"),
             "study_seconds": (meta.get("finished_at") or math.nan) - meta["started_at"],
             "encode_seconds": study.encode_seconds, "cluster_cpus": meta["machine"].get("cluster_cpus"),
             "strategies": strategies, "baselines": out["baselines"],
             "projections": [projection(study, cpus) for cpus in clusters]}
+
+
+def fmt(value, missing: str = "-") -> str:
+    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2g}"
 
 
 def show(summary: dict) -> None:
@@ -112,7 +125,25 @@ def show(summary: dict) -> None:
     print_table(rows, list(rows[0]))
     for n, s in summary["strategies"].items():
         print(f"  {s['verdict']}")
-    print(f"study: {summary['study_seconds'] / 60:.1f} min on {summary['cluster_cpus']} CPUs")
+    if summary.get("targets"):
+        print("ERT wall-clock s [95 % CI] (runs that reached it) at each target of the ladder:")
+        ladder = [f"{t:g}" for t in summary["targets"]]
+        rows = [{"strategy": n, **{t: "-" if not s["ladder_ert"].get(t) else
+                                   f"{ci(s['ladder_ert'][t], 'seconds')} ({s['ladder_ert'][t]['reached']}/"
+                                   f"{s['ladder_ert'][t]['runs']})" for t in ladder}}
+                for n, s in summary["strategies"].items()]
+        print_table(rows, ["strategy", *ladder])
+    for n, s in summary["strategies"].items():
+        c = s.get("comparison")
+        if c:
+            detectable = c["power"]["min_detectable_a12"]
+            print(f"  {n} vs random, time to {c['threshold']:g}: Holm p {fmt(c['p_holm'])}, A12 {fmt(c['a12'])}, "
+                  f"detectable A12 at {c['power']['power']:.0%} power: {fmt(detectable, 'none detectable')}")
+    if math.isfinite(summary["study_seconds"]):
+        print(f"study: {summary['study_seconds'] / 60:.1f} min on {summary['cluster_cpus']} CPUs")
+    else:   # interrupted (or still running): its runs so far; --resume finishes it
+        units = summary["projections"][0]["measured_units_seconds"] if summary["projections"] else math.nan
+        print(f"study {summary['status']}: its units so far took {units / 60:.1f} min on {summary['cluster_cpus']} CPUs")
     for p in summary["projections"]:
         print(f"projected on {p['cpus']} CPUs: {p['projected_seconds'] / 60:.1f} min (a model, see the docstring)")
 

@@ -80,6 +80,25 @@ def projection(study, cpus: int) -> dict:
             "encode_seconds": encode}
 
 
+def cpu_outside_trials(study) -> dict[str, float]:
+    """strategy -> 1 - its trials' CPU-seconds / (its units' wall-clock x the cluster's CPUs), pooled over
+    the units that ended: CPU not spent inside a trial (starting workers, Tune, gaps, the tail), as
+    ``bench/throughput.py`` defines it per unit."""
+    cpus = float(study.meta["machine"].get("cluster_cpus") or 1)
+    per_trial = float((study.experiment.get("resources") or {}).get("cpus_per_trial") or 1)
+    busy: dict[str, float] = {}
+    offered: dict[str, float] = {}
+    for unit in study.units:
+        meta = study.unit_meta(unit)
+        strategy = (meta.get("tags") or {}).get("strategy")
+        rows = study.unit_trials(unit)
+        if strategy not in study.strategies or rows.empty or not meta.get("finished_at"):
+            continue
+        busy[strategy] = busy.get(strategy, 0.0) + float(rows["time_total_s"].sum()) * per_trial
+        offered[strategy] = offered.get(strategy, 0.0) + (float(meta["finished_at"]) - float(meta["started_at"])) * cpus
+    return {s: 1.0 - busy[s] / offered[s] for s in busy if offered[s] > 0}
+
+
 def summarise(study_dir: Path, threshold: float, clusters: list[int]) -> dict:
     from ser_tune.launch import launch_json
     from ser_tune.results import summary_json
@@ -104,7 +123,8 @@ def summarise(study_dir: Path, threshold: float, clusters: list[int]) -> dict:
             "study_seconds": (meta.get("finished_at") or math.nan) - meta["started_at"],
             "encode_seconds": study.encode_seconds, "cluster_cpus": meta["machine"].get("cluster_cpus"),
             "strategies": strategies, "baselines": out["baselines"],
-            "projections": [projection(study, cpus) for cpus in clusters]}
+            "projections": [projection(study, cpus) for cpus in clusters],
+            "cpu_outside_trials": cpu_outside_trials(study)}
 
 
 def fmt(value, missing: str = "-") -> str:
@@ -139,6 +159,8 @@ def show(summary: dict) -> None:
             detectable = c["power"]["min_detectable_a12"]
             print(f"  {n} vs random, time to {c['threshold']:g}: Holm p {fmt(c['p_holm'])}, A12 {fmt(c['a12'])}, "
                   f"detectable A12 at {c['power']['power']:.0%} power: {fmt(detectable, 'none detectable')}")
+    print("CPU outside trials (1 - trial CPU-s / (units' wall-clock x CPUs)): "
+          + ", ".join(f"{n} {100 * v:.0f} %" for n, v in summary["cpu_outside_trials"].items()))
     if math.isfinite(summary["study_seconds"]):
         print(f"study: {summary['study_seconds'] / 60:.1f} min on {summary['cluster_cpus']} CPUs")
     else:   # interrupted (or still running): its runs so far; --resume finishes it

@@ -70,6 +70,8 @@ def projection(study, cpus: int) -> dict:
             continue
         seconds = trials["time_total_s"].fillna(0.0)
         wall = timing.wall_clock(study, unit)
+        if not math.isfinite(wall):   # a unit an interrupt cut off: --resume runs it again
+            continue
         here = study.meta["machine"].get("cluster_cpus") or 2
         busy = float(seconds.sum()) * per_trial_cpus / here
         fixed = max(0.0, wall - max(busy, float(seconds.max())))   # the unit's time not spent in trials

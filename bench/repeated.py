@@ -86,18 +86,20 @@ def cpu_outside_trials(study) -> dict[str, float]:
     """strategy -> 1 - its trials' CPU-seconds / (its units' wall-clock x the cluster's CPUs), pooled over
     the units that ended: CPU not spent inside a trial (starting workers, Tune, gaps, the tail), as
     ``bench/throughput.py`` defines it per unit."""
+    from ser_tune.results import timing
+
     cpus = float(study.meta["machine"].get("cluster_cpus") or 1)
     per_trial = float((study.experiment.get("resources") or {}).get("cpus_per_trial") or 1)
     busy: dict[str, float] = {}
     offered: dict[str, float] = {}
     for unit in study.units:
-        meta = study.unit_meta(unit)
-        strategy = (meta.get("tags") or {}).get("strategy")
+        strategy = (study.unit_meta(unit).get("tags") or {}).get("strategy")
         rows = study.unit_trials(unit)
-        if strategy not in study.strategies or rows.empty or not meta.get("finished_at"):
+        wall = timing.wall_clock(study, unit)
+        if strategy not in study.strategies or rows.empty or not math.isfinite(wall):   # an interrupted unit
             continue
         busy[strategy] = busy.get(strategy, 0.0) + float(rows["time_total_s"].sum()) * per_trial
-        offered[strategy] = offered.get(strategy, 0.0) + (float(meta["finished_at"]) - float(meta["started_at"])) * cpus
+        offered[strategy] = offered.get(strategy, 0.0) + wall * cpus
     return {s: 1.0 - busy[s] / offered[s] for s in busy if offered[s] > 0}
 
 

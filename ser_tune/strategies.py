@@ -159,7 +159,7 @@ class StrategyStudy(StudyKind):
         name = self.unit_name(strategy, fold, repeat)
         concurrency = exp.concurrency or max(1, int(cluster.cpus // exp.resources.cpus_per_trial))
         plan = make_plan(strategy, exp.space, budget=exp.budget.trials, seed=exp.seed + repeat,
-                         warmup=LIBRARY if exp.budget.warmup == "library" else None,
+                         warmup=LIBRARY if exp.budget.warmup == LIBRARY else None,
                          metric=exp.objective.metric, mode=exp.objective.mode, max_concurrent=concurrency,
                          grid=exp.grid, objectives=exp.objective.objectives,
                          constraints=exp.objective.trial_constraints())

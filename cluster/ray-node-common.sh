@@ -36,6 +36,9 @@ read_limits() {
   require_int RAY_NUM_CPUS "$RAY_NUM_CPUS"
   require_int RAY_MEMORY_BYTES "$RAY_MEMORY_BYTES"
   require_int RAY_OBJECT_STORE_BYTES "$RAY_OBJECT_STORE_BYTES"
+  # Ray ends idle workers above this many; a trial's body runs in a worker kept for the next trial and unit
+  # (ser_tune/study/warm.py): a trial actor and a body worker per CPU, and two more.
+  export RAY_num_workers_soft_limit="${RAY_num_workers_soft_limit:-$((2 * RAY_NUM_CPUS + 2))}"
   LIMIT_ARGS=(--num-cpus "$RAY_NUM_CPUS" --memory "$RAY_MEMORY_BYTES" --object-store-memory "$RAY_OBJECT_STORE_BYTES")
   # Optional: fixed node address and custom resources (JSON), e.g. '{"ser_tune_head": 1}'.
   [[ -n "${RAY_NODE_IP:-}" ]] && LIMIT_ARGS+=(--node-ip-address "$RAY_NODE_IP")

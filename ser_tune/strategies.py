@@ -163,7 +163,8 @@ class StrategyStudy(StudyKind):
                          metric=exp.objective.metric, mode=exp.objective.mode, max_concurrent=concurrency,
                          grid=exp.grid, objectives=exp.objective.objectives,
                          constraints=exp.objective.trial_constraints())
-        return Unit(name=name, trainable=run_trial, context=self.context(folder, name, fold, repeat, plan.decode),
+        return Unit(name=name, trainable=run_trial, warm=True,
+                    context=self.context(folder, name, fold, repeat, plan.decode),
                     param_space=plan.param_space, expected_trials=plan.expected_trials, searcher=plan.searcher,
                     num_samples=plan.num_samples, mode=exp.objective.mode,
                     # a searcher of several objectives has them all; TuneConfig then takes none
@@ -178,7 +179,8 @@ class StrategyStudy(StudyKind):
         """The untuned baseline: the experiment's fixed settings, TrialSettings' defaults for the rest."""
         exp = self.experiment
         name = self.unit_name(DEFAULT, fold)
-        return Unit(name=name, trainable=run_trial, context=self.context(folder, name, fold, 0), param_space={},
+        return Unit(name=name, trainable=run_trial, warm=True, context=self.context(folder, name, fold, 0),
+                    param_space={},
                     expected_trials=1, metric=exp.objective.metric, mode=exp.objective.mode,
                     tags={"strategy": DEFAULT, "outer_fold": fold, "repeat": 0, "baseline": True},
                     info={"budget": 1, "warmup": 0, "notes": "the untuned default configuration (a baseline)"},
@@ -215,7 +217,7 @@ class StrategyStudy(StudyKind):
         context.refits = jobs
         from ray import tune
 
-        return Unit(name=REFIT, trainable=run_refit, context=context,
+        return Unit(name=REFIT, trainable=run_refit, warm=True, context=context,
                     param_space={"refit_of": tune.grid_search(list(jobs))}, expected_trials=len(jobs),
                     tags={"strategy": REFIT, "outer_fold": -1, "repeat": 0, "baseline": True},
                     info={"budget": len(jobs), "notes": "each run's best configuration refit on its outer fold's "

@@ -77,6 +77,10 @@ def test_every_strategy_spends_exactly_its_budget(tmp_path):
     assert meta["split"]["speaker_dependent"] is False
     assert not set(meta["split"]["test_speakers"]) & set(meta["split"]["train_speakers"] + meta["split"]["val_speakers"])
     assert load_study(study).strategy_meta("tpe")["warmup"] >= 1
+    # warm workers (study.warm): trials of later units ran in processes an earlier unit started
+    every = pd.read_csv(study / "trials.csv")
+    units_per_worker = every.groupby("worker_pid").unit.nunique()
+    assert units_per_worker.max() >= 2 and every.worker_pid.nunique() < every.unit.nunique(), units_per_worker
     assert (study / "report.md").exists() and (study / "best_model" / "model.json").exists()
     predict = subprocess.run([sys.executable, "-m", "ser_tune.predict", study / "best_model",
                               next((tmp_path / "corpus").glob("*.wav")), "--json"],
@@ -89,10 +93,13 @@ def test_diverging_trial_is_an_error_and_the_study_goes_on(tmp_path):
     cfg = _config(tmp_path, strategies=["grid"], space={"lr": {"choice": [1e-3, 1e30]}},
                   grid={"lr": [1e-3, 1e30]}, trial={"unfreeze": "none", "max_length": 1.0, "num_epochs": 2,
                                                     "head_lr_scale": 1.0})
-    run = _launch(cfg, "--trials", 2, "--json")
+    # trials inside their actors (SER_TUNE_WARM_WORKERS=0, what bench/warm_workers.py compares with): the
+    # error reaches the trial's row the same way
+    run = _launch(cfg, "--trials", 2, "--json", env={**os.environ, "SER_TUNE_WARM_WORKERS": "0"})
     assert run.returncode == 0, run.stderr[-3000:]
     study = Path(json.loads(run.stdout.strip().splitlines()[-1])["study_dir"])
     trials = pd.read_csv(study / "trials.csv")
+    assert trials.groupby("worker_pid").unit.nunique().max() == 1  # no process outlives its unit's Tuner
     trials = trials[trials.strategy == "grid"]    # not the default-configuration baseline's row
     assert sorted(trials.status) == ["ERROR", "TERMINATED"]
     error = trials[trials.status == "ERROR"].error.iloc[0]

@@ -181,3 +181,41 @@ def test_strategy_without_trials_is_all_censored(tmp_path):
     assert bohb["best_val_bca"] is None and bohb["best_config"] == {} and bohb["test_bca"] is None
     assert bohb["seconds_to"] == {"0.8": None, "0.9": None}
     assert bohb["wall_clock_seconds"] is None
+
+
+def test_a_resumed_run_leaves_the_time_its_study_was_stopped_out_of_its_clock(tmp_path):
+    """tpe was interrupted in its second trial and resumed 2 s later (study.json's unit ``pauses``): its
+    time to 0.9 and its wall-clock count the run, not the stop; a pause before the run counts for nothing."""
+    study = make_study(tmp_path)
+    meta = json.loads((study / "study.json").read_text())
+    meta["strategies"]["tpe"]["pauses"] = [[1500.0, 1502.0], [1000.0, 1200.0]]   # in trial 00001
+    (study / "study.json").write_text(json.dumps(meta))
+    tables = compare([study])
+    row = _row(tables["thresholds"], "tpe", 0.9)
+    assert row["seconds_to"] == pytest.approx(1530 - 1400 - 2)     # 00001's first epoch, less the pause
+    assert _row(tables["strategies"], "tpe")["wall_clock_seconds"] == pytest.approx(200.0 - 2)
+    from ser_tune.results.timing import run_reports
+
+    frame, totals = run_reports(load_study(study), "tpe")
+    assert list(frame["time"]) == pytest.approx([40, 80, 128, 178])
+    assert totals["seconds"] == pytest.approx(198) and totals["cpu_seconds"] == pytest.approx(80 + 90 - 2)
+    assert list(frame["cpu_seconds"]) == pytest.approx([40, 80, 80 + 38, 80 + 88])
+
+
+def test_the_driver_notes_a_stop_as_a_pause_of_the_unit_it_cut(tmp_path):
+    import time
+
+    from ser_tune.study.driver import note_pause
+
+    interrupted = {"started_at": 100.0, "status": "interrupted", "paused_at": 160.0}
+    note_pause(interrupted, tmp_path)
+    assert "paused_at" not in interrupted and interrupted["pauses"][0][0] == 160.0
+    assert interrupted["pauses"][0][1] == pytest.approx(time.time(), abs=5)
+    killed = {"started_at": 100.0, "status": "running"}       # SIGKILL: Ray Tune's last snapshot of the unit
+    state = tmp_path / "experiment_state-x.json"
+    state.write_text("{}")
+    note_pause(killed, tmp_path)
+    assert killed["pauses"][0][0] == pytest.approx(state.stat().st_mtime)
+    fresh = {"status": "running"}                              # never started: nothing to leave out
+    note_pause(fresh, tmp_path)
+    assert "pauses" not in fresh

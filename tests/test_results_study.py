@@ -186,3 +186,22 @@ def test_duplicate_trial_is_rejected(tmp_path):
     pd.concat([trials, trials.iloc[[0]]]).to_csv(folder / "trials.csv", index=False)
     with pytest.raises(StudyFormatError, match="trial_id 00000 appears twice in strategy random"):
         load_study(folder)
+
+
+def test_a_long_trials_file_whose_column_turns_from_numbers_to_text_reads_as_one_type(tmp_path):
+    """A long study's cfg_layer is 3 in its first trials and "all" later: read whole, every 3 is the same value
+    (chunk by chunk, pandas read the first part as numbers and the rest as text, with a DtypeWarning)."""
+    import warnings
+
+    study = make_study(tmp_path)
+    trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
+    many = pd.concat([trials[trials.strategy == "random"]] * 20000, ignore_index=True)
+    many["trial_id"] = [f"{i:06d}" for i in range(len(many))]
+    many["trial_index"] = range(len(many))
+    many["cfg_layer"] = [3] * (len(many) - 10) + ["all"] * 10
+    pd.concat([many, trials[trials.strategy == "tpe"]]).to_csv(study / "trials.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = load_study(study).trials
+    layers = loaded["cfg_layer"].dropna()
+    assert {type(v) for v in layers} == {str} and set(layers) == {"3", "all"}

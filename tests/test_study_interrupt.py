@@ -123,7 +123,8 @@ def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(
     study = next((tmp_path / "studies").glob("t-*"))
     meta = json.loads((study / "study.json").read_text())
     assert meta["status"] == "interrupted"
-    assert any(u["status"] == "interrupted" for u in meta["units"].values())
+    cut = [name for name, u in meta["units"].items() if u["status"] == "interrupted"]
+    assert cut and all("paused_at" in meta["units"][name] for name in cut)
     assert "Traceback" not in log.read_text()
 
     run = subprocess.run([sys.executable, "-m", "ser_tune.launch", str(cfg), "--resume", str(study), "--json"],
@@ -131,6 +132,10 @@ def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout)
     assert out["status"] == "done" and out["incomplete"] == []
+    units = json.loads((study / "study.json").read_text())["units"]
+    for name in cut:   # the stop is a pause of the unit it cut: the unit's clock leaves it out
+        (stopped, resumed), = units[name]["pauses"]
+        assert units[name]["started_at"] <= stopped < resumed <= units[name]["finished_at"]
     trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
     epochs = pd.read_csv(study / "epochs.csv", dtype={"trial_id": str})
     for strategy in ("tpe", "random"):

@@ -34,7 +34,7 @@ def hypervolume_curves(study: StudyFolder, strategy: str, reference: dict) -> li
         own = trials[trials["unit"] == unit]
         if own.empty:
             continue
-        ended = own.assign(time=own["finished_at"].astype(float) - timing.started_at(study, unit))
+        ended = own.assign(time=timing.elapsed(study, unit, own["finished_at"].to_numpy(float)))
         curve = hypervolume_over_time(ended, study.front_objectives, reference)
         curves.append(pd.Series([0.0, *curve["hypervolume"]], index=[0.0, *curve["time"]]))
     return curves

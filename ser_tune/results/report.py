@@ -21,6 +21,8 @@ TIMING_DEFINITIONS = """\
   order) of a non-ERROR trial of the strategy whose validation metric reaches the threshold, minus
   the strategy's start (study.json `strategies.*.started_at`). It includes everything the strategy
   did: model loading, per-trial encoder passes, training, validation and Ray scheduling overhead.
+  A run its study stopped and resumed does not count the stop (study.json `units.*.pauses`: from the
+  interrupt, or Ray Tune's last snapshot after a kill, to `--resume`); trials cut off by it count.
 - **Cumulative trial time to reach** (the reference paper's measure: trial time summed, model
   loading excluded): at that crossing time t*, the sum over the strategy's trials that had started
   by t* of Ray's `time_total_s` at each trial's last report at or before t* (a trial that had not

@@ -5,7 +5,9 @@ Definitions (also printed in the report, see ``report.TIMING_DEFINITIONS``):
   run whose validation metric is at least the threshold (at most, for mode "min").
   ERROR trials left no usable model, so their reports never count as reaching a threshold;
   their time still counts as spent.
-- seconds_to: crossing timestamp minus the run's started_at (study wall-clock).
+- seconds_to: crossing timestamp minus the run's started_at (study wall-clock), less the time the study
+  was stopped in between (an interrupt until ``--resume``: the unit's ``pauses``); the run's wall-clock
+  leaves its pauses out the same way.
 - trial_seconds_to (the reference paper's measure): at the crossing time t*, the sum over the
   run's trials that had started by t* of Ray's time_total_s at the trial's last report at or
   before t* (a trial with no report by t* counts t* - started_at), minus the trial's load_seconds
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..study.folder import StudyFolder
+from ..study.folder import StudyFolder, active_seconds
 
 NAN = float("nan")
 
@@ -60,7 +62,13 @@ def finished_at(study: StudyFolder, unit: str) -> float:
 
 
 def wall_clock(study: StudyFolder, unit: str) -> float:
-    return finished_at(study, unit) - started_at(study, unit)
+    return elapsed(study, unit, finished_at(study, unit))
+
+
+def elapsed(study: StudyFolder, unit: str, when):
+    """Seconds of the run's clock at ``when`` (a timestamp or an array of them): since its start, pauses
+    left out."""
+    return active_seconds(started_at(study, unit), when, study.unit_pauses(unit))
 
 
 def usable_reports(study: StudyFolder, unit: str) -> pd.DataFrame:
@@ -84,7 +92,7 @@ def first_crossing(study: StudyFolder, unit: str, threshold: float) -> Crossing:
     return Crossing(
         threshold=float(threshold), reached=True, timestamp=t_star, trial_id=str(hit["trial_id"]),
         epoch=float(hit["epoch"]), value=float(hit[study.metric]), trials_to=float(hit["trial_index"]) + 1,
-        seconds_to=t_star - started_at(study, unit),
+        seconds_to=elapsed(study, unit, t_star),
         trial_seconds_to=cumulative_trial_seconds(study.unit_trials(unit), study.unit_epochs(unit), t_star))
 
 
@@ -93,24 +101,25 @@ def run_reports(study: StudyFolder, unit: str) -> tuple[pd.DataFrame, dict]:
     ``time`` (seconds since the run started), ``cpu_seconds`` (trial CPU-seconds spent by then: each
     trial's elapsed time up to that moment, load included, times the CPUs a trial holds), ``trial``
     (1-based start order) and ``value`` (the objective); see ``results.repeats``."""
-    start = started_at(study, unit)
     trials = study.unit_trials(unit)
     cpus = float(((study.experiment.get("resources") or {}).get("cpus_per_trial")) or 1)
+    pauses = study.unit_pauses(unit)
     begin = trials["started_at"].to_numpy(float)
     end = trials["finished_at"].fillna(finished_at(study, unit)).to_numpy(float)
     known = ~(np.isnan(begin) | np.isnan(end))
-    begin, length = begin[known], np.maximum(end[known] - begin[known], 0.0)
+    begin, end = begin[known], np.maximum(end[known], begin[known])
 
-    def cpu_at(times: np.ndarray) -> np.ndarray:
-        return cpus * np.clip(times[:, None] - begin[None, :], 0.0, length[None, :]).sum(axis=1)
+    def cpu_at(times: np.ndarray) -> np.ndarray:   # each trial's time up to then, outside pauses
+        until = np.clip(times[:, None], begin[None, :], end[None, :])
+        return cpus * active_seconds(np.broadcast_to(begin, until.shape), until, pauses).sum(axis=1)
 
     reports = usable_reports(study, unit)
     times = reports["timestamp"].to_numpy(float)
-    frame = pd.DataFrame({"time": times - start, "cpu_seconds": cpu_at(times),
+    frame = pd.DataFrame({"time": elapsed(study, unit, times), "cpu_seconds": cpu_at(times),
                           "trial": reports["trial_index"].to_numpy(float) + 1,
                           "value": reports[study.metric].to_numpy(float)})
-    totals = {"seconds": wall_clock(study, unit), "cpu_seconds": float(cpus * length.sum()),
-              "trials": float(len(trials))}
+    totals = {"seconds": wall_clock(study, unit),
+              "cpu_seconds": float(cpus * active_seconds(begin, end, pauses).sum()), "trials": float(len(trials))}
     return frame, totals
 
 

@@ -25,8 +25,9 @@ import pandas as pd
 
 from ..training.trainable import TRIAL_COMPLETE as FINAL_KEY
 from ..training.trainable import read_reports
-from . import lost_state
-from .folder import EPOCHS_FILE, TRIALS_FILE, UNIT_DONE, UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder
+from . import lost_state, warm
+from .folder import (EPOCHS_FILE, TRIALS_FILE, UNIT_DONE, UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder,
+                     active_seconds)
 from .live_metrics import StudyMetrics
 from .optuna_store import recorder_for
 from .progress import TrialProgress
@@ -43,9 +44,11 @@ class StudyInterrupted(RuntimeError):
 
 @dataclass
 class Unit:
-    """One Tuner: ``trainable(config, context)`` run over ``param_space`` by ``searcher``."""
+    """One Tuner: ``trainable(config, context)`` run over ``param_space`` by ``searcher``. With ``warm``,
+    ``trainable`` is a body ``(config, context, trial_id) -> dict`` (the trial's one report) that runs in a
+    pooled worker kept across units (``study.warm``)."""
     name: str                                   # its folder and its key in study.json "units"
-    trainable: Callable[[dict, Any], None]
+    trainable: Callable[..., Any]
     context: Any                                # what every trial needs but does not vary
     param_space: dict
     expected_trials: int                        # trials a complete unit has ended
@@ -62,6 +65,7 @@ class Unit:
     # A trial cut off by an interrupt may be recorded as errored: continue it from its own epoch state
     # (True), or start it again (False, for trials whose steps depend on each other's models).
     continue_errored: bool = True
+    warm: bool = False
 
 
 class StudyKind:
@@ -112,6 +116,7 @@ def run_study(kind: StudyKind, folder: StudyFolder, cluster: Cluster, *, resourc
 
 def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int = 0) -> None:
     entry = folder.unit(unit.name)
+    note_pause(entry, folder.dir / unit.name)
     entry.update(unit.info, tags=unit.tags, expected_trials=unit.expected_trials, status=UNIT_RUNNING)
     entry.setdefault("started_at", time.time())
     earlier = earlier_trials(folder, unit.name)
@@ -122,17 +127,27 @@ def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dic
     if unit.num_samples:   # (none left: every trial had ended before Ray's state of the unit was lost)
         grid, stopped = fit(make_tuner(folder, unit, resources=resources, verbose=verbose))
     ended = collect_unit(kind, folder, unit, grid, earlier)
-    complete = ended >= unit.expected_trials or bool(
-        unit.time_budget_s and time.time() - float(entry["started_at"]) >= unit.time_budget_s)
+    spent = active_seconds(float(entry["started_at"]), time.time(), entry.get("pauses") or [])
+    complete = ended >= unit.expected_trials or bool(unit.time_budget_s and spent >= unit.time_budget_s)
     entry.update(status=UNIT_DONE if complete else UNIT_INTERRUPTED, trials_ended=ended)
-    if complete:
-        entry["finished_at"] = time.time()
+    entry["finished_at" if complete else "paused_at"] = time.time()
     if stopped or not complete:
         folder.meta["status"] = UNIT_INTERRUPTED
     folder.save_meta()
     if stopped or not complete:
         raise StudyInterrupted(f"{unit.name}: {ended} of {unit.expected_trials} trials ended before the study "
                                "was interrupted")
+
+
+def note_pause(entry: dict, unit_dir: Path) -> None:
+    """A unit that runs again after its study stopped: the stop, from the interrupt (or, after a kill, Ray Tune's
+    last snapshot of the unit) to now, goes into its ``pauses``, which its clock leaves out (a resumed run's
+    time to a target is not the hours the study sat stopped)."""
+    since = entry.pop("paused_at", None)
+    if since is None and entry.get("status") == UNIT_RUNNING:   # the launcher was killed while the unit ran
+        since = max((p.stat().st_mtime for p in unit_dir.glob("experiment_state-*.json")), default=None)
+    if since is not None and "started_at" in entry and float(since) < time.time():
+        entry.setdefault("pauses", []).append([max(float(since), float(entry["started_at"])), time.time()])
 
 
 def earlier_trials(folder: StudyFolder, name: str) -> list:
@@ -165,7 +180,12 @@ def fit(tuner) -> tuple[Any, bool]:
 def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int):
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(unit.trainable, context=unit.context), resources)
+    if unit.warm and warm.enabled():
+        trainable = tune.with_resources(warm.trainable(unit.trainable, unit.context),
+                                        warm.resources(resources["cpu"], resources.get("memory")))
+    else:
+        body = warm.in_actor(unit.trainable) if unit.warm else unit.trainable
+        trainable = tune.with_resources(tune.with_parameters(body, context=unit.context), resources)
     path = folder.dir / unit.name
     if path.exists() and tune.Tuner.can_restore(str(path)):
         return tune.Tuner.restore(str(path), trainable, param_space=unit.param_space, resume_unfinished=True,

@@ -141,7 +141,7 @@ class StudyFolder:
         """Write a unit's rows of trials.csv / epochs.csv, replacing its older rows."""
         path = self.dir / file
         if path.exists():
-            old = pd.read_csv(path, dtype=TEXT_COLUMNS)
+            old = pd.read_csv(path, dtype=TEXT_COLUMNS, low_memory=False)
             if "unit" in old:
                 old = old[old["unit"] != unit]
             frame = pd.concat([old, frame], ignore_index=True)
@@ -266,6 +266,10 @@ class StudyFolder:
     def unit_meta(self, unit: str) -> dict:
         return self.units.get(unit) or {}
 
+    def unit_pauses(self, unit: str) -> list[tuple[float, float]]:
+        """The unit's pauses: (from, to) while the study was stopped before the unit ended (study.json)."""
+        return [(float(a), float(b)) for a, b in self.unit_meta(unit).get("pauses") or []]
+
     def unit_trials(self, unit: str) -> pd.DataFrame:
         rows = self.trials[self.trials["unit"] == unit]
         return rows.sort_values("trial_index", kind="mergesort")
@@ -378,6 +382,17 @@ class StudyFolder:
         return config
 
 
+def active_seconds(start, until, pauses=()):
+    """Seconds from ``start`` to ``until`` (numbers or arrays of one shape) outside ``pauses`` ((from, to)
+    pairs): a unit's clock, which leaves out the time its study was stopped between an interrupt and
+    ``--resume`` (study.json's unit ``pauses``, written by the driver)."""
+    begin, end = np.asarray(start, dtype=float), np.asarray(until, dtype=float)
+    total = end - begin
+    for a, b in pauses:
+        total = total - np.clip(np.minimum(end, b) - np.maximum(begin, a), 0.0, None)
+    return float(total) if total.ndim == 0 else total
+
+
 def load_study(study_dir) -> StudyFolder:
     """Read and check a study folder; raises StudyFormatError on missing or malformed files."""
     study = StudyFolder.open(study_dir)
@@ -455,7 +470,10 @@ def read_csv(path: Path, required: tuple, numeric: tuple, *, required_file: bool
         frame = empty  # e.g. no trial has reported yet
     else:
         try:
-            frame = pd.read_csv(path, dtype=TEXT_COLUMNS)
+            # low_memory=False: types from the whole file; chunk by chunk, a column whose values are numbers
+            # in the first rows and text later (a layer: 3, then "all") read as numbers in one part and text
+            # in another (pandas' DtypeWarning), and equal settings stopped comparing equal
+            frame = pd.read_csv(path, dtype=TEXT_COLUMNS, low_memory=False)
         except pd.errors.EmptyDataError:
             frame = empty
         except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:

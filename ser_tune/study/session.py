@@ -19,6 +19,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from .warm import SOFT_LIMIT_ENV, pool_size
+
 TOKEN_FILE = "ray_auth_token"
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)   # storage not writable
 
@@ -55,6 +57,8 @@ def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None
         # Ray prestarts an idle worker per CPU for the first driver's tasks; they never run a trial (trials are
         # actors with the setup hook's runtime env), so they only cost CPU (1.5 s a launch on 2 cores).
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        # Keep trial bodies' workers across units (study.warm): Ray ends idle workers above this many.
+        os.environ.setdefault(SOFT_LIMIT_ENV, str(pool_size(os.cpu_count() or 1)))
         with children_ignore_sigint():
             context = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=wants_dashboard(),
                                dashboard_host="127.0.0.1",

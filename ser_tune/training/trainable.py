@@ -1,13 +1,16 @@
-"""The Ray Tune trainables: plain functions that run one fine-tuning (on K inner folds) and report.
+"""The trials' bodies: plain functions that run one fine-tuning (on K inner folds) and return what the trial
+reports, ``(config, context, trial_id) -> dict``. The study runs them as Ray Tune trials in warm workers
+(``ser_tune.study.warm``); they keep their epoch state in the trial's own folder, not in Ray Tune's session.
 
-Everything a trial needs but does not search over travels in a ``StudyContext`` (via
-``tune.with_parameters``, so the table goes through Ray's object store once).
+Everything a trial needs but does not search over travels in a ``StudyContext`` (through Ray's object store,
+once per unit).
 """
 from __future__ import annotations
 
 import copy
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -101,14 +104,12 @@ def set_threads(cpus: int) -> None:
         pass
 
 
-def run_trial(config: dict, context: StudyContext) -> None:
-    """One trial: its settings on every inner fold in lockstep, a row per epoch in its report log, one
-    report to Ray at the end (per-epoch reports cost Ray more than they give a search without a
-    scheduler; the log keeps every epoch, also across an interruption)."""
-    from ray import tune
-
+def run_trial(config: dict, context: StudyContext, trial_id: str) -> dict:
+    """One trial: its settings on every inner fold in lockstep, a row per epoch in its report log, and what
+    it reports at the end (per-epoch reports cost Ray more than they give a search without a scheduler; the
+    log keeps every epoch, also across an interruption)."""
     settings = context.settings_for(config)
-    state_dir = trial_state_dir(context)
+    state_dir = trial_state_dir(context, trial_id)
     log = ReportLog(state_dir, count_cpu=context.latency is not None)
     run = FoldedRun(settings, context.fold_data(), encoder_spec=context.encoder_for(settings),
                     cache_root=context.cache_root, encoder_loader=pristine_encoder)
@@ -122,7 +123,7 @@ def run_trial(config: dict, context: StudyContext) -> None:
         final["model_dir"] = str(state_dir / "model")
     if context.latency is not None:
         final.update(measured_costs(context.latency, state_dir / "model"))
-    tune.report(final)
+    return final
 
 
 def measured_costs(check: LatencyCheck, folder: Path) -> dict:
@@ -134,15 +135,13 @@ def measured_costs(check: LatencyCheck, folder: Path) -> dict:
                             threads=check.threads, encoder_loader=pristine_encoder)
 
 
-def run_refit(config: dict, context: StudyContext) -> None:
+def run_refit(config: dict, context: StudyContext, trial_id: str) -> dict:
     """A chosen configuration trained once more, for its fixed epoch count, on one assignment of the
     context (``context.refits[config["refit_of"]]``: its settings and which assignment: training
     speakers, and test speakers when there are any), scored on the test speakers and exported."""
-    from ray import tune
-
     job = context.refits[config["refit_of"]]
     settings = context.settings_for(job["settings"])
-    state_dir = trial_state_dir(context)
+    state_dir = trial_state_dir(context, trial_id)
     log = ReportLog(state_dir)
     data = TrialData.from_table(context.table, context.assignments[job["assignment"]], context.labels,
                                 audio=worker_audio(), refit=True)
@@ -157,12 +156,12 @@ def run_refit(config: dict, context: StudyContext) -> None:
         tuner.save_state(state, state_dir)
     result = tuner.finish(state)
     tuner.export(result, state_dir / "model", source=context.model_source(job["assignment"]))
-    tune.report({**log.last(), **result.test_metrics, **tuner.timing(), "model_dir": str(state_dir / "model"),
-                 "best_epoch": result.best_epoch, "trainable_params": result.trainable_params,
-                 "total_params": result.total_params, "refit_of": config["refit_of"],
-                 "refit_trial": job["trial_id"], "refit_unit": job["unit"],
-                 **searched_settings(context, job["settings"], settings), "reports": str(log.path),
-                 TRIAL_COMPLETE: True})
+    return {**log.last(), **result.test_metrics, **tuner.timing(), "model_dir": str(state_dir / "model"),
+            "best_epoch": result.best_epoch, "trainable_params": result.trainable_params,
+            "total_params": result.total_params, "refit_of": config["refit_of"],
+            "refit_trial": job["trial_id"], "refit_unit": job["unit"],
+            **searched_settings(context, job["settings"], settings), "reports": str(log.path),
+            TRIAL_COMPLETE: True}
 
 
 def fit_in_lockstep(run: FoldedRun, state_dir: Path, log: "ReportLog"):
@@ -181,27 +180,27 @@ def fit_in_lockstep(run: FoldedRun, state_dir: Path, log: "ReportLog"):
     return run.finish(states, log.rows())
 
 
-def trial_state_dir(context: StudyContext) -> Path:
+def trial_state_dir(context: StudyContext, trial_id: str) -> Path:
     """This trial's own folder on the study's storage: epoch states, report log, exported model. A resumed
     study, or a trial retried on another node, continues from its last epoch there. (Ray's own per-epoch
     checkpoints are not used: with num_to_keep=1 a kill between Ray deleting the old checkpoint and
     snapshotting the experiment left a resumed trial pointing at nothing.)"""
-    from ray import tune
-
     set_threads(context.cpus_per_trial)
     # Ray logs every persisted checkpoint at INFO on the driver's console; keep it for what needs reading.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     root = Path(context.state_root) if context.state_root else Path(tempfile.gettempdir()) / "ser_tune_trials"
-    folder = root / str(tune.get_context().get_trial_id())
+    folder = root / str(trial_id)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def searched_settings(context: StudyContext, config: dict, settings: TrialSettings) -> dict:
-    """The settings the search chose (``cfg_<name>``, decoded), and where the trial ran."""
+    """The settings the search chose (``cfg_<name>``, decoded), and where the trial ran (node and process:
+    trials of a study share warm worker processes, ``study.warm``)."""
     decoded = context.decode(config) if context.decode is not None else config
     varied = {key.partition(BRANCH)[2] or key for key in decoded} & set(context.chosen(config))
-    return {**{f"cfg_{k}": v for k, v in settings.to_dict().items() if k in varied}, "node": _node_name()}
+    return {**{f"cfg_{k}": v for k, v in settings.to_dict().items() if k in varied}, "node": _node_name(),
+            "worker_pid": os.getpid()}
 
 
 class ReportLog:

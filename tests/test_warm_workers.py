@@ -54,6 +54,18 @@ def test_later_tuner_runs_reuse_the_workers_of_earlier_ones_and_bodies_get_their
     assert len(set.union(*workers)) <= 4, workers                 # two slots: a few workers for all 9 trials
 
 
+def test_workers_started_ahead_run_the_first_trials(tmp_path):
+    """study.driver starts as many workers as trials run at a time before the first unit: its trials run in
+    them (no unit pays for starting workers)."""
+    def body(config, context, trial_id):
+        return {"worker": os.getpid()}
+
+    ahead = warm.prewarm(body, 2, 1)
+    assert len(ahead) == 2
+    used = {r.metrics["worker"] for r in fit(body, None, tmp_path, "ahead", [1, 2, 3, 4])}
+    assert used & set(ahead), (used, ahead)
+
+
 def test_an_error_in_the_body_is_the_trials_error(tmp_path):
     def body(config, context, trial_id):
         if config["x"] == 2:

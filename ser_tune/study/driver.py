@@ -102,16 +102,32 @@ def run_study(kind: StudyKind, folder: StudyFolder, cluster: Cluster, *, resourc
     if verbose == 0:   # the line per finished trial replaces Ray's tables and experiment boxes
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     folder.meta.setdefault("status", UNIT_RUNNING)
+    warmed = False
     for unit in kind.units(folder, cluster):
         entry = folder.unit(unit.name)
         if entry.get("status") == UNIT_DONE:
             print(f"{unit.name}: already done, skipped", flush=True)
             continue
+        if unit.warm and warm.enabled() and not warmed:
+            warm_workers(folder, unit, cluster, resources)
+            warmed = True
         print(f"{unit.name}: {unit.expected_trials} trials", flush=True)
         run_unit(kind, folder, unit, resources=resources, verbose=verbose)
     kind.finish(folder)
     folder.meta.update(status=UNIT_DONE, finished_at=time.time())
     folder.save_meta()
+
+
+def warm_workers(folder: StudyFolder, unit: Unit, cluster: Cluster, resources: dict) -> None:
+    """Before the first unit: as many workers as trials run at a time import the body's module, so no unit
+    (the first strategy's) pays for starting them; the seconds are the study's, like the shared encode's."""
+    slots = max(1, int(cluster.cpus // max(float(resources["cpu"]), 1e-9)))
+    slots = min(slots, unit.max_concurrent_trials or slots)
+    start = time.perf_counter()
+    ready = warm.prewarm(unit.trainable, slots, resources["cpu"])
+    seconds = time.perf_counter() - start
+    folder.meta["warm_up_seconds"] = folder.meta.get("warm_up_seconds", 0.0) + seconds
+    print(f"trial workers started: {len(ready)} of {slots} in {seconds:.1f} s", flush=True)
 
 
 def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int = 0) -> None:

@@ -96,6 +96,39 @@ def body_name(body: str | Callable) -> str:
     return body.rpartition(":")[2] if isinstance(body, str) else body.__name__
 
 
+def prewarm(body: Callable, slots: int, cpus: float, *, timeout_s: float = 120.0) -> list[int]:
+    """Start ``slots`` workers (spread over the nodes), each importing the body's module and running its
+    ``warm_up()`` when it has one; the pids of those ready within ``timeout_s``. Ray reuses them for the
+    trials; one not ready in time costs nothing but its start, which a trial would have paid."""
+    import ray
+
+    task = ray.remote(max_retries=0)(import_body).options(num_cpus=cpus, scheduling_strategy="SPREAD",
+                                                          runtime_env=trial_runtime_env())
+    pending = [task.remote(body.__module__) for _ in range(slots)]
+    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
+    return ray.get(ready)
+
+
+def trial_runtime_env() -> dict:
+    """The runtime environment Ray Tune gives its trial actors, which their bodies' tasks inherit: Ray pools
+    workers by runtime environment, so workers started ahead must have the same one to be reused."""
+    from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
+
+    return {"env_vars": {**DEFAULT_ENV_VARS, **{k: os.environ[k] for k in ENV_VARS_TO_PROPAGATE if k in os.environ}}}
+
+
+def import_body(module: str) -> int:
+    """In a worker: import ``module`` and run its ``warm_up()`` (what its bodies would pay at their first
+    trial); this worker's pid. A module the worker cannot import (a script's) is left to the trial."""
+    try:
+        imported = importlib.import_module(module)
+    except ImportError:
+        return os.getpid()
+    if callable(getattr(imported, "warm_up", None)):
+        imported.warm_up()
+    return os.getpid()
+
+
 @functools.cache
 def body_task():
     """The Ray task that runs a body. No retries: a worker lost mid-trial is the trial's failure, retried by

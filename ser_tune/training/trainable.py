@@ -104,6 +104,12 @@ def set_threads(cpus: int) -> None:
         pass
 
 
+def warm_up() -> None:
+    """What a worker pays once before its first trial, paid ahead by ``study.warm.prewarm``: torch's
+    ``Optimizer.step`` imports ``torch._dynamo`` at its first call (~2.6 CPU-s)."""
+    import torch._dynamo  # noqa: F401
+
+
 def run_trial(config: dict, context: StudyContext, trial_id: str) -> dict:
     """One trial: its settings on every inner fold in lockstep, a row per epoch in its report log, and what
     it reports at the end (per-epoch reports cost Ray more than they give a search without a scheduler; the

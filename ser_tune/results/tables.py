@@ -28,7 +28,7 @@ def run_row(study: StudyFolder, unit: str) -> dict[str, Any]:
     best = study.best_trial(unit=unit)
     tested = study.held_out_trial(unit)
     started, finished = timing.started_at(study, unit), timing.finished_at(study, unit)
-    wall = timing.wall_clock(study, unit)
+    wall = timing.elapsed(study, unit, finished)   # the run's wall-clock, its pauses left out
     seconds = [timing.trial_seconds(t, epochs[epochs["trial_id"] == t["trial_id"]]) for _, t in trials.iterrows()]
     trial_total = float(sum(seconds))
     # Still-running trials are taken to run until the run's last observed event.

@@ -54,8 +54,8 @@ def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None
     if address:
         context = _join(address, kwargs)
     else:
-        # Ray prestarts an idle worker per CPU for the first driver's tasks; they never run a trial (trials are
-        # actors with the setup hook's runtime env), so they only cost CPU (1.5 s a launch on 2 cores).
+        # Ray prestarts an idle worker per CPU for the first driver's tasks; they never run a trial (trials run in
+        # actors and their tasks, in Ray Tune's runtime env), so they only cost CPU (1.5 s a launch on 2 cores).
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         # Keep trial bodies' workers across units (study.warm): Ray ends idle workers above this many.
         os.environ.setdefault(SOFT_LIMIT_ENV, str(pool_size(os.cpu_count() or 1)))

@@ -86,10 +86,10 @@ def run_in_worker(body: str | Callable, config: dict, context_ref) -> dict:
 
     pg = ray.util.get_current_placement_group()
     bundle = pg.bundle_specs[-1] if pg is not None else {}
-    task = body_task().options(
-        num_cpus=bundle.get("CPU", 1), memory=bundle.get("memory"),
-        name=f"{body_name(body)} {tune.get_context().get_trial_id()}")   # how the dashboard lists it
-    return ray.get(task.remote(body, config, context_ref, tune.get_context().get_trial_id()))
+    trial_id = tune.get_context().get_trial_id()
+    task = body_task().options(num_cpus=bundle.get("CPU", 1), memory=bundle.get("memory"),
+                               name=f"{body_name(body)} {trial_id}")   # how the dashboard lists it
+    return ray.get(task.remote(body, config, context_ref, trial_id))
 
 
 def body_name(body: str | Callable) -> str:

@@ -386,7 +386,7 @@ def test_trial_setting_normalize():
     ({"max_length": 0}, "trial setting 'max_length' = 0: must be > 0"),
     ({"unfreeze": "top:0"}, "trial setting 'unfreeze' must be 'none', 'all' or 'top:K' with K >= 1 (got 'top:0')"),
     ({"layer": "last"}, "trial setting 'layer' must be 'weighted', 'all' or a layer index (got 'last')"),
-    ({"head": "deep"}, "trial setting 'head' = 'deep': must be 'logreg', 'linear', 'mlp' or 'attentive'"),
+    ({"head": "deep"}, "trial setting 'head' = 'deep': must be 'logreg', 'lda', 'linear', 'mlp' or 'attentive'"),
     ({"features": "lazy"}, "trial setting 'features' = 'lazy': must be 'cache' or 'naive'"),
     ({"batch_size": 0}, "trial setting 'batch_size' = 0: must be >= 1"),
     ({"dropout": 1.0}, "trial setting 'dropout' = 1.0: must be < 1"),

@@ -1,5 +1,5 @@
 """Pooled statistics in the shared cache (mean and standard deviation per layer), what a head reads
-(pooling, layer index / weighted / all), and the logistic-regression head."""
+(pooling, layer index / weighted / all), and the heads scikit-learn fits (logistic regression, LDA)."""
 from __future__ import annotations
 
 import numpy as np
@@ -93,11 +93,55 @@ def test_logreg_trials_resume_and_export_to_the_same_model(data, tmp_path, featu
     assert preds == result.test_predictions.tolist()
 
 
+def test_lda_head_is_sklearns_shrinkage_lda_on_the_same_features_with_equal_priors(data, feature_cache_root):
+    """head: lda predicts (and scores) as scikit-learn's standardise -> PCA -> shrinkage LDA pipeline on
+    the statistics the head reads, with equal class priors; its shrinkage changes the model."""
+    import doctest
+
+    from sklearn.decomposition import PCA
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    import ser_tune.training.fitted as fitted
+
+    assert doctest.testmod(fitted).failed == 0
+    results = {}
+    for shrinkage in (0.05, 0.9):
+        settings = TrialSettings(head="lda", shrinkage=shrinkage, layer="all", pooling="mean", max_length=2.0)
+        tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
+        result = tuner.run()
+        assert result.best_epoch == 1 and len(result.history) == 1    # fitted once, in closed form
+        x = tuner.cached_features().pooled.reshape(len(data.y), -1)
+        train, test = data.parts["train"], data.parts["test"]
+        k = len(np.unique(data.y[train]))
+        scaler = StandardScaler().fit(x[train])
+        pca = PCA(svd_solver="full").fit(scaler.transform(x[train]))
+        reference = LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage, priors=np.full(k, 1 / k))
+        reference.fit(pca.transform(scaler.transform(x[train])), data.y[train])
+        expected = reference.predict_proba(pca.transform(scaler.transform(x[test])))
+        np.testing.assert_allclose(tuner.class_probabilities(result, test), expected, atol=1e-4)
+        assert result.test_predictions.tolist() == expected.argmax(1).tolist()
+        results[shrinkage] = expected
+    assert not np.allclose(results[0.05], results[0.9], atol=1e-3)
+
+
+def test_lda_trials_export_to_the_same_model(data, tmp_path, feature_cache_root):
+    settings = TrialSettings(head="lda", shrinkage=0.3, layer=2, pooling="meanstd", max_length=2.0)
+    tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
+    result = tuner.run(checkpoint_dir=tmp_path / "trial")
+    model = load_model(tmp_path / "trial" / "model")
+    preds = [int(model.predict_proba(data.audio.get(data.paths[i])[: 32000]).argmax()) for i in data.parts["test"]]
+    assert preds == result.test_predictions.tolist()
+
+
 def test_settings_that_do_not_fit_a_logreg_head_are_named():
     with pytest.raises(SettingsError, match="'layer'.*trained head"):
         TrialSettings.from_config({"head": "logreg", "layer": "weighted"})
     with pytest.raises(SettingsError, match="'head'.*categories"):
         TrialSettings.from_config({"head": "logreg", "layer": 1, "task": "dimensions"})
+    with pytest.raises(SettingsError, match="'layer'.*trained head"):
+        TrialSettings.from_config({"head": "lda", "layer": "weighted"})
+    with pytest.raises(SettingsError, match="'shrinkage'"):
+        TrialSettings.from_config({"head": "lda", "layer": 1, "shrinkage": 1.5})
     assert not TrialSettings.from_config({"head": "logreg", "layer": 1, "unfreeze": "top:2"}).encoder_trains
 
 

@@ -36,10 +36,10 @@ from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
 from .augment import augment_frames, mixup_pairs
 from .export import cut_at_read_layer, save_model
-from .head import AttentiveHead, frame_moments, load_logreg, make_head, pool_states, stack_statistics
+from .head import AttentiveHead, frame_moments, load_fitted, make_head, pool_states, stack_statistics
 from .normalize import FeatureNorm
 from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
-from .settings import TrialSettings
+from .settings import FITTED_HEADS, TrialSettings
 from .targets import Loss, Targets
 
 STATE_FILE = "state.pt"  # a trial's resumable epoch state, in its checkpoint folder
@@ -385,7 +385,7 @@ class FineTuner:
                          # pooled features of the trained layers no longer hold, so those layers run live.
                          live_from_start=bool(init_state is not None and init_state.get("encoder")),
                          # a logistic regression is fitted to convergence once: one "epoch"
-                         num_epochs=1 if s.head == "logreg" else s.num_epochs, hidden_size=dim)
+                         num_epochs=1 if s.head in FITTED_HEADS else s.num_epochs, hidden_size=dim)
         if resume_dir is not None and (Path(resume_dir) / STATE_FILE).exists():
             self._restore(state, Path(resume_dir) / STATE_FILE)
         return state
@@ -428,8 +428,8 @@ class FineTuner:
         live = self._live_boundary(state, state.epoch)
         for p in state.trained.values():
             p.requires_grad_(unfrozen)
-        if self.s.head == "logreg":
-            losses = [self.fit_logreg(state)]
+        if self.s.head in FITTED_HEADS:
+            losses = [self.fit_sklearn_head(state)]
         else:
             state.model.head.train()
             self._set_encoder_mode(state.model.encoder, state.boundary, train=unfrozen)
@@ -443,21 +443,22 @@ class FineTuner:
         self._record_epoch(state)
         return metrics
 
-    def fit_logreg(self, state: FitState) -> float:
-        """``head: logreg``: scikit-learn's logistic regression (standardised features, L2 with ``C``, fitted
-        to convergence as the probe's is: ``probe.fit_probe``) on what the head reads of the training clips'
-        (normalised) cached statistics, written into the head (``head.load_logreg``). Returns its training
+    def fit_sklearn_head(self, state: FitState) -> float:
+        """``head: logreg`` or ``lda`` (``training.fitted``): fitted once by scikit-learn (the logistic
+        regression to convergence, as the probe's is) on what the head reads of the training clips'
+        (normalised) cached statistics, written into the head (``head.load_fitted``). Returns its training
         log-loss."""
         head, train = state.model.head, self.data.parts["train"]
         features = self.pooled(state.model, train, None, grad=False)
         x = head.read(features).numpy().reshape(len(train), -1)
         y = self.data.y[train]
         with threadpool_limits(limits=torch.get_num_threads()):   # the trial's CPUs, not the machine's
-            from .probe import fit_probe   # late: scikit-learn loads only in a logreg trial
+            from .fitted import fit_head   # late: scikit-learn loads only in a fitted head's trial
 
-            model = fit_probe(x, y, self.s.C, self.s.seed, class_weight="balanced" if self.s.class_weighted else None)
-        load_logreg(head, model, features.shape[-1])
-        probabilities = model.predict_proba(x)[np.arange(len(y)), np.searchsorted(model[-1].classes_, y)]
+            model = fit_head(self.s.head, x, y, C=self.s.C, shrinkage=self.s.shrinkage, seed=self.s.seed,
+                             class_weighted=self.s.class_weighted)
+            load_fitted(head, model, features.shape[-1])
+            probabilities = model.predict_proba(x)[np.arange(len(y)), np.searchsorted(model[-1].classes_, y)]
         return float(-np.mean(np.log(np.clip(probabilities, 1e-12, None))))
 
     @staticmethod

@@ -7,8 +7,8 @@ for ``meanstd`` (the mean's D features, then the standard deviation's): statisti
 come straight from the cache. (For the mean, pooling and the layer weighting are both linear, so
 pooling first is exact; for ``meanstd`` the learned mix is one of each layer's statistics.)
 
-``head: logreg`` uses the same module as a linear head: its standardisation (``norm``) and
-classifier hold a scikit-learn logistic regression's scaler and coefficients (see :func:`load_logreg`),
+``head: logreg`` and ``head: lda`` use the same module as a linear head: its standardisation (``norm``)
+and classifier hold a scikit-learn model's scaler and linear map (``training.fitted``, :func:`load_fitted`),
 so evaluation, export and predict are the same code for every head.
 
 ``head: attentive`` (:class:`AttentiveHead`) reads every layer's cached frames instead and pools them
@@ -75,7 +75,7 @@ class EmotionHead(nn.Module):
         if kind == "mlp":
             self.classifier = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
                                             nn.Linear(hidden, num_outputs))
-        else:   # "linear", and "logreg" (a linear map fitted by scikit-learn)
+        else:   # "linear", and "logreg" / "lda" (a linear map fitted by scikit-learn)
             self.classifier = nn.Linear(width, num_outputs)
         self.classifier_outputs = num_outputs
 
@@ -116,27 +116,24 @@ class EmotionHead(nn.Module):
 
 
 @torch.no_grad()
-def load_logreg(head: EmotionHead, model, dim: int) -> None:
-    """Make ``head`` (layer one index or "all", a linear classifier) compute ``model``'s class logits:
-    ``model`` is scikit-learn's StandardScaler + LogisticRegression pipeline fitted on ``head.read`` of
-    un-normalised pooled statistics (feature width ``dim`` per state). The scaler goes into the head's
-    norm (its other features stay as they are: the head does not read them), the coefficients into its
-    classifier; classes the regression never saw get a logit far below the others."""
-    scaler, regression = model[0], model[-1]
+def load_fitted(head: EmotionHead, model, dim: int) -> None:
+    """Make ``head`` (layer one index or "all", a linear classifier) compute ``model``'s class scores:
+    ``model`` is a fitted head (``training.fitted``: logreg or lda) fitted on ``head.read`` of
+    un-normalised pooled statistics (feature width ``dim`` per state). Its standardisation goes into the
+    head's norm (its other features stay as they are: the head does not read them), its linear map into
+    the classifier; classes the model never saw get a score far below the others."""
+    from .fitted import linear_map   # late: scikit-learn loads only in a fitted head's trial
+
+    mean, scale, coef, intercept, classes = linear_map(model)
     read = head.read_slice(dim)
     eps = head.norm.eps   # BatchNorm divides by sqrt(var + eps): store scale^2 - eps to divide by scale
     head.norm.running_mean.zero_()
     head.norm.running_var.fill_(1.0 - eps)
-    head.norm.running_mean[read] = torch.as_tensor(scaler.mean_, dtype=torch.float32)
-    head.norm.running_var[read] = torch.as_tensor(np.asarray(scaler.scale_, np.float64) ** 2 - eps, dtype=torch.float32)
-    coef = np.asarray(regression.coef_, np.float64)
-    intercept = np.asarray(regression.intercept_, np.float64)
-    if coef.shape[0] == 1:   # two classes: sklearn keeps one logit s; softmax([0, s]) is its sigmoid
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
+    head.norm.running_mean[read] = torch.as_tensor(mean, dtype=torch.float32)
+    head.norm.running_var[read] = torch.as_tensor(scale ** 2 - eps, dtype=torch.float32)
     weight = np.zeros((head.classifier_outputs, coef.shape[1]))
     bias = np.full(head.classifier_outputs, -1e4)
-    classes = np.asarray(regression.classes_, dtype=np.int64)
+    classes = np.asarray(classes, dtype=np.int64)
     weight[classes], bias[classes] = coef, intercept
     head.classifier.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
     head.classifier.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))

@@ -66,8 +66,13 @@ class TrialSettings:
     # head trained by AdamW for num_epochs; "attentive": a learned softmax mix of every layer's cached
     # frames, attentive statistics pooling (attention-weighted mean and standard deviation over the
     # clip's frames, Okabe et al. 2018) and a linear classifier, trained as linear and mlp are.
-    head: Literal["logreg", "linear", "mlp", "attentive"] = "linear"
+    # "lda": scikit-learn's linear discriminant analysis with a shrunk within-class covariance
+    # (Friedman 1989, regularised discriminant analysis; weight `shrinkage` on the identity), fitted in
+    # closed form in the principal subspace of the standardised training features (at most as many
+    # dimensions as training clips: the covariance of 7 x 512 features from a few hundred clips).
+    head: Literal["logreg", "lda", "linear", "mlp", "attentive"] = "linear"
     C: Annotated[Float, Field(gt=0)] = 1.0
+    shrinkage: Annotated[Float, Field(ge=0, le=1)] = 0.5
     head_hidden: Int = 256
     # "attentive" only: the attention's hidden width, and the frames it reads: averaged over 1 or 2
     # frames in time in the feature cache (2: half the frames, half the cache and the head's work).
@@ -166,18 +171,20 @@ class TrialSettings:
 
 
 ADAPTER = TypeAdapter(TrialSettings)
-HEADS = ("logreg", "linear", "mlp", "attentive")
+HEADS = ("logreg", "lda", "linear", "mlp", "attentive")
+FITTED_HEADS = ("logreg", "lda")                 # scikit-learn models fitted once on cached features
 TRAINED_HEADS = ("linear", "mlp", "attentive")   # trained by AdamW for num_epochs
 ENCODER_HEADS = ("linear", "mlp")                # may train encoder layers under them (unfreeze)
 FRAME_HEADS = ("attentive",)                     # read every layer's cached frames and pool them themselves
-POOLED_HEADS = ("logreg", "linear", "mlp")       # read each layer's pooled statistics
+POOLED_HEADS = ("logreg", "lda", "linear", "mlp")       # read each layer's pooled statistics
 # Settings that mean something for some heads only: a trial's config (see :func:`applicable`) leaves
-# them out for the others. A logistic regression is fitted to convergence on frozen features: no
-# steps, epochs, dropout or encoder training; a torch head has no C; an attentive head pools every
+# them out for the others. A logistic regression or an LDA is fitted once on frozen features: no
+# steps, epochs, dropout or encoder training; a torch head has no C or shrinkage; an attentive head pools every
 # layer's cached frames itself (no pooling, layer or encoder training), and only it reads frames to
 # augment.
 ONLY_FOR_HEADS = {
     "C": ("logreg",),
+    "shrinkage": ("lda",),
     "head_hidden": ("mlp",),
     **{name: POOLED_HEADS for name in ("pooling", "layer")},
     **{name: TRAINED_HEADS for name in (
@@ -210,12 +217,12 @@ def applicable(values: dict[str, Any]) -> dict[str, Any]:
 
 # Settings that must agree with each other: (setting to blame, why, test).
 AGREE = [
-    ("layer", "'weighted' is a learned mix of layers: it needs a trained head (linear or mlp); logreg reads "
-     "one layer or 'all'", lambda s: s.head in TRAINED_HEADS or s.layer != "weighted"),
-    ("head", "logreg predicts emotion categories only (task 'categories')", lambda s: s.head != "logreg" or
-     s.task == "categories"),
-    ("head", "logreg is fitted on the cached frozen features: it needs 'features: cache'",
-     lambda s: s.head != "logreg" or s.features == "cache"),
+    ("layer", "'weighted' is a learned mix of layers: it needs a trained head (linear or mlp); logreg and lda "
+     "read one layer or 'all'", lambda s: s.head in TRAINED_HEADS or s.layer != "weighted"),
+    ("head", f"{'/'.join(FITTED_HEADS)} predict emotion categories only (task 'categories')",
+     lambda s: s.head not in FITTED_HEADS or s.task == "categories"),
+    ("head", f"{'/'.join(FITTED_HEADS)} are fitted on the cached frozen features: they need 'features: cache'",
+     lambda s: s.head not in FITTED_HEADS or s.features == "cache"),
     ("head", "attentive reads the cached frames: it needs 'features: cache'",
      lambda s: not s.reads_frames or s.features == "cache"),
     ("mixup", "mixup mixes one-hot class targets: it needs task 'categories'",

@@ -171,6 +171,24 @@ def bench_data(force_synthetic: bool = False) -> BenchData:
                      real=real, description=description)
 
 
+def study_cpus(study) -> tuple[float, float]:
+    """(the cluster's CPUs, CPUs per trial) of a study (``ser_tune.study.folder.load_study``)."""
+    cpus = float((study.meta.get("machine") or {}).get("cluster_cpus") or 1)
+    per_trial = float((study.meta["experiment"].get("resources") or {}).get("cpus_per_trial") or 1)
+    return cpus, per_trial
+
+
+def trial_cpu_seconds(rows, cpus_per_trial: float) -> float:
+    """The CPU-seconds trials spent: Ray Tune's ``time_total_s`` of each (trials.csv rows) x CPUs per trial."""
+    return float(rows["time_total_s"].sum()) * cpus_per_trial
+
+
+def cpu_outside_trials(trial_cpu_s: float, wall_clock_s: float, cpus: float) -> float:
+    """*CPU outside trials*: the share of the CPU a unit (or units) held that no trial spent (starting workers,
+    Ray Tune, the searcher, gaps, the tail): 1 - trial CPU-s / (wall-clock x the cluster's CPUs)."""
+    return 1.0 - trial_cpu_s / (wall_clock_s * cpus)
+
+
 def fmt_seconds(value: float | None) -> str:
     if value is None:
         return "-"

@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, RESULTS, BenchError, Run, print_table, real_data_available  # noqa: E402
+from benchlib import (REPO, RESULTS, BenchError, Run, cpu_outside_trials, print_table, real_data_available,  # noqa: E402
+                      study_cpus, trial_cpu_seconds)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -82,25 +83,22 @@ def projection(study, cpus: int) -> dict:
             "encode_seconds": encode}
 
 
-def cpu_outside_trials(study) -> dict[str, float]:
-    """strategy -> 1 - its trials' CPU-seconds / (its units' wall-clock x the cluster's CPUs), pooled over
-    the units that ended: CPU not spent inside a trial (starting workers, Tune, gaps, the tail), as
-    ``bench/throughput.py`` defines it per unit."""
+def strategy_cpu_outside_trials(study) -> dict[str, float]:
+    """strategy -> CPU outside trials (``benchlib.cpu_outside_trials``), pooled over the units that ended."""
     from ser_tune.results import timing
 
-    cpus = float(study.meta["machine"].get("cluster_cpus") or 1)
-    per_trial = float((study.experiment.get("resources") or {}).get("cpus_per_trial") or 1)
+    cpus, per_trial = study_cpus(study)
     busy: dict[str, float] = {}
-    offered: dict[str, float] = {}
+    wall: dict[str, float] = {}
     for unit in study.units:
         strategy = (study.unit_meta(unit).get("tags") or {}).get("strategy")
         rows = study.unit_trials(unit)
-        wall = timing.wall_clock(study, unit)
-        if strategy not in study.strategies or rows.empty or not math.isfinite(wall):   # an interrupted unit
+        seconds = timing.wall_clock(study, unit)
+        if strategy not in study.strategies or rows.empty or not math.isfinite(seconds):   # an interrupted unit
             continue
-        busy[strategy] = busy.get(strategy, 0.0) + float(rows["time_total_s"].sum()) * per_trial
-        offered[strategy] = offered.get(strategy, 0.0) + wall * cpus
-    return {s: 1.0 - busy[s] / offered[s] for s in busy if offered[s] > 0}
+        busy[strategy] = busy.get(strategy, 0.0) + trial_cpu_seconds(rows, per_trial)
+        wall[strategy] = wall.get(strategy, 0.0) + seconds
+    return {s: cpu_outside_trials(busy[s], wall[s], cpus) for s in busy if wall[s] > 0}
 
 
 def summarise(study_dir: Path, threshold: float, clusters: list[int]) -> dict:
@@ -128,7 +126,7 @@ def summarise(study_dir: Path, threshold: float, clusters: list[int]) -> dict:
             "encode_seconds": study.encode_seconds, "cluster_cpus": meta["machine"].get("cluster_cpus"),
             "strategies": strategies, "baselines": out["baselines"],
             "projections": [projection(study, cpus) for cpus in clusters],
-            "cpu_outside_trials": cpu_outside_trials(study)}
+            "cpu_outside_trials": strategy_cpu_outside_trials(study)}
 
 
 def fmt(value, missing: str = "-") -> str:

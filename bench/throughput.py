@@ -42,7 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cost_breakdown  # noqa: E402
 import encode_scaling  # noqa: E402
-from benchlib import REPO, BenchError, Run, print_table, real_data_available  # noqa: E402
+from benchlib import (REPO, BenchError, Run, cpu_outside_trials, print_table, real_data_available,  # noqa: E402
+                      study_cpus, trial_cpu_seconds)
 
 TARGET_IDLE = 0.15
 TARGET_RAY_OVERHEAD_S = cost_breakdown.TARGET_RAY_OVERHEAD_S
@@ -144,8 +145,7 @@ def strategy_figures(study_dir: Path, sampler: CpuSampler) -> dict:
     from ser_tune.results import load_study
 
     study = load_study(study_dir)
-    cpus = float((study.meta.get("machine") or {}).get("cluster_cpus") or 1)
-    cpus_per_trial = float((study.meta["experiment"].get("resources") or {}).get("cpus_per_trial") or 1)
+    cpus, cpus_per_trial = study_cpus(study)
     figures = {}
     for unit in study.units:
         meta = study.unit_meta(unit)
@@ -155,10 +155,10 @@ def strategy_figures(study_dir: Path, sampler: CpuSampler) -> dict:
         start, end = float(meta["started_at"]), float(meta["finished_at"])
         slots = int(meta.get("concurrency") or cpus // cpus_per_trial)
         wall = end - start
-        busy = float(rows["time_total_s"].sum()) * cpus_per_trial
+        busy = trial_cpu_seconds(rows, cpus_per_trial)
         figures[unit] = {"trials": int(len(rows)), "slots": slots, "wall_clock_seconds": wall,
                          "idle_cpu": sampler.idle_fraction(start, end),
-                         "cpu_outside_trials": 1.0 - busy / (wall * cpus),
+                         "cpu_outside_trials": cpu_outside_trials(busy, wall, cpus),
                          **slot_timeline(start, end, list(zip(rows["started_at"], rows["finished_at"])), slots)}
     return figures
 

@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import REPO, BenchError, Run, print_table, real_data_available  # noqa: E402
+from benchlib import (REPO, BenchError, Run, cpu_outside_trials, print_table, real_data_available,  # noqa: E402
+                      study_cpus, trial_cpu_seconds)
 from throughput import CpuSampler  # noqa: E402
 
 MODES = {"warm": "1", "cold": "0"}
@@ -69,8 +70,7 @@ def unit_figures(study_dir: Path, sampler: CpuSampler) -> dict:
     from ser_tune.results import load_study, timing
 
     study = load_study(study_dir)
-    cpus = float((study.meta.get("machine") or {}).get("cluster_cpus") or 1)
-    per_trial = float((study.experiment.get("resources") or {}).get("cpus_per_trial") or 1)
+    cpus, per_trial = study_cpus(study)
     strategies: dict[str, dict] = {}
     for unit in study.units:
         meta = study.unit_meta(unit)
@@ -85,14 +85,14 @@ def unit_figures(study_dir: Path, sampler: CpuSampler) -> dict:
         s["units"] += 1
         s["wall_clock_seconds"] += wall
         s["machine_cpu_seconds"] += (1.0 - idle) * wall * cpus if idle is not None else float("nan")
-        s["trial_cpu_seconds"] += float(rows["time_total_s"].sum()) * per_trial
+        s["trial_cpu_seconds"] += trial_cpu_seconds(rows, per_trial)
         s["first_trial_after_seconds"] += float(rows["started_at"].min()) - start
     for s in strategies.values():
-        s["cpu_outside_trials"] = 1.0 - s["trial_cpu_seconds"] / (s["wall_clock_seconds"] * cpus)
+        s["cpu_outside_trials"] = cpu_outside_trials(s["trial_cpu_seconds"], s["wall_clock_seconds"], cpus)
         s["first_trial_after_seconds"] /= s["units"]
     total = {key: sum(s[key] for s in strategies.values())
              for key in ("units", "wall_clock_seconds", "machine_cpu_seconds", "trial_cpu_seconds")}
-    total["cpu_outside_trials"] = 1.0 - total["trial_cpu_seconds"] / (total["wall_clock_seconds"] * cpus)
+    total["cpu_outside_trials"] = cpu_outside_trials(total["trial_cpu_seconds"], total["wall_clock_seconds"], cpus)
     return {"study_dir": str(study.dir), "strategies": strategies, "all_units": total}
 
 

@@ -154,10 +154,19 @@ class StrategyStudy(StudyKind):
                                     "label_map": exp.corpus.label_map, "options": dict(exp.corpus.options or {})},
                             latency=self.latency_check())
 
+    def concurrency(self, cluster: Cluster) -> int:
+        """Trials of a search run at a time: the experiment's ``concurrency``, else as many as the cluster's
+        CPUs hold."""
+        exp = self.experiment
+        return exp.concurrency or max(1, int(cluster.cpus // exp.resources.cpus_per_trial))
+
+    def trial_workers(self, cluster: Cluster):
+        return run_trial, self.concurrency(cluster)
+
     def strategy_unit(self, folder: StudyFolder, strategy: str, fold: int, repeat: int, cluster: Cluster) -> Unit:
         exp = self.experiment
         name = self.unit_name(strategy, fold, repeat)
-        concurrency = exp.concurrency or max(1, int(cluster.cpus // exp.resources.cpus_per_trial))
+        concurrency = self.concurrency(cluster)
         plan = make_plan(strategy, exp.space, budget=exp.budget.trials, seed=exp.seed + repeat,
                          warmup=LIBRARY if exp.budget.warmup == LIBRARY else None,
                          metric=exp.objective.metric, mode=exp.objective.mode, max_concurrent=concurrency,

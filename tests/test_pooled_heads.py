@@ -133,6 +133,28 @@ def test_lda_trials_export_to_the_same_model(data, tmp_path, feature_cache_root)
     assert preds == result.test_predictions.tolist()
 
 
+@pytest.mark.parametrize("head", ["logreg", "lda"])
+def test_a_fitted_head_predicts_as_its_model_with_a_feature_that_barely_moves(head):
+    """A pooled feature all but constant (std 3e-7 around 14, as position embeddings pooled over a clip): the
+    head in float32 still predicts what the scikit-learn model does (its scale is floored), not one class."""
+    from ser_tune.training.fitted import fit_head
+    from ser_tune.training.head import load_fitted
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    pooled = rng.normal(size=(120, 3, 8)).astype(np.float32)
+    pooled[:, 1, :4] += y[:, None]                       # layer 1 carries the class
+    pooled[:, 0, 0] = 14.0 + rng.normal(scale=3e-7, size=120)
+    model = fit_head(head, pooled.reshape(120, -1), y, C=1.0, shrinkage=0.3, seed=0, class_weighted=True)
+    emotion_head = EmotionHead(3, 8, 4, layer="all", kind=head)
+    load_fitted(emotion_head, model, 8)
+    emotion_head.eval()
+    with torch.no_grad():
+        predicted = emotion_head(torch.from_numpy(pooled)).argmax(1).numpy()
+    assert (predicted == model.predict(pooled.reshape(120, -1))).mean() > 0.98
+    assert (predicted == y).mean() > 0.8
+
+
 def test_settings_that_do_not_fit_a_logreg_head_are_named():
     with pytest.raises(SettingsError, match="'layer'.*trained head"):
         TrialSettings.from_config({"head": "logreg", "layer": "weighted"})

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..data import DataError
 from ..encoders import EncoderError
 from . import local_ray
-from .driver import StudyError, StudyInterrupted, StudyKind, run_study
+from .driver import StudyError, StudyInterrupted, StudyKind, run_study, start_trial_workers
 from .folder import UNIT_INTERRUPTED, StudyFolder, StudyFormatError
 from .optuna_store import dashboard_command, records_trials
 from .session import Cluster, JoinError, fail, keep_stdout_for_json, os_error_line, restore_auth_env, start_ray
@@ -96,8 +96,9 @@ def run_in_process(kind: StudyKind, *, name: str, storage, resources) -> StudyFo
     kind.check_cluster(local_cluster())
     cluster = start_ray(None, quiet=True, token_dir=folder.dir)
     try:
+        workers = start_trial_workers(kind, cluster, trial_resources(resources))
         kind.encode(folder)
-        run_study(kind, folder, cluster, resources=trial_resources(resources))
+        run_study(kind, folder, cluster, resources=trial_resources(resources), workers=workers)
     finally:
         stop_ray()
     return folder
@@ -121,12 +122,13 @@ def local_cluster() -> Cluster:
 def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials) -> str | None:
     previous = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     try:
+        workers = start_trial_workers(kind, cluster, trial_resources(resources))
         try:
             seconds = kind.encode(folder)
         except (EncoderError, DataError) as exc:
             fail_before_trials(str(exc))
         print(f"shared encode (frozen features, once per study): {seconds:.1f} s", flush=True)
-        run_study(kind, folder, cluster, resources=trial_resources(resources), verbose=verbose)
+        run_study(kind, folder, cluster, resources=trial_resources(resources), verbose=verbose, workers=workers)
         return None
     except StudyInterrupted as exc:
         return str(exc)

@@ -88,6 +88,11 @@ class StudyKind:
     def units(self, folder: StudyFolder, cluster: Cluster) -> list[Unit]:
         raise NotImplementedError
 
+    def trial_workers(self, cluster: Cluster) -> tuple[Callable, int] | None:
+        """The body its warm units run and how many of their trials run at a time (the workers to start
+        ahead: :func:`start_trial_workers`); None: no warm units."""
+        return None
+
     def trial_row(self, unit: Unit, result) -> dict:
         """Kind-specific columns of a trial's trials.csv row."""
         return {}
@@ -96,21 +101,39 @@ class StudyKind:
         """After every unit is done: exports, baselines, the kind's own tables."""
 
 
+@dataclass
+class WorkersStarting:
+    """Trial workers started ahead (``warm.start``), waited for before the first warm unit."""
+    pending: list
+    slots: int
+
+
+def start_trial_workers(kind: StudyKind, cluster: Cluster, resources: dict) -> WorkersStarting | None:
+    """Right after Ray starts, before the shared encode: as many workers as the kind's trials run at a time
+    start importing its trials' module, so neither the first unit nor the study waits for them (they start
+    while the corpus is encoded)."""
+    plan = kind.trial_workers(cluster)
+    if plan is None or not warm.enabled():
+        return None
+    body, slots = plan
+    return WorkersStarting(warm.start(body, slots, resources["cpu"]), slots)
+
+
 def run_study(kind: StudyKind, folder: StudyFolder, cluster: Cluster, *, resources: dict,
-              verbose: int = 0) -> None:
-    """Run (or resume) every unit of the study; raises StudyInterrupted when one did not finish."""
+              verbose: int = 0, workers: WorkersStarting | None = None) -> None:
+    """Run (or resume) every unit of the study; raises StudyInterrupted when one did not finish. ``workers``:
+    trial workers already starting (:func:`start_trial_workers`); the first warm unit waits for them."""
     if verbose == 0:   # the line per finished trial replaces Ray's tables and experiment boxes
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     folder.meta.setdefault("status", UNIT_RUNNING)
-    warmed = False
     for unit in kind.units(folder, cluster):
         entry = folder.unit(unit.name)
         if entry.get("status") == UNIT_DONE:
             print(f"{unit.name}: already done, skipped", flush=True)
             continue
-        if unit.warm and warm.enabled() and not warmed:
-            warm_workers(folder, unit, cluster, resources)
-            warmed = True
+        if unit.warm and workers is not None:
+            wait_for_workers(folder, workers)
+            workers = None
         print(f"{unit.name}: {unit.expected_trials} trials", flush=True)
         run_unit(kind, folder, unit, resources=resources, verbose=verbose)
     kind.finish(folder)
@@ -118,16 +141,15 @@ def run_study(kind: StudyKind, folder: StudyFolder, cluster: Cluster, *, resourc
     folder.save_meta()
 
 
-def warm_workers(folder: StudyFolder, unit: Unit, cluster: Cluster, resources: dict) -> None:
-    """Before the first unit: as many workers as trials run at a time import the body's module, so no unit
-    (the first strategy's) pays for starting them; the seconds are the study's, like the shared encode's."""
-    slots = max(1, int(cluster.cpus // max(float(resources["cpu"]), 1e-9)))
-    slots = min(slots, unit.max_concurrent_trials or slots)
+def wait_for_workers(folder: StudyFolder, workers: WorkersStarting) -> None:
+    """Before the first warm unit: the workers started ahead are ready; the seconds waited for them (beyond
+    the encode they started with) are the study's, like the shared encode's."""
     start = time.perf_counter()
-    ready = warm.prewarm(unit.trainable, slots, resources["cpu"])
+    ready = warm.ready(workers.pending)
     seconds = time.perf_counter() - start
     folder.meta["warm_up_seconds"] = folder.meta.get("warm_up_seconds", 0.0) + seconds
-    print(f"trial workers started: {len(ready)} of {slots} in {seconds:.1f} s", flush=True)
+    print(f"trial workers started: {len(ready)} of {workers.slots} (waited {seconds:.1f} s after the encode)",
+          flush=True)
 
 
 def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int = 0) -> None:

@@ -96,17 +96,29 @@ def body_name(body: str | Callable) -> str:
     return body.rpartition(":")[2] if isinstance(body, str) else body.__name__
 
 
-def prewarm(body: Callable, slots: int, cpus: float, *, timeout_s: float = 120.0) -> list[int]:
+def start(body: Callable, slots: int, cpus: float) -> list:
     """Start ``slots`` workers (spread over the nodes), each importing the body's module and running its
-    ``warm_up()`` when it has one; the pids of those ready within ``timeout_s``. Ray reuses them for the
-    trials; one not ready in time costs nothing but its start, which a trial would have paid."""
+    ``warm_up()`` when it has one; returns at once, with the references :func:`ready` waits for. Ray reuses
+    the workers for the trials."""
     import ray
 
     task = ray.remote(max_retries=0)(import_body).options(num_cpus=cpus, scheduling_strategy="SPREAD",
                                                           runtime_env=trial_runtime_env())
-    pending = [task.remote(body.__module__) for _ in range(slots)]
-    ready, _ = ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
-    return ray.get(ready)
+    return [task.remote(body.__module__) for _ in range(slots)]
+
+
+def ready(pending: list, *, timeout_s: float = 120.0) -> list[int]:
+    """The pids of the workers :func:`start` started that are ready within ``timeout_s``; one not ready in time
+    costs nothing but its start, which a trial would have paid."""
+    import ray
+
+    done, _ = ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
+    return ray.get(done)
+
+
+def prewarm(body: Callable, slots: int, cpus: float, *, timeout_s: float = 120.0) -> list[int]:
+    """:func:`start` the workers and wait until they are :func:`ready`."""
+    return ready(start(body, slots, cpus), timeout_s=timeout_s)
 
 
 def trial_runtime_env() -> dict:

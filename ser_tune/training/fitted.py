@@ -1,12 +1,18 @@
 """Heads fitted once by scikit-learn on cached pooled statistics: ``logreg`` and ``lda``.
 
-``logreg`` is the probe's kind of model (:func:`ser_tune.training.probe.fit_probe`). ``lda`` is linear
+``logreg`` is the probe's kind of model (``probe.logistic_regression``). ``lda`` is linear
 discriminant analysis with a shrunk within-class covariance, ``(1 - shrinkage) * S + shrinkage * mu * I``
 (Friedman 1989; scikit-learn's ``solver="lsqr"``), fitted in closed form after standardising the
 features and projecting them on the training clips' principal components: with every layer's statistics
 the head reads thousands of features from a few hundred clips, the covariance is of rank below the
 clips, and the projection makes the fit a fraction of a second instead of tens. With
 ``class_weighted`` the class priors are equal, as balanced class accuracy weighs the classes.
+
+Both standardise with the training clips' statistics, every feature's scale floored at ``SCALE_FLOOR`` times
+the median feature's: a feature that barely moves (pooled over a clip, the position embeddings in an
+encoder's first hidden state are all but constant) would otherwise be blown up from float32 rounding noise,
+and the head, in float32, cannot divide by it (a study's trials on every layer, unnormalised, scored at
+chance before this floor).
 
 Both are linear in the head's input, so :func:`linear_map` folds the pipeline into one standardisation
 and one linear map: the head (``head.load_fitted``) computes the model's class scores, and evaluation,
@@ -24,22 +30,43 @@ export and predict are the code every head uses.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .probe import fit_probe
+from .probe import logistic_regression
+
+SCALE_FLOOR = 1e-3   # a feature's standard deviation is at least this times the median feature's
+
+
+def floored_scaler(x: np.ndarray) -> StandardScaler:
+    """StandardScaler fitted on ``x``, no scale below ``SCALE_FLOOR`` times the median scale."""
+    scaler = StandardScaler().fit(x)
+    scaler.scale_ = np.maximum(scaler.scale_, SCALE_FLOOR * float(np.median(scaler.scale_)))
+    return scaler
+
+
+def standardised_fit(x: np.ndarray, y: np.ndarray, *steps) -> Pipeline:
+    """``steps`` fitted on ``x`` standardised by :func:`floored_scaler`; the pipeline of the scaler and them."""
+    scaler = floored_scaler(x)
+    rest = make_pipeline(*steps)
+    with warnings.catch_warnings():   # a regression that stops a little short of the optimum, as the probe's
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        rest.fit(scaler.transform(x), y)
+    return Pipeline([("standardscaler", scaler), *rest.steps])
 
 
 def fit_lda(x: np.ndarray, y: np.ndarray, shrinkage: float, *, class_weighted: bool = True) -> Pipeline:
     """Standardised features -> principal components of the training clips -> shrinkage LDA."""
     classes = np.unique(y)
     priors = np.full(len(classes), 1.0 / len(classes)) if class_weighted else None
-    model = make_pipeline(StandardScaler(), PCA(svd_solver="full"),
-                          LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage, priors=priors))
-    return model.fit(x, y)
+    return standardised_fit(x, y, PCA(svd_solver="full"),
+                            LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage, priors=priors))
 
 
 def fit_head(head: str, x: np.ndarray, y: np.ndarray, *, C: float, shrinkage: float, seed: int,
@@ -47,7 +74,7 @@ def fit_head(head: str, x: np.ndarray, y: np.ndarray, *, C: float, shrinkage: fl
     """The fitted head ``head`` ("logreg" or "lda") on features ``x`` (clips, features), labels ``y``."""
     if head == "lda":
         return fit_lda(x, y, shrinkage, class_weighted=class_weighted)
-    return fit_probe(x, y, C, seed, class_weight="balanced" if class_weighted else None)
+    return standardised_fit(x, y, logistic_regression(C, seed, class_weight="balanced" if class_weighted else None))
 
 
 def linear_map(model: Pipeline) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -58,10 +58,14 @@ def layer_features(pooled: np.ndarray, layer: int | str) -> np.ndarray:
     return pooled.mean(1) if layer == MEAN else pooled[:, int(layer)]
 
 
+def logistic_regression(c: float, seed: int = 0, *, class_weight: str | None = "balanced") -> LogisticRegression:
+    """The probe's classifier (also a trial's ``head: logreg``'s): L2 logistic regression fitted to convergence."""
+    return LogisticRegression(C=c, class_weight=class_weight, max_iter=1000, random_state=seed)
+
+
 def fit_probe(x: np.ndarray, y: np.ndarray, c: float, seed: int = 0, *, class_weight: str | None = "balanced"):
-    """The probe's model (also a trial's ``head: logreg``): standardised features, L2 logistic regression."""
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight=class_weight, max_iter=1000,
-                                                               random_state=seed))
+    """The probe's model: standardised features, L2 logistic regression."""
+    model = make_pipeline(StandardScaler(), logistic_regression(c, seed, class_weight=class_weight))
     with warnings.catch_warnings():   # a probe that stops a little short of the optimum is still a probe
         warnings.simplefilter("ignore", ConvergenceWarning)
         return model.fit(x, y)

@@ -84,8 +84,8 @@ def test_logreg_head_is_sklearns_logistic_regression_on_the_same_features_and_c(
     assert result.test_predictions.tolist() == expected.argmax(1).tolist()
 
 
-@pytest.mark.parametrize("head", [{"head": "logreg", "C": 2.0, "layer": 1}, {"head": "lda", "shrinkage": 0.3, "layer": 2}],
-                         ids=["logreg", "lda"])
+@pytest.mark.parametrize("head", [{"head": "logreg", "C": 2.0, "layer": 1},
+                                  {"head": "lda", "shrinkage": 0.3, "layer": 2}], ids=["logreg", "lda"])
 def test_fitted_head_trials_export_to_the_same_model(head, data, tmp_path, feature_cache_root):
     settings = TrialSettings(**head, pooling="meanstd", max_length=2.0)
     tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)

@@ -5,7 +5,9 @@ discriminant analysis with a shrunk within-class covariance, ``(1 - shrinkage) *
 (Friedman 1989; scikit-learn's ``solver="lsqr"``), fitted in closed form after standardising the
 features and projecting them on the training clips' principal components: with every layer's statistics
 the head reads thousands of features from a few hundred clips, the covariance is of rank below the
-clips, and the projection makes the fit a fraction of a second instead of tens. With
+clips, and the projection makes the fit a fraction of a second instead of tens. The shrinkage then acts in
+that subspace (its identity target scaled by the subspace's mean variance), so a given ``shrinkage`` is not
+the full-width LDA's: the search chooses it on the same model it scores. With
 ``class_weighted`` the class priors are equal, as balanced class accuracy weighs the classes.
 
 Both standardise with the training clips' statistics, every feature's scale floored at ``SCALE_FLOOR`` times

@@ -2,6 +2,7 @@
 trials; a Ctrl-C at any moment stops the study; a full or unwritable storage is one line and loses nothing."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -61,12 +62,28 @@ def test_a_restarted_unit_runs_the_budget_left_with_its_searcher_told_the_ended_
     assert again.searcher.suggest("next") is not None   # and it goes on suggesting
 
 
-def test_a_restarted_grid_runs_only_the_points_not_yet_run():
-    unit = _unit("grid", budget=10)   # the whole grid: 4 points
-    earlier = _ended([({"lr": 1e-3, "num_epochs": 1}, 0.5), ({"lr": 1e-2, "num_epochs": 2}, 0.6)])
+def _trials_generated(unit: Unit) -> list[dict]:
+    """The configs Ray Tune's generator makes of ``unit`` (as Tuner.fit would ask for them, one ending at a time)."""
+    unit.searcher.add_configurations({unit.name: {"run": lambda config: None, "config": unit.param_space,
+                                                  "num_samples": unit.num_samples}})
+    configs = []
+    while not unit.searcher.is_finished() and len(configs) < 20:
+        trial = unit.searcher.next_trial()   # (None while its trials are not yet made)
+        if trial is not None:
+            unit.searcher.on_trial_complete(trial.trial_id)
+            configs.append(trial.config)
+    return configs
+
+
+def test_a_restarted_grid_runs_only_the_points_not_yet_run_keeping_its_constants():
+    unit = _unit("grid", budget=10)   # the whole grid: 4 points, and a setting every trial has
+    unit = dataclasses.replace(unit, param_space={**unit.param_space, "max_length": 3.0})
+    earlier = _ended([({"lr": 1e-3, "num_epochs": 1, "max_length": 3.0}, 0.5),
+                      ({"lr": 1e-2, "num_epochs": 2, "max_length": 3.0}, 0.6)])
     again = lost_state.restart(unit, earlier)
     assert isinstance(again.searcher, BasicVariantGenerator) and again.num_samples == 2
-    assert sorted((p["lr"], p["num_epochs"]) for p in again.searcher._points_to_evaluate) == [(1e-3, 2), (1e-2, 1)]
+    configs = _trials_generated(again)   # (an emptied space made Ray's generator fail on the first point)
+    assert sorted((c["lr"], c["num_epochs"], c["max_length"]) for c in configs) == [(1e-3, 2, 3.0), (1e-2, 1, 3.0)]
 
 
 def test_a_restarted_grid_larger_than_its_budget_runs_its_first_points_not_yet_run():

@@ -62,13 +62,15 @@ def restart(unit, earlier: list):
     from ray.tune.search.sample import Domain
     from ray.tune.search.variant_generator import generate_variants
 
-    if any(isinstance(v, dict) and "grid_search" in v for v in unit.param_space.values()):
+    axes = [k for k, v in unit.param_space.items() if isinstance(v, dict) and "grid_search" in v]
+    if axes:
         # a grid's points not yet run, in Ray's order (a grid larger than the budget runs its first)
         grid = [config for _, config in generate_variants(unit.param_space)]
-        left = [c for c in grid if not any(all(r.config.get(k) == v for k, v in c.items()) for r in earlier)]
+        left = [c for c in grid if not any(all(r.config.get(k) == c[k] for k in axes) for r in earlier)]
         left = left[:max(unit.expected_trials - len(earlier), 0)]
         limit = getattr(unit.searcher, "max_concurrent", 0) or unit.max_concurrent_trials or 0
-        return dataclasses.replace(unit, param_space={}, num_samples=len(left),
+        # the space stays whole: Ray resolves each point against it (its grid axes and constants)
+        return dataclasses.replace(unit, num_samples=len(left),
                                    searcher=BasicVariantGenerator(points_to_evaluate=left, max_concurrent=limit))
     left = max(unit.num_samples - len(earlier), 0)
     if isinstance(unit.searcher, BasicVariantGenerator):   # random search: new draws, not its first ones again

@@ -163,11 +163,19 @@ class StrategyStudy(StudyKind):
     def trial_workers(self, cluster: Cluster):
         return run_trial, self.concurrency(cluster)
 
+    def search_seed(self, fold: int, repeat: int) -> int:
+        """The searcher's seed on outer fold ``fold`` in repeat ``repeat``: the experiment's seed + repeat on the
+        first fold, a draw from both on each other, so that every outer fold's search is a replicate of its own
+        (with one seed, random search drew the same configurations on every fold: one miss, five times)."""
+        seed = self.experiment.seed + repeat
+        return seed if fold == 0 else int(np.random.SeedSequence([seed, fold]).generate_state(1)[0])
+
     def strategy_unit(self, folder: StudyFolder, strategy: str, fold: int, repeat: int, cluster: Cluster) -> Unit:
         exp = self.experiment
         name = self.unit_name(strategy, fold, repeat)
         concurrency = self.concurrency(cluster)
-        plan = make_plan(strategy, exp.space, budget=exp.budget.trials, seed=exp.seed + repeat,
+        seed = self.search_seed(fold, repeat)
+        plan = make_plan(strategy, exp.space, budget=exp.budget.trials, seed=seed,
                          warmup=LIBRARY if exp.budget.warmup == LIBRARY else None,
                          metric=exp.objective.metric, mode=exp.objective.mode, max_concurrent=concurrency,
                          grid=exp.grid, objectives=exp.objective.objectives,
@@ -181,7 +189,7 @@ class StrategyStudy(StudyKind):
                     time_budget_s=exp.budget.minutes * 60 if exp.budget.minutes else None,
                     tags={"strategy": strategy, "outer_fold": fold, "repeat": repeat},
                     info={"budget": exp.budget.trials, "warmup": plan.warmup, "notes": plan.notes,
-                          "concurrency": concurrency, "seed": exp.seed + repeat},
+                          "concurrency": concurrency, "seed": seed},
                     progress=TrialProgress(name, plan.expected_trials, exp.objective.metric, exp.objective.mode))
 
     def default_unit(self, folder: StudyFolder, fold: int) -> Unit:

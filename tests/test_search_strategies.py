@@ -414,3 +414,30 @@ def test_a_study_with_library_warmups_hands_them_to_its_units(tmp_path):
     units = {s: study.strategy_unit(folder, s, 0, 0, cluster) for s in ("tpe", "gp", "random")}
     assert {s: u.info["warmup"] for s, u in units.items()} == {"tpe": 20, "gp": 10, "random": 30}
     assert units["tpe"].info["notes"].startswith("TPE (hyperopt), 20 random warm-up trials of 30")
+
+
+def test_each_outer_fold_searches_with_its_own_seed(tmp_path):
+    from ser_tune.config import experiment_from_dict
+    from ser_tune.strategies import StrategyStudy
+    from ser_tune.study.folder import StudyFolder
+    from ser_tune.study.session import Cluster
+
+    exp = experiment_from_dict({
+        "name": "folds", "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"),
+                                    "options": {"clips_per_cell": 1}},
+        "storage": str(tmp_path / "studies"), "strategies": ["random"], "seed": 3,
+        "objective": {"cv_folds": 2}, "evaluation": {"outer_folds": 3}})
+    study = StrategyStudy(exp)
+    folder = StudyFolder.create(exp.storage, exp.name)
+    study.prepare(folder)
+    cluster = Cluster(cpus=2, largest_node=2, nodes=1, dashboard=None)
+    units = [study.strategy_unit(folder, "random", fold, 0, cluster) for fold in range(3)]
+    assert units[0].info["seed"] == 3 and len({u.info["seed"] for u in units}) == 3
+    assert [u.info["seed"] for u in units] == [study.strategy_unit(folder, "random", f, 0, cluster).info["seed"]
+                                               for f in range(3)]   # reproducible
+    first = []
+    for unit in units:   # random search's first draw differs between folds
+        unit.searcher.add_configurations({unit.name: {"run": lambda config: None, "config": unit.param_space,
+                                                      "num_samples": 1}})
+        first.append(unit.searcher.next_trial().config["lr"])
+    assert len(set(first)) == 3

@@ -24,6 +24,7 @@ from ser_tune.search import make_plan
 from ser_tune.study import cli, local_ray, lost_state, session
 from ser_tune.study.driver import StudyKind, Unit, fit
 from ser_tune.study.folder import TRIALS_FILE, StudyFolder
+from ser_tune.study.progress import TrialProgress
 from test_launch import REPO, _config, _launch
 from test_study_interrupt import _wait_for
 
@@ -91,6 +92,15 @@ def test_a_restarted_grid_larger_than_its_budget_runs_its_first_points_not_yet_r
     first = [(p["lr"], p["num_epochs"]) for p in unit.searcher._points_to_evaluate]
     again = lost_state.restart(unit, _ended([({"lr": first[1][0], "num_epochs": first[1][1]}, 0.5)]))
     assert [(p["lr"], p["num_epochs"]) for p in again.searcher._points_to_evaluate] == [first[0], first[2]]
+
+
+def test_a_restarted_unit_s_progress_lines_count_on_from_its_ended_trials(capsys):
+    unit = dataclasses.replace(_unit("random"), progress=TrialProgress("random", 5, "val_bca", "max"))
+    again = lost_state.restart(unit, _ended([({"lr": 1e-3, "num_epochs": 1}, 0.5), ({"lr": 1e-2, "num_epochs": 2}, 0.7)]))
+    first = SimpleNamespace(status="TERMINATED", last_result={"val_bca": 0.6})   # the new run's first trial
+    again.progress.on_trial_complete(0, [first], first)
+    assert capsys.readouterr().out.split() == "random 3/5 trial 3 val_bca 0.600 best 0.700".split()
+    assert unit.progress.done == 0   # the unit's own progress is not changed
 
 
 def test_an_empty_experiment_state_is_lost_and_a_readable_one_is_not(tmp_path):

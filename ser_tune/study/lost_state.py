@@ -57,7 +57,14 @@ def ended(result) -> bool:
 
 def restart(unit, earlier: list):
     """``unit`` started afresh without its ``earlier`` trials: a grid's remaining points, or a searcher told the
-    earlier results (random search has nothing to learn) running the budget they left."""
+    earlier results (random search has nothing to learn) running the budget they left; its progress lines
+    count on from them."""
+    if unit.progress is not None:
+        unit = dataclasses.replace(unit, progress=unit.progress.going_on_from([r.metrics or {} for r in earlier]))
+    return restarted_search(unit, earlier)
+
+
+def restarted_search(unit, earlier: list):
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.sample import Domain
     from ray.tune.search.variant_generator import generate_variants

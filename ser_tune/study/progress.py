@@ -19,6 +19,17 @@ class TrialProgress(Callback):
         self.fields = fields        # result keys to show; None: the searched settings (cfg_*)
         self.done = done
         self.best = best
+        self.started_before = 0     # trials of the unit started before this Ray run of it (a lost state)
+
+    def going_on_from(self, results: list[dict]) -> "TrialProgress":
+        """This progress for a unit started again after Ray's state of it was lost: the count, the trial
+        numbers and the best go on from the ended trials' ``results`` (their metrics), which Ray's new run
+        does not list."""
+        again = TrialProgress(self.label, self.budget, self.metric, self.mode, self.fields, self.done, self.best)
+        again.done = again.started_before = max(self.done, len(results))
+        for result in results:
+            again.note(result.get(self.metric))
+        return again
 
     def line(self, result: dict, words: str, number: int | None = None) -> str:
         """``number``: the trial's place in start order (1-based), as trials.csv's ``trial_index`` + 1 and
@@ -52,13 +63,17 @@ class TrialProgress(Callback):
         value = result.get(self.metric)
         self.note(value)
         words = f"{value:.3f}  best {self.best:.3f}" if isinstance(value, (int, float)) else "-"
-        print(self.line(result, f"{self.metric} {words}", start_number(trials, trial)), flush=True)
+        print(self.line(result, f"{self.metric} {words}", self.number(trials, trial)), flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.catch_up(trials, trial)
         result = getattr(trial, "last_result", None) or {}
-        print(self.line(result, "ERROR (the error is in trials.csv once the unit ends)", start_number(trials, trial)),
+        print(self.line(result, "ERROR (the error is in trials.csv once the unit ends)", self.number(trials, trial)),
               flush=True)
+
+    def number(self, trials, trial) -> int | None:
+        at = start_number(trials, trial)
+        return None if at is None else self.started_before + at
 
 
 def start_number(trials, trial) -> int | None:

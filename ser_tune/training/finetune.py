@@ -234,6 +234,7 @@ class FineTuner:
         self._peft: PeftPlan | None = None
         self._norm: FeatureNorm | None = None
         self._statistics: tuple[CachedFeatures, np.ndarray] | None = None
+        self._head_input: tuple[CachedFeatures, np.ndarray] | None = None
         self._feats: CachedFeatures | None = None
         if settings.features == "cache":
             if cache_root is None:
@@ -276,6 +277,15 @@ class FineTuner:
             pooling = "mean" if self.s.reads_frames else self.s.pooling   # frames are normalised by their means'
             self._statistics = (feats, stack_statistics(feats.pooled, feats.pooled_std, pooling))
         return self._statistics[1]
+
+    def normalised_statistics(self, feats: CachedFeatures) -> np.ndarray:
+        """``statistics`` normalised as ``settings.normalize`` says, every clip at once: made once per entry, so
+        that a head on frozen features reads each batch's rows instead of normalising them again at every step
+        (the same float32 arithmetic per element)."""
+        if self._head_input is None or self._head_input[0] is not feats:
+            stats = self.statistics(feats)
+            self._head_input = (feats, stats if self.norm is None else self.norm.apply(stats, np.arange(len(stats))))
+        return self._head_input[1]
 
     def cached_features(self) -> CachedFeatures:
         """The feature cache's entry for this tuner's clips: every layer's pooled features and, when the
@@ -747,6 +757,8 @@ class FineTuner:
     def pooled(self, model: TrialModel, idx, live: int | None, grad: bool) -> torch.Tensor:
         """Per-layer pooled features (B, L+1, D) for clips ``idx``, normalised as ``settings.normalize``
         says; layers >= ``live`` run live (with grad if ``grad``), the rest come from the cache."""
+        if model.feats is not None and live is None:
+            return torch.from_numpy(self.normalised_statistics(model.feats)[idx])
         features = self.raw_pooled(model, idx, live, grad)
         return features if self.norm is None else self.norm.apply(features, idx)
 

@@ -5,7 +5,7 @@ The loops (see the README's architecture section)::
     for each outer fold f of test speakers           evaluation.outer_folds (1: the study's split)
         the untuned default configuration             unit "default" (one trial)
         for each repeat r, for each strategy s        budget.repeats (grid once: it has no seed)
-            one unit (Tuner), budget.trials trials    searcher seed = seed + r
+            one unit (Tuner), budget.trials trials    searcher seed: seed + r (on f > 0 drawn from it and f)
     the best configuration refit for export          unit "refit" (when folds or CV make the best trial's own model partial)
 
 A trial trains on the inner folds of its outer fold (``objective.cv_folds``) and reports the mean
@@ -16,6 +16,7 @@ first unit, and their time is the study's shared ``encode`` time.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from .config import Experiment
 from .search import LIBRARY, make_plan
 from .search.base import native_config
 from .training.latency import LatencyCheck
-from .training.probe import CHOSEN, choose_normalization, linear_probe
+from .training.probe import CHOSEN, choose_normalization, normalised_probe
 from .training.settings import BRANCH, TrialSettings
 from .training.trainable import StudyContext, run_refit, run_trial
 from .study.driver import StudyError, StudyKind, Unit
@@ -38,6 +39,10 @@ from .study.progress import TrialProgress
 from .study.session import Cluster
 
 DEFAULT, REFIT, EXPORT = "default", REFIT_UNIT, REFIT_EXPORT
+# Probes run in processes from this many pooled values times probes: a process takes 1-2 s to start (its
+# imports); an EmoDB outer fold's probe (535 clips x 7 states x 512) takes ~6 s of one core, and 10 of them
+# (5 folds, 2 normalisations) held up the first trial a minute.
+PARALLEL_PROBE_VALUES = 4_000_000
 
 
 class StrategyStudy(StudyKind):
@@ -87,29 +92,36 @@ class StrategyStudy(StudyKind):
         return seconds
 
     def probe(self, pooled: np.ndarray) -> dict:
-        """The linear probe on each outer fold, for each normalisation the study uses."""
-        from .training.normalize import FeatureNorm
+        """The linear probe on each outer fold, for each normalisation the study uses: one process per core
+        when they are big enough to pay for the processes' start."""
+        from joblib import Parallel, delayed
 
         table = self.corpus.table
         y = table["label"].map({name: i for i, name in enumerate(sorted(table["label"].unique()))}).to_numpy()
-        out = {}
         used = candidates(self.experiment, "normalize", TrialSettings.normalize)
-        for kind in ["none"] + [n for n in used if n != "none"]:   # none, and any the trials use
-            folds = []
-            for f, outer in enumerate(self.plan.outer):
-                train = np.flatnonzero((outer != "test").to_numpy())
-                test = np.flatnonzero((outer == "test").to_numpy())
-                inner = [(np.flatnonzero((a == "train").to_numpy()), np.flatnonzero((a == "val").to_numpy()))
-                         for a in self.plan.inner(f)]
-                norm = FeatureNorm.fit(kind, pooled, speakers=table["speaker"], rows=train)
-                x = norm.apply(pooled, np.arange(len(pooled))) if norm is not None else pooled
-                folds.append(linear_probe(x, y, inner, train=train, test=test,
-                                          seed=self.experiment.seed).to_dict())
-            out[kind] = {"folds": folds}
+        kinds = ["none"] + [n for n in used if n != "none"]   # none, and any the trials use
+        folds = range(len(self.plan.outer))
+        jobs = [(kind, f) for kind in kinds for f in folds]
+        speakers, seed = table["speaker"].to_numpy(), self.experiment.seed
+        big = pooled.size * len(jobs) >= PARALLEL_PROBE_VALUES
+        rows = Parallel(n_jobs=min(len(jobs), os.cpu_count() or 1) if big else 1)(
+            delayed(normalised_probe)(pooled, y, speakers, kind, self.inner_rows(f), train=train, test=test, seed=seed)
+            for kind, f in jobs for train, test in [self.outer_rows(f)])
+        out = {kind: {"folds": [rows[jobs.index((kind, f))] for f in folds]} for kind in kinds}
         if "normalize" in self.experiment.space and len(out) > 1:
             # the trials search normalize: so does the probe, on the same inner folds (the yardstick)
             out[CHOSEN] = {"folds": choose_normalization({k: v["folds"] for k, v in out.items()})}
         return out
+
+    def outer_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows outer fold ``fold`` trains on (its search's training and validation speakers) and tests."""
+        outer = self.plan.outer[fold]
+        return np.flatnonzero((outer != "test").to_numpy()), np.flatnonzero((outer == "test").to_numpy())
+
+    def inner_rows(self, fold: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(training rows, validation rows) of each inner fold of outer fold ``fold``."""
+        return [(np.flatnonzero((a == "train").to_numpy()), np.flatnonzero((a == "val").to_numpy()))
+                for a in self.plan.inner(fold)]
 
     # --- the units ---------------------------------------------------------------------------------
     def units(self, folder: StudyFolder, cluster: Cluster):

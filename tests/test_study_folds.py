@@ -122,3 +122,35 @@ def test_normalised_features_keep_their_dtype():
     for kind in ("corpus", "speaker"):
         norm = FeatureNorm.fit(kind, pooled, speakers=list("aabbcc"), rows=np.arange(6))
         assert norm.apply(pooled, np.arange(6)).dtype == np.float32
+
+
+def test_the_study_s_probe_fits_each_normalisation_and_outer_fold_on_its_own_rows(tmp_path, synthetic_root,
+                                                                                 monkeypatch):
+    """The probes run one process per core (as EmoDB's do); each (normalisation, outer fold) lands in its place."""
+    import ser_tune.strategies
+    from ser_tune.config import experiment_from_dict
+    from ser_tune.strategies import StrategyStudy
+    from ser_tune.study.folder import StudyFolder
+    from ser_tune.training.probe import CHOSEN, normalised_probe
+
+    exp = experiment_from_dict({
+        "name": "probes", "corpus": {"name": "synthetic", "root": str(synthetic_root)},
+        "storage": str(tmp_path / "studies"), "strategies": ["random"], "space": {"normalize": {"choice": ["none", "speaker"]}},
+        "objective": {"cv_folds": 2}, "evaluation": {"outer_folds": 3}})
+    study = StrategyStudy(exp)
+    study.prepare(StudyFolder.create(exp.storage, exp.name))
+    table = study.corpus.table
+    y = table["label"].map({name: i for i, name in enumerate(sorted(table["label"].unique()))}).to_numpy()
+    pooled = np.random.default_rng(0).normal(size=(len(table), 2, 3)) + y[:, None, None] * 0.3   # (clips, states, dim)
+    pooled[table["speaker"].astype(str).to_numpy() == table["speaker"].astype(str).iloc[0]] += 5.0   # one loud speaker
+    monkeypatch.setattr(ser_tune.strategies, "PARALLEL_PROBE_VALUES", 0)
+    out = study.probe(pooled)
+    assert set(out) == {"none", "speaker", CHOSEN}
+    for kind, fold in [("none", 0), ("speaker", 2)]:   # (each probe alone: seconds)
+        train, test = study.outer_rows(fold)
+        alone = normalised_probe(pooled, y, table["speaker"].to_numpy(), kind, study.inner_rows(fold),
+                                 train=train, test=test, seed=exp.seed)
+        got = out[kind]["folds"][fold]
+        assert {k: got[k] for k in ("layer", "C", "cv_bca", "test_bca")} == \
+            {k: alone[k] for k in ("layer", "C", "cv_bca", "test_bca")}, (kind, fold)
+    assert out["none"]["folds"] != out["speaker"]["folds"]

@@ -98,6 +98,17 @@ def linear_probe(pooled: np.ndarray, y: np.ndarray, folds, *, train: np.ndarray,
                        model=model)
 
 
+def normalised_probe(pooled: np.ndarray, y: np.ndarray, speakers, kind: str, folds, *, train: np.ndarray,
+                     test: np.ndarray, seed: int = 0) -> dict:
+    """:func:`linear_probe` of one outer fold (as :meth:`ProbeResult.to_dict`) on ``pooled`` normalised as
+    ``kind`` says (``training.normalize``, statistics of the fold's ``train`` rows)."""
+    from .normalize import FeatureNorm
+
+    norm = FeatureNorm.fit(kind, pooled, speakers=speakers, rows=train)
+    x = norm.apply(pooled, np.arange(len(pooled))) if norm is not None else pooled
+    return linear_probe(x, y, folds, train=train, test=test, seed=seed).to_dict()
+
+
 CHOSEN = "chosen"   # the probe entry whose normalisation, as its layer and C, the inner folds chose
 
 

@@ -232,8 +232,9 @@ def test_killed_active_study_resumes_keeping_finished_trials(tmp_path):
     try:
         while time.time() < deadline and not finished_before:
             for result in (tmp_path / "studies").glob("resume-*/active/*/result.json"):
-                if rounds_reported(result)[-1:] == [3]:
-                    finished_before[result.parent.name] = rounds_reported(result)
+                reported = rounds_reported(result)   # read once: what was seen is what is kept
+                if reported[-1:] == [3]:
+                    finished_before[result.parent.name] = reported
             time.sleep(0.3)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)   # the driver and the Ray it started die mid-study

@@ -105,23 +105,15 @@ class StrategyStudy(StudyKind):
         speakers, seed = table["speaker"].to_numpy(), self.experiment.seed
         big = pooled.size * len(jobs) >= PARALLEL_PROBE_VALUES
         rows = Parallel(n_jobs=min(len(jobs), os.cpu_count() or 1) if big else 1)(
-            delayed(normalised_probe)(pooled, y, speakers, kind, self.inner_rows(f), train=train, test=test, seed=seed)
-            for kind, f in jobs for train, test in [self.outer_rows(f)])
-        out = {kind: {"folds": [rows[jobs.index((kind, f))] for f in folds]} for kind in kinds}
+            delayed(normalised_probe)(pooled, y, speakers, kind, self.plan.inner_rows(f), train=train, test=test,
+                                      seed=seed)
+            for kind, f in jobs for train, test in [self.plan.outer_rows(f)])
+        by_job = dict(zip(jobs, rows))
+        out = {kind: {"folds": [by_job[kind, f] for f in folds]} for kind in kinds}
         if "normalize" in self.experiment.space and len(out) > 1:
             # the trials search normalize: so does the probe, on the same inner folds (the yardstick)
             out[CHOSEN] = {"folds": choose_normalization({k: v["folds"] for k, v in out.items()})}
         return out
-
-    def outer_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        """The rows outer fold ``fold`` trains on (its search's training and validation speakers) and tests."""
-        outer = self.plan.outer[fold]
-        return np.flatnonzero((outer != "test").to_numpy()), np.flatnonzero((outer == "test").to_numpy())
-
-    def inner_rows(self, fold: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(training rows, validation rows) of each inner fold of outer fold ``fold``."""
-        return [(np.flatnonzero((a == "train").to_numpy()), np.flatnonzero((a == "val").to_numpy()))
-                for a in self.plan.inner(fold)]
 
     # --- the units ---------------------------------------------------------------------------------
     def units(self, folder: StudyFolder, cluster: Cluster):

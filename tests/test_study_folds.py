@@ -147,8 +147,8 @@ def test_the_study_s_probe_fits_each_normalisation_and_outer_fold_on_its_own_row
     out = study.probe(pooled)
     assert set(out) == {"none", "speaker", CHOSEN}
     for kind, fold in [("none", 0), ("speaker", 2)]:   # (each probe alone: seconds)
-        train, test = study.outer_rows(fold)
-        alone = normalised_probe(pooled, y, table["speaker"].to_numpy(), kind, study.inner_rows(fold),
+        train, test = study.plan.outer_rows(fold)
+        alone = normalised_probe(pooled, y, table["speaker"].to_numpy(), kind, study.plan.inner_rows(fold),
                                  train=train, test=test, seed=exp.seed)
         got = out[kind]["folds"][fold]
         assert {k: got[k] for k in ("layer", "C", "cv_bca", "test_bca")} == \

@@ -144,6 +144,16 @@ class FoldPlan:
         return inner_assignments(self.table, outer, self.cv_folds, seed, where=f"outer fold {fold}",
                                  name="objective.cv_folds")
 
+    def outer_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows outer fold ``fold`` trains on (its search's training and validation speakers) and tests."""
+        outer = self.outer[fold]
+        return np.flatnonzero((outer != "test").to_numpy()), np.flatnonzero((outer == "test").to_numpy())
+
+    def inner_rows(self, fold: int, repeat: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(training rows, validation rows) of each of ``inner(fold, repeat)``."""
+        return [(np.flatnonzero((a == "train").to_numpy()), np.flatnonzero((a == "val").to_numpy()))
+                for a in self.inner(fold, repeat)]
+
     def speakers(self, assignment: pd.Series) -> dict:
         return {f"{p}_speakers": sorted(self.table.loc[(assignment == p).to_numpy(), "speaker"].astype(str).unique())
                 for p in PARTS}

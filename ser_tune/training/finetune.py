@@ -765,9 +765,7 @@ class FineTuner:
     def raw_pooled(self, model: TrialModel, idx, live: int | None, grad: bool) -> torch.Tensor:
         """``pooled`` before normalisation."""
         feats, encoder, pooling = model.feats, model.encoder, self.s.pooling
-        if feats is not None and live is None:
-            return torch.from_numpy(self.statistics(feats)[idx])
-        if feats is not None:
+        if feats is not None:   # (every layer from the cache: ``pooled`` reads normalised_statistics)
             frames = [torch.from_numpy(np.array(feats.frames_of(live, int(i)))) for i in idx]
             lengths = torch.tensor([f.shape[0] for f in frames])
             hidden = nn.utils.rnn.pad_sequence(frames, batch_first=True)

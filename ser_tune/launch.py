@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     folder = outcome.folder
     if outcome.interrupted and not (folder.dir / TRIALS_FILE).exists():   # e.g. in the encode: nothing to report
         return finish_cli(outcome, {"study_dir": str(folder.dir), "status": folder.meta.get("status")})
-    if exp.crosscorpus and not outcome.interrupted:
+    if exp.crosscorpus and not (outcome.interrupted or outcome.already_done):
         run_crosscorpus(folder, exp)
     report = write_report(folder.dir)
     summary = summary_json([folder.dir])
@@ -160,4 +160,6 @@ def _fmt(value) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .study.cli import exit_now
+
+    exit_now(main())

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Experiment
+from .encoders.precision import resolve as resolve_precision
 from .search import LIBRARY, make_plan
 from .search.base import native_config
 from .training.latency import LatencyCheck
@@ -76,14 +77,15 @@ class StrategyStudy(StudyKind):
         max_lengths = candidates(exp, "max_length", TrialSettings.max_length)
         tops = {TrialSettings(unfreeze=u).top_k for u in candidates(exp, "unfreeze", TrialSettings.unfreeze)}
         specs = dict.fromkeys(spec or exp.encoder for spec in candidates(exp, "encoder", None))
-        done = {spec: encode_once(self.corpus.table, spec, cache_root(exp.storage),
-                                  max_lengths or [TrialSettings.max_length], [k for k in tops if k != 0],
-                                  frame_averages(exp))
-                for spec in specs}
-        first = done[next(iter(specs))]   # the study's own encoder, unless every trial uses another
+        runs = [(spec, precision) for spec in specs for precision in precisions(exp)]
+        done = {(spec, precision): encode_once(self.corpus.table, spec, cache_root(exp.storage),
+                                               max_lengths or [TrialSettings.max_length], [k for k in tops if k != 0],
+                                               frame_averages(exp), precision=precision)
+                for spec, precision in runs}
+        first = done[runs[0]]   # the study's own encoder (unless every trial uses another), its first precision
         folder.meta.update(encoder=first["encoder"], cache=first["cache"])
-        if len(done) > 1:   # a search among encoders
-            folder.meta["encoders"] = {spec: d["encoder"] for spec, d in done.items()}
+        if len(specs) > 1:   # a search among encoders
+            folder.meta["encoders"] = {spec: done[spec, runs[0][1]]["encoder"] for spec in specs}
         seconds = sum(d["seconds"] for d in done.values())
         folder.meta["encode_seconds"] = folder.meta.get("encode_seconds", 0.0) + seconds
         if "probe" not in folder.meta.get("baselines", {}):
@@ -152,11 +154,17 @@ class StrategyStudy(StudyKind):
         return StudyContext(table=self.corpus.table, assignments=self.plan.inner(fold, repeat),
                             labels=folder.meta["labels"], encoder_spec=exp.encoder,
                             cache_root=str(cache_root(exp.storage)), state_root=str(folder.state_dir(name)),
-                            fixed={"objective": exp.objective.metric, **dict(exp.trial)}, decode=decode,
+                            fixed={"objective": exp.objective.metric, **dict(exp.trial), **self.encoded_precision()},
+                            decode=decode,
                             cpus_per_trial=int(max(1, round(exp.resources.cpus_per_trial))),
                             source={"name": self.corpus.name, "root": str(self.corpus.root),
                                     "label_map": exp.corpus.label_map, "options": dict(exp.corpus.options or {})},
                             latency=self.latency_check())
+
+    def encoded_precision(self) -> dict:
+        """The trials' precision as this machine resolved it for the shared encode (unless searched): a trial
+        on a node that would resolve ``auto`` otherwise still reads the features the study encoded."""
+        return {} if "precision" in self.experiment.space else {"precision": precisions(self.experiment)[0]}
 
     def concurrency(self, cluster: Cluster) -> int:
         """Trials of a search run at a time: the experiment's ``concurrency``, else as many as the cluster's
@@ -165,7 +173,8 @@ class StrategyStudy(StudyKind):
         return exp.concurrency or max(1, int(cluster.cpus // exp.resources.cpus_per_trial))
 
     def trial_workers(self, cluster: Cluster):
-        return run_trial, self.concurrency(cluster)
+        # no more than a run's trials: a worker started for a trial that never comes costs its imports
+        return run_trial, max(1, min(self.concurrency(cluster), self.experiment.budget.trials))
 
     def search_seed(self, fold: int, repeat: int) -> int:
         """The searcher's seed on outer fold ``fold`` in repeat ``repeat``: the experiment's seed + repeat on the
@@ -348,6 +357,12 @@ def candidates(exp: Experiment, name: str, default) -> list:
     if "grid" in exp.strategies and name in (exp.grid or {}):
         values += [v for v in exp.grid[name] if v not in values]
     return values
+
+
+def precisions(exp: Experiment) -> list[str]:
+    """The arithmetic the study's encodes run in, resolved on this machine (``auto``: bf16 where the CPU has
+    it in hardware), each once; the first is the fixed one's (or the first searched)."""
+    return list(dict.fromkeys(resolve_precision(p) for p in candidates(exp, "precision", TrialSettings.precision)))
 
 
 def frame_averages(exp: Experiment) -> list[int]:

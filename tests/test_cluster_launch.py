@@ -35,9 +35,10 @@ BUDGET = 4
 _SUPPORTED, _WHY_NOT = namespace_support()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
-    """A fresh two-node cluster per test: the fault test kills its worker."""
+    """One two-node cluster for the module (~20 s to start): the fault test, which kills its worker, runs
+    last."""
     if not _SUPPORTED:
         pytest.skip(f"multi-node cluster tests need private namespaces: {_WHY_NOT}")
     started = time.monotonic()

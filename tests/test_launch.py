@@ -33,6 +33,7 @@ def _config(tmp_path: Path, **changes) -> Path:
         "strategies": ["tpe", "gp", "skopt", "grid", "random"],
         "budget": {"trials": 3},
         "resources": {"cpus_per_trial": 1},
+        "concurrency": 1,   # a trial actor per unit (each ~3 CPU-s of imports); the every-strategy test runs 2
         "seed": 0,
         "storage": str(tmp_path / "studies"),
         "objective": {"metric": "val_bca", "mode": "max"},
@@ -50,7 +51,7 @@ def _launch(*args, timeout=600, **kwargs):
 
 
 def test_every_strategy_spends_exactly_its_budget(tmp_path):
-    run = _launch(_config(tmp_path), "--json")
+    run = _launch(_config(tmp_path, concurrency=None), "--json")   # two trials at a time on the 2 CPUs
     assert run.returncode == 0, run.stderr[-3000:]
     # --json: stdout is the one JSON object, nothing from Ray before or after it
     assert len(run.stdout.strip().splitlines()) == 1, run.stdout[-3000:]
@@ -82,6 +83,11 @@ def test_every_strategy_spends_exactly_its_budget(tmp_path):
     units_per_worker = every.groupby("worker_pid").unit.nunique()
     assert units_per_worker.max() >= 2 and every.worker_pid.nunique() < every.unit.nunique(), units_per_worker
     assert (study / "report.md").exists() and (study / "best_model" / "model.json").exists()
+    # --resume of a study that is done runs nothing (no Ray, no encode) and gives the same results
+    again = _launch(_config(tmp_path, concurrency=None), "--resume", study, "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "nothing to run" in again.stderr and "shared encode" not in again.stderr, again.stderr[-3000:]
+    assert json.loads(again.stdout)["strategies"] == out["strategies"]
     predict = subprocess.run([sys.executable, "-m", "ser_tune.predict", study / "best_model",
                               next((tmp_path / "corpus").glob("*.wav")), "--json"],
                              cwd=REPO, text=True, capture_output=True, timeout=120)

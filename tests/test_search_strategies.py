@@ -441,3 +441,7 @@ def test_each_outer_fold_searches_with_its_own_seed(tmp_path):
                                                       "num_samples": 1}})
         first.append(unit.searcher.next_trial().config["lr"])
     assert len(set(first)) == 3
+    again = study.strategy_unit(folder, "random", 0, 0, cluster)   # the same seed: the same draws
+    again.searcher.add_configurations({again.name: {"run": lambda config: None, "config": again.param_space,
+                                                    "num_samples": 1}})
+    assert again.searcher.next_trial().config["lr"] == first[0]

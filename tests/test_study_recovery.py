@@ -115,6 +115,27 @@ def test_an_empty_experiment_state_is_lost_and_a_readable_one_is_not(tmp_path):
     assert not lost_state.state_lost(tmp_path / "never-started")
 
 
+def test_a_searcher_snapshot_cut_short_is_a_lost_state_and_forgotten_with_it(tmp_path):
+    """A kill while Ray wrote the searcher's snapshot (CI: "Failed to restore the run state", EOFError in
+    ``_load_newest_checkpoint``, and the resumed unit stopped after one trial) is a lost state like an
+    empty experiment state: the unit starts again with what its ended trials left."""
+    import cloudpickle
+
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (tmp_path / "search_gen_state-2026-01-01_00-00-00.json").write_text("{}")
+    older, newest = (tmp_path / f"searcher-state-2026-01-01_00-00-0{i}.pkl" for i in (0, 1))
+    older.write_bytes(cloudpickle.dumps({"trials": 1}))
+    newest.write_bytes(cloudpickle.dumps({"trials": 2}))
+    assert not lost_state.state_lost(tmp_path)
+    newest.write_bytes(newest.read_bytes()[:5])   # cut short: Ray reads only the newest
+    assert lost_state.state_lost(tmp_path)
+    newest.write_bytes(b"")
+    assert lost_state.state_lost(tmp_path)
+    (tmp_path / "tuner.pkl").write_bytes(b"x")
+    lost_state.forget_state(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_ray_s_failed_snapshots_on_a_full_disk_are_one_line_said_once():
     session.quiet_transient_sync_errors()
     log, seen = logging.getLogger("ray.tune.execution.experiment_state"), []

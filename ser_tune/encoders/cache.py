@@ -47,6 +47,7 @@ from filelock import FileLock
 from tqdm import tqdm
 
 from .base import SpeechEncoder
+from .precision import compute, resolve
 
 
 @dataclass
@@ -212,8 +213,9 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, encoder_spec: str, encoder_fingerprint: str,
                  encoder_loader: Callable[[], SpeechEncoder], *, batch_size: int = 16,
-                 encode_clips: ClipEncode | None = None, progress: bool = False):
+                 encode_clips: ClipEncode | None = None, progress: bool = False, precision: str = "fp32"):
         self.root = Path(root)
+        self.precision = resolve(precision)   # the encode's arithmetic, part of every entry's key
         self.encoder_spec = encoder_spec
         self.encoder_fingerprint = encoder_fingerprint
         self._loader = encoder_loader
@@ -253,6 +255,8 @@ class FeatureCache:
     def key(self, clip_ids: Sequence[str], max_length: float | None) -> str:
         digest = hashlib.sha256()
         digest.update(f"{self.encoder_fingerprint}|{max_length}|v2".encode())   # v2: entries hold pooled_std
+        if self.precision != "fp32":   # (fp32 entries keep the keys they had before precisions)
+            digest.update(f"|{self.precision}".encode())
         for clip in clip_ids:
             digest.update(clip.encode())
             digest.update(b"\0")
@@ -279,7 +283,7 @@ class FeatureCache:
                     shutil.rmtree(stale, ignore_errors=True)
                 missing = [b for b in wanted if not (folder / f"frames_{b}.npy").exists()]
                 meta = {"encoder": self.encoder_spec, "fingerprint": self.encoder_fingerprint,
-                        "max_length": max_length, "clips": len(clip_ids)}
+                        "max_length": max_length, "clips": len(clip_ids), "precision": self.precision}
                 self._encode(folder, ClipWaves(load_wave, len(clip_ids), length_hint), missing,
                              need_pooled=not (folder / "meta.json").exists(), meta=meta,
                              averages=[a for a in stacks if not (folder / f"layer_frames_a{a}.npy").exists()])
@@ -323,7 +327,7 @@ class FeatureCache:
         """The default ``encode_clips``: every batch in this process with the cache's encoder."""
         parts = []
         for part in encode_batches(self.encoder, waves, equal_length_batches(waves, self.batch_size),
-                                   boundaries, need_pooled, averages):
+                                   boundaries, need_pooled, averages, self.precision):
             parts.append(part)
             progress.update(len(part))
         return EncodedClips.join(parts, len(waves))
@@ -339,18 +343,22 @@ def frame_averages(averages: Sequence[int]) -> list[int]:
 
 @torch.no_grad()
 def encode_batches(encoder: SpeechEncoder, waves: Sequence[np.ndarray], batches: Sequence[Sequence[int]],
-                   boundaries: Sequence[int], need_pooled: bool, averages: Sequence[int] = ()) -> Iterator[EncodedClips]:
+                   boundaries: Sequence[int], need_pooled: bool, averages: Sequence[int] = (),
+                   precision: str = "fp32") -> Iterator[EncodedClips]:
     """Each batch's features (``index``: positions in ``waves``): every hidden state's mean and standard
     deviation over its unpadded frames when ``need_pooled``, the frames at each boundary, and every hidden
     state's frames averaged over each of ``averages`` (float16). A clip's features depend only on the
-    clips of its batch, so the same batches give the same bits wherever they run."""
+    clips of its batch, so the same batches give the same bits wherever they run. The layers run in
+    ``precision`` (see :mod:`.precision`); what they give is kept in float32."""
     encoder.eval()
     deepest = encoder.num_layers if (need_pooled or averages) else max(boundaries)
     for batch in batches:
         x = torch.from_numpy(np.stack([waves[i] for i in batch]))
         lens = torch.full((len(batch),), x.shape[1], dtype=torch.long)
-        hidden, mask = encoder.embed(x, lens)
-        states = [hidden, *encoder.run_layers(hidden, mask, 0, deepest)]
+        with compute(precision):
+            hidden, mask = encoder.embed(x, lens)
+            states = [hidden, *encoder.run_layers(hidden, mask, 0, deepest)]
+        states = [state.float() for state in states]
         lengths = mask.sum(1).numpy().astype(np.int64)
         pooled = pooled_std = None
         if need_pooled:

@@ -67,14 +67,15 @@ def plan_shards(costs: Sequence[float], count: int) -> list[list[int]]:
 
 
 def encode_shard(encoder_spec: str, waves: list[np.ndarray], batches: list[list[int]], boundaries: list[int],
-                 need_pooled: bool, threads: int, averages: Sequence[int] = ()) -> EncodedClips | dict:
+                 need_pooled: bool, threads: int, averages: Sequence[int] = (),
+                 precision: str = "fp32") -> EncodedClips | dict:
     """One shard: load the encoder, encode the batches (positions in ``waves``). No batches: only load
     it and describe it (a warm-up: the worker's imports are done once the next shard comes)."""
     torch.set_num_threads(max(1, int(threads)))   # torch ignores Ray's CPU count
     encoder = load_encoder(encoder_spec)
     if not batches:
         return encoder.describe()
-    parts = list(encode_batches(encoder, waves, batches, boundaries, need_pooled, averages))
+    parts = list(encode_batches(encoder, waves, batches, boundaries, need_pooled, averages, precision))
     return EncodedClips.join(parts, len(waves))
 
 
@@ -105,8 +106,9 @@ class RayShardedEncode:
     """A ``FeatureCache`` ``encode_clips`` that runs the entry's batches as Ray tasks (needs Ray initialised)."""
 
     def __init__(self, encoder_spec: str, *, batch_size: int = 16, cpus_per_task: int = 1,
-                 shards_per_slot: int = SHARDS_PER_SLOT):
+                 shards_per_slot: int = SHARDS_PER_SLOT, precision: str = "fp32"):
         self.encoder_spec = encoder_spec
+        self.precision = precision   # resolved by the caller: every node encodes in the same arithmetic
         self.batch_size = batch_size
         self.cpus_per_task = max(1, int(cpus_per_task))
         self.shards_per_slot = max(1, int(shards_per_slot))
@@ -182,7 +184,7 @@ class RayShardedEncode:
                 ends = np.cumsum([len(batches[b]) for b in shard])   # its batches as positions in its waves
                 local = [list(range(end - len(batches[b]), end)) for b, end in zip(shard, ends)]
                 pending[task.remote(self.encoder_spec, shard_waves, local, list(boundaries), need_pooled,
-                                    self.cpus_per_task, list(averages))] = index
+                                    self.cpus_per_task, list(averages), self.precision)] = index
         except BaseException as exc:   # a wave not as predicted, a file that cannot be decoded, an interrupt
             for ref in pending:
                 ray.cancel(ref, force=True)

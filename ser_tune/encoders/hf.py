@@ -63,8 +63,9 @@ class WhisperSpeechEncoder(SpeechEncoder):
     def embed(self, waves, lengths):
         lengths = lengths.cpu()
         batch = [waves[i, : int(n)].detach().cpu().numpy() for i, n in enumerate(lengths)]
-        feats = self.feature_extractor(batch, sampling_rate=self.sample_rate, padding="longest",
-                                       return_tensors="pt").input_features
+        with torch.autocast("cpu", enabled=False):   # the log-mel spectrogram in fp32 whatever the layers run in
+            feats = self.feature_extractor(batch, sampling_rate=self.sample_rate, padding="longest",
+                                           return_tensors="pt").input_features
         feats = feats.to(self.encoder.conv1.weight.dtype)
         if feats.shape[-1] % 2:  # conv2's stride needs an even frame count to keep frames aligned
             feats = nn.functional.pad(feats, (0, 1))

@@ -1,5 +1,6 @@
-"""A unit whose Ray Tune experiment state is lost: Ray writes ``experiment_state-*.json`` in place, so a kill at
-that moment leaves it empty and ``Tuner.restore`` cannot read it. The unit then starts again with the budget its
+"""A unit whose Ray Tune experiment state is lost: Ray writes ``experiment_state-*.json``, and the searcher's
+snapshots (``search_gen_state-*.json``, ``searcher-state-*.pkl``), in place, so a kill at that moment leaves one
+empty or cut short and ``Tuner.restore`` cannot read it. The unit then starts again with the budget its
 ended trials left and its searcher told their results: no ended trial runs again, and each keeps its row (the
 unit's study.json entry lists their folders under ``earlier_trials``, read back from the trials' own files)."""
 from __future__ import annotations
@@ -13,23 +14,37 @@ import numpy as np
 from ..training.trainable import TRIAL_COMPLETE
 
 STATE_FILES, TUNER_FILE = "experiment_state-*.json", "tuner.pkl"   # Tuner.restore needs both
+SEARCH_FILES = ("search_gen_state-*.json", "searcher-state-*.pkl")   # and reads the newest of each when there
 
 
 def state_lost(unit_dir: Path) -> bool:
-    """A unit folder Ray has written to whose newest experiment state cannot be read."""
+    """A unit folder Ray has written to whose newest experiment state, or searcher snapshot, cannot be read."""
     states = sorted(unit_dir.glob(STATE_FILES))
     if not (states or trial_dirs(unit_dir) or (unit_dir / TUNER_FILE).exists()):
         return False
+    newest = [found[-1] for found in (sorted(unit_dir.glob(pattern)) for pattern in SEARCH_FILES) if found]
+    return not states or not all(readable(path) for path in [states[-1], *newest])
+
+
+def readable(path: Path) -> bool:
+    """Whether a snapshot loads whole: JSON, or a (cloud)pickle as Ray reads its searcher's."""
     try:
-        json.loads(states[-1].read_text())
-        return False
-    except (IndexError, OSError, ValueError):
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        else:
+            import cloudpickle
+
+            with path.open("rb") as f:
+                cloudpickle.load(f)
         return True
+    except Exception:   # noqa: BLE001 - empty, cut short or not unpicklable: Ray's restore would fail the same
+        return False
 
 
 def forget_state(unit_dir: Path) -> None:
     """What is left of Ray's state of the unit, so that it starts afresh (its trials' folders stay)."""
-    for path in [*unit_dir.glob(STATE_FILES), unit_dir / TUNER_FILE]:
+    snapshots = [p for pattern in (STATE_FILES, *SEARCH_FILES) for p in unit_dir.glob(pattern)]
+    for path in [*snapshots, unit_dir / TUNER_FILE]:
         path.unlink(missing_ok=True)
 
 

@@ -17,6 +17,7 @@ from ..data import (SAMPLE_RATE, AudioStore, Corpus, Split, check_split, crop, d
 from ..encoders import load_encoder, spec_fingerprint
 from ..encoders.cache import FeatureCache, effective_max_length
 from ..encoders.distributed import RayShardedEncode, spreading_pays
+from ..encoders.precision import resolve as resolve_precision
 from ..training.trainable import set_threads
 from .folder import SPLIT_FILE, StudyFolder
 
@@ -77,10 +78,12 @@ def cache_root(storage) -> Path:
     return Path(storage).expanduser().resolve() / "_feature_cache"
 
 
-def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops, frame_averages=()) -> dict:
+def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops, frame_averages=(),
+                precision: str = "fp32") -> dict:
     """Encode every clip once per effective max_length, with the frame-level hidden states at the
     boundaries below the top ``k`` layers for each k in ``boundary_tops`` (None: all layers train), and
-    every hidden state's frames averaged over each of ``frame_averages`` (for heads that read frames).
+    every hidden state's frames averaged over each of ``frame_averages`` (for heads that read frames), the
+    layers run in ``precision`` (resolved here, so that every node of a cluster encodes alike).
     With Ray initialised (a study's driver) and ``encoders.distributed.spreading_pays``, the clips are encoded
     as Ray tasks over every CPU of the cluster (``RayShardedEncode``), else here with every core; same cache
     entries either way, and a progress line on stderr while an entry is encoded.
@@ -92,9 +95,11 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     paths = [str(p) for p in table["path"]]
     lengths = [effective_max_length(m, table["duration"].to_numpy(float)) for m in max_lengths]
     audio_seconds = float(table["duration"].sum())
-    spread = RayShardedEncode(encoder_spec) if ray.is_initialized() and spreading_pays(audio_seconds) else None
+    precision = resolve_precision(precision)
+    spread = (RayShardedEncode(encoder_spec, precision=precision)
+              if ray.is_initialized() and spreading_pays(audio_seconds) else None)
     cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: load_encoder(encoder_spec),
-                         encode_clips=spread, progress=True)
+                         encode_clips=spread, progress=True, precision=precision)
     set_threads(os.cpu_count() or 1)
     cached = all(cache.has(paths, ml, averages=frame_averages) for ml in lengths)
     description = cache.remembered_description() if cached else None
@@ -115,7 +120,8 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
                                length_hint=lambda i, ml=ml: decoded_length(paths[i], SAMPLE_RATE, ml),
                                averages=frame_averages).pooled
     summary = {"root": str(root), "max_lengths": [str(m) for m in sorted(set(lengths), key=str)],
-               "boundaries": boundaries, "frame_averages": sorted(frame_averages), "misses": cache.stats.misses,
+               "boundaries": boundaries, "frame_averages": sorted(frame_averages), "precision": precision,
+               "misses": cache.stats.misses,
                "hits": cache.stats.hits}
     if spread is not None and spread.tasks:
         summary["ray"] = spread.summary()

@@ -34,6 +34,7 @@ from ..data import SAMPLE_RATE, AudioStore, crop, pad_batch
 from ..data.corpus import DIMENSIONS
 from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
+from ..encoders.precision import compute, resolve as resolve_precision
 from .augment import augment_frames, mixup_pairs
 from .export import cut_at_read_layer, save_model
 from .head import AttentiveHead, frame_moments, load_fitted, make_head, pool_states, stack_statistics
@@ -230,6 +231,7 @@ class FineTuner:
         self._targets: Targets | None = None
         self.seconds = {"load": 0.0, "encode": 0.0, "train": 0.0}
         self.max_length = effective_max_length(settings.max_length, data.durations)
+        self.precision = resolve_precision(settings.precision)   # of the encoder's layers, cached and trained
         self.cache = None
         self._peft: PeftPlan | None = None
         self._norm: FeatureNorm | None = None
@@ -239,7 +241,8 @@ class FineTuner:
         if settings.features == "cache":
             if cache_root is None:
                 raise TrialError("features: cache needs a cache folder")
-            self.cache = FeatureCache(cache_root, encoder_spec, spec_fingerprint(encoder_spec), self._load_encoder)
+            self.cache = FeatureCache(cache_root, encoder_spec, spec_fingerprint(encoder_spec), self._load_encoder,
+                                      precision=self.precision)
         elif settings.normalize != "none":
             raise TrialError(f"normalize: {settings.normalize} takes its statistics from the cached features; "
                              "it needs 'features: cache'")
@@ -771,21 +774,22 @@ class FineTuner:
             hidden = nn.utils.rnn.pad_sequence(frames, batch_first=True)
             mask = torch.arange(hidden.shape[1])[None] < lengths[:, None]
             with torch.set_grad_enabled(grad):
-                states = encoder.run_layers(hidden, mask, live)
-                live_pooled = pool_states(states, mask, pooling)
+                with compute(self.precision):
+                    states = encoder.run_layers(hidden, mask, live)
+                live_pooled = pool_states([state.float() for state in states], mask, pooling)
             return torch.cat([torch.from_numpy(self.statistics(feats)[idx, : live + 1]), live_pooled], dim=1)
         # naive path, or "all" layers training: encode the waveforms now
         start = time.perf_counter()
         x, lengths = self._waves(idx)
         cut = encoder.num_layers if live is None else live
-        with torch.no_grad():
+        with torch.no_grad(), compute(self.precision):
             hidden, mask = encoder.embed(x, lengths)
             low = [hidden, *encoder.run_layers(hidden, mask, 0, cut)]
         if live is None or not grad:
             self.seconds["encode"] += time.perf_counter() - start
-        with torch.set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad), compute(self.precision):
             high = encoder.run_layers(low[-1], mask, cut) if cut < encoder.num_layers else []
-        return pool_states(low + high, mask, pooling)
+        return pool_states([state.float() for state in low + high], mask, pooling)
 
     @torch.no_grad()
     def _outputs(self, model: TrialModel, idx, live: int | None) -> np.ndarray:

@@ -115,6 +115,10 @@ class TrialSettings:
     # z-scoring of the encoder's features, statistics from unlabelled audio: "none", over the whole
     # "corpus", or per "speaker".
     normalize: Literal["none", "corpus", "speaker"] = "none"
+    # The arithmetic of the encoder's layers, in the shared encode and in the layers a trial trains:
+    # "bf16" (bfloat16 autocast) or "fp32"; "auto": bf16 where the CPU has it in hardware (AMX or
+    # AVX512-BF16), fp32 elsewhere (see ser_tune.encoders.precision).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # The encoder spec (see ser_tune.encoders) of a strategy study's trial when it differs from the study's
     # own: the study then searches among encoders (each has its own feature-cache entry). None: the study's.
     encoder: Optional[str] = None

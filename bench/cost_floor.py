@@ -5,7 +5,7 @@ same core(s), each beside the matrix-product peak of its precision there.
     python bench/cost_floor.py [--clips 96] [--threads 1] [--synthetic] [--out FILE]
 
 - matmul peak: a 1024 x 1024 product in float32 and in bfloat16, GFLOP/s (2 n^3 per product).
-- shared encode: the first ``--clips`` clips (3 s each at most, batches of 8) through every encoder layer, as a
+- shared encode: ``--clips`` clips spread over the corpus (3 s each at most, batches of 8) through every encoder layer, as a
   study's shared encode runs them (``encode_batches``), in fp32 and in bf16; seconds, GFLOP/s (the FLOPs of
   matrix products and convolutions, counted once by torch's FlopCounterMode), and how close bf16's pooled
   statistics are to fp32's (least cosine over clips, and the stated tolerance).
@@ -104,7 +104,7 @@ def top_layer_epochs(data, spec: str, cache: Path) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clips", type=int, default=96, help="clips encoded and fine-tuned on (the corpus' first)")
+    p.add_argument("--clips", type=int, default=96, help="clips encoded and fine-tuned on (spread evenly over the corpus)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: one core, the per-trial share)")
     p.add_argument("--synthetic", action="store_true", help="the synthetic corpus and tiny Whisper")
     p.add_argument("--out", help=f"JSON output (default {RESULTS}/cost_floor.json)")
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     run = Run("cost_floor" + ("_synthetic" if args.synthetic else ""))
     torch.set_num_threads(args.threads)
     data = bench_data(force_synthetic=args.synthetic)
-    table = data.table.iloc[: args.clips]
+    table = data.table.iloc[np.unique(np.linspace(0, len(data.table) - 1, args.clips).astype(int))]   # every speaker
     print(f"[cost_floor] {data.description}; {len(table)} clips, {args.threads} thread(s); this CPU multiplies "
           f"bf16 in hardware: {arithmetic.fast_bf16()} (auto -> {arithmetic.resolve('auto')})", flush=True)
     peaks = {name: matmul_peak(dtype) for name, dtype in DTYPES.items()}

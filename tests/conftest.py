@@ -19,12 +19,23 @@ SHARED = REPO.parent / "shared"
 EMODB_ROOT = SHARED / "data" / "emodb"
 
 
+# Seconds the slowest files took in a whole run on 2 cores (2026-12-07, clean clone, `--durations=0`):
+# pyproject's ``-n 2 --dist loadfile`` hands whole files to the two test processes as they free up, so the
+# longest going first (and the README's 12 minutes of commands at once) makes them end together.
+SLOW_FILE_SECONDS = {"test_readme_commands.py": 720, "test_launch.py": 360, "test_study_recovery.py": 250,
+                     "test_study_repeats.py": 240, "test_study_deploy.py": 240, "test_cluster_jobs.py": 215,
+                     "test_active_cli.py": 205, "test_cluster_launch.py": 165}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Files holding slow tests first (stable: a file's tests stay together and in order), so that the
-    two test processes (pyproject's ``-n 2 --dist loadfile``) end together instead of one finishing a
-    long file alone."""
+    """Files holding slow tests first, the longest first (stable: a file's tests stay together and in
+    order), so that the two test processes end together instead of one finishing a long file alone."""
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+    def order(item):
+        path = item.nodeid.split("::")[0]
+        return path not in slow_files, -SLOW_FILE_SECONDS.get(Path(path).name, 0)
+    items.sort(key=order)
 
 
 @pytest.fixture(autouse=True)

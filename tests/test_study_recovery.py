@@ -63,6 +63,16 @@ def test_a_restarted_unit_runs_the_budget_left_with_its_searcher_told_the_ended_
     assert again.searcher.suggest("next") is not None   # and it goes on suggesting
 
 
+def test_a_restarted_tpe_in_its_warm_up_does_not_draw_its_first_points_again():
+    """A clean-clone run: a unit restarted after a lost state ran the config of its one ended trial again (the
+    same seed, the same random warm-up draws)."""
+    probe = _unit("tpe", budget=15).searcher   # 5 random warm-up trials
+    probe.set_search_properties("val_bca", "max", _unit("tpe", budget=15).param_space)
+    first = probe.suggest("t0")
+    again = lost_state.restart(_unit("tpe", budget=15), _ended([(first, 0.5)]))
+    assert again.searcher.suggest("next") != first
+
+
 def _trials_generated(unit: Unit) -> list[dict]:
     """The configs Ray Tune's generator makes of ``unit`` (as Tuner.fit would ask for them, one ending at a time)."""
     unit.searcher.add_configurations({unit.name: {"run": lambda config: None, "config": unit.param_space,
@@ -132,8 +142,11 @@ def test_a_searcher_snapshot_cut_short_is_a_lost_state_and_forgotten_with_it(tmp
     newest.write_bytes(b"")
     assert lost_state.state_lost(tmp_path)
     (tmp_path / "tuner.pkl").write_bytes(b"x")
-    lost_state.forget_state(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    for trial in ("run_trial_a_1", "run_trial_b_2"):   # a ended, b cut off by the kill
+        (tmp_path / trial).mkdir()
+        (tmp_path / trial / "params.json").write_text("{}")
+    lost_state.forget_state(tmp_path, keep=["run_trial_a_1"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run_trial_a_1"]
 
 
 def test_ray_s_failed_snapshots_on_a_full_disk_are_one_line_said_once():

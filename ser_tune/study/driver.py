@@ -193,7 +193,7 @@ def earlier_trials(folder: StudyFolder, name: str) -> list:
     entry, unit_dir = folder.unit(name), folder.dir / name
     if lost_state.state_lost(unit_dir):
         entry["earlier_trials"] = lost_state.ended_trials(unit_dir)
-        lost_state.forget_state(unit_dir)
+        lost_state.forget_state(unit_dir, keep=entry["earlier_trials"])
         print(f"{name}: Ray's state of this unit could not be read; its {len(entry['earlier_trials'])} ended "
               "trials are kept, and the rest of its budget runs", flush=True)
     return [r for r in (lost_state.load(unit_dir / trial) for trial in entry.get("earlier_trials", [])) if r is not None]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -41,11 +43,17 @@ def readable(path: Path) -> bool:
         return False
 
 
-def forget_state(unit_dir: Path) -> None:
-    """What is left of Ray's state of the unit, so that it starts afresh (its trials' folders stay)."""
+def forget_state(unit_dir: Path, keep: Sequence[str] = ()) -> None:
+    """What is left of Ray's state of the unit, so that it starts afresh: its snapshots, and the folders of
+    its trials other than ``keep`` (the ended ones): a trial cut off by the kill cannot go on without Ray's
+    state of it, and the budget it left runs as a new trial."""
     snapshots = [p for pattern in (STATE_FILES, *SEARCH_FILES) for p in unit_dir.glob(pattern)]
     for path in [*snapshots, unit_dir / TUNER_FILE]:
         path.unlink(missing_ok=True)
+    started = {p.parent for name in ("params.json", "result.json") for p in unit_dir.glob(f"*/{name}")}
+    for folder in started:
+        if folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def trial_dirs(unit_dir: Path) -> list[Path]:
@@ -102,9 +110,21 @@ def restarted_search(unit, earlier: list):
     if unit.searcher is None:
         return dataclasses.replace(unit, num_samples=left)
     unit.searcher.set_search_properties(unit.metric, unit.mode if unit.metric else None, unit.param_space)
+    reseed(unit.searcher, int(unit.info.get("seed") or 0), len(earlier))
     tell(unit.searcher, earlier, unit.metric)
     constants = {k: v for k, v in unit.param_space.items() if not isinstance(v, Domain)}
     return dataclasses.replace(unit, param_space=constants, num_samples=left)
+
+
+def reseed(searcher, seed: int, ended: int) -> None:
+    """A restarted hyperopt search draws from a seed of its own: from the unit's seed it would suggest its
+    first random warm-up points again, the ones its ended trials already ran."""
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    while hasattr(searcher, "searcher"):   # through Ray's ConcurrencyLimiter
+        searcher = searcher.searcher
+    if isinstance(searcher, HyperOptSearch):
+        searcher.rstate = np.random.RandomState(np.random.SeedSequence([seed, ended]).generate_state(1)[0])
 
 
 def tell(searcher, earlier: list, metric: str | None) -> None:

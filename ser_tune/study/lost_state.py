@@ -104,27 +104,32 @@ def restarted_search(unit, earlier: list):
                                    searcher=BasicVariantGenerator(points_to_evaluate=left, max_concurrent=limit))
     left = max(unit.num_samples - len(earlier), 0)
     if isinstance(unit.searcher, BasicVariantGenerator):   # random search: new draws, not its first ones again
-        seed = int(np.random.SeedSequence([int(unit.info.get("seed") or 0), len(earlier)]).generate_state(1)[0])
-        searcher = BasicVariantGenerator(random_state=seed, max_concurrent=unit.searcher.max_concurrent)
+        searcher = BasicVariantGenerator(random_state=restart_seed(unit, earlier),
+                                         max_concurrent=unit.searcher.max_concurrent)
         return dataclasses.replace(unit, num_samples=left, searcher=searcher)
     if unit.searcher is None:
         return dataclasses.replace(unit, num_samples=left)
     unit.searcher.set_search_properties(unit.metric, unit.mode if unit.metric else None, unit.param_space)
-    reseed(unit.searcher, int(unit.info.get("seed") or 0), len(earlier))
+    reseed(unit.searcher, restart_seed(unit, earlier))
     tell(unit.searcher, earlier, unit.metric)
     constants = {k: v for k, v in unit.param_space.items() if not isinstance(v, Domain)}
     return dataclasses.replace(unit, param_space=constants, num_samples=left)
 
 
-def reseed(searcher, seed: int, ended: int) -> None:
-    """A restarted hyperopt search draws from a seed of its own: from the unit's seed it would suggest its
-    first random warm-up points again, the ones its ended trials already ran."""
+def restart_seed(unit, earlier: list) -> int:
+    """A restarted unit's searcher seed: drawn from the unit's and the count of its ended trials, so that it
+    does not draw its first (random warm-up) points again, the ones its ended trials already ran."""
+    return int(np.random.SeedSequence([int(unit.info.get("seed") or 0), len(earlier)]).generate_state(1)[0])
+
+
+def reseed(searcher, seed: int) -> None:
+    """A restarted hyperopt search draws from ``seed`` (:func:`restart_seed`)."""
     from ray.tune.search.hyperopt import HyperOptSearch
 
     while hasattr(searcher, "searcher"):   # through Ray's ConcurrencyLimiter
         searcher = searcher.searcher
     if isinstance(searcher, HyperOptSearch):
-        searcher.rstate = np.random.RandomState(np.random.SeedSequence([seed, ended]).generate_state(1)[0])
+        searcher.rstate = np.random.RandomState(seed)
 
 
 def tell(searcher, earlier: list, metric: str | None) -> None:

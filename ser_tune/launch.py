@@ -160,6 +160,6 @@ def _fmt(value) -> str:
 
 
 if __name__ == "__main__":
-    from .study.cli import exit_now
+    from .study.session import exit_now
 
     exit_now(main())

@@ -37,8 +37,7 @@ _SUPPORTED, _WHY_NOT = namespace_support()
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One two-node cluster for the module (~20 s to start): the fault test, which kills its worker, runs
-    last."""
+    """The two-node cluster (~20 s to start)."""
     if not _SUPPORTED:
         pytest.skip(f"multi-node cluster tests need private namespaces: {_WHY_NOT}")
     started = time.monotonic()
@@ -99,49 +98,16 @@ def _grid_trial_running(storage: Path, min_epochs: int, max_epoch: int, *, saved
     return condition
 
 
-def test_launch_study_runs_on_both_nodes(cluster, tmp_path):
+def test_launch_study_runs_on_both_nodes_and_survives_losing_the_worker(cluster, tmp_path):
+    """The first trials run on the worker, the 1500-epoch one is killed with its node part-way and goes on on
+    the head from its epoch state, the last runs on the head; every trial reads the one shared cache."""
     storage = tmp_path / "storage"
     started = time.monotonic()
-    # Trials 0 and 1 (1000 epochs, ~10 s on an idle machine) run at once, 2 and 3 (40 epochs) follow on
-    # whichever node frees first. The head's CPU is held until trial 0 runs on the worker: trial 1, whose
-    # actor waits for a CPU meanwhile, then starts on the head while trial 0 has most of its epochs to go
-    # (and were trial 0 done first, its actor would take trial 1 and the head's the next one).
-    hold = cluster.hold_cpu(HEAD_RESOURCE)
-    try:
-        proc, out, err, ended = _launch(cluster, tmp_path, {"num_epochs": [1000, 1001, 40, 41]},
-                                        concurrency=2)
-        wait_for(_grid_trial_running(storage, 1, 1001), "grid trial running on the worker", timeout_s=240,
-                 still_running=ended)
-    finally:
-        hold.release()
-    study = _finish(proc, out, err, timeout_s=400)
-    print(f"[timing] {BUDGET}-trial launch study on 2 nodes: {time.monotonic() - started:.1f}s")
-    assert study.parent == storage
-
-    trials = check_units_complete(study, {"default": 1, STRATEGY: BUDGET})
-    # `node` is "<ip>/<node id[:8]>": both nodes ran trials, and they are the cluster's two live nodes.
     alive = {n["node_ip"]: n["node_id"][:8] for n in cluster.alive_nodes()}
     assert set(alive) == {HEAD_IP, WORKER_IP}
-    used = {tuple(node.split("/")) for node in trials.node}
-    assert used == {(HEAD_IP, alive[HEAD_IP]), (WORKER_IP, alive[WORKER_IP])}, trials.node.tolist()
-    meta = json.loads((study / "study.json").read_text())
-    assert meta["machine"]["nodes"] == 2 and meta["machine"]["cluster_cpus"] == 2
-    # The shared feature cache: encoded once, as Ray tasks on the worker (the head's CPU was held
-    # meanwhile, the driver sits on the head), and every trial on either node only read it.
-    assert (storage / "_feature_cache").is_dir() and any((storage / "_feature_cache").rglob("*.npy"))
-    assert meta["cache"]["misses"] == 1
-    assert meta["cache"]["ray"]["clips_per_node"] == {alive[WORKER_IP]: meta["corpus"]["files"]}
-    assert (trials.cache_misses == 0).all() and (trials.cache_hits > 0).all(), \
-        trials[["node", "cache_hits", "cache_misses"]]
-
     status, body = cluster.dashboard_get("/api/version")
     assert status == 200 and body["ray_version"] == ray.__version__
     assert cluster.dashboard_get("/api/version", with_token=False)[0] == 401
-
-
-def test_launch_study_survives_losing_the_worker_node(cluster, tmp_path):
-    storage = tmp_path / "storage"
-    started = time.monotonic()
     # One trial at a time, in grid order: 0 and 1 (40 epochs), 2 (1500 epochs), 3 (42). The head's CPU
     # is held until the worker is dead, so the encode and every trial up to the kill run on the worker:
     # 0 and 1 end there, 2 is cut off part-way (it has run more epochs than a short trial has, and at
@@ -185,3 +151,15 @@ def test_launch_study_survives_losing_the_worker_node(cluster, tmp_path):
     assert len(on_worker) >= 60 and on_worker == list(range(1, len(on_worker) + 1)), on_worker[:5]
     assert on_head and on_head[0] == on_worker[-1] + 1, (on_worker[-3:], on_head[:3])
     assert trials.loc[victim, "node"].startswith(f"{HEAD_IP}/"), trials.loc[victim, "node"]
+
+    used = {tuple(node.split("/")) for node in trials.node}
+    assert used == {(HEAD_IP, alive[HEAD_IP]), (WORKER_IP, alive[WORKER_IP])}, trials.node.tolist()
+    meta = json.loads((study / "study.json").read_text())
+    assert meta["machine"]["nodes"] == 2 and meta["machine"]["cluster_cpus"] == 2
+    # the shared encode ran as Ray tasks on the worker (the head's CPU was held); every trial, on either
+    # node and after the resume on the head, read its features from the one cache
+    assert (storage / "_feature_cache").is_dir() and any((storage / "_feature_cache").rglob("*.npy"))
+    assert meta["cache"]["misses"] == 1
+    assert meta["cache"]["ray"]["clips_per_node"] == {alive[WORKER_IP]: meta["corpus"]["files"]}
+    assert (trials.cache_misses == 0).all() and (trials.cache_hits > 0).all(), \
+        trials[["node", "cache_hits", "cache_misses"]]

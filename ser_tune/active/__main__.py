@@ -67,6 +67,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from ..study.cli import exit_now
+    from ..study.session import exit_now
 
     exit_now(main())

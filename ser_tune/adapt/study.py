@@ -49,10 +49,9 @@ class AdaptContext:
     cpus_per_trial: int = 1
 
 
-def run_stage(config: dict, context: AdaptContext) -> None:
-    """One stage: fine-tune, export, score on both corpora's test speakers, report the row."""
-    from ray import tune
-
+def run_stage(config: dict, context: AdaptContext, trial_id: str | None = None) -> dict:
+    """One stage: fine-tune, export, score on both corpora's test speakers; its row is the trial's one report.
+    A warm body (``study.warm``): stage two runs in the worker stage one left, its imports done."""
     set_threads(context.cpus_per_trial)
     name, stage = config["stage"], context.stages[config["stage"]]
     role = stage["role"]
@@ -76,7 +75,7 @@ def run_stage(config: dict, context: AdaptContext) -> None:
     for other in ROLES:
         scored = score(model, context.tables[other], context.assignments[other])
         row[f"{other}_bca"], row[f"{other}_clips"] = scored["bca"], scored["clips"]
-    tune.report({**row, TRIAL_COMPLETE: True})
+    return {**row, TRIAL_COMPLETE: True}
 
 
 def initial_state(model_dir: str | None, labels: dict) -> dict | None:
@@ -138,6 +137,9 @@ class AdaptStudy(StudyKind):
                 "clips": len(corpus.table), "labels": sorted(corpus.table["label"].unique()),
                 "test_speakers": split.speakers(corpus.table, "test")}
 
+    def trial_workers(self, cluster: Cluster):
+        return run_stage, 1   # the stages run one after another, each in the worker the one before left
+
     def check_cluster(self, cluster: Cluster) -> None:
         if cluster.largest_node < 1:
             raise StudyError("no node of the cluster has a CPU for a stage")
@@ -167,7 +169,7 @@ class AdaptStudy(StudyKind):
     @staticmethod
     def stage_unit(stage: str, context: AdaptContext, init_from: str | None = None) -> Unit:
         name = stage.replace(" ", "_")
-        return Unit(name=name, trainable=run_stage, context=context,
+        return Unit(name=name, trainable=run_stage, context=context, warm=True,
                     param_space={"stage": stage, "init_from": init_from}, expected_trials=1,
                     tags={"stage": stage}, info={"notes": stage}, metric="val_bca",
                     progress=TrialProgress(name, 1, "target_bca", "max"))

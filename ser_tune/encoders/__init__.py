@@ -10,9 +10,17 @@ import hashlib
 import importlib
 from pathlib import Path
 
-from .base import EncoderError, SpeechEncoder, lengths_to_mask
-from .spec import LOADERS, EncoderSpec
-from .tiny import TINY_FAMILIES
+from .spec import LOADERS, TINY_FAMILIES, EncoderError, EncoderSpec
+
+# The encoder classes import torch (seconds): loaded on first use, so that checking a config's encoder
+# spec, or a command's bad input, answers at once.
+LAZY = {"SpeechEncoder": "base", "lengths_to_mask": "base"}
+
+
+def __getattr__(name: str):
+    if name in LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_spec(spec: str) -> str:

@@ -21,9 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-
-class EncoderError(ValueError):
-    """An encoder spec cannot be loaded or used; the message names the spec or folder."""
+from .spec import EncoderError
 
 
 class SpeechEncoder(nn.Module):

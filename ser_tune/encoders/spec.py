@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import EncoderError
-from .tiny import TINY_FAMILIES
+
+class EncoderError(ValueError):
+    """An encoder spec cannot be loaded or used; the message names the spec or folder."""
+
+
+# The architectures of the tiny randomly initialised encoders (``tiny-<family>``: see .tiny).
+TINY_FAMILIES = ("whisper", "wav2vec2", "hubert", "wavlm")
 
 # The families named "<family>:<hub id or folder>": the module that loads each and its loader, called
 # with (source, spec) and returning a SpeechEncoder.

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import EncoderError, SpeechEncoder, freeze_for_inference
-
-TINY_FAMILIES = ("whisper", "wav2vec2", "hubert", "wavlm")
+from .base import SpeechEncoder, freeze_for_inference
+from .spec import TINY_FAMILIES, EncoderError
 _TINY_SEED = 1234
 
 

@@ -38,9 +38,6 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
-from ray import tune
-from ray.tune.search.variant_generator import generate_variants
-
 from ser_tune.training.settings import BRANCH, HEADS, ONLY_FOR_HEADS, TrialSettings
 
 KINDS = ("loguniform", "uniform", "int", "choice")
@@ -277,6 +274,8 @@ def default_grid(space: dict[str, Param], points: int = 4) -> dict[str, list]:
 
 def to_tune_space(space: dict[str, Param]) -> dict:
     """Ray Tune sampling domains for a space (randint's upper end is exclusive, hence +1)."""
+    from ray import tune   # here, not at the top: reading a config never waits for Ray Tune's import
+
     out = {}
     for name, p in space.items():
         if p.kind == "loguniform":
@@ -292,6 +291,8 @@ def to_tune_space(space: dict[str, Param]) -> dict:
 
 def to_grid_space(grid: dict[str, list]) -> dict:
     """``{name: tune.grid_search(values)}`` after checking names and values against TrialSettings."""
+    from ray import tune
+
     return {name: tune.grid_search(list(values)) for name, values in parse_grid(grid).items()}
 
 
@@ -302,5 +303,7 @@ def grid_size(grid: dict[str, list]) -> int:
 def grid_points(grid: dict[str, list]) -> list[dict]:
     """Every grid point in the order Ray Tune's BasicVariantGenerator runs them: nested loops
     over the parameter names in alphabetical order, the first name varying fastest."""
+    from ray.tune.search.variant_generator import generate_variants
+
     names = list(grid)
     return [{name: spec[name] for name in names} for _, spec in generate_variants(to_grid_space(grid))]

@@ -8,7 +8,6 @@ interrupted study and a non-zero exit status.
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shlex
@@ -178,18 +177,6 @@ def finish_cli(outcome: Outcome, summary: dict | None) -> int:
         outcome.json_out.write(json.dumps(summary, default=str) + "\n")
         outcome.json_out.flush()
     return EXIT_INTERRUPTED if outcome.interrupted else 0
-
-
-def exit_now(code: int) -> "NoReturn":  # noqa: F821
-    """End a study command with ``code`` without the interpreter's teardown of torch, transformers and Ray's
-    modules, which took 2-3 s of CPU after a study's last line (measured: 3.4 CPU-s of a tiny launch). Every
-    file is written and closed by then and Ray is shut down; the atexit handlers still run and stdout and
-    stderr are flushed. For the ``__main__`` of a command only: an exception never gets here."""
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
 
 
 def resume_command(folder: StudyFolder) -> str:

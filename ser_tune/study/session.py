@@ -8,6 +8,7 @@ through the dashboard's job API. A cluster is joined with the nodes' own token, 
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import errno
 import logging
@@ -261,6 +262,18 @@ def keep_stdout_for_json():
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return real
+
+
+def exit_now(code: int) -> "NoReturn":  # noqa: F821
+    """End a study command with ``code`` without the interpreter's teardown of torch, transformers and Ray's
+    modules, which took 2-3 s of CPU after a study's last line (measured: 3.4 CPU-s of a tiny launch). Every
+    file is written and closed by then and Ray is shut down; the atexit handlers still run and stdout and
+    stderr are flushed. For the ``__main__`` of a command only: an exception never gets here."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821

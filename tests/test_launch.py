@@ -1,4 +1,5 @@
-"""The main job end to end: every strategy on the synthetic corpus, exact budgets, resume, bad input."""
+"""The main job end to end: every strategy on the synthetic corpus, exact budgets under a deployment constraint,
+resume, bad input."""
 from __future__ import annotations
 
 import json
@@ -50,41 +51,80 @@ def _launch(*args, timeout=600, **kwargs):
                           capture_output=True, timeout=timeout, **kwargs)
 
 
-def test_every_strategy_spends_exactly_its_budget(tmp_path):
-    run = _launch(_config(tmp_path, concurrency=None), "--json")   # two trials at a time on the 2 CPUs
+DEPLOYMENT_COLUMNS = ("latency_ms_per_s", "model_bytes", "trainable_params", "total_params", "train_cpu_seconds")
+
+
+def _params_between_the_heads() -> int:
+    """A parameter count between the whole model with a linear head and with an MLP head."""
+    from ser_tune.encoders import load_encoder
+    from ser_tune.training.head import EmotionHead
+    from ser_tune.training.latency import count_parameters
+
+    encoder = load_encoder("tiny-whisper")
+    heads = [count_parameters(EmotionHead(encoder.num_layers + 1, encoder.hidden_size, 7, kind=kind))[1]
+             for kind in ("linear", "mlp")]
+    return count_parameters(encoder)[1] + sum(heads) // 2
+
+
+def test_every_strategy_spends_exactly_its_budget_and_honours_a_constraint(tmp_path):
+    """Every strategy, two trials at a time, a deployment constraint that MLP heads break: each spends
+    exactly its budget, its best trial and the exported model have a linear head whenever it ran one, and
+    trials.csv keeps each trial's true BCA and whether it is feasible."""
+    limit = _params_between_the_heads()
+    cfg = _config(tmp_path, concurrency=None, budget={"trials": 4},
+                  space={"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 3]},
+                         "head": {"choice": ["linear", "mlp"]}},
+                  grid={"head": ["mlp", "linear"], "num_epochs": [3, 1]},
+                  objective={"metric": "val_bca", "constraints": [f"total_params <= {limit}"]})
+    run = _launch(cfg, "--json")
     assert run.returncode == 0, run.stderr[-3000:]
     # --json: stdout is the one JSON object, nothing from Ray before or after it
     assert len(run.stdout.strip().splitlines()) == 1, run.stdout[-3000:]
     out = json.loads(run.stdout)
     study = Path(out["study_dir"])
     assert run.stderr.splitlines()[0] == f"study folder: {study}"      # printed first
-    trials = pd.read_csv(study / "trials.csv")
+    trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
     for strategy in ["tpe", "gp", "skopt", "grid", "random"]:
         rows = trials[trials.strategy == strategy]
-        assert len(rows) == 3 and (rows.status == "TERMINATED").all(), strategy
+        assert len(rows) == 4 and (rows.status == "TERMINATED").all(), strategy
         assert rows.val_bca.between(0, 1).all() and rows.test_bca.between(0, 1).all()
         s = out["strategies"][strategy]
-        assert s["trials"] == 3
-        assert s["best_val_bca"] == pytest.approx(rows.val_bca.max())
+        assert s["trials"] == 4
         assert "seconds_to_0.9" in s and "best_config" in s
-    # gp's relaxed floats are decoded before the trial: integer epochs in the recorded config
+        # the best trial is the best feasible one when the strategy ran one
+        best = rows[rows["trial_id"] == s["best_trial_id"]].iloc[0]
+        if rows["feasible"].any():
+            assert best["feasible"] and best["val_bca"] == rows.loc[rows["feasible"], "val_bca"].max(), strategy
+        else:
+            assert best["val_bca"] == rows["val_bca"].max(), strategy
+        assert s["best_val_bca"] == pytest.approx(best["val_bca"])
+    search = trials[trials["strategy"] != "default"]
+    assert set(DEPLOYMENT_COLUMNS) <= set(trials.columns) and search[list(DEPLOYMENT_COLUMNS)].notna().all().all()
+    assert (search["feasible"] == (search["total_params"] <= limit)).all()
+    assert (search["feasible"] == (search["cfg_head"] == "linear")).all()
+    exported = json.loads((study / "best_model" / "model.json").read_text())
+    assert exported["settings"]["head"] == "linear"
+    # gp's relaxed floats are decoded before the trial: integer epochs and a head by name in the recorded config
     gp = trials[trials.strategy == "gp"]
-    assert (gp.cfg_num_epochs == gp.cfg_num_epochs.round()).all()
-    # grid: the first 3 points of the grid, in order
+    assert (gp.cfg_num_epochs == gp.cfg_num_epochs.round()).all() and set(gp.cfg_head) <= {"linear", "mlp"}
+    # grid: every point, in the grid's order (Ray's nested loops, the first name varying fastest)
     grid = trials[trials.strategy == "grid"].sort_values("trial_index")
-    assert list(zip(grid.cfg_lr, grid.cfg_num_epochs)) == [(1e-3, 1), (1e-2, 1), (1e-3, 3)] or \
-        list(zip(grid.cfg_lr, grid.cfg_num_epochs)) == [(1e-3, 1), (1e-3, 3), (1e-2, 1)]
+    assert list(zip(grid.cfg_head, grid.cfg_num_epochs)) in (
+        [("mlp", 3), ("linear", 3), ("mlp", 1), ("linear", 1)],
+        [("mlp", 3), ("mlp", 1), ("linear", 3), ("linear", 1)]), grid[["cfg_head", "cfg_num_epochs"]]
     meta = json.loads((study / "study.json").read_text())
     assert meta["split"]["speaker_dependent"] is False
     assert not set(meta["split"]["test_speakers"]) & set(meta["split"]["train_speakers"] + meta["split"]["val_speakers"])
     assert load_study(study).strategy_meta("tpe")["warmup"] >= 1
+    for strategy in ("tpe", "gp", "skopt"):
+        assert "told a penalty" in meta["units"][strategy]["notes"]
+    report = (study / "report.md").read_text()
+    assert f"`total_params <= {limit}`" in report and "coefficient of variation" in report
     # warm workers (study.warm): trials of later units ran in processes an earlier unit started
-    every = pd.read_csv(study / "trials.csv")
-    units_per_worker = every.groupby("worker_pid").unit.nunique()
-    assert units_per_worker.max() >= 2 and every.worker_pid.nunique() < every.unit.nunique(), units_per_worker
-    assert (study / "report.md").exists() and (study / "best_model" / "model.json").exists()
+    units_per_worker = trials.groupby("worker_pid").unit.nunique()
+    assert units_per_worker.max() >= 2 and trials.worker_pid.nunique() < trials.unit.nunique(), units_per_worker
     # --resume of a study that is done runs nothing (no Ray, no encode) and gives the same results
-    again = _launch(_config(tmp_path, concurrency=None), "--resume", study, "--json")
+    again = _launch(cfg, "--resume", study, "--json")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "nothing to run" in again.stderr and "shared encode" not in again.stderr, again.stderr[-3000:]
     assert json.loads(again.stdout)["strategies"] == out["strategies"]

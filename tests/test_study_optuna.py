@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import socket
 import subprocess
@@ -13,11 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
-import yaml
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from ser_tune.study.optuna_store import STORE_FILE, OptunaRecorder, recorder_for, storage_url, study_name
 
@@ -95,15 +90,15 @@ def test_grid_uses_the_grid_values_and_baselines_are_not_recorded(tmp_path):
     assert isinstance(recorder, OptunaRecorder)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _dashboard_studies(db: Path) -> list[dict]:
+def dashboard_studies(db: Path) -> list[dict]:
     """Start optuna-dashboard on 127.0.0.1 (a free port) on ``db`` and read /api/studies; always stopped."""
-    port = _free_port()
+    port = free_port()
     command = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or "optuna-dashboard"
     server = subprocess.Popen([command, storage_url(db.parent), "--host", "127.0.0.1",
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -126,80 +121,8 @@ def _dashboard_studies(db: Path) -> list[dict]:
 def test_the_dashboard_serves_a_study_folders_storage(tmp_path):
     recorder = recorder_for(tmp_path, _meta(), "tpe", {"strategy": "tpe", "outer_fold": 0, "repeat": 0})
     recorder.record("e1", _result(0.5), failed=False)
-    studies = _dashboard_studies(tmp_path / STORE_FILE)
+    studies = dashboard_studies(tmp_path / STORE_FILE)
     assert [s["study_name"] for s in studies] == [study_name("tpe", 0, 0)]
-
-
-def two_strategy_study(tmp_path: Path, name: str) -> Path:
-    """A tiny launchable study (synthetic corpus, tiny-whisper): tpe and random, 3 trials each, one at a time."""
-    config = {
-        "name": name, "encoder": "tiny-whisper",
-        "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"), "options": {"clips_per_cell": 2}},
-        "split": {"kind": "speaker", "val_speakers": 2, "test_speakers": 2, "seed": 0},
-        "trial": {"unfreeze": "none", "max_length": 1.0, "batch_size": 16},
-        "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 3]}},
-        "strategies": ["tpe", "random"], "budget": {"trials": 3}, "resources": {"cpus_per_trial": 1},
-        "concurrency": 1, "seed": 0, "storage": str(tmp_path / "studies"),
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.mark.slow
-def test_a_launched_study_fills_its_storage_while_it_runs(tmp_path):
-    """During the study, each strategy's trials ended so far are in STUDY/optuna.db; at its end every trial
-    of trials.csv is there with the same value; optuna-dashboard lists the studies."""
-    path = two_strategy_study(tmp_path, "live")
-    log = tmp_path / "launch.log"
-    with log.open("w") as out:
-        launch = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(path)], cwd=REPO, text=True,
-                                  env={**os.environ, "SER_TUNE_RAY_DASHBOARD": "1"},   # its login line is tested
-                                  stdout=out, stderr=subprocess.STDOUT)
-    seen_live = {}
-    try:
-        deadline = time.monotonic() + 600
-        while launch.poll() is None and time.monotonic() < deadline:
-            study_dirs = list((tmp_path / "studies").glob("live-*"))
-            db = study_dirs[0] / STORE_FILE if study_dirs else None
-            if db is not None and db.exists() and "tpe" not in seen_live:
-                try:
-                    live = optuna.load_study(study_name=study_name("tpe", 0, 0), storage=storage_url(db.parent))
-                    ended = [t for t in live.trials if t.state == TrialState.COMPLETE]
-                    if ended:   # seen while the study still runs
-                        seen_live["tpe"] = (len(ended), launch.poll() is None)
-                except KeyError:   # the study's first trial has not ended yet
-                    pass
-                except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
-                    pass   # read while the driver writes ("database is locked", or both creating the tables)
-            time.sleep(0.5)
-        assert launch.wait(timeout=max(1, deadline - time.monotonic())) == 0, log.read_text()[-3000:]
-    finally:
-        if launch.poll() is None:
-            launch.kill()
-    text = log.read_text()
-    study_dir = next((tmp_path / "studies").glob("live-*"))
-    assert f"optuna-dashboard sqlite:///{study_dir / STORE_FILE}" in text
-    assert f"paste the content of {study_dir / 'ray_auth_token'}" in text
-    assert seen_live.get("tpe", (0, False))[1], f"no tpe trial seen in {STORE_FILE} while the study ran"
-    trials = pd.read_csv(study_dir / "trials.csv", dtype={"trial_id": str})
-    searched = trials[trials.strategy.isin(["tpe", "random"])]
-    for strategy, rows in searched.groupby("strategy"):
-        study = optuna.load_study(study_name=study_name(strategy, 0, 0), storage=storage_url(study_dir))
-        recorded = {t.user_attrs["trial_id"]: t for t in study.trials}
-        assert set(recorded) == set(rows.trial_id), strategy
-        for row in rows.itertuples():
-            assert recorded[row.trial_id].value == pytest.approx(row.val_bca)
-            assert recorded[row.trial_id].params["num_epochs"] == row.cfg_num_epochs
-            assert recorded[row.trial_id].user_attrs["trial"] == row.trial_index + 1    # start order, from 1
-        assert study.metric_names == ["val_bca"]
-    # one trial numbering: the launcher's "trial N" is trials.csv's trial_index + 1 (start order), as in the plots
-    for strategy, rows in searched.groupby("strategy"):
-        printed = {int(m.group(1)): float(m.group(2)) for m in
-                   re.finditer(rf"^{strategy}\s+\d+/3  trial (\d+)  val_bca ([0-9.]+)", text, re.M)}
-        assert printed == {int(r.trial_index) + 1: pytest.approx(r.val_bca, abs=5e-4) for r in rows.itertuples()}
-    names = {s["study_name"] for s in _dashboard_studies(study_dir / STORE_FILE)}
-    assert names == {study_name("tpe", 0, 0), study_name("random", 0, 0)}
 
 
 def test_the_launcher_says_how_to_log_in_to_the_ray_dashboard_and_that_it_closes_with_the_study():

@@ -155,7 +155,10 @@ def test_diverging_trial_is_an_error_and_the_study_goes_on(tmp_path):
 def test_killed_study_resumes_to_the_full_budget(tmp_path):
     cfg = _config(tmp_path, strategies=["tpe", "random"], budget={"trials": 4},
                   space={"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [6, 8]}})
-    proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1"], cwd=REPO,
+    # the README's `--strategies tpe gp --trials 15 --cpus-per-trial 1`, as this study's own (the resume, with
+    # none of them, goes on with the same experiment)
+    proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1",
+                             "--strategies", "tpe", "random", "--trials", "4", "--cpus-per-trial", "1"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     study = None
     deadline = time.time() + 300

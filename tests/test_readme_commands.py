@@ -30,6 +30,19 @@ SKIPPED = {
     r"pip install -e": "the install: .ci/run runs it (tests/test_readme.py checks CI runs the README's line)",
     r"^python -m pytest": "the test suite itself",
     r"^python -m ser_tune\.active$": "names the command in prose; its uses are in the block below it",
+    r"^python -m ser_tune\.launch experiments/emodb\.yaml --json$":
+        "runs as `launch CONFIG --json` in tests/test_launch.py::test_every_strategy_spends_exactly_its_budget_and_"
+        "honours_a_constraint, which checks that stdout holds the JSON object alone",
+    r"^python -m ser_tune\.launch experiments/emodb_nested\.yaml$":
+        "its study (2 outer x 2 inner speaker folds, tiny) runs in tests/test_study_repeats.py::test_outer_folds_and_"
+        "cross_validated_trials_test_every_speaker_once; the YAML itself loads in tests/test_config.py",
+    r"^python -m ser_tune\.launch experiments/emodb\.yaml --ray-verbose 1$":
+        "runs as `launch CONFIG --ray-verbose 1` in tests/test_study_interrupt.py, which checks Ray Tune's tables",
+    r"^python -m ser_tune\.launch experiments/emodb\.yaml --strategies tpe gp --trials 15 --cpus-per-trial 1$":
+        "runs as `launch CONFIG --strategies tpe random --trials 4 --cpus-per-trial 1` in tests/test_launch.py::"
+        "test_killed_study_resumes_to_the_full_budget",
+    r"--cv-folds 4 --repeats 10$": "in tests/test_study_repeats.py: `--repeats 2` (test_repeats_differ_by_seed_...) "
+                                   "and `--cv-folds 2` (test_outer_folds_and_cross_validated_trials_...)",
     r"^python -m ser_tune\.active experiments/active_quickstart\.yaml$":
         "runs as shown (with --json and a tmp --storage) in tests/test_active_cli.py::test_quickstart_end_to_end",
     r"^python -c \"import secrets": "writes the cluster token into cluster/secrets (tests/test_cluster_compose.py)",
@@ -47,9 +60,6 @@ SUBSTITUTIONS = [
      "the quickstart (~2 min): one tpe trial of its synthetic corpus and tiny-whisper"),
     ("experiments/emodb.yaml", "{tiny}",
      "EmoDB + Whisper-base: synthetic corpus + tiny-whisper, a trial of nsga2 on val_bca and latency"),
-    ("experiments/emodb_nested.yaml", "{nested}", "the same tiny study with 2 outer x 2 inner speaker folds"),
-    ("--trials 15", "--trials 1", "a tiny budget"),
-    ("--cv-folds 4 --repeats 10", "--cv-folds 2 --repeats 2", "a tiny budget"),
     ("studies/emodb-20261122-101500 [more study folders]", "{study} [{other_study}]", "the tiny studies"),
     ("studies/emodb-.../best_model clip1.wav clip2.wav", "{study}/best_model {clip} {clip2}",
      "the tiny study's model, two synthetic clips"),
@@ -192,9 +202,6 @@ def _tiny_folder(root: Path) -> dict:
                           "latency": {"clips": 2, "repeats": 1, "warmup": 0}}}),
         "csv": _write(root / "tiny_csv.yaml", {
             **study, "name": "tiny_csv", "corpus": {"name": "csv", "root": manifest}, "strategies": ["random"]}),
-        "nested": _write(root / "tiny_nested.yaml", {
-            **study, "name": "tiny_nested", "strategies": ["random"],
-            "objective": {"cv_folds": 2}, "evaluation": {"outer_folds": 2}}),
         "twostage": _write(root / "tiny_twostage.yaml", {
             "name": "tiny_twostage", "encoder": "tiny-whisper", "storage": str(studies),
             "source": {"corpus": {**small, "options": {"clips_per_cell": 2, "seed": 0}}},

@@ -97,7 +97,9 @@ def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(
     cfg = _config(tmp_path)
     log = tmp_path / "run.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1"], cwd=REPO,
+        # --ray-verbose 1 (the README's): Ray Tune's own trial tables in place of the one line per trial
+        proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1",
+                                 "--ray-verbose", "1"], cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                 env={**os.environ, "SER_TUNE_RAY_DASHBOARD": "1"})   # its token is tested
     try:
@@ -126,6 +128,7 @@ def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(
     cut = [name for name, u in meta["units"].items() if u["status"] == "interrupted"]
     assert cut and all("paused_at" in meta["units"][name] for name in cut)
     assert "Traceback" not in log.read_text()
+    assert "Trial status:" in log.read_text() and not re.search(r"^tpe\s+1/", log.read_text(), re.M)
 
     run = subprocess.run([sys.executable, "-m", "ser_tune.launch", str(cfg), "--resume", str(study), "--json"],
                          cwd=REPO, text=True, capture_output=True, timeout=600)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _study(tmp_path: Path, name: str, **changes) -> dict:
+def _study(tmp_path: Path, name: str, *flags: str, **changes) -> dict:
     raw = {
         "name": name,
         "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus"), "options": {"clips_per_cell": 2}},
@@ -25,7 +25,7 @@ def _study(tmp_path: Path, name: str, **changes) -> dict:
         "trial": {"unfreeze": "none", "max_length": 1.0, "num_epochs": 3},
         "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "dropout": {"uniform": [0.0, 0.5]}},
         "strategies": ["tpe", "random"],
-        "budget": {"trials": 3, "repeats": 2},
+        "budget": {"trials": 3},
         "concurrency": 1,
         "storage": str(tmp_path / "studies"),
         "thresholds": [0.3, 0.9],
@@ -33,7 +33,7 @@ def _study(tmp_path: Path, name: str, **changes) -> dict:
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
-    run = subprocess.run([sys.executable, "-m", "ser_tune.launch", str(path), "--json"], cwd=REPO, text=True,
+    run = subprocess.run([sys.executable, "-m", "ser_tune.launch", str(path), *flags, "--json"], cwd=REPO, text=True,
                          capture_output=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
@@ -46,8 +46,9 @@ def _configs(study_dir: str, unit: str) -> list[tuple]:
 
 
 def test_repeats_differ_by_seed_agree_with_it_and_carry_ert_and_verdicts(tmp_path):
-    first = _study(tmp_path, "a")
-    again = _study(tmp_path, "b", strategies=["tpe"])   # (random's seeding: tests/test_search_strategies.py)
+    first = _study(tmp_path, "a", "--repeats", "2")   # (the README's `--repeats 10`, smaller)
+    again = _study(tmp_path, "b", "--repeats", "2",
+                   strategies=["tpe"])   # (random's seeding: tests/test_search_strategies.py)
     for strategy in ("tpe", "random"):
         assert _configs(first["study_dir"], f"{strategy}-r0") != _configs(first["study_dir"], f"{strategy}-r1")
     for repeat in (0, 1):   # the same searcher seed, the same trials
@@ -83,8 +84,8 @@ def test_repeats_differ_by_seed_agree_with_it_and_carry_ert_and_verdicts(tmp_pat
 
 
 def test_outer_folds_and_cross_validated_trials_test_every_speaker_once(tmp_path):
-    out = _study(tmp_path, "nested", budget={"trials": 2}, strategies=["random"],
-                 objective={"metric": "val_bca", "mode": "max", "cv_folds": 2},
+    out = _study(tmp_path, "nested", "--cv-folds", "2", budget={"trials": 2}, strategies=["random"],
+                 objective={"metric": "val_bca", "mode": "max"},   # cv_folds from the flag (the README's --cv-folds)
                  evaluation={"outer_folds": 2})
     study = Path(out["study_dir"])
     meta = json.loads((study / "study.json").read_text())

@@ -19,13 +19,13 @@ SHARED = REPO.parent / "shared"
 EMODB_ROOT = SHARED / "data" / "emodb"
 
 
-# Seconds the slowest files take in a whole run on 2 cores (estimated 2026-12-07 from their runs beside one
-# other file, after the suite's launches were cut): pyproject's ``-n 2 --dist loadfile`` hands whole files to
-# the two test processes as they free up, so the longest going first makes them end together.
-SLOW_FILE_SECONDS = {"test_launch.py": 320, "test_readme_commands.py": 270, "test_study_recovery.py": 250,
-                     "test_cluster_jobs.py": 210, "test_study_repeats.py": 160, "test_cluster_launch.py": 140,
-                     "test_active_cli.py": 140, "test_study_deploy.py": 110, "test_study_interrupt.py": 70,
-                     "test_live_view.py": 50}
+# Seconds the slowest files took in a whole run on 2 cores (2026-12-07, clean clone, `--durations=0`, 18.5 min):
+# pyproject's ``-n 2 --dist loadfile`` hands whole files to the two test processes as they free up, so the
+# longest going first makes them end together.
+SLOW_FILE_SECONDS = {"test_readme_commands.py": 320, "test_launch.py": 305, "test_study_recovery.py": 215,
+                     "test_active_cli.py": 190, "test_cluster_jobs.py": 160, "test_study_repeats.py": 145,
+                     "test_study_deploy.py": 125, "test_cluster_launch.py": 80, "test_live_view.py": 50,
+                     "test_study_interrupt.py": 50}
 
 
 def pytest_collection_modifyitems(config, items):

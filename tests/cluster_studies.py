@@ -1,5 +1,5 @@
-"""What the cluster tests read from a study folder while the study runs and after it: written for
-tests/test_cluster_launch.py and tests/test_cluster_jobs.py (beside cluster_harness.py).
+"""What the cluster tests read from a study folder while the study runs and after it, and their two-node
+cluster: written for tests/test_cluster_launch.py and tests/test_cluster_jobs.py (beside cluster_harness.py).
 
 Trials report to Ray once, at their end; every epoch goes to the trial's own report log
 ``<study>/_trial_state/<unit>/<trial_id>/reports.jsonl`` as it happens (one JSON line per epoch,
@@ -13,9 +13,25 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import pytest
 import yaml
 
+from cluster_harness import LoopbackRayCluster, namespace_support
 from ser_tune.training.finetune import STATE_FILE
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A module's two-node cluster (~20 s to start; `ray job stop` waits cluster/start-head.sh's grace, 60 s);
+    skips where private namespaces are not allowed. A test module takes it with ``from cluster_studies import
+    cluster``."""
+    supported, why_not = namespace_support()
+    if not supported:
+        pytest.skip(f"multi-node cluster tests need private namespaces: {why_not}")
+    started = time.monotonic()
+    with LoopbackRayCluster(cpus_per_node=1) as running:
+        print(f"[timing] two-node cluster up in {time.monotonic() - started:.1f}s")
+        yield running
 
 
 def write_experiment(tmp_path: Path, name: str, **changes) -> Path:

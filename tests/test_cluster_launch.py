@@ -23,27 +23,16 @@ import pytest
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers sit beside this file
-from cluster_harness import HEAD_IP, HEAD_RESOURCE, WORKER_IP, LoopbackRayCluster, namespace_support
-from cluster_studies import (check_units_complete, finished_trials, has_saved_state, report_log, running_logs,
-                             wait_for, write_experiment)
+from cluster_harness import HEAD_IP, HEAD_RESOURCE, WORKER_IP, LoopbackRayCluster
+from cluster_studies import (  # noqa: F401 (cluster: the module's fixture)
+    cluster, check_units_complete, finished_trials, has_saved_state, report_log, running_logs, wait_for,
+    write_experiment)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGY = "grid"
 BUDGET = 4
-_SUPPORTED, _WHY_NOT = namespace_support()
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """The two-node cluster (~20 s to start)."""
-    if not _SUPPORTED:
-        pytest.skip(f"multi-node cluster tests need private namespaces: {_WHY_NOT}")
-    started = time.monotonic()
-    with LoopbackRayCluster(cpus_per_node=1) as running:
-        print(f"[timing] two-node cluster up in {time.monotonic() - started:.1f}s")
-        yield running
 
 
 def _launch(cluster: LoopbackRayCluster, tmp_path: Path, grid: dict, concurrency: int):

@@ -63,13 +63,14 @@ def test_a_restarted_unit_runs_the_budget_left_with_its_searcher_told_the_ended_
     assert again.searcher.suggest("next") is not None   # and it goes on suggesting
 
 
-def test_a_restarted_tpe_in_its_warm_up_does_not_draw_its_first_points_again():
-    """A clean-clone run: a unit restarted after a lost state ran the config of its one ended trial again (the
-    same seed, the same random warm-up draws)."""
-    probe = _unit("tpe", budget=15).searcher   # 5 random warm-up trials
-    probe.set_search_properties("val_bca", "max", _unit("tpe", budget=15).param_space)
-    first = probe.suggest("t0")
-    again = lost_state.restart(_unit("tpe", budget=15), _ended([(first, 0.5)]))
+@pytest.mark.parametrize("strategy", ["tpe", "gp", "skopt"])
+def test_a_restarted_search_in_its_warm_up_does_not_draw_its_first_points_again(strategy):
+    """A clean-clone run: a tpe unit restarted after a lost state ran the config of its one ended trial again
+    (the same seed, the same random warm-up draws). The model-based searchers' warm-ups are random draws too."""
+    probe = _unit(strategy, budget=15)   # a random warm-up of several trials
+    probe.searcher.set_search_properties("val_bca", "max", probe.param_space)
+    first = probe.searcher.suggest("t0")
+    again = lost_state.restart(_unit(strategy, budget=15), _ended([(first, 0.5)]))
     assert again.searcher.suggest("next") != first
 
 

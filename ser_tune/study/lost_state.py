@@ -123,13 +123,18 @@ def restart_seed(unit, earlier: list) -> int:
 
 
 def reseed(searcher, seed: int) -> None:
-    """A restarted hyperopt search draws from ``seed`` (:func:`restart_seed`)."""
+    """A restarted hyperopt or BayesOpt search draws its random warm-up from ``seed`` (:func:`restart_seed`).
+    (skopt's told points advance its warm-up; Optuna's samplers and random search are built anew.)"""
+    from ray.tune.search.bayesopt import BayesOptSearch
     from ray.tune.search.hyperopt import HyperOptSearch
 
     while hasattr(searcher, "searcher"):   # through Ray's ConcurrencyLimiter
         searcher = searcher.searcher
     if isinstance(searcher, HyperOptSearch):
         searcher.rstate = np.random.RandomState(seed)
+    elif isinstance(searcher, BayesOptSearch) and searcher.optimizer is not None:
+        # its warm-up draws come from the target space's own generator, seeded as the study's unit was
+        searcher.optimizer.space.random_state = np.random.RandomState(seed)
 
 
 def tell(searcher, earlier: list, metric: str | None) -> None:

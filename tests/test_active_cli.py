@@ -222,7 +222,10 @@ def test_killed_active_study_resumes_keeping_finished_trials(tmp_path):
     raw["active"].pop("tapt_settings", None)
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(raw))
-    proc = subprocess.Popen([sys.executable, "-m", "ser_tune.active", str(path)], cwd=REPO, text=True,
+    # the README's `active CONFIG --storage DIR --cpus-per-trial 1` (the YAML's own values: the resume, with
+    # neither, finds the study)
+    proc = subprocess.Popen([sys.executable, "-m", "ser_tune.active", str(path), "--storage", str(tmp_path / "studies"),
+                             "--cpus-per-trial", "1"], cwd=REPO, text=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def rounds_reported(result: Path) -> list[int]:

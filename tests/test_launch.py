@@ -199,15 +199,13 @@ def test_killed_study_resumes_to_the_full_budget(tmp_path):
         assert counts and counts[0] >= max(2, len(done_before)), (counts, done_before)
 
 
-def test_storage_that_is_a_file_and_too_many_cpus_are_one_line_before_ray_starts(tmp_path):
+def test_storage_that_is_a_file_is_one_line_before_ray_starts(tmp_path):
     (tmp_path / "afile").write_text("not a folder")
-    for change, message in (({"storage": str(tmp_path / "afile")}, "is a file, not a folder"),
-                            ({"resources": {"cpus_per_trial": 64}}, "cpus_per_trial = 64")):
-        run = _launch(_config(tmp_path, **change), timeout=180)
-        assert run.returncode == 2
-        errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
-        assert len(errors) == 1 and message in errors[0], run.stderr[-2000:]
-        assert "Traceback" not in run.stderr and "Ray dashboard" not in run.stdout + run.stderr
+    run = _launch(_config(tmp_path, storage=str(tmp_path / "afile")), timeout=180)
+    assert run.returncode == 2
+    errors = [l for l in run.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "is a file, not a folder" in errors[0], run.stderr[-2000:]
+    assert "Traceback" not in run.stderr and "Ray dashboard" not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("change, message", [
@@ -216,7 +214,7 @@ def test_storage_that_is_a_file_and_too_many_cpus_are_one_line_before_ray_starts
     ({"space": {"lr": {"loguniform": [1e-2, 1e-5]}}}, "space.lr"),
     ({"space": {"num_epochs": {"int": ["one", 3]}}}, "space.num_epochs"),
     ({"corpus": {"name": "emodb", "root": "/nonexistent/emodb"}}, "/nonexistent/emodb"),
-    ({"resources": {"cpus_per_trial": 64}}, "cpus_per_trial"),
+    ({"resources": {"cpus_per_trial": 64}}, "cpus_per_trial = 64"),
 ])
 def test_bad_input_is_one_clear_line_before_any_trial(tmp_path, change, message):
     run = _launch(_config(tmp_path, **change), timeout=180)
@@ -227,3 +225,12 @@ def test_bad_input_is_one_clear_line_before_any_trial(tmp_path, change, message)
     assert not list((tmp_path / "studies").glob("*/*/run_trial_*"))
     # no empty study folder left behind for --resume to pick up
     assert not list((tmp_path / "studies").glob("t-*")), list((tmp_path / "studies").iterdir())
+
+
+def test_a_trial_must_fit_on_one_node_not_on_the_cluster_as_a_whole():
+    from ser_tune.study.session import Cluster
+
+    two_nodes = Cluster(cpus=4, largest_node=2, nodes=2, dashboard=None)
+    assert two_nodes.cannot_run(2) is None
+    assert "cpus_per_trial = 3 but the largest node has 2 CPUs" in two_nodes.cannot_run(3)
+    assert Cluster.local().cannot_run(1) is None

@@ -37,7 +37,14 @@ SKIPPED = {
         "its study (2 outer x 2 inner speaker folds, tiny) runs in tests/test_study_repeats.py::test_outer_folds_and_"
         "cross_validated_trials_test_every_speaker_once; the YAML itself loads in tests/test_config.py",
     r"^python -m ser_tune\.launch experiments/emodb\.yaml --ray-verbose 1$":
-        "runs as `launch CONFIG --ray-verbose 1` in tests/test_study_interrupt.py, which checks Ray Tune's tables",
+        "runs as `launch CONFIG --resume STUDY --ray-verbose 1` in tests/test_study_interrupt.py, which checks Ray "
+        "Tune's tables",
+    r"^python -m ser_tune\.launch experiments/csv_example\.yaml$":
+        "its tiny stand-in (the README's my_corpus/manifest.csv, tiny-whisper) is the study `launch "
+        "experiments/emodb.yaml` runs here; the file itself loads in tests/test_readme_own_corpus.py",
+    r"^python -m ser_tune\.active CONFIG --storage DIR --cpus-per-trial 1$":
+        "runs as `active CONFIG --storage DIR --cpus-per-trial 1` in tests/test_active_cli.py::test_killed_active_"
+        "study_resumes_keeping_finished_trials",
     r"^python -m ser_tune\.launch experiments/emodb\.yaml --strategies tpe gp --trials 15 --cpus-per-trial 1$":
         "runs as `launch CONFIG --strategies tpe random --trials 4 --cpus-per-trial 1` in tests/test_launch.py::"
         "test_killed_study_resumes_to_the_full_budget",
@@ -59,14 +66,13 @@ SUBSTITUTIONS = [
     (r"^python -m ser_tune\.launch$", "python -m ser_tune.launch --trials 1 --strategies tpe",
      "the quickstart (~2 min): one tpe trial of its synthetic corpus and tiny-whisper"),
     ("experiments/emodb.yaml", "{tiny}",
-     "EmoDB + Whisper-base: synthetic corpus + tiny-whisper, a trial of nsga2 on val_bca and latency"),
+     "EmoDB + Whisper-base: the README's manifest of the synthetic corpus + tiny-whisper, a trial of nsga2 on "
+     "val_bca and latency"),
     ("studies/emodb-20261122-101500 [more study folders]", "{study} [{other_study}]", "the tiny studies"),
     ("studies/emodb-.../best_model clip1.wav clip2.wav", "{study}/best_model {clip} {clip2}",
      "the tiny study's model, two synthetic clips"),
     ("studies/emodb-.../best_model clip1.wav --labels", "{study}/best_model {clip} --labels",
      "the tiny study's model, one synthetic clip"),
-    ("experiments/csv_example.yaml", "{csv}",
-     "the README's manifest (my_corpus/manifest.csv, written from the synthetic corpus) with tiny-whisper"),
     ("studies/emodb_deploy-.../front --max-latency 20 clip.wav", "{study}/front --max-latency 1000 {clip}",
      "the tiny study's front (its latency on a busy test machine can pass 20 ms/s)"),
     ("--corpus emodb --root ../shared/data/emodb --encoder hf:../shared/models/whisper-base-encoder",
@@ -75,7 +81,6 @@ SUBSTITUTIONS = [
     ("experiments/twostage.yaml", "{twostage}", "two small synthetic corpora, one epoch a stage"),
     ("experiments/active_emodb.yaml", "{active}", "EmoDB: the tiny active study"),
     ("CONFIG", "{active}", "the tiny active study"),
-    ("--storage DIR", "--storage {studies}", "the tiny storage folder"),
     ("--encoder hf:FOLDER --corpus emodb --root DIR --out DIR --exclude-speakers 12 13",
      "--encoder hf:{wav2vec2} --corpus synthetic --root {corpus} --out {tapt} --exclude-speakers 21 22 --steps 2",
      "a saved tiny wav2vec2, the synthetic corpus and two of its speakers, 2 TAPT steps"),
@@ -196,12 +201,10 @@ def _tiny_folder(root: Path) -> dict:
     one_epoch = {"unfreeze": "none", "lr": 3e-3, "num_epochs": 1, "max_length": 1.0, "batch_size": 16}
     return {
         "corpus": str(corpus), "studies": str(studies), "tapt": str(root / "tapt"), "wav2vec2": str(wav2vec2),
-        "tiny": _write(root / "tiny.yaml", {
-            **study, "name": "tiny", "strategies": ["nsga2"],
+        "tiny": _write(root / "tiny.yaml", {   # a CSV manifest: the README's csv_example.yaml is not run again
+            **study, "name": "tiny", "corpus": {"name": "csv", "root": manifest}, "strategies": ["nsga2"],
             "objective": {"metrics": {"val_bca": "max", "latency_ms_per_s": "min"},
                           "latency": {"clips": 2, "repeats": 1, "warmup": 0}}}),
-        "csv": _write(root / "tiny_csv.yaml", {
-            **study, "name": "tiny_csv", "corpus": {"name": "csv", "root": manifest}, "strategies": ["random"]}),
         "twostage": _write(root / "tiny_twostage.yaml", {
             "name": "tiny_twostage", "encoder": "tiny-whisper", "storage": str(studies),
             "source": {"corpus": {**small, "options": {"clips_per_cell": 2, "seed": 0}}},

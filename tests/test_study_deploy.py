@@ -1,5 +1,5 @@
-"""Deployment objectives in whole studies: several objectives searched together (nsga2, motpe), the exported
-front and ``predict --max-latency``; a default study measures nothing. (A constraint honoured by every strategy:
+"""Deployment objectives in whole studies: several objectives searched together (nsga2, motpe; the grid among
+encoders), the exported front and ``predict --max-latency``; a default study measures nothing. (A constraint honoured by every strategy:
 tests/test_launch.py.)"""
 from __future__ import annotations
 
@@ -59,14 +59,18 @@ def test_a_default_study_measures_no_deployment_cost(tmp_path):
 
 @pytest.mark.slow
 def test_several_objectives_give_fronts_an_exported_front_and_a_model_by_latency(tmp_path):
+    """nsga2, motpe and random search val_bca against latency; the grid runs each of two encoders (a study
+    that searches among encoders): every strategy has its front, the study exports one, and predict picks
+    from it by latency."""
     pytest.importorskip("optuna")
     out, trials = _launch(_experiment(
-        tmp_path, strategies=["nsga2", "motpe", "random"],
+        tmp_path, strategies=["nsga2", "motpe", "random", "grid"],
         space={"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [1, 3]},
                "layer": {"choice": [1, 2, 3, "weighted"]}},
+        grid={"encoder": ["tiny-whisper", "tiny-hubert"], "num_epochs": [1]},
         objective={"metrics": {"val_bca": "max", "latency_ms_per_s": "min"}, "latency": {"clips": 3, "repeats": 3}}))
     assert set(DEPLOYMENT_COLUMNS) <= set(trials.columns)
-    for name in ("nsga2", "motpe", "random"):
+    for name in ("nsga2", "motpe", "random", "grid"):
         front = out["strategies"][name]["pareto"]
         assert front and all({"trial_id", "config", "val_bca", "latency_ms_per_s"} <= set(p) for p in front)
         own = trials[trials["strategy"] == name]
@@ -75,13 +79,23 @@ def test_several_objectives_give_fronts_an_exported_front_and_a_model_by_latency
                         & ((own["val_bca"] > point["val_bca"]) | (own["latency_ms_per_s"] < point["latency_ms_per_s"]))
                         ).any(), (name, point)
         assert out["strategies"][name]["hypervolume"]["mean"] >= 0
-    layers = trials.set_index("trial_id")["cfg_layer"].astype(str)
-    params = trials.set_index("trial_id")["total_params"]
+    search = trials[trials["strategy"] != "grid"]
+    layers = search.set_index("trial_id")["cfg_layer"].astype(str)
+    params = search.set_index("trial_id")["total_params"]
     cut = [t for t in params.index if layers.get(t) in ("1.0", "1")]
     whole = [t for t in params.index if layers.get(t) == "weighted"]
     if cut and whole:   # reading layer 1 ships a third of the encoder
         assert params[cut].max() < params[whole].min()
+    # the grid's two encoders: each trial's model names the one it trained on, both were encoded before any
+    # trial, and their costs differ
+    grid = trials[trials["strategy"] == "grid"]
+    assert sorted(grid["cfg_encoder"]) == ["tiny-hubert", "tiny-whisper"]
+    for _, trial in grid.iterrows():
+        assert json.loads((Path(trial["model_dir"]) / "model.json").read_text())["encoder"] == trial["cfg_encoder"]
+    assert grid["total_params"].nunique() == 2
     study_dir = Path(out["study_dir"])
+    study = json.loads((study_dir / "study.json").read_text())
+    assert sorted(study["encoders"]) == ["tiny-hubert", "tiny-whisper"] and study["encoder"]["spec"] == "tiny-whisper"
     listing = json.loads((study_dir / "front" / "front.json").read_text())
     slowest = max(m["latency_ms_per_s"] for m in listing["models"])
     wav = next((tmp_path / "corpus").rglob("*.wav"))
@@ -90,19 +104,3 @@ def test_several_objectives_give_fronts_an_exported_front_and_a_model_by_latency
     assert run.returncode == 0, run.stderr[-2000:]
     chosen = json.loads(run.stdout)["front_model"]
     assert chosen["val_bca"] == max(m["val_bca"] for m in listing["models"])
-
-
-@pytest.mark.slow
-def test_a_study_searches_among_encoders(tmp_path):
-    """The grid runs each encoder: each trial's exported model names the encoder it trained on, both were
-    encoded once before any trial, and their costs differ."""
-    out, trials = _launch(_experiment(tmp_path, strategies=["grid"], space={"num_epochs": {"int": [1, 2]}},
-                                      grid={"encoder": ["tiny-whisper", "tiny-hubert"], "num_epochs": [1]},
-                                      objective={"metric": "val_bca", "deployment": True}))
-    search = trials[trials["strategy"] == "grid"]
-    assert sorted(search["cfg_encoder"]) == ["tiny-hubert", "tiny-whisper"]
-    for _, trial in search.iterrows():
-        assert json.loads((Path(trial["model_dir"]) / "model.json").read_text())["encoder"] == trial["cfg_encoder"]
-    assert search["total_params"].nunique() == 2
-    study = json.loads((Path(out["study_dir"]) / "study.json").read_text())
-    assert sorted(study["encoders"]) == ["tiny-hubert", "tiny-whisper"] and study["encoder"]["spec"] == "tiny-whisper"

@@ -1,5 +1,6 @@
 """A local study is closed (loopback only, token on the job API), and an interrupt never passes for a
-finished study: Ctrl-C exits non-zero, study.json says interrupted, --resume spends every budget."""
+finished study: Ctrl-C (in the encode, mid-study, as a unit ends) exits non-zero, study.json says interrupted,
+--resume spends every budget."""
 from __future__ import annotations
 
 import ipaddress
@@ -36,6 +37,7 @@ def _config(tmp_path: Path) -> Path:
         "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [8, 10]}},
         "strategies": ["tpe", "random"],
         "budget": {"trials": BUDGET},
+        "concurrency": 1,
         "storage": str(tmp_path / "studies"),
     }
     path = tmp_path / "exp.yaml"
@@ -93,19 +95,53 @@ def _not_ignoring_sigint(pid: int) -> list[str]:
     return out
 
 
-def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(tmp_path):
-    cfg = _config(tmp_path)
-    log = tmp_path / "run.log"
+ENCODE_INTERRUPTED = """
+import os, signal, time, sys
+from ser_tune.study import prepare
+def interrupted_encode(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C in the middle of the encode
+    time.sleep(30)
+prepare.encode_once = interrupted_encode
+from ser_tune.launch import main
+sys.argv[0] = "ser_tune.launch"
+raise SystemExit(main())
+"""
+
+
+def _interrupted(study: Path) -> list[str]:
+    """The units a stop cut (each paused), once study.json says the study is interrupted."""
+    meta = json.loads((study / "study.json").read_text())
+    assert meta["status"] == "interrupted", meta
+    units = meta.get("units", {})   # none yet when the encode was cut
+    cut = [name for name, u in units.items() if u["status"] == "interrupted"]
+    assert all("paused_at" in units[name] for name in cut), units
+    return cut
+
+
+def _in_encode(cfg: Path, tmp_path: Path) -> Path:
+    """Ctrl-C during the shared encode: the interrupted line, exit 130, the study interrupted."""
+    run = subprocess.run([sys.executable, "-c", ENCODE_INTERRUPTED, str(cfg)], cwd=REPO, text=True,
+                         capture_output=True, timeout=300)
+    assert run.returncode == 130, run.stderr[-3000:]
+    assert run.stderr.strip().splitlines()[-1].startswith("study interrupted:") and "Traceback" not in run.stderr
+    study = next((tmp_path / "studies").glob("t-*"))
+    _interrupted(study)
+    return study
+
+
+def _mid_study(cfg: Path, study: Path, log: Path) -> list[str]:
+    """Resumed with the dashboard and Ray Tune's tables; Ctrl-C once a trial has finished. On the way: the
+    local Ray is closed (loopback only, the job API wants the study's token) and ignores Ctrl-C itself."""
     with open(log, "w") as out:
         # --ray-verbose 1 (the README's): Ray Tune's own trial tables in place of the one line per trial
-        proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--concurrency", "1",
+        proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--resume", str(study),
                                  "--ray-verbose", "1"], cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                 env={**os.environ, "SER_TUNE_RAY_DASHBOARD": "1"})   # its token is tested
     try:
         line = _wait_for(lambda: re.search(r"Ray dashboard: (\S+) \(token: (\S+)\)", log.read_text()), "the dashboard")
         url, token = line.group(1), Path(line.group(2)).read_text().strip()
-        _wait_for(lambda: _finished_trials(tmp_path / "studies") >= 1, "a finished trial")
+        _wait_for(lambda: _finished_trials(study.parent) >= 1, "a finished trial")
         # every process of the local Ray listens on loopback only
         addresses = _listening(proc.pid)
         assert addresses and all(ipaddress.ip_address(a.split("%")[0].replace("::ffff:", "")).is_loopback
@@ -121,16 +157,43 @@ def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert rc != 0, log.read_text()[-3000:]
-    study = next((tmp_path / "studies").glob("t-*"))
-    meta = json.loads((study / "study.json").read_text())
-    assert meta["status"] == "interrupted"
-    cut = [name for name, u in meta["units"].items() if u["status"] == "interrupted"]
-    assert cut and all("paused_at" in meta["units"][name] for name in cut)
-    assert "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert rc != 0 and "Traceback" not in text, text[-3000:]
     # Ray Tune's tables (its new output or its older "== Status ==" one, whichever it picks for the stream),
     # not the one line per trial
-    assert "Logical resource usage:" in log.read_text() and not re.search(r"^tpe\s+1/", log.read_text(), re.M)
+    assert "Logical resource usage:" in text and not re.search(r"^tpe\s+1/", text, re.M)
+    cut = _interrupted(study)
+    assert cut, "the Ctrl-C cut no unit"
+    return cut
+
+
+def _as_tpe_ends(cfg: Path, study: Path, log: Path) -> None:
+    """Resumed; Ctrl-C as tpe's last trial ends (Ray Tune's run is ending, or the next unit is starting): the
+    study still stops, exit 130, and the last line is the command that resumes it."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ser_tune.launch", str(cfg), "--resume", str(study)],
+                                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: _finished_trials(study.parent) >= BUDGET, "tpe's last trial to end")
+        os.killpg(proc.pid, signal.SIGINT)
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert rc == 130, text[-3000:]
+    assert f"--resume {study}" in text.splitlines()[-1] and "Tuner.restore" not in text
+    _interrupted(study)
+
+
+def test_a_study_interrupted_in_its_encode_mid_study_and_as_a_unit_ends_is_finished_by_resume(tmp_path):
+    """Each interruption leaves the study interrupted (never passed off as finished) and the next --resume
+    goes on from it: a Ctrl-C in the encode, one mid-study, one as a unit's last trial ends; the last resume
+    spends every budget, runs no trial twice and keeps every epoch."""
+    cfg = _config(tmp_path)
+    study = _in_encode(cfg, tmp_path)
+    cut = _mid_study(cfg, study, tmp_path / "mid.log")
+    _as_tpe_ends(cfg, study, tmp_path / "late.log")
 
     run = subprocess.run([sys.executable, "-m", "ser_tune.launch", str(cfg), "--resume", str(study), "--json"],
                          cwd=REPO, text=True, capture_output=True, timeout=600)
@@ -138,14 +201,15 @@ def test_a_local_study_is_closed_and_ctrl_c_leaves_it_interrupted_until_resumed(
     out = json.loads(run.stdout)
     assert out["status"] == "done" and out["incomplete"] == []
     units = json.loads((study / "study.json").read_text())["units"]
-    for name in cut:   # the stop is a pause of the unit it cut: the unit's clock leaves it out
-        (stopped, resumed), = units[name]["pauses"]
-        assert units[name]["started_at"] <= stopped < resumed <= units[name]["finished_at"]
+    for name in cut:   # a stop is a pause of the unit it cut: the unit's clock leaves it out
+        pauses = units[name]["pauses"]
+        assert pauses and all(units[name]["started_at"] <= stopped < resumed <= units[name]["finished_at"]
+                              for stopped, resumed in pauses), units[name]
     trials = pd.read_csv(study / "trials.csv", dtype={"trial_id": str})
     epochs = pd.read_csv(study / "epochs.csv", dtype={"trial_id": str})
     for strategy in ("tpe", "random"):
         rows = trials[trials.unit == strategy]
         assert len(rows) == BUDGET and rows.trial_id.is_unique and (rows.status == "TERMINATED").all()
         for trial in rows.itertuples():
-            # every epoch of every trial is kept, also those before the interruption
+            # every epoch of every trial is kept, also those before the interruptions
             assert sorted(epochs[epochs.trial_id == trial.trial_id].epoch) == list(range(1, int(trial.cfg_num_epochs) + 1))

@@ -64,7 +64,7 @@ def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbo
             print(f"watch it (live, and after it): {dashboard_command(folder.dir)}", flush=True)
         local = not (args.address or os.environ.get("RAY_ADDRESS"))
         if local:
-            kind.check_cluster(local_cluster())   # say so before starting a local Ray
+            kind.check_cluster(Cluster.local())   # say so before starting a local Ray
             local_ray.end_leftovers(folder.dir.parent)
         cluster = start_ray(args.address, quiet=args.json, token_dir=folder.dir)
         if local:
@@ -100,7 +100,7 @@ def run_in_process(kind: StudyKind, *, name: str, storage, resources) -> StudyFo
     and interrupts raise)."""
     folder = StudyFolder.create(storage, name)
     kind.prepare(folder)
-    kind.check_cluster(local_cluster())
+    kind.check_cluster(Cluster.local())
     cluster = start_ray(None, quiet=True, token_dir=folder.dir)
     try:
         workers = start_trial_workers(kind, cluster, trial_resources(resources))
@@ -118,12 +118,6 @@ def stop_ray() -> None:
 
     ray.shutdown()
     restore_auth_env()
-
-
-def local_cluster() -> Cluster:
-    """What a local Ray would have: this machine's CPUs."""
-    cpus = os.cpu_count() or 1
-    return Cluster(cpus=cpus, largest_node=cpus, nodes=1, dashboard=None)
 
 
 def run_until_interrupted(kind, folder, cluster, resources, verbose, fail_before_trials) -> str | None:

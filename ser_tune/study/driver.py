@@ -77,9 +77,9 @@ class StudyKind:
 
     def check_cluster(self, cluster: Cluster) -> None:
         """Raise StudyError when the cluster can never run a trial (e.g. too few CPUs per node)."""
-        if self.cpus_per_trial > cluster.largest_node:
-            raise StudyError(f"resources.cpus_per_trial = {self.cpus_per_trial:g} but the largest node has "
-                             f"{cluster.largest_node:g} CPUs; no trial could ever start")
+        why = cluster.cannot_run(self.cpus_per_trial)
+        if why:
+            raise StudyError(why)
 
     def encode(self, folder: StudyFolder) -> float:
         """The shared encode (frozen features, once per study); returns its seconds."""

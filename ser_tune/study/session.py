@@ -38,6 +38,19 @@ class Cluster:
     dashboard: str | None  # URL
     token_file: str | None = None   # where the owner finds the local dashboard's token
 
+    @classmethod
+    def local(cls) -> "Cluster":
+        """What a local Ray would have: this machine's CPUs."""
+        cpus = os.cpu_count() or 1
+        return cls(cpus=cpus, largest_node=cpus, nodes=1, dashboard=None)
+
+    def cannot_run(self, cpus_per_trial: float) -> str | None:
+        """Why no trial needing ``cpus_per_trial`` CPUs could ever start here, or None when one can."""
+        if cpus_per_trial > self.largest_node:
+            return (f"resources.cpus_per_trial = {cpus_per_trial:g} but the largest node has "
+                    f"{self.largest_node:g} CPUs; no trial could ever start")
+        return None
+
 
 def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None) -> Cluster:
     """Start a closed local Ray (``address`` None and no RAY_ADDRESS) or join a cluster."""

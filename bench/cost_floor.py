@@ -1,6 +1,6 @@
 """The encoder's arithmetic at the cost floor (issue 23): the shared encode and the top layer fine-tuned, in
-fp32 and bf16 (``precision``), and the top layer trained through LoRA, side by side in one process on the
-same core(s), each beside the matrix-product peak of its precision there.
+fp32 and bf16 (``precision``), the top layer trained through LoRA and on frames averaged in time, side by side
+in one process on the same core(s), each beside the matrix-product peak of its precision there.
 
     python bench/cost_floor.py [--clips 96] [--threads 1] [--synthetic] [--out FILE]
 
@@ -11,8 +11,10 @@ same core(s), each beside the matrix-product peak of its precision there.
   statistics are to fp32's (least cosine over clips, and the stated tolerance).
 - top layer fine-tuned (``unfreeze: top:1``, linear head on a learned layer mix, batch 16): one epoch over the
   split's training clips of the same ``--clips`` clips, then its validation clips, from cached hidden states: fp32, bf16,
-  and LoRA (rank 8 on q and v) in fp32; seconds and GFLOP/s of the timed epoch, the FLOPs counted on an
-  untimed epoch before it.
+  LoRA (rank 8 on q and v) in fp32, and each fp32 variant with the layer's input frames averaged over 2 in time
+  (``frame_average: 2``), and the fp32 layer through ``torch.compile``; seconds and GFLOP/s of the timed epoch, the
+  FLOPs counted on an untimed epoch before it (the compiled layer's: its first epoch compiles, untimed, and its
+  arithmetic is the plain fp32 layer's).
 
 bf16 pays only on CPUs that multiply it in hardware (AMX, AVX512-BF16: ``precision: auto`` picks it there);
 elsewhere torch emulates it and the bf16 rows are slower. The figures say which this machine is.
@@ -42,7 +44,11 @@ from ser_tune.training.settings import TrialSettings  # noqa: E402
 MAX_LENGTH = 3.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FINE_TUNING = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
-               "LoRA, fp32": {"precision": "fp32", "peft": "lora", "lora_rank": 8}}
+               "LoRA, fp32": {"precision": "fp32", "peft": "lora", "lora_rank": 8},
+               "frames averaged over 2, fp32": {"precision": "fp32", "frame_average": 2},
+               "LoRA + frames averaged over 2, fp32": {"precision": "fp32", "peft": "lora", "lora_rank": 8,
+                                                       "frame_average": 2},
+               "torch.compile, fp32": {"precision": "fp32", "compile": True}}
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 1024, seconds: float = 1.0) -> float:
@@ -85,18 +91,35 @@ def shared_encode(spec: str, waves: list[np.ndarray]) -> tuple[list[dict], dict]
     return rows, {"least_cosine": float(cosines.min()), "stated_cosine": arithmetic.POOLED_COSINE}
 
 
+def compile_trained_layers(state) -> None:
+    """The trained encoder layers through ``torch.compile`` (inductor, shapes dynamic: clips differ in length)."""
+    layers = state.model.encoder.transformer_layers()
+    for index in range(state.boundary, len(layers)):
+        layers[index] = torch.compile(layers[index], dynamic=True)
+
+
 def top_layer_epochs(data, spec: str, cache: Path) -> list[dict]:
     rows = []
     for name, extra in FINE_TUNING.items():
+        extra = dict(extra)
+        compiled = extra.pop("compile", False)
         settings = TrialSettings(unfreeze="top:1", head="linear", layer="weighted", lr=1e-4, num_epochs=3,
                                  batch_size=16, max_length=MAX_LENGTH, **extra)
         tuner = FineTuner(settings, data, encoder_spec=spec, cache_root=cache)
         state = tuner.start()   # the boundary's hidden states cached (encoded once per precision)
-        flops = counted_flops(lambda: tuner.fit_epoch(state))
+        row = {"step": "top layer, one epoch", "variant": name}
+        if compiled:   # the first epoch compiles (untimed); the arithmetic is the plain fp32 layer's
+            compile_trained_layers(state)
+            start = time.perf_counter()
+            tuner.fit_epoch(state)
+            row["first_epoch_seconds_with_compiling"] = time.perf_counter() - start
+            flops = next(r["gflop"] for r in rows if r["variant"] == "fp32") * 1e9
+        else:
+            flops = counted_flops(lambda: tuner.fit_epoch(state))
         start = time.perf_counter()
         tuner.fit_epoch(state)
         seconds = time.perf_counter() - start
-        rows.append({"step": "top layer, one epoch", "variant": name, "seconds": seconds, "gflop": flops / 1e9,
+        rows.append({**row, "seconds": seconds, "gflop": flops / 1e9,
                      "gflop_per_s": flops / seconds / 1e9, "trainable_params": sum(
                          p.numel() for p in state.trained.values()) + sum(p.numel() for p in state.model.head.parameters())})
     return rows

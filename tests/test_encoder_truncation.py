@@ -135,11 +135,13 @@ def test_whisper_base_truncates_exactly():
 
 # --- through export and load_model: a head reading layer k ships an encoder cut at k --------------------
 EXPORT_CASES = {
-    # name: (settings, layer the head reads, PEFT modules kept in the folder)
-    "frozen": (dict(unfreeze="none"), 1, False),
-    "top layers trained below the cut": (dict(unfreeze="top:2", unfreeze_epoch=0), 2, False),
-    "lora above the cut": (dict(unfreeze="top:1", unfreeze_epoch=0, peft="lora"), 2, False),
-    "lora below the cut": (dict(unfreeze="top:2", unfreeze_epoch=0, peft="lora"), 2, True),
+    # name: (settings, layer the head reads, PEFT modules kept in the folder, hidden state averaged in time)
+    "frozen": (dict(unfreeze="none"), 1, False, None),
+    "top layers trained below the cut": (dict(unfreeze="top:2", unfreeze_epoch=0), 2, False, None),
+    "lora above the cut": (dict(unfreeze="top:1", unfreeze_epoch=0, peft="lora"), 2, False, None),
+    "lora below the cut": (dict(unfreeze="top:2", unfreeze_epoch=0, peft="lora"), 2, True, None),
+    "frames averaged above the cut": (dict(unfreeze="top:1", unfreeze_epoch=0, frame_average=2), 2, False, None),
+    "frames averaged below the cut": (dict(unfreeze="top:2", unfreeze_epoch=0, frame_average=2), 2, False, 1),
 }
 
 
@@ -164,13 +166,14 @@ def test_an_exported_model_reading_layer_k_is_cut_there_and_gives_the_same_featu
     from ser_tune.training.head import masked_mean
     from ser_tune.training.settings import TrialSettings
 
-    changes, k, peft_kept = EXPORT_CASES[case]
+    changes, k, peft_kept, averaged_from = EXPORT_CASES[case]
     settings = TrialSettings(lr=1e-2, num_epochs=1, max_length=1.0, layer=k, **changes)
     tuner = FineTuner(settings, small_data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
     result = tuner.run()
     model = load_model(tuner.export(result, tmp_path / "model"))
     assert model.meta["encoder_layers"] == k and model.encoder.num_layers == k
     assert model.meta["num_states"] == k + 1 and bool(model.meta["peft"]) is peft_kept
+    assert model.meta["average_frames_from"] == averaged_from
     full = load_encoder("tiny-whisper")
     wave = small_data.audio.get(small_data.paths[0])
     x = torch.from_numpy(np.array(wave, dtype=np.float32))[None]

@@ -155,6 +155,69 @@ def test_export_and_reload_reproduce_test_predictions(data, tmp_path, feature_ca
     assert preds == result.test_predictions.tolist()
 
 
+def test_averaging_in_time_is_the_cache_s_per_clip_average_on_padded_batches():
+    from ser_tune.encoders.base import average_in_time
+    from ser_tune.encoders.cache import average_frames
+
+    clips = [torch.randn(n, 4) for n in (7, 4, 1)]
+    padded = torch.nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    mask = torch.arange(7)[None] < torch.tensor([7, 4, 1])[:, None]
+    averaged, new_mask = average_in_time(padded, mask, 2)
+    assert averaged.shape == (3, 4, 4) and new_mask.sum(1).tolist() == [4, 2, 1]
+    for row, clip in enumerate(clips):
+        expected = average_frames(clip.numpy(), 2)
+        assert np.allclose(averaged[row, : len(expected)].numpy(), expected, atol=1e-6)
+    assert average_in_time(padded, mask, 1)[0] is padded
+
+
+class LengthRecorder(CountingEncoder):
+    """CountingEncoder that also notes how many frames each live run of layers was handed."""
+
+    def __call__(self, spec):
+        enc = super().__call__(spec)
+        counted = enc.run_layers
+        self.frames = []
+
+        def run_layers(hidden, mask, start, end=None):
+            self.frames.append((start, hidden.shape[1]))
+            return counted(hidden, mask, start, end)
+
+        enc.run_layers = run_layers
+        return enc
+
+
+@pytest.mark.parametrize("features", ["cache", "naive"])
+def test_trained_layers_read_frames_averaged_in_time_and_the_export_does_the_same(features, data, tmp_path,
+                                                                                  feature_cache_root):
+    """frame_average 2 under a trained top layer: the layer runs on half the frames from the first epoch
+    (the head never sees full-rate features of it), and the exported model averages them the same way."""
+    settings = TrialSettings(lr=3e-3, num_epochs=3, unfreeze_epoch=1, unfreeze="top:1", max_length=2.0,
+                             frame_average=2, features=features)
+    recorder = LengthRecorder()
+    tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", encoder_loader=recorder,
+                      cache_root=feature_cache_root if features == "cache" else None)
+    result = tuner.run()
+    top = [frames for start, frames in recorder.frames if start == 2]
+    assert top and max(top) == 50   # 2 s of tiny-whisper's 50 frames a second: 100, averaged over 2
+    assert result.history[-1]["encoder_trained"] is True
+    meta = json.loads((tuner.export(result, tmp_path / "model") / "model.json").read_text())
+    assert meta["average_frames_from"] == 2 and meta["settings"]["frame_average"] == 2
+    model = load_model(tmp_path / "model")
+    preds = [int(model.predict_proba(data.audio.get(data.paths[i])[: 32000]).argmax()) for i in data.parts["test"]]
+    assert preds == result.test_predictions.tolist()
+
+
+def test_frame_average_applies_to_an_attentive_head_and_to_encoder_layers_a_head_trains():
+    from ser_tune.training.settings import applicable
+
+    assert applicable({"head": "linear", "frame_average": 2})["frame_average"] == 2
+    assert applicable({"head": "attentive", "frame_average": 2})["frame_average"] == 2
+    assert "frame_average" not in applicable({"head": "lda", "frame_average": 2})
+    assert TrialSettings(unfreeze="top:1", frame_average=2, num_epochs=2).averages_trained_frames
+    assert not TrialSettings(unfreeze="none", frame_average=2).averages_trained_frames
+    assert not TrialSettings(unfreeze="top:1", frame_average=1, num_epochs=2).averages_trained_frames
+
+
 def test_settings_errors_name_the_field():
     with pytest.raises(SettingsError, match="'unfreeze'"):
         TrialSettings.from_config({"unfreeze": "top:x"})

@@ -14,7 +14,7 @@ from .spec import LOADERS, TINY_FAMILIES, EncoderError, EncoderSpec
 
 # The encoder classes import torch (seconds): loaded on first use, so that checking a config's encoder
 # spec, or a command's bad input, answers at once.
-LAZY = {"SpeechEncoder": "base", "lengths_to_mask": "base"}
+LAZY = {"SpeechEncoder": "base", "lengths_to_mask": "base", "average_in_time": "base"}
 
 
 def __getattr__(name: str):
@@ -90,4 +90,5 @@ def load_encoder(spec: str, num_layers: int | None = None) -> SpeechEncoder:
     return encoder
 
 
-__all__ = ["EncoderError", "EncoderSpec", "SpeechEncoder", "load_encoder", "check_spec", "resolve_spec", "spec_fingerprint", "lengths_to_mask", "TINY_FAMILIES"]
+__all__ = ["EncoderError", "EncoderSpec", "SpeechEncoder", "load_encoder", "check_spec", "resolve_spec", "spec_fingerprint", "lengths_to_mask", "average_in_time",
+           "TINY_FAMILIES"]

@@ -101,3 +101,19 @@ def freeze_for_inference(encoder: SpeechEncoder) -> SpeechEncoder:
 
 def lengths_to_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def average_in_time(hidden: torch.Tensor, mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded frames (B, T, D) and their mask (B, T) with every ``k`` consecutive frames of a clip averaged:
+    (B, ceil(T / k), D) and the new mask. A clip's last group of fewer than ``k`` real frames is the mean of
+    those (as ``cache.average_frames`` averages one clip's frames): the layers above see half the frames for
+    k = 2, and attention's cost falls faster than that."""
+    if k == 1:
+        return hidden, mask
+    batch, frames, width = hidden.shape
+    groups = -(-frames // k)
+    pad = groups * k - frames
+    weights = nn.functional.pad(mask.to(hidden.dtype), (0, pad)).reshape(batch, groups, k, 1)
+    summed = (nn.functional.pad(hidden, (0, 0, 0, pad)).reshape(batch, groups, k, width) * weights).sum(2)
+    counts = weights.sum(2)
+    return summed / counts.clamp(min=1), counts[..., 0] > 0

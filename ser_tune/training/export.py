@@ -10,6 +10,8 @@ unread, with how to export the model again.
 A head that reads one hidden state k below the top needs only the encoder's layers 0..k-1: such a
 model is exported truncated there (:func:`cut_at_read_layer`; ``encoder_layers`` = k, and
 ``load_model`` truncates the spec's encoder to it), a cheaper encoder giving the same features.
+A model whose trained layers read frames averaged in time (``frame_average``) names the hidden state averaged
+before them (``average_frames_from``), and computes its features so.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from torch import nn
 
 from ..data import SAMPLE_RATE
 from ..encoders import SpeechEncoder, load_encoder
+from ..encoders.base import average_in_time
 from ..encoders.cache import layer_frames_of
 from .head import AttentiveHead, make_head, pool_states
 from .normalize import FeatureNorm
@@ -158,23 +161,40 @@ class TunedModel:
     def reads_frames(self) -> bool:
         return isinstance(self.head, AttentiveHead)
 
-    @torch.no_grad()
-    def hidden_states(self, wave: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Every hidden state (1, T, D) of one waveform at ``sample_rate``, cropped to max_length, and its mask."""
+    def waveform(self, wave: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """One waveform at ``sample_rate``, cropped to max_length, as the encoder takes it: (1, S) and its length."""
         if self.max_length is not None:
             wave = wave[: int(round(self.max_length * self.sample_rate))]
         x = torch.from_numpy(np.array(wave, dtype=np.float32))[None]
-        return self.encoder(x, torch.tensor([x.shape[1]]))
+        return x, torch.tensor([x.shape[1]])
+
+    @torch.no_grad()
+    def hidden_states(self, wave: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every hidden state (1, T, D) of one waveform at ``sample_rate``, cropped to max_length, and its mask."""
+        return self.encoder(*self.waveform(wave))
 
     @torch.no_grad()
     def embed(self, wave: np.ndarray) -> torch.Tensor:
         """What the head reads of one waveform: per-layer pooled statistics (1, L+1, D'), pooled as the
         model's ``pooling`` setting says; for a head that reads frames, every layer's frames (1, T', L+1, D)
         as the feature cache holds them (averaged over ``frame_average`` in time, rounded to float16)."""
+        pooling = str(self.meta.get("settings", {}).get("pooling", "mean"))
+        averaged_from = self.meta.get("average_frames_from")
+        if averaged_from is not None:
+            return self.pooled_with_averaged_frames(wave, int(averaged_from), pooling)
         states, mask = self.hidden_states(wave)
         if self.reads_frames:
             return self.frames(states, mask)
-        return pool_states(states, mask, str(self.meta.get("settings", {}).get("pooling", "mean")))
+        return pool_states(states, mask, pooling)
+
+    def pooled_with_averaged_frames(self, wave: np.ndarray, boundary: int, pooling: str) -> torch.Tensor:
+        """``embed`` of a model whose trained layers (those above hidden state ``boundary``) read that state's
+        frames averaged over ``frame_average`` in time, as they did in training."""
+        hidden, mask = self.encoder.embed(*self.waveform(wave))
+        low = [hidden, *self.encoder.run_layers(hidden, mask, 0, boundary)]
+        above, above_mask = average_in_time(low[-1], mask, int(self.meta["settings"]["frame_average"]))
+        high = self.encoder.run_layers(above, above_mask, boundary)
+        return torch.cat([pool_states(low, mask, pooling), pool_states(high, above_mask, pooling)], dim=1)
 
     def frames(self, states: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         average = int(self.meta.get("settings", {}).get("frame_average", 1))

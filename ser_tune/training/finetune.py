@@ -33,6 +33,7 @@ from torch import nn
 from ..data import SAMPLE_RATE, AudioStore, crop, pad_batch
 from ..data.corpus import DIMENSIONS
 from ..encoders import SpeechEncoder, load_encoder, spec_fingerprint
+from ..encoders.base import average_in_time, lengths_to_mask
 from ..encoders.cache import CachedFeatures, FeatureCache, effective_max_length
 from ..encoders.precision import compute, resolve as resolve_precision
 from .augment import augment_frames, mixup_pairs
@@ -396,7 +397,10 @@ class FineTuner:
                          rng=np.random.default_rng(s.seed), torch_rng=torch_rng,
                          # Encoder weights that differ from the pretrained ones from the start: the cache's
                          # pooled features of the trained layers no longer hold, so those layers run live.
-                         live_from_start=bool(init_state is not None and init_state.get("encoder")),
+                         # So do trained layers that read frames averaged in time (``frame_average``): the
+                         # head sees the features the exported model computes from the first epoch on.
+                         live_from_start=bool(init_state is not None and init_state.get("encoder"))
+                         or s.averages_trained_frames,
                          # a logistic regression is fitted to convergence once: one "epoch"
                          num_epochs=1 if s.head in FITTED_HEADS else s.num_epochs, hidden_size=dim)
         if resume_dir is not None and (Path(resume_dir) / STATE_FILE).exists():
@@ -684,6 +688,7 @@ class FineTuner:
                           metrics={"best_epoch": result.best_epoch, **result.val_metrics, **result.test_metrics},
                           extra={"task": self.s.task, "dimensions": list(targets.dim_names), "peft": cut.peft,
                                  "encoder_layers": cut.encoder_layers,
+                                 "average_frames_from": self._averaged_from(cut.encoder_layers),
                                  "dimension_mean": targets.dim_mean.tolist(),
                                  "dimension_std": targets.dim_std.tolist(), "source": source})
 
@@ -699,13 +704,13 @@ class FineTuner:
         head = make_head(s, result.num_states, result.hidden_size, self.targets.outputs)
         head.load_state_dict(result.state["head"])
         weights = result.state.get("encoder") or {}
-        boundary = self._boundary(s.top_k) if weights else None
+        boundary = self._boundary(s.top_k) if (weights or s.averages_trained_frames) else None
         feats = None
         if self.cache is not None:
             feats = self.cache.get(self.data.paths, self.clip_wave, self.max_length,
                                    [] if boundary is None else [boundary], averages=self._frame_averages())
         encoder = None
-        if weights or feats is None:
+        if boundary is not None or feats is None:
             encoder = self._load_encoder()
             if weights and s.peft != "none" and self._peft is None:   # a fresh tuner: inject the same modules
                 self._peft = PeftPlan.from_settings(s, boundary)
@@ -718,6 +723,14 @@ class FineTuner:
         out = self._outputs(TrialModel(head, encoder, feats), idx, boundary)
         n_classes = self.targets.n_classes
         return torch.softmax(torch.from_numpy(out[:, :n_classes]).double(), dim=1).numpy()
+
+    def _averaged_from(self, encoder_layers: int | None) -> int | None:
+        """The hidden state whose frames the exported model averages in time before the layers above it (the
+        trained ones), or None: no averaging, or every such layer cut from the export (``encoder_layers``)."""
+        if not self.s.averages_trained_frames:
+            return None
+        boundary = self._boundary(self.s.top_k)
+        return boundary if encoder_layers is None or boundary < encoder_layers else None
 
     # --- features ----------------------------------------------------------------------------
     def _boundary(self, top_k: int | None) -> int:
@@ -772,7 +785,7 @@ class FineTuner:
             frames = [torch.from_numpy(np.array(feats.frames_of(live, int(i)))) for i in idx]
             lengths = torch.tensor([f.shape[0] for f in frames])
             hidden = nn.utils.rnn.pad_sequence(frames, batch_first=True)
-            mask = torch.arange(hidden.shape[1])[None] < lengths[:, None]
+            hidden, mask = average_in_time(hidden, lengths_to_mask(lengths, hidden.shape[1]), self.s.frame_average)
             with torch.set_grad_enabled(grad):
                 with compute(self.precision):
                     states = encoder.run_layers(hidden, mask, live)
@@ -787,9 +800,14 @@ class FineTuner:
             low = [hidden, *encoder.run_layers(hidden, mask, 0, cut)]
         if live is None or not grad:
             self.seconds["encode"] += time.perf_counter() - start
-        with torch.set_grad_enabled(grad), compute(self.precision):
-            high = encoder.run_layers(low[-1], mask, cut) if cut < encoder.num_layers else []
-        return pool_states([state.float() for state in low + high], mask, pooling)
+        high, high_mask = [], mask
+        if cut < encoder.num_layers:
+            above, high_mask = average_in_time(low[-1], mask, self.s.frame_average)
+            with torch.set_grad_enabled(grad), compute(self.precision):
+                high = encoder.run_layers(above, high_mask, cut)
+        return torch.cat([pool_states([state.float() for state in low], mask, pooling),
+                          *([pool_states([state.float() for state in high], high_mask, pooling)] if high else [])],
+                         dim=1)
 
     @torch.no_grad()
     def _outputs(self, model: TrialModel, idx, live: int | None) -> np.ndarray:

@@ -74,8 +74,10 @@ class TrialSettings:
     C: Annotated[Float, Field(gt=0)] = 1.0
     shrinkage: Annotated[Float, Field(ge=0, le=1)] = 0.5
     head_hidden: Int = 256
-    # "attentive" only: the attention's hidden width, and the frames it reads: averaged over 1 or 2
-    # frames in time in the feature cache (2: half the frames, half the cache and the head's work).
+    # "attentive" only: the attention's hidden width. frame_average: the frames an attentive head reads
+    # (cached every layer's, averaged over 1 or 2 frames in time: 2 halves the cache and the head's work), or
+    # those the encoder layers a linear or mlp head trains read (the hidden state below them, averaged the
+    # same way before them: half the frames through the trained layers, in training and in the exported model).
     attention_hidden: Annotated[Int, Field(ge=1)] = 128
     frame_average: Annotated[Literal[1, 2], BeforeValidator(_integer), described("1 or 2")] = 1
     # Augmentation of the cached frames of training clips ("attentive" only; validation and test clips
@@ -164,6 +166,11 @@ class TrialSettings:
         return self.head in ENCODER_HEADS and self.top_k != 0 and self.unfreeze_epoch < self.num_epochs
 
     @property
+    def averages_trained_frames(self) -> bool:
+        """Whether the encoder layers that train read their input frames averaged over ``frame_average`` in time."""
+        return self.encoder_trains and self.frame_average > 1
+
+    @property
     def reads_frames(self) -> bool:
         """Whether the head reads every layer's cached frames (else each layer's pooled statistics)."""
         return self.head in FRAME_HEADS
@@ -185,7 +192,7 @@ POOLED_HEADS = ("logreg", "lda", "linear", "mlp")       # read each layer's pool
 # them out for the others. A logistic regression or an LDA is fitted once on frozen features: no
 # steps, epochs, dropout or encoder training; a torch head has no C or shrinkage; an attentive head pools every
 # layer's cached frames itself (no pooling, layer or encoder training), and only it reads frames to
-# augment.
+# augment (frames averaged in time: an attentive head's, or those of the layers a linear or mlp head trains).
 ONLY_FOR_HEADS = {
     "C": ("logreg",),
     "shrinkage": ("lda",),
@@ -196,8 +203,8 @@ ONLY_FOR_HEADS = {
         "warmup_fraction")},
     **{name: ENCODER_HEADS for name in (
         "unfreeze_epoch", "unfreeze", "peft", "lora_rank", "lora_alpha", "lora_targets", "adapter_size")},
-    **{name: FRAME_HEADS for name in (
-        "attention_hidden", "frame_average", "time_mask", "frame_dropout", "mixup", "feature_noise")},
+    **{name: FRAME_HEADS for name in ("attention_hidden", "time_mask", "frame_dropout", "mixup", "feature_noise")},
+    "frame_average": FRAME_HEADS + ENCODER_HEADS,
 }
 # A setting searched within one head's branch of a conditional space is named "<head>.<setting>"
 # (see ser_tune.search.space): it applies when the trial's head is that head.

@@ -19,14 +19,14 @@ SHARED = REPO.parent / "shared"
 EMODB_ROOT = SHARED / "data" / "emodb"
 
 
-# Seconds the slowest files took in a whole run on 2 cores (2026-12-07; the interrupt chain, repeats, deploy and
-# README files as measured alone after that run's merges, scaled by the run's contention):
-# pyproject's ``-n 2 --dist loadfile`` hands whole files to the two test processes as they free up, so the
+# Seconds the slowest files took in a whole run on 2 cores (2026-12-07, clean clone of 9ead578, `--durations=0`;
+# the active, recovery and interrupt files shortened after it): pyproject's ``-n 2 --dist loadfile
+# --no-loadscope-reorder`` hands whole files to the two test processes in this order as they free up, so the
 # longest going first makes them end together.
-SLOW_FILE_SECONDS = {"test_launch.py": 340, "test_readme_commands.py": 300, "test_cluster_jobs.py": 180,
-                     "test_active_cli.py": 180, "test_study_interrupt.py": 170, "test_study_repeats.py": 130,
-                     "test_study_recovery.py": 110, "test_cluster_launch.py": 90, "test_study_deploy.py": 75,
-                     "test_live_view.py": 60}
+SLOW_FILE_SECONDS = {"test_launch.py": 390, "test_readme_commands.py": 320, "test_cluster_jobs.py": 200,
+                     "test_active_cli.py": 190, "test_study_repeats.py": 170, "test_study_interrupt.py": 140,
+                     "test_search_tuner.py": 100, "test_study_recovery.py": 90, "test_cluster_launch.py": 85,
+                     "test_study_deploy.py": 80, "test_warm_workers.py": 75, "test_live_view.py": 65}
 
 
 def pytest_collection_modifyitems(config, items):

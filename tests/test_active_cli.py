@@ -214,7 +214,7 @@ def test_killed_active_study_resumes_keeping_finished_trials(tmp_path):
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw.update({"name": "resume", "encoder": "tiny-whisper", "storage": str(tmp_path / "studies"),
                 "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus")}})
-    raw["trial"]["num_epochs"] = 25          # a few seconds a trial, 2 at a time: the kill comes mid-study
+    raw["trial"]["num_epochs"] = 12          # seconds a trial, 2 at a time: the kill comes mid-study
     # three trials, two at a time: when the first has finished, the third has just begun
     acquisitions = ["entropy", "random", "coreset"]
     raw["active"].update({"acquisitions": acquisitions, "tapt": [False], "fractions": [0.2, 0.5, 1.0],

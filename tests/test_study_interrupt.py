@@ -34,7 +34,7 @@ def _config(tmp_path: Path) -> Path:
         "encoder": "tiny-whisper",
         # a trained top layer makes each trial last a few seconds: long enough to be cut off
         "trial": {"unfreeze": "top:1", "max_length": 1.0, "batch_size": 8},
-        "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [8, 10]}},
+        "space": {"lr": {"loguniform": [1e-3, 3e-2]}, "num_epochs": {"int": [6, 8]}},
         "strategies": ["tpe", "random"],
         "budget": {"trials": BUDGET},
         "concurrency": 1,

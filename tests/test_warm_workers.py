@@ -40,7 +40,10 @@ def fit(body, context, tmp_path: Path, name: str, values, **tune_config):
 
 def test_later_tuner_runs_reuse_the_workers_of_earlier_ones_and_bodies_get_their_trial_and_context(tmp_path):
     def body(config, context, trial_id):   # nested: shipped by value (workers cannot import a test module)
-        return {"y": config["x"] * context["scale"], "worker": os.getpid(), "body_trial": trial_id}
+        import signal
+
+        return {"y": config["x"] * context["scale"], "worker": os.getpid(), "body_trial": trial_id,
+                "sigterm": getattr(signal.getsignal(signal.SIGTERM), "__module__", None)}
 
     runs = [fit(body, {"scale": 10}, tmp_path, f"unit{n}", [1, 2, 3]) for n in range(3)]
     results = [r for grid in runs for r in grid]
@@ -48,6 +51,9 @@ def test_later_tuner_runs_reuse_the_workers_of_earlier_ones_and_bodies_get_their
     assert sorted(r.metrics["y"] for r in results) == [10, 10, 10, 20, 20, 20, 30, 30, 30]
     assert all(r.metrics["body_trial"] == r.metrics["trial_id"] for r in results)
     assert all(r.metrics["worker"] != r.metrics["pid"] for r in results)   # not in the trial's own actor
+    # SIGTERM (Ray ending an idle worker, or the study's Ray) ends a worker quietly, not by Ray's own
+    # handler, whose SystemExit a finalizer can print as a traceback on the study's terminal
+    assert {r.metrics["sigterm"] for r in results} == {"ser_tune.study.warm"}
     workers = [{r.metrics["worker"] for r in grid} for grid in runs]
     # each later run's trials ran in a process the first run started (its Tuner and actors had ended)
     assert all(later & workers[0] for later in workers[1:]), workers

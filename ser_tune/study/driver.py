@@ -161,10 +161,19 @@ def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dic
     if earlier:
         unit = lost_state.restart(unit, earlier)
     folder.save_meta()
-    grid, stopped = [], False
-    if unit.num_samples:   # (none left: every trial had ended before Ray's state of the unit was lost)
-        grid, stopped = fit(make_tuner(folder, unit, resources=resources, verbose=verbose))
+    restored = restorable(folder.dir / unit.name)
+    grid, stopped = fit_unit(folder, unit, resources, verbose)
     ended = collect_unit(kind, folder, unit, grid, earlier)
+    if restored and not stopped and ended < unit.expected_trials and not unit.time_budget_s:
+        # Ray Tune's restored run ended, no signal, budget left: a unit stopped as it started can leave its
+        # searcher's snapshot ahead of its trials. Go on as after a lost state, from the trials that ended.
+        kept = start_afresh(folder, unit.name)
+        print(f"{unit.name}: Ray Tune's restored run ended with trials of its budget never run; its {len(kept)} "
+              "ended trials are kept, and the rest of its budget runs", flush=True)
+        earlier = earlier_trials(folder, unit.name)
+        unit = lost_state.restart(unit, earlier)
+        grid, stopped = fit_unit(folder, unit, resources, verbose)
+        ended = collect_unit(kind, folder, unit, grid, earlier)
     spent = active_seconds(float(entry["started_at"]), time.time(), entry.get("pauses") or [])
     complete = ended >= unit.expected_trials or bool(unit.time_budget_s and spent >= unit.time_budget_s)
     entry.update(status=UNIT_DONE if complete else UNIT_INTERRUPTED, trials_ended=ended)
@@ -192,11 +201,34 @@ def earlier_trials(folder: StudyFolder, name: str) -> list:
     """The trials a unit had ended before Ray's state of it was lost (none while that state is whole)."""
     entry, unit_dir = folder.unit(name), folder.dir / name
     if lost_state.state_lost(unit_dir):
-        entry["earlier_trials"] = lost_state.ended_trials(unit_dir)
-        lost_state.forget_state(unit_dir, keep=entry["earlier_trials"])
-        print(f"{name}: Ray's state of this unit could not be read; its {len(entry['earlier_trials'])} ended "
+        kept = start_afresh(folder, name)
+        print(f"{name}: Ray's state of this unit could not be read; its {len(kept)} ended "
               "trials are kept, and the rest of its budget runs", flush=True)
     return [r for r in (lost_state.load(unit_dir / trial) for trial in entry.get("earlier_trials", [])) if r is not None]
+
+
+def start_afresh(folder: StudyFolder, name: str) -> list[str]:
+    """Ray's state of the unit dropped and its ended trials kept (its study.json entry lists them under
+    ``earlier_trials``): the unit's next run starts a new Tuner for the rest of its budget."""
+    entry = folder.unit(name)
+    entry["earlier_trials"] = lost_state.ended_trials(folder.dir / name)
+    lost_state.forget_state(folder.dir / name, keep=entry["earlier_trials"])
+    return entry["earlier_trials"]
+
+
+def restorable(unit_dir: Path) -> bool:
+    """Whether Ray Tune can restore the unit's run from its folder."""
+    from ray import tune
+
+    return unit_dir.exists() and tune.Tuner.can_restore(str(unit_dir))
+
+
+def fit_unit(folder: StudyFolder, unit: Unit, resources: dict, verbose: int) -> tuple[Any, bool]:
+    """:func:`fit` of the unit's Tuner (restored, or new); nothing to run when no trial is left of its budget
+    (every trial had ended before Ray's state of the unit was lost)."""
+    if not unit.num_samples:
+        return [], False
+    return fit(make_tuner(folder, unit, resources=resources, verbose=verbose))
 
 
 def fit(tuner) -> tuple[Any, bool]:
@@ -225,7 +257,7 @@ def make_tuner(folder: StudyFolder, unit: Unit, *, resources: dict, verbose: int
         body = warm.in_actor(unit.trainable) if unit.warm else unit.trainable
         trainable = tune.with_resources(tune.with_parameters(body, context=unit.context), resources)
     path = folder.dir / unit.name
-    if path.exists() and tune.Tuner.can_restore(str(path)):
+    if restorable(path):
         return tune.Tuner.restore(str(path), trainable, param_space=unit.param_space, resume_unfinished=True,
                                   resume_errored=unit.continue_errored,
                                   restart_errored=not unit.continue_errored)

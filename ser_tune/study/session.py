@@ -217,12 +217,10 @@ def children_ignore_sigint():
 def calm_worker() -> None:
     """Run in every worker of a local Ray as it starts. Ctrl-C in a terminal reaches every process of
     its group, Ray's workers included, which then die printing tracebacks; the driver alone should
-    answer it (Ray Tune then stops the trials itself), so workers ignore SIGINT. Ray ends its workers
-    with SIGTERM when the study shuts Ray down, and its own handler unwinds the worker with SystemExit,
-    which a finalizer running at that moment prints as a traceback; a trial's state is on disk by then,
-    so a worker leaves at once and quietly."""
+    answer it (Ray Tune then stops the trials itself), so workers ignore SIGINT. (SIGTERM: Ray's worker
+    loop installs its own handler after this hook; the pooled workers put a quiet exit back as they run,
+    ``warm.leave_quietly_on_sigterm``.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
 
 
 def keep_ray_on_loopback() -> None:

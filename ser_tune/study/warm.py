@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import signal
+import threading
 from typing import Any, Callable
 
 SOFT_LIMIT_ENV = "RAY_num_workers_soft_limit"
@@ -129,9 +131,20 @@ def trial_runtime_env() -> dict:
     return {"env_vars": {**DEFAULT_ENV_VARS, **{k: os.environ[k] for k in ENV_VARS_TO_PROPAGATE if k in os.environ}}}
 
 
+def leave_quietly_on_sigterm() -> None:
+    """In a pooled worker: SIGTERM ends it at once and quietly. Ray's worker loop installs its own handler as
+    it starts (after the study's setup hook), which raises SystemExit wherever the worker is; a finalizer
+    running then prints the exit as a traceback on the study's terminal (seen when Ray ended an idle worker
+    between units). A trial's state is on disk at every epoch, so nothing is lost. Only the main thread,
+    where Ray runs a worker's tasks, can set a handler."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+
+
 def import_body(module: str) -> int:
     """In a worker: import ``module`` and run its ``warm_up()`` (what its bodies would pay at their first
     trial); this worker's pid. A module the worker cannot import (a script's) is left to the trial."""
+    leave_quietly_on_sigterm()
     try:
         imported = importlib.import_module(module)
     except ImportError:
@@ -152,6 +165,7 @@ def body_task():
 
 def run_body(body: str | Callable, config: dict, context: Any, trial_id: str) -> dict:
     """In the pooled worker: the body (imported when named ``module:function``) run; what it returns."""
+    leave_quietly_on_sigterm()
     if isinstance(body, str):
         module, _, function = body.partition(":")
         body = getattr(importlib.import_module(module), function)

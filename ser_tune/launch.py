@@ -7,9 +7,8 @@ comparison and the report's path come at the end (with ``--json``, one JSON obje
 from __future__ import annotations
 
 import argparse
-import os
 
-from .study.session import Cluster, add_common_arguments, fail, prepare_for
+from .study.session import Cluster, add_common_arguments, cluster_address, fail, prepare_for
 
 EPILOG = """examples:
   python -m ser_tune.launch                                   # quickstart on the embedded synthetic corpus
@@ -73,7 +72,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     prepare_for(args.address)   # before anything imports Ray
     exp = load(args)
-    if not (args.address or os.environ.get("RAY_ADDRESS")):   # one line in a second, not after the imports
+    if cluster_address(args.address) is None:   # one line in a second, not after the imports
         why = Cluster.local().cannot_run(exp.resources.cpus_per_trial)
         if why:
             fail(why)

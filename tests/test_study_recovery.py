@@ -136,7 +136,7 @@ def _trial_folder(unit_dir: Path, name: str, value: float) -> Path:
     return trial
 
 
-def test_a_restored_run_that_ends_with_budget_left_and_no_signal_runs_the_rest(tmp_path, monkeypatch):
+def test_a_restored_run_that_ends_with_budget_left_and_no_signal_runs_the_rest(tmp_path, monkeypatch, capsys):
     """Ctrl-C as a unit started can leave its searcher's snapshot ahead of its trials: Ray Tune's restored
     run then ends, no signal, with trials of the budget never run (seen: random search, 1 of 3, every resume
     after it exiting 130). The unit goes on as after a lost state: the ended trial kept, 2 more run."""
@@ -163,6 +163,8 @@ def test_a_restored_run_that_ends_with_budget_left_and_no_signal_runs_the_rest(t
     unit = dataclasses.replace(_unit("random", budget=3), tags={"strategy": "random"})
     driver.run_unit(kind, folder, unit, resources={"cpu": 1})
     assert ran == [3, 2]
+    said = capsys.readouterr().out   # one line says what happened (not also "could not be read")
+    assert said.count("ended trials are kept") == 1 and "restored run ended" in said
     meta = json.loads((folder.dir / "study.json").read_text())["units"]["random"]
     assert meta["status"] == "done" and meta["trials_ended"] == 3 and meta["earlier_trials"] == ["run_trial_a_00000_0"]
     assert not list(unit_dir.glob("experiment_state-*.json"))   # the restored state is gone with the restart

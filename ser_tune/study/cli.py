@@ -9,7 +9,6 @@ interrupted study and a non-zero exit status.
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import signal
 import sys
@@ -22,7 +21,8 @@ from . import local_ray
 from .driver import StudyError, StudyInterrupted, StudyKind, run_study, start_trial_workers
 from .folder import UNIT_DONE, UNIT_INTERRUPTED, StudyFolder, StudyFormatError
 from .optuna_store import dashboard_command, records_trials
-from .session import Cluster, JoinError, fail, keep_stdout_for_json, os_error_line, restore_auth_env, start_ray
+from .session import (Cluster, JoinError, cluster_address, fail, keep_stdout_for_json, os_error_line,
+                      restore_auth_env, start_ray)
 
 INPUT_ERRORS = (DataError, EncoderError, StudyError, StudyFormatError, JoinError, ValueError)
 EXIT_INTERRUPTED = 130
@@ -62,7 +62,7 @@ def run_study_cli(kind: StudyKind, args, *, name: str, storage, resources, verbo
         kind.prepare(folder)
         if records_trials(folder.meta):
             print(f"watch it (live, and after it): {dashboard_command(folder.dir)}", flush=True)
-        local = not (args.address or os.environ.get("RAY_ADDRESS"))
+        local = cluster_address(args.address) is None
         if local:
             kind.check_cluster(Cluster.local())   # say so before starting a local Ray
             local_ray.end_leftovers(folder.dir.parent)

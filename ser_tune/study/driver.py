@@ -170,7 +170,7 @@ def run_unit(kind: StudyKind, folder: StudyFolder, unit: Unit, *, resources: dic
         kept = start_afresh(folder, unit.name)
         print(f"{unit.name}: Ray Tune's restored run ended with trials of its budget never run; its {len(kept)} "
               "ended trials are kept, and the rest of its budget runs", flush=True)
-        earlier = earlier_trials(folder, unit.name)
+        earlier = kept_trials(folder, unit.name)
         unit = lost_state.restart(unit, earlier)
         grid, stopped = fit_unit(folder, unit, resources, verbose)
         ended = collect_unit(kind, folder, unit, grid, earlier)
@@ -199,12 +199,19 @@ def note_pause(entry: dict, unit_dir: Path) -> None:
 
 def earlier_trials(folder: StudyFolder, name: str) -> list:
     """The trials a unit had ended before Ray's state of it was lost (none while that state is whole)."""
-    entry, unit_dir = folder.unit(name), folder.dir / name
+    unit_dir = folder.dir / name
     if lost_state.state_lost(unit_dir):
         kept = start_afresh(folder, name)
         print(f"{name}: Ray's state of this unit could not be read; its {len(kept)} ended "
               "trials are kept, and the rest of its budget runs", flush=True)
-    return [r for r in (lost_state.load(unit_dir / trial) for trial in entry.get("earlier_trials", [])) if r is not None]
+    return kept_trials(folder, name)
+
+
+def kept_trials(folder: StudyFolder, name: str) -> list:
+    """The ended trials :func:`start_afresh` kept (study.json's ``earlier_trials``), read from their folders."""
+    unit_dir = folder.dir / name
+    return [r for r in (lost_state.load(unit_dir / trial) for trial in folder.unit(name).get("earlier_trials", []))
+            if r is not None]
 
 
 def start_afresh(folder: StudyFolder, name: str) -> list[str]:

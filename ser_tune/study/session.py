@@ -52,11 +52,17 @@ class Cluster:
         return None
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The running cluster a study joins: ``--address``, else RAY_ADDRESS (a `ray job submit` driver joins its
+    cluster); None: the study starts its own local Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def start_ray(address: str | None, *, quiet: bool, token_dir: Path | None = None) -> Cluster:
     """Start a closed local Ray (``address`` None and no RAY_ADDRESS) or join a cluster."""
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS") or None   # a `ray job submit` driver joins its cluster
+    address = cluster_address(address)
     token_file = None if address else _close_local_ray(token_dir)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Keeping one checkpoint per trial forces an experiment snapshot per report; that is intended
@@ -237,7 +243,7 @@ def keep_ray_on_loopback() -> None:
 
 def prepare_for(address: str | None) -> None:
     """Called by a command line first thing: a local study keeps Ray on loopback (see keep_ray_on_loopback)."""
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    if cluster_address(address) is None:
         keep_ray_on_loopback()
 
 

@@ -161,6 +161,7 @@ def test_an_exported_model_reading_layer_k_is_cut_there_and_gives_the_same_featu
                                                                                        feature_cache_root, tmp_path):
     """The folder's encoder has k layers, its features equal the full encoder's states 0..k, and the
     loaded model predicts what the trained one did."""
+    from ser_tune.encoders.precision import compute
     from ser_tune.training.export import load_model
     from ser_tune.training.finetune import FineTuner
     from ser_tune.training.head import masked_mean
@@ -177,9 +178,9 @@ def test_an_exported_model_reading_layer_k_is_cut_there_and_gives_the_same_featu
     full = load_encoder("tiny-whisper")
     wave = small_data.audio.get(small_data.paths[0])
     x = torch.from_numpy(np.array(wave, dtype=np.float32))[None]
-    with torch.no_grad():
+    with torch.no_grad(), compute(model.precision):   # the trial's precision, as the model runs it here
         states, mask = full(x, torch.tensor([x.shape[1]]))
-        expected = torch.stack([masked_mean(h, mask) for h in states[: k + 1]], dim=1)
+    expected = torch.stack([masked_mean(h.float(), mask) for h in states[: k + 1]], dim=1)
     if settings.encoder_trains:   # trained layers below the cut change the states above them
         torch.testing.assert_close(model.embed(wave)[:, :k - 1], expected[:, :k - 1])
     else:

@@ -1,8 +1,10 @@
 """The encoder's arithmetic: fp32, bf16 (autocast), or auto (bf16 only where the CPU has it in hardware).
 
-This machine's CPU has neither AMX nor AVX512-BF16, so bf16 is emulated here (slower, same numbers):
-what is tested is that bf16 gives features within the stated tolerance of fp32's, that its cache entries
-never mix with fp32's, and that ``auto`` follows the hardware. The speed is measured in bench/cost_floor.py.
+The suite runs on CPUs with bf16 in hardware (AMX: ``auto`` is bf16 there, in every test that leaves the
+default) and without (emulated: slower, same numbers). What is tested is that bf16 gives features within
+the stated tolerance of fp32's, that its cache entries never mix with fp32's, that ``auto`` follows the
+hardware, and that an exported model predicts in its trial's precision where the CPU has it. The speed is
+measured in bench/cost_floor.py.
 """
 from __future__ import annotations
 
@@ -60,21 +62,33 @@ def test_bf16_entries_have_keys_of_their_own_and_fp32_keys_are_unchanged(tmp_pat
     assert cache("bf16").key(clips, 1.0) != cache("fp32").key(clips, 1.0)
 
 
-def test_a_trial_in_bf16_trains_its_top_layer_on_bf16_features(synthetic_corpus, tmp_path):
+def test_a_trial_in_bf16_trains_its_top_layer_on_bf16_features(synthetic_corpus, tmp_path, monkeypatch):
     data = TrialData.from_table(synthetic_corpus.table, speaker_split(synthetic_corpus.table, val_speakers=2,
                                                                       test_speakers=2, seed=0).assignment)
-    results = {}
+    results, tuners = {}, {}
     for p in ("fp32", "bf16"):
         settings = TrialSettings(lr=1e-3, num_epochs=2, unfreeze="top:1", max_length=1.0, precision=p)
-        tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path)
+        tuner = tuners[p] = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=tmp_path / "cache")
         results[p] = tuner.run()
         assert tuner.cache.precision == p
-    entries = {m.parent.name: m for m in tmp_path.glob("*/meta.json")}
+    entries = {m.parent.name: m for m in (tmp_path / "cache").glob("*/meta.json")}
     assert len(entries) == 2   # one entry per precision, never mixed
     assert all(0 <= r.val_bca <= 1 and np.isfinite(r.history[-1]["train_loss"]) for r in results.values())
     assert results["fp32"].history[-1]["train_loss"] != results["bf16"].history[-1]["train_loss"]
     assert results["fp32"].history[-1]["train_loss"] == pytest.approx(results["bf16"].history[-1]["train_loss"],
                                                                        rel=0.05)
+
+    # exported, the bf16 model predicts in bf16 where the CPU has it (what its trial did), else in fp32
+    from ser_tune.training.export import load_model
+
+    test = data.parts["test"][:8]
+    model = load_model(tuners["bf16"].export(results["bf16"], tmp_path / "model"))
+    trial = tuners["bf16"].class_probabilities(results["bf16"], test)
+    for fast, runs in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(precision, "fast_bf16", lambda: fast)
+        assert model.precision == runs
+        got = np.stack([model.predict_proba(data.audio.get(data.paths[i])[: 16000]) for i in test])
+        np.testing.assert_allclose(got, trial, atol=1e-4 if fast else 2e-2)
 
 
 def test_a_study_encodes_in_the_precision_its_machine_resolves_and_its_trials_read_that(monkeypatch):

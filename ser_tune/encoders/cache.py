@@ -213,7 +213,7 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, encoder_spec: str, encoder_fingerprint: str,
                  encoder_loader: Callable[[], SpeechEncoder], *, batch_size: int = 16,
-                 encode_clips: ClipEncode | None = None, progress: bool = False, precision: str = "fp32"):
+                 encode_clips: ClipEncode | None = None, progress: bool = False, precision: str = "auto"):
         self.root = Path(root)
         self.precision = resolve(precision)   # the encode's arithmetic, part of every entry's key
         self.encoder_spec = encoder_spec

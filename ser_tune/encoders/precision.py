@@ -15,6 +15,8 @@ A feature-cache entry records its precision in its key, so fp32 and bf16 feature
 ('fp32', 'bf16')
 >>> resolve("auto") == ("bf16" if fast_bf16() else "fp32")
 True
+>>> for_model("fp32"), for_model("bf16") == resolve("auto")
+('fp32', True)
 """
 from __future__ import annotations
 
@@ -40,6 +42,14 @@ def resolve(precision: str) -> str:
     if precision == "auto":
         return "bf16" if fast_bf16() else "fp32"
     return precision
+
+
+def for_model(trained: str | None) -> str:
+    """The precision a tuned model trained in ``trained`` (None: before precisions, fp32) predicts in on this
+    machine: bf16 where it was trained so and this CPU has bf16 in hardware, fp32 elsewhere (a model moved
+    to a CPU that would emulate bf16 runs fp32, several times faster, within bf16's rounding of its
+    training features)."""
+    return "bf16" if resolve(trained or "fp32") == "bf16" and fast_bf16() else "fp32"
 
 
 @contextlib.contextmanager

@@ -79,7 +79,7 @@ def cache_root(storage) -> Path:
 
 
 def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops, frame_averages=(),
-                precision: str = "fp32") -> dict:
+                precision: str = "auto") -> dict:
     """Encode every clip once per effective max_length, with the frame-level hidden states at the
     boundaries below the top ``k`` layers for each k in ``boundary_tops`` (None: all layers train), and
     every hidden state's frames averaged over each of ``frame_averages`` (for heads that read frames), the

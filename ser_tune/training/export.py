@@ -32,6 +32,7 @@ from ..data import SAMPLE_RATE
 from ..encoders import SpeechEncoder, load_encoder
 from ..encoders.base import average_in_time
 from ..encoders.cache import layer_frames_of
+from ..encoders.precision import compute, for_model
 from .head import AttentiveHead, make_head, pool_states
 from .normalize import FeatureNorm
 from .settings import SettingsError, TrialSettings
@@ -158,6 +159,12 @@ class TunedModel:
         return self.meta.get("max_length")
 
     @property
+    def precision(self) -> str:
+        """What the encoder's layers run in here: the trial's precision where this CPU has it fast (see
+        ``encoders.precision.for_model``)."""
+        return for_model(self.meta.get("settings", {}).get("precision"))
+
+    @property
     def reads_frames(self) -> bool:
         return isinstance(self.head, AttentiveHead)
 
@@ -171,7 +178,9 @@ class TunedModel:
     @torch.no_grad()
     def hidden_states(self, wave: np.ndarray) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Every hidden state (1, T, D) of one waveform at ``sample_rate``, cropped to max_length, and its mask."""
-        return self.encoder(*self.waveform(wave))
+        with compute(self.precision):
+            states, mask = self.encoder(*self.waveform(wave))
+        return [state.float() for state in states], mask
 
     @torch.no_grad()
     def embed(self, wave: np.ndarray) -> torch.Tensor:
@@ -190,11 +199,13 @@ class TunedModel:
     def pooled_with_averaged_frames(self, wave: np.ndarray, boundary: int, pooling: str) -> torch.Tensor:
         """``embed`` of a model whose trained layers (those above hidden state ``boundary``) read that state's
         frames averaged over ``frame_average`` in time, as they did in training."""
-        hidden, mask = self.encoder.embed(*self.waveform(wave))
-        low = [hidden, *self.encoder.run_layers(hidden, mask, 0, boundary)]
-        above, above_mask = average_in_time(low[-1], mask, int(self.meta["settings"]["frame_average"]))
-        high = self.encoder.run_layers(above, above_mask, boundary)
-        return torch.cat([pool_states(low, mask, pooling), pool_states(high, above_mask, pooling)], dim=1)
+        with compute(self.precision):
+            hidden, mask = self.encoder.embed(*self.waveform(wave))
+            low = [hidden, *self.encoder.run_layers(hidden, mask, 0, boundary)]
+            above, above_mask = average_in_time(low[-1], mask, int(self.meta["settings"]["frame_average"]))
+            high = self.encoder.run_layers(above, above_mask, boundary)
+        return torch.cat([pool_states([state.float() for state in low], mask, pooling),
+                          pool_states([state.float() for state in high], above_mask, pooling)], dim=1)
 
     def frames(self, states: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         average = int(self.meta.get("settings", {}).get("frame_average", 1))

@@ -72,10 +72,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     prepare_for(args.address)   # before anything imports Ray
     exp = load(args)
-    if cluster_address(args.address) is None:   # one line in a second, not after the imports
-        why = Cluster.local().cannot_run(exp.resources.cpus_per_trial)
-        if why:
-            fail(why)
+    check_before_imports(exp, args)
     from .results import summary_json, write_report
     from .results.report import smoke_test_words
     from .study.cli import finish_cli, run_study_cli
@@ -97,6 +94,21 @@ def main(argv=None) -> int:
         print(f"\n{smoke_test_words(folder.meta)}")
     print(f"report: {report}")
     return finish_cli(outcome, launch_json(summary, folder))
+
+
+def check_before_imports(exp, args) -> None:
+    """Input that cannot run, said in one line in a second instead of after torch's and Ray's imports: a
+    corpus folder that is not there, a trial that needs more CPUs than this machine has."""
+    from .data import DataError, check_root
+
+    try:
+        check_root(exp.corpus.name, exp.corpus.root)
+    except DataError as exc:
+        fail(str(exc))
+    if cluster_address(args.address) is None:
+        why = Cluster.local().cannot_run(exp.resources.cpus_per_trial)
+        if why:
+            fail(why)
 
 
 def run_crosscorpus(folder, exp) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ser_tune.data import CorpusError, load_corpus
+from ser_tune.data import CorpusError, check_root, load_corpus
 from ser_tune.data.__main__ import main
 from fixtures_corpora import make_emodb, write_bad_files, write_wav
 from test_data_audio import BAD, REASONS
@@ -17,6 +17,26 @@ def test_missing_folder(tmp_path):
     for name in ("emodb", "ravdess", "cremad", "iemocap", "csv"):
         with pytest.raises(CorpusError, match=str(tmp_path / "absent")):
             load_corpus(name, tmp_path / "absent")
+
+
+def test_a_root_that_is_not_there_is_the_loader_s_own_error_before_any_reading(tmp_path):
+    """check_root (a study's check before its heavy imports) says what load_corpus would, word for word."""
+    (tmp_path / "a.wav").write_bytes(b"")
+    for name in ("emodb", "ravdess", "cremad", "iemocap", "csv"):
+        for root in (tmp_path / "absent", tmp_path / "a.wav"):
+            try:
+                load_corpus(name, root)
+            except CorpusError as exc:
+                if "not found" in str(exc) or "not a folder" in str(exc):
+                    with pytest.raises(CorpusError) as checked:
+                        check_root(name, root)
+                    assert str(checked.value) == str(exc)
+                    continue
+            check_root(name, root)   # anything else is for the loader to find
+    check_root("emodb", tmp_path)    # a folder that is there
+    check_root("synthetic", None)
+    with pytest.raises(CorpusError, match="root: no folder given for corpus 'ravdess'"):
+        check_root("ravdess", None)
 
 
 def test_folder_without_files_of_that_corpus(tmp_path):

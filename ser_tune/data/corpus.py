@@ -9,7 +9,7 @@ import pandas as pd
 
 from .audio import MIN_DURATION, audio_info, content_hash
 from .corpora import cremad, csv_manifest, emodb, iemocap, ravdess
-from .corpora.common import Scan
+from .corpora.common import Scan, existing_folder
 from .errors import AudioError, CorpusError, DataError
 from .labels import check_view, default_view
 from . import synthetic
@@ -21,6 +21,7 @@ OPTIONAL_COLUMNS = ("gender", "intensity", "text", "session", "original_label",
                     "arousal", "valence", "dominance")
 DIMENSIONS = ("arousal", "valence", "dominance")
 
+_TITLES = {"emodb": emodb.TITLE, "ravdess": ravdess.TITLE, "cremad": cremad.TITLE, "iemocap": iemocap.TITLE}
 _SCANNERS = {"emodb": emodb.scan, "ravdess": ravdess.scan, "cremad": cremad.scan,
              "iemocap": iemocap.scan, "csv": csv_manifest.scan, "synthetic": synthetic.scan}
 
@@ -145,6 +146,20 @@ def drop_classes(corpus: Corpus, drop_labels) -> Corpus:
     corpus.table = corpus.table[~dropping].reset_index(drop=True)
     corpus.dropped_labels = {str(k): int(v) for k, v in counts.items()}
     return corpus
+
+
+def check_root(name: str, root: str | Path | None) -> None:
+    """The CorpusError ``load_corpus`` would raise for a root that is not there (or of the wrong kind), without
+    reading it: a study says so in a second, before it imports torch and Ray."""
+    if name == "synthetic" or name not in CORPORA:
+        return
+    if root is None or str(root) == "":
+        raise CorpusError(f"root: no folder given for corpus '{name}'")
+    root = Path(root).expanduser().resolve()
+    if name == "csv":
+        csv_manifest.manifest_file(root)
+    else:
+        existing_folder(root, _TITLES[name])
 
 
 def load_corpus(name: str, root: str | Path, *, label_map: str | None = None, check_audio: bool = True,

@@ -9,6 +9,8 @@ import pandas as pd
 from ..errors import CorpusError
 from .common import Naming, Scan, corpus_files, existing_folder, scan_named
 
+TITLE = "CREMA-D"   # in messages about its folder
+
 NAME = re.compile(r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<code>[A-Z]{3})_(?P<level>[A-Z]{1,2})$")
 
 # "X" occurs once in the real corpus (1040_ITH_SAD_X.wav) and means the same as "XX".
@@ -39,10 +41,10 @@ def read_genders(path: Path) -> dict[str, str]:
 
 
 def scan(root: Path, view: str | None) -> Scan:
-    everything = corpus_files(existing_folder(root, "CREMA-D"))
+    everything = corpus_files(existing_folder(root, TITLE))
     demographics = find_demographics(root, everything)
     genders = read_genders(demographics) if demographics else {}
-    naming = Naming("CREMA-D", "cremad", NAME, "1001_DFA_ANG_XX.wav", "CREMA-D emotion code")
+    naming = Naming(TITLE, "cremad", NAME, "1001_DFA_ANG_XX.wav", "CREMA-D emotion code")
 
     def describe(m) -> dict | str:
         if m["level"] not in LEVEL:

@@ -13,7 +13,10 @@ SPEAKER_GENDER = {"03": "m", "08": "f", "09": "f", "10": "m", "11": "m", "12": "
                   "16": "f"}
 
 
-def scan(root: Path, view: str | None, *, title: str = "EmoDB") -> Scan:
+TITLE = "EmoDB"   # in messages about its folder
+
+
+def scan(root: Path, view: str | None, *, title: str = TITLE) -> Scan:
     def describe(m) -> dict:
         return {"speaker": m["speaker"], "gender": SPEAKER_GENDER.get(m["speaker"]), "text": m["text"]}
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from ..errors import CorpusError
 from .common import Scan, corpus_files, existing_folder, label_for
 
+TITLE = "IEMOCAP"   # in messages about its folder
+
 LABEL_LINE = re.compile(
     r"^\[\s*(?P<start>[\d.]+)\s*-\s*(?P<end>[\d.]+)\s*\]\s+(?P<utt>\S+)\s+(?P<code>\S+)\s+"
     r"\[\s*(?P<v>[\d.]+)\s*,\s*(?P<a>[\d.]+)\s*,\s*(?P<d>[\d.]+)\s*\]\s*$")
@@ -36,7 +38,7 @@ def read_labels(files: list[Path]) -> dict[str, dict]:
 
 
 def scan(root: Path, view: str | None) -> Scan:
-    existing_folder(root, "IEMOCAP")
+    existing_folder(root, TITLE)
     everything = corpus_files(root)
     # the per-dialog evaluation files (EmoEvaluation/*.txt, not its Categorical/Attribute subfolders)
     evaluations = [p for p in everything if p.suffix == ".txt" and p.parent.name == "EmoEvaluation"]

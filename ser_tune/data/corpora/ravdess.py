@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .common import Naming, Scan, scan_named
 
+TITLE = "RAVDESS"   # in messages about its folder
+
 NAME = re.compile(
     r"^(?P<modality>\d{2})-(?P<channel>\d{2})-(?P<code>\d{2})-(?P<intensity>\d{2})-"
     r"(?P<statement>\d{2})-(?P<repetition>\d{2})-(?P<actor>\d{2})$")
@@ -17,7 +19,7 @@ STATEMENT = {"01": "Kids are talking by the door", "02": "Dogs are sitting by th
 
 
 def scan(root: Path, view: str | None) -> Scan:
-    naming = Naming("RAVDESS", "ravdess", NAME, "03-01-06-01-02-01-12.wav", "RAVDESS emotion code")
+    naming = Naming(TITLE, "ravdess", NAME, "03-01-06-01-02-01-12.wav", "RAVDESS emotion code")
 
     def describe(m) -> dict | str:
         if m["modality"] != AUDIO_ONLY or m["channel"] != SPEECH:

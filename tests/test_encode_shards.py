@@ -89,11 +89,11 @@ def test_concurrent_misses_encode_an_entry_once(clips, tmp_path):
     started = threading.Event()
 
     def slow_encode(cache):
-        def encode(waves, boundaries, need_pooled, progress, averages=()):
+        def encode(waves, boundaries, need_pooled, progress, averages=(), precision="fp32"):
             calls.append(1)
             started.set()
             threading.Event().wait(0.5)                      # the other caller queues on the lock meanwhile
-            return cache.encode_here(waves, boundaries, need_pooled, progress, averages)
+            return cache.encode_here(waves, boundaries, need_pooled, progress, averages, precision)
         return encode
 
     caches = [_cache(tmp_path), _cache(tmp_path)]
@@ -133,7 +133,8 @@ def test_a_study_whose_features_are_all_cached_never_loads_the_encoder(clips, tm
 @pytest.mark.slow
 def test_shards_on_ray_give_the_local_bits(clips, tmp_path, capfd):
     """Several shards on a 2-CPU Ray, against this process's encode: the same pooled features, frames and
-    lengths, bit for bit, on cropped (equal-length batches) and whole clips (varied lengths)."""
+    lengths, bit for bit, on cropped (equal-length batches) and whole clips (varied lengths). In bf16 on
+    every CPU (emulated where it is not in hardware): the shards run in the cache's precision."""
     import ray
 
     table, paths, _ = clips
@@ -146,10 +147,10 @@ def test_shards_on_ray_give_the_local_bits(clips, tmp_path, capfd):
         hints = {"decoded": None, "header": lambda ml: lambda i: decoded_length(paths[i], SAMPLE_RATE, ml),
                  "wrong": lambda ml: lambda i: 7}
         for max_length, boundaries, averages in ((1.0, [0, 1], []), (None, [2], [1, 2])):
-            here = _cache(tmp_path / "here").get(paths, _wave(clips, max_length), max_length, boundaries,
-                                                 averages=averages)
+            here = _cache(tmp_path / "here", precision="bf16").get(paths, _wave(clips, max_length), max_length,
+                                                                   boundaries, averages=averages)
             for name, hint in hints.items():
-                shards = _cache(tmp_path / "ray" / name, encode_clips=spread, progress=True)
+                shards = _cache(tmp_path / "ray" / name, encode_clips=spread, progress=True, precision="bf16")
                 there = shards.get(paths, _wave(clips, max_length), max_length, boundaries,
                                    length_hint=hint(max_length) if hint else None, averages=averages)
                 assert shards.stats.misses == 1
@@ -165,7 +166,7 @@ def test_shards_on_ray_give_the_local_bits(clips, tmp_path, capfd):
         summary = spread.summary()
         assert summary["tasks"] > 2 and sum(summary["clips_per_node"].values()) == 6 * len(paths)
         # encode_once takes the Ray path when Ray is up, and a second study finds the entries
-        done = encode_once(table, SPEC, tmp_path / "ray" / "header", [1.0], [None])
+        done = encode_once(table, SPEC, tmp_path / "ray" / "header", [1.0], [None], precision="bf16")
         assert done["cache"]["hits"] == 1 and done["cache"]["misses"] == 0 and "ray" not in done["cache"]
     finally:
         ray.shutdown()

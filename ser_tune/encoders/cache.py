@@ -190,10 +190,11 @@ class ClipWaves:
 class ClipEncode(Protocol):
     """How a cache miss is computed: the entry's cropped waves in, their features out (the frames at
     ``boundaries``, the pooled statistics when ``need_pooled``, every hidden state's frames averaged over
-    each of ``averages``); ``progress`` (a tqdm bar over the clips) is advanced as clips finish."""
+    each of ``averages``), the layers run in ``precision`` (the cache's: its entries' key says it);
+    ``progress`` (a tqdm bar over the clips) is advanced as clips finish."""
 
     def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool,
-                 progress: tqdm, averages: Sequence[int] = ()) -> EncodedClips: ...
+                 progress: tqdm, averages: Sequence[int] = (), precision: str = "fp32") -> EncodedClips: ...
 
 
 def encode_progress(total: int, label: str, *, enabled: bool = True) -> tqdm:
@@ -317,17 +318,18 @@ class FeatureCache:
         start = time.perf_counter()
         label = f"encode {meta['clips']} clips (max_length {meta['max_length']})"
         with encode_progress(len(waves), label, enabled=self.progress) as progress:
-            encoded = self.encode_clips(waves, boundaries, need_pooled, progress, averages=list(averages))
+            encoded = self.encode_clips(waves, boundaries, need_pooled, progress, averages=list(averages),
+                                        precision=self.precision)
         write_entry(folder, encoded, {**meta, "created": time.time()})
         self.stats.encode_seconds += time.perf_counter() - start
         self.stats.clips_encoded += len(waves)
 
     def encode_here(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
-                    progress: tqdm, averages: Sequence[int] = ()) -> EncodedClips:
+                    progress: tqdm, averages: Sequence[int] = (), precision: str = "fp32") -> EncodedClips:
         """The default ``encode_clips``: every batch in this process with the cache's encoder."""
         parts = []
         for part in encode_batches(self.encoder, waves, equal_length_batches(waves, self.batch_size),
-                                   boundaries, need_pooled, averages, self.precision):
+                                   boundaries, need_pooled, averages, precision):
             parts.append(part)
             progress.update(len(part))
         return EncodedClips.join(parts, len(waves))

@@ -106,9 +106,8 @@ class RayShardedEncode:
     """A ``FeatureCache`` ``encode_clips`` that runs the entry's batches as Ray tasks (needs Ray initialised)."""
 
     def __init__(self, encoder_spec: str, *, batch_size: int = 16, cpus_per_task: int = 1,
-                 shards_per_slot: int = SHARDS_PER_SLOT, precision: str = "fp32"):
+                 shards_per_slot: int = SHARDS_PER_SLOT):
         self.encoder_spec = encoder_spec
-        self.precision = precision   # resolved by the caller: every node encodes in the same arithmetic
         self.batch_size = batch_size
         self.cpus_per_task = max(1, int(cpus_per_task))
         self.shards_per_slot = max(1, int(shards_per_slot))
@@ -152,13 +151,13 @@ class RayShardedEncode:
         return None
 
     def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool, progress,
-                 averages: Sequence[int] = ()) -> EncodedClips:
+                 averages: Sequence[int] = (), precision: str = "fp32") -> EncodedClips:
         """Shards planned from the clips' lengths as their headers predict them, each sent as soon as its
         own clips are decoded, so the cluster encodes while this process decodes the rest; a decoded
         length that differs from its prediction cancels what was sent, and the shards are planned again
         from the decoded lengths (the batches, and so the bits, are always those of a local encode)."""
         expected = waves.expected_lengths() if isinstance(waves, ClipWaves) else None
-        asked = (boundaries, need_pooled, list(averages))
+        asked = (boundaries, need_pooled, list(averages), precision)   # (resolved by the cache: every node alike)
         pending = self.submit(waves, expected, *asked) if expected is not None else None
         if pending is None:
             pending = self.submit(waves, [len(w) for w in waves], *asked)
@@ -166,7 +165,7 @@ class RayShardedEncode:
         return self.gather(pending, len(waves), progress)
 
     def submit(self, waves, lengths: list[int], boundaries: list[int], need_pooled: bool,
-               averages: Sequence[int] = ()) -> dict | None:
+               averages: Sequence[int] = (), precision: str = "fp32") -> dict | None:
         """Send every shard (task ref -> the shard's clip positions); None, with nothing left running, when
         a decoded wave is not as long as ``lengths`` says."""
         import ray
@@ -184,7 +183,7 @@ class RayShardedEncode:
                 ends = np.cumsum([len(batches[b]) for b in shard])   # its batches as positions in its waves
                 local = [list(range(end - len(batches[b]), end)) for b, end in zip(shard, ends)]
                 pending[task.remote(self.encoder_spec, shard_waves, local, list(boundaries), need_pooled,
-                                    self.cpus_per_task, list(averages), self.precision)] = index
+                                    self.cpus_per_task, list(averages), precision)] = index
         except BaseException as exc:   # a wave not as predicted, a file that cannot be decoded, an interrupt
             for ref in pending:
                 ray.cancel(ref, force=True)

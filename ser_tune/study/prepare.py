@@ -96,7 +96,7 @@ def encode_once(table, encoder_spec: str, root: Path, max_lengths, boundary_tops
     lengths = [effective_max_length(m, table["duration"].to_numpy(float)) for m in max_lengths]
     audio_seconds = float(table["duration"].sum())
     precision = resolve_precision(precision)
-    spread = (RayShardedEncode(encoder_spec, precision=precision)
+    spread = (RayShardedEncode(encoder_spec)
               if ray.is_initialized() and spreading_pays(audio_seconds) else None)
     cache = FeatureCache(root, encoder_spec, spec_fingerprint(encoder_spec), lambda: load_encoder(encoder_spec),
                          encode_clips=spread, progress=True, precision=precision)

@@ -214,7 +214,9 @@ def test_killed_active_study_resumes_keeping_finished_trials(tmp_path):
     raw = yaml.safe_load(QUICKSTART.read_text())
     raw.update({"name": "resume", "encoder": "tiny-whisper", "storage": str(tmp_path / "studies"),
                 "corpus": {"name": "synthetic", "root": str(tmp_path / "corpus")}})
-    raw["trial"]["num_epochs"] = 12          # seconds a trial, 2 at a time: the kill comes mid-study
+    # about 2 s a trial on a fast CPU, 2 at a time: the kill comes mid-study (with 12 epochs a trial took 0.3 s on
+    # a Xeon with AMX, and the third had ended before the kill)
+    raw["trial"]["num_epochs"] = 150
     # three trials, two at a time: when the first has finished, the third has just begun
     acquisitions = ["entropy", "random", "coreset"]
     raw["active"].update({"acquisitions": acquisitions, "tapt": [False], "fractions": [0.2, 0.5, 1.0],
@@ -239,7 +241,7 @@ def test_killed_active_study_resumes_keeping_finished_trials(tmp_path):
                 reported = rounds_reported(result)   # read once: what was seen is what is kept
                 if reported[-1:] == [3]:
                     finished_before[result.parent.name] = reported
-            time.sleep(0.3)
+            time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)   # the driver and the Ray it started die mid-study
         proc.wait(timeout=60)

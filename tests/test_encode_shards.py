@@ -89,11 +89,11 @@ def test_concurrent_misses_encode_an_entry_once(clips, tmp_path):
     started = threading.Event()
 
     def slow_encode(cache):
-        def encode(waves, boundaries, need_pooled, progress, averages=(), precision="fp32"):
+        def encode(waves, boundaries, need_pooled, progress, averages=(), *, precision):
             calls.append(1)
             started.set()
             threading.Event().wait(0.5)                      # the other caller queues on the lock meanwhile
-            return cache.encode_here(waves, boundaries, need_pooled, progress, averages, precision)
+            return cache.encode_here(waves, boundaries, need_pooled, progress, averages, precision=precision)
         return encode
 
     caches = [_cache(tmp_path), _cache(tmp_path)]

@@ -194,7 +194,7 @@ class ClipEncode(Protocol):
     ``progress`` (a tqdm bar over the clips) is advanced as clips finish."""
 
     def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool,
-                 progress: tqdm, averages: Sequence[int] = (), precision: str = "fp32") -> EncodedClips: ...
+                 progress: tqdm, averages: Sequence[int] = (), *, precision: str) -> EncodedClips: ...
 
 
 def encode_progress(total: int, label: str, *, enabled: bool = True) -> tqdm:
@@ -325,7 +325,7 @@ class FeatureCache:
         self.stats.clips_encoded += len(waves)
 
     def encode_here(self, waves: Sequence[np.ndarray], boundaries: list[int], need_pooled: bool,
-                    progress: tqdm, averages: Sequence[int] = (), precision: str = "fp32") -> EncodedClips:
+                    progress: tqdm, averages: Sequence[int] = (), *, precision: str) -> EncodedClips:
         """The default ``encode_clips``: every batch in this process with the cache's encoder."""
         parts = []
         for part in encode_batches(self.encoder, waves, equal_length_batches(waves, self.batch_size),

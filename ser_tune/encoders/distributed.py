@@ -151,7 +151,7 @@ class RayShardedEncode:
         return None
 
     def __call__(self, waves: ClipWaves, boundaries: list[int], need_pooled: bool, progress,
-                 averages: Sequence[int] = (), precision: str = "fp32") -> EncodedClips:
+                 averages: Sequence[int] = (), *, precision: str) -> EncodedClips:
         """Shards planned from the clips' lengths as their headers predict them, each sent as soon as its
         own clips are decoded, so the cluster encodes while this process decodes the rest; a decoded
         length that differs from its prediction cancels what was sent, and the shards are planned again
@@ -165,7 +165,7 @@ class RayShardedEncode:
         return self.gather(pending, len(waves), progress)
 
     def submit(self, waves, lengths: list[int], boundaries: list[int], need_pooled: bool,
-               averages: Sequence[int] = (), precision: str = "fp32") -> dict | None:
+               averages: Sequence[int], precision: str) -> dict | None:
         """Send every shard (task ref -> the shard's clip positions); None, with nothing left running, when
         a decoded wave is not as long as ``lengths`` says."""
         import ray

@@ -61,8 +61,11 @@ def summarise(out: dict, seconds: float | None) -> dict:
             "trials_per_strategy": exp["budget"]["trials"], "launcher_seconds": seconds,
             "study_seconds": (meta.get("finished_at") or 0) - meta["started_at"],
             "encode_seconds": meta.get("encode_seconds"),
+            "ensemble": (exp.get("evaluation") or {}).get("ensemble", 1),
             "strategies": {name: {"nested_test_bca": s["nested_test_bca"], "gain_over_probe": s["gain_over_probe"],
-                                  "best_val_bca": s.get("best_val_bca")}
+                                  "best_val_bca": s.get("best_val_bca"),
+                                  **{k: s[k] for k in ("single_model_test_bca", "single_model_gain_over_probe")
+                                     if k in s}}
                            for name, s in out["strategies"].items()},
             "baselines": out["baselines"]}
 
@@ -74,12 +77,20 @@ def show(summary: dict) -> None:
     print(f"\n{summary['name']}: {summary['corpus']} ({summary['clips']} clips, {summary['speakers']} speakers, "
           f"{summary['labels']} classes), normalize={summary['normalize']}, {len(summary['outer_folds'])} outer x "
           f"{summary['cv_folds']} inner folds, study {summary['study_seconds'] / 60:.1f} min")
-    rows = [{"model": n, "test BCA (outer folds)": cell(s["nested_test_bca"]),
-             "folds": " ".join(f"{v:.2f}" for v in s["nested_test_bca"]["folds"] if v is not None),
-             "gain over probe": "-" if not s["gain_over_probe"] else
-             f"{s['gain_over_probe']['mean']:+.3f} (> 0 on {positive_folds(s['gain_over_probe'])} of "
-             f"{len(s['gain_over_probe']['folds'])} folds)"}
-            for n, s in summary["strategies"].items()]
+    def row(model: str, bca: dict, gain: dict | None) -> dict:
+        return {"model": model, "test BCA (outer folds)": cell(bca),
+                "folds": " ".join(f"{v:.2f}" for v in bca["folds"] if v is not None),
+                "gain over probe": "-" if not gain else
+                f"{gain['mean']:+.3f} (> 0 on {positive_folds(gain)} of {len(gain['folds'])} folds)"}
+
+    rows = []
+    for n, s in summary["strategies"].items():
+        if "single_model_test_bca" in s:   # an ensemble of each run's best configurations, and its best alone
+            rows.append(row(f"{n}, ensemble of {summary['ensemble']}", s["nested_test_bca"], s["gain_over_probe"]))
+            rows.append(row(f"{n}, best configuration alone", s["single_model_test_bca"],
+                            s["single_model_gain_over_probe"]))
+        else:
+            rows.append(row(n, s["nested_test_bca"], s["gain_over_probe"]))
     rows += [{"model": f"baseline {n}", "test BCA (outer folds)": cell(v),
               "folds": " ".join(f"{x:.2f}" for x in v["folds"] if x is not None), "gain over probe": ""}
              for n, v in summary["baselines"].items() if v]

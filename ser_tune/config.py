@@ -33,7 +33,10 @@ The schema, with defaults (see experiments/*.yaml for worked examples)::
                                     # constraints: e.g. ["latency_ms_per_s <= 50"]: infeasible trials rank last
                                     # deployment: measure every trial's deployment costs (DEPLOYMENT_METRICS;
                                     # also whenever metrics or constraints name one), latency as in latency:
-    evaluation: {outer_folds: 1}    # > 1: outer test folds of speakers (the study runs once per fold)
+    evaluation: {outer_folds: 1, ensemble: 1}
+                                    # outer_folds > 1: outer test folds of speakers (the study runs once per
+                                    # fold); ensemble > 1: a run's model is the mean class probabilities of
+                                    # its `ensemble` best configurations, each refit (training.ensemble)
     thresholds: [0.8, 0.9]
     crosscorpus: []                 # [{name, root, label_map}] evaluated after the study
 
@@ -275,6 +278,10 @@ class Evaluation(Section):
     outer_folds: PositiveInt = 1
 
 
+class SearchEvaluation(Evaluation):
+    ensemble: PositiveInt = 1   # > 1: a run's model is the mean of its best configurations' (training.ensemble)
+
+
 class StudyConfig(Section):
     """What every study file has: data, encoder, fixed trial settings, resources, where results go."""
     name: Name = Field(None, validate_default=True)
@@ -300,6 +307,7 @@ class StudyConfig(Section):
 
 class Experiment(StudyConfig):
     """A search study: the space, the strategies and their budget."""
+    evaluation: SearchEvaluation = Field(default_factory=SearchEvaluation)
     space: Annotated[dict, _searched(parse_space, paper_space), PlainSerializer(space_to_raw)] = Field(
         None, validate_default=True)
     grid: Annotated[Optional[dict], _searched(parse_grid)] = None
@@ -324,6 +332,12 @@ class Experiment(StudyConfig):
             raise invalid(f": '{both[0]}' is both fixed in trial and searched in the grid; keep one", "grid", both[0])
         if self.objective.cv_folds > 1 and self.split["kind"] == "random":
             raise invalid(SPEAKER_FOLDS, "objective", "cv_folds")
+        if self.evaluation.ensemble > 1 and self.evaluation.outer_folds == 1 and self.objective.cv_folds == 1:
+            raise invalid(": an ensemble averages refits of the best configurations, which a study makes with "
+                          "outer_folds > 1 or objective.cv_folds > 1", "evaluation", "ensemble")
+        if self.evaluation.ensemble > 1 and self.trial.get("task", "categories") == "dimensions":
+            raise invalid(": an ensemble averages class probabilities; task 'dimensions' has none",
+                          "evaluation", "ensemble")
         for i, threshold in enumerate(self.thresholds if self.objective.metric == "val_bca" else []):
             if not 0 <= threshold <= 1:
                 raise invalid(f"must be in [0, 1] for val_bca, a balanced class accuracy (got {threshold})",

@@ -28,12 +28,15 @@ from .config import Experiment
 from .encoders.precision import resolve as resolve_precision
 from .search import LIBRARY, make_plan
 from .search.base import native_config
+from .search.space import split_branch
+from .training.ensemble import ensemble_scores, read_listing, save_ensemble
 from .training.latency import LatencyCheck
 from .training.probe import CHOSEN, choose_normalization, normalised_probe
 from .training.settings import BRANCH, TrialSettings
 from .training.trainable import StudyContext, run_refit, run_trial
 from .study.driver import StudyError, StudyKind, Unit
-from .study.folder import FRONT_DIR, FRONT_FILE, REFIT_EXPORT, REFIT_UNIT, StudyFolder, TrialState
+from .study.folder import (FRONT_DIR, FRONT_FILE, REFIT_EXPORT, REFIT_UNIT, StudyFolder, TrialState,
+                           member_name)
 from .study.prepare import (cache_root, data_meta, encode_once, fold_plan, load_study_corpus, machine_info,
                       study_split)
 from .study.progress import TrialProgress
@@ -231,16 +234,18 @@ class StrategyStudy(StudyKind):
         study_best = folder.best_trial()
         if study_best is None:
             raise StudyError("no search trial finished with a metric: nothing to refit and export")
+        members = self.experiment.evaluation.ensemble   # > 1: each run's best configurations, an ensemble
+        structural = self.structural_settings()
         jobs = {}
         for name, meta in folder.units.items():
             tags = meta.get("tags") or {}
             if name == REFIT or meta.get("status") != "done":
                 continue
-            best = folder.best_trial(unit=name)
-            if best is not None:
-                jobs[name] = refit_job(best, int(tags.get("outer_fold", 0)))
+            for rank, trial in enumerate(folder.top_trials(members, unit=name, structural=structural), start=1):
+                jobs[member_name(name, rank)] = refit_job(trial, int(tags.get("outer_fold", 0)))
         if len(self.plan.outer) > 1:
-            jobs[EXPORT] = refit_job(study_best, len(self.plan.outer))
+            for rank, trial in enumerate(folder.top_trials(members, structural=structural), start=1):
+                jobs[member_name(EXPORT, rank)] = refit_job(trial, len(self.plan.outer))
         context = self.context(folder, REFIT, 0, 0)
         context.assignments = [self.plan.outer[f].map(lambda p: "test" if p == "test" else "train")
                                for f in range(len(self.plan.outer))] + [self.plan.outer[0].map(lambda p: "train")]
@@ -250,11 +255,18 @@ class StrategyStudy(StudyKind):
         return Unit(name=REFIT, trainable=run_refit, warm=True, context=context,
                     param_space={"refit_of": tune.grid_search(list(jobs))}, expected_trials=len(jobs),
                     tags={"strategy": REFIT, "outer_fold": -1, "repeat": 0, "baseline": True},
-                    info={"budget": len(jobs), "notes": "each run's best configuration refit on its outer fold's "
-                                                        "training and validation speakers, scored on its test "
-                                                        "speakers" + ("; the study's best on every speaker, "
-                                                                      "exported" if EXPORT in jobs else "")},
+                    info={"budget": len(jobs), "notes": (
+                        ("each run's best configuration" if members == 1 else
+                         f"each run's {members} best configurations (an ensemble)")
+                        + " refit on its outer fold's training and validation speakers, scored on its test speakers"
+                        + ("; the study's best on every speaker, exported" if EXPORT in jobs else ""))},
                     progress=TrialProgress(REFIT, len(jobs), "test_bca", "max", fields=("refit_of", "cfg_num_epochs")))
+
+    def structural_settings(self) -> frozenset:
+        """The settings an ensemble's members differ in first: the space's choices (a branch's by its
+        setting name), e.g. the head family, the layer read, the pooling and the normalisation."""
+        return frozenset(split_branch(name)[1] for name, param in self.experiment.space.items()
+                         if param.kind == "choice")
 
     def trial_row(self, unit: Unit, result) -> dict:
         """With constraints, whether the trial meets them all (``feasible``)."""
@@ -263,6 +275,8 @@ class StrategyStudy(StudyKind):
 
     def finish(self, folder: StudyFolder) -> None:
         if self.needs_refit():
+            if self.experiment.evaluation.ensemble > 1:
+                record_ensembles(folder)
             export_refit(folder, folder.best_trial())
         else:
             export_best(folder)
@@ -282,17 +296,54 @@ def export_best(folder: StudyFolder) -> Path | None:
 
 def export_refit(folder: StudyFolder, best: pd.Series | None) -> Path | None:
     """Export the refit on every speaker (several outer folds), else the refit of the run that holds the
-    study's best trial ``best``."""
+    study's best trial ``best``; with an ensemble's members refit, the ensemble of them."""
     trials = folder.trials
     refit = trials[(trials["unit"] == REFIT) & (trials["status"] == TrialState.TERMINATED.value)]
     if "refit_of" in refit:   # (a study folder from before per-run refits has the export's row alone)
-        chosen = refit[refit["refit_of"] == EXPORT]
+        chosen = folder.refit_members(EXPORT)
         if chosen.empty and best is not None:
-            chosen = refit[refit["refit_of"] == best["unit"]]
+            chosen = folder.refit_members(best["unit"])
         refit = chosen
     if refit.empty or pd.isna(refit.iloc[0].get("model_dir")):
         return None
+    members = [Path(d) for d in refit["model_dir"] if not pd.isna(d) and Path(d).exists()]
+    if len(refit) > 1 and len(members) == len(refit):
+        return export_ensemble(folder, members, refit)
     return export_model(folder, Path(refit.iloc[0]["model_dir"]), refit.iloc[0])
+
+
+def record_ensembles(folder: StudyFolder) -> None:
+    """study.json "ensembles": for each run with more than one refit member, the members' refit trials and
+    the test metrics of their mean class probabilities (what ``held_out_trial`` reports for the run). A
+    run whose members' probability files are gone is left out (its best configuration alone stands)."""
+    ensembles = {}
+    for unit in [*folder.units, EXPORT]:
+        members = folder.refit_members(unit)
+        if len(members) < 2 or "test_probabilities" not in members:
+            continue
+        files = [Path(f) for f in members["test_probabilities"] if not pd.isna(f)]
+        if len(files) < len(members) or not all(f.exists() for f in files):
+            continue
+        ensembles[unit] = {"members": [str(t) for t in members["trial_id"]],
+                           "configurations": [str(t) for t in members["refit_trial"]], **ensemble_scores(files)}
+    folder.meta["ensembles"] = ensembles
+    folder.save_meta()
+
+
+def export_ensemble(folder: StudyFolder, members: list[Path], refit: pd.DataFrame) -> Path:
+    """``best_model/`` as the ensemble of the refit models ``members`` (rows ``refit``, best first)."""
+    info = {"refit_trials": [str(t) for t in refit["trial_id"]],
+            "configurations": [str(t) for t in refit["refit_trial"]], "study": str(folder.dir)}
+    target = save_ensemble(folder.best_model_dir, members, info)
+    for member, (_, row) in zip(read_listing(target)["members"], refit.iterrows()):
+        path = target / member / "model.json"   # as export_model marks its copy: whose study and trial
+        path.write_text(json.dumps({**json.loads(path.read_text()), "study": str(folder.dir),
+                                    "strategy": row["strategy"], "trial_id": row["trial_id"]}, indent=2))
+    first = refit.iloc[0]
+    folder.meta["best_model"] = {"path": str(target), "strategy": first["strategy"], "trial_id": first["trial_id"],
+                                 "unit": first["unit"], "ensemble": len(members)}
+    folder.save_meta()
+    return target
 
 
 def refit_job(best: pd.Series, assignment: int) -> dict:

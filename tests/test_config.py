@@ -220,7 +220,7 @@ def test_new_fields_default_to_todays_behaviour():
     assert (exp.budget.repeats, exp.budget.repeat_over) == (1, ["searcher"])
     assert (exp.corpus.drop_labels, exp.corpus.min_duration) == ([], 0.25)
     saved = exp.to_dict()
-    assert saved["objective"]["cv_folds"] == 1 and saved["evaluation"] == {"outer_folds": 1}
+    assert saved["objective"]["cv_folds"] == 1 and saved["evaluation"] == {"outer_folds": 1, "ensemble": 1}
     assert saved["budget"]["repeats"] == 1 and saved["budget"]["repeat_over"] == ["searcher"]
     assert saved["corpus"]["drop_labels"] == [] and saved["corpus"]["min_duration"] == 0.25
 
@@ -316,7 +316,7 @@ def test_unknown_keys_are_named_with_their_place(raw, field):
 
 
 def test_known_keys_are_listed():
-    with pytest.raises(ConfigError, match=r"evaluation\.inner is not a known key; known keys: outer_folds$"):
+    with pytest.raises(ConfigError, match=r"evaluation\.inner is not a known key; known keys: outer_folds, ensemble$"):
         experiment_from_dict(_with(evaluation={"inner": 1}))
     with pytest.raises(ConfigError, match="known keys: trials, minutes, repeats, repeat_over, warmup$"):
         experiment_from_dict(_with(budget__trails=3))

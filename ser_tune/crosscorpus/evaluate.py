@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..data.labels import LabelMapper
+from ..training.ensemble import best_member, is_ensemble
 from ..training.settings import FRAME_HEADS
 from .baselines import predict_head, random_head_baseline, scores, source_baseline
 from .features import OriginalFeatures, embed_files, encoder_fine_tuned, normalized_features
@@ -38,6 +39,10 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
     model_dir = Path(model_dir).expanduser().resolve()
     if not model_dir.is_dir():
         raise CrossCorpusError(f"{model_dir}: model folder not found")
+    ensemble_note = []
+    if is_ensemble(model_dir):   # evaluation here reads one head: the ensemble's best configuration
+        model_dir = model_dir / best_member(model_dir)
+        ensemble_note = [f"the model is an ensemble: its best configuration alone ({model_dir.name}) is evaluated"]
     if not isinstance(targets, (list, tuple)) or not targets:
         raise CrossCorpusError("targets: give at least one target corpus {name, root, label_map}")
     checked = [check_target(t, f"targets[{i}]") for i, t in enumerate(targets)]
@@ -55,7 +60,7 @@ def evaluate_cross_corpus(model_dir, targets: list[dict], *, source: dict | None
         raise CrossCorpusError(f"{model_dir}: its {head} head reads frames; cross-corpus "
                                "evaluation reads pooled features (models with a linear, mlp or logreg head)")
     mapper = LabelMapper(labels)
-    notes = []
+    notes = list(ensemble_note)
     if source is None:
         source = study_source(model.meta)
         if source is None:
@@ -154,7 +159,7 @@ def run_for_study(study_dir, experiment_crosscorpus_list: list[dict], *, seed: i
     if not experiment_crosscorpus_list:
         return {}
     model_dir = StudyFolder(study_dir).best_model_dir
-    if not (model_dir / "model.json").is_file():
+    if not (model_dir / "model.json").is_file() and not is_ensemble(model_dir):
         raise CrossCorpusError(f"{model_dir}: the study exported no best model (no finished trial?)")
     targets = []
     for i, item in enumerate(experiment_crosscorpus_list):

@@ -30,11 +30,12 @@ def outer_folds(study: StudyFolder) -> list[dict]:
     return [{"test_speakers": (study.meta.get("split") or {}).get("test_speakers", [])}]
 
 
-def fold_values(study: StudyFolder, strategy: str) -> dict[int, float]:
-    """Outer fold -> the strategy's test metric there: per run, its held-out trial's; mean over repeats."""
+def fold_values(study: StudyFolder, strategy: str, *, single: bool = False) -> dict[int, float]:
+    """Outer fold -> the strategy's test metric there: per run, its held-out trial's (``single``: its best
+    configuration's alone, where the held-out model is an ensemble); mean over repeats."""
     by_fold: dict[int, list[float]] = {}
     for unit in study.runs(strategy):
-        best = study.held_out_trial(unit)
+        best = study.single_held_out_trial(unit) if single else study.held_out_trial(unit)
         value = best.get(study.test_metric) if best is not None else None
         if value is None or pd.isna(value):
             continue
@@ -75,6 +76,11 @@ def held_out_summary(study: StudyFolder, strategies: dict) -> dict:
         values = fold_values(study, name)
         entry["nested_test_bca"] = spread(values, n)
         entry["gain_over_probe"] = gain(values, probe_values(study, paired if paired in probes else "none"))
+        if study.meta.get("ensembles"):   # the ensemble's best member alone, beside it
+            alone = fold_values(study, name, single=True)
+            entry["single_model_test_bca"] = spread(alone, n)
+            entry["single_model_gain_over_probe"] = gain(alone, probe_values(study, paired if paired in probes
+                                                                             else "none"))
     baselines = {"default": spread(fold_values(study, DEFAULT), n) if study.runs(DEFAULT) else None,
                  "probe": spread(probe_values(study), n) if probes else None}
     baselines.update({f"probe_{kind}": spread(probe_values(study, kind), n) for kind in probes
@@ -95,8 +101,16 @@ def gain(model: dict[int, float], probe: dict[int, float]) -> dict | None:
 def held_out_table(study: StudyFolder, summary: dict) -> pd.DataFrame:
     """The report's table: one row per strategy and baseline, each outer fold's test metric, their
     mean ± sd, and for strategies the paired gain over the probe."""
-    rows = [{"model": name, **row_cells(entry["nested_test_bca"]), "gain": entry.get("gain_over_probe")}
-            for name, entry in summary["strategies"].items()]
+    rows = []
+    for name, entry in summary["strategies"].items():
+        if entry.get("single_model_test_bca"):
+            members = int((study.meta.get("experiment") or {}).get("evaluation", {}).get("ensemble", 1))
+            rows.append({"model": f"{name}, ensemble of its {members} best configurations",
+                         **row_cells(entry["nested_test_bca"]), "gain": entry.get("gain_over_probe")})
+            rows.append({"model": f"{name}, its best configuration alone", **row_cells(entry["single_model_test_bca"]),
+                         "gain": entry.get("single_model_gain_over_probe")})
+        else:
+            rows.append({"model": name, **row_cells(entry["nested_test_bca"]), "gain": entry.get("gain_over_probe")})
     for name, values in summary["baselines"].items():
         if values is not None:
             label = {"default": "untuned default configuration", "probe": "linear probe (frozen features)"}.get(

@@ -158,6 +158,9 @@ def held_out_section(study: StudyFolder, entry: dict, several: bool) -> str:
             "speakers (in the column head), as the probe is. The linear probe is logistic regression on the "
             "frozen features, its layer and C chosen on the same inner folds as the trials; the default is the "
             "untuned settings, refit the same way. "
+            + ("With an ensemble (`evaluation.ensemble`), a strategy's model on a fold is the mean of the class "
+               "probabilities of its run's best configurations (the best of each structure first: head, layer, "
+               "pooling, normalisation), each refit so; the best alone is in the row below it. " if study.meta.get("ensembles") else "")
             + ("The gain is the strategy's value minus the probe's on the one test fold: one fold has no spread "
                "and allows no test (`evaluation.outer_folds: 5` tests every speaker once and gives a paired "
                "Wilcoxon p).\n" if one else
@@ -177,6 +180,10 @@ def exported_note(study: StudyFolder) -> str:
         return f"\nExported model: {study.unit_meta(REFIT_UNIT).get('notes', 'a refit')}.\n"
     row = rows.iloc[0]
     speakers = "every speaker" if row.get("refit_of") == REFIT_EXPORT else "the training and validation speakers"
+    if exported.get("ensemble"):
+        return (f"\nExported model: the ensemble of the {exported['ensemble']} best configurations by the validation "
+                f"objective (the mean of their class probabilities), each refit on {speakers}; the best is trial "
+                f"{row['refit_trial']} ({row['refit_unit']}).\n")
     return (f"\nExported model: trial {row['refit_trial']} ({row['refit_unit']}), the best configuration by the "
             f"validation objective, refit on {speakers} for {int(row['best_epoch'])} epochs.\n")
 

@@ -5,6 +5,8 @@ A study folder holds everything needed to report on a study and to resume it::
     study.json        what was run and how it went: experiment, corpus, splits, machine, the shared
                       encode, and one entry per unit of work under "units" (status, start, end, tags);
                       a strategy search also keeps "strategies" (budget, warm-up, notes per strategy)
+                      and, with evaluation.ensemble > 1, "ensembles" (per run: its refit members
+                      and the test metrics of their mean class probabilities)
     split.json        the speaker split (train / val / test clip paths); splits.json with outer folds
     trials.csv        one row per trial: unit, its tags (strategy, repeat, outer_fold, ...), status,
                       the searched settings (cfg_*), final metrics, seconds, node
@@ -12,7 +14,8 @@ A study folder holds everything needed to report on a study and to resume it::
     rounds.csv        an active-learning study's rounds, one row per trial x round
     <unit>/           Ray Tune's experiment folder of each unit (for --resume)
     _trial_state/     each trial's own epoch state and reports (written by the trainable)
-    report.md, summary.json, plots/, best_model/   written at the end
+    report.md, summary.json, plots/, best_model/   written at the end (best_model/: a model folder, or
+                      an ensemble's: ensemble.json and members/<rank>/, training.ensemble)
     front/            with several objectives (or measured deployment costs): the exported model of
                       each trial on the study's Pareto front, front/<trial_id>/, and front/front.json
                       listing them with their objectives (what ``predict --max-latency`` chooses from)
@@ -61,6 +64,12 @@ TEXT_COLUMNS = {"strategy": str, "trial_id": str, "status": str, "error": str, "
 UNIT_DONE, UNIT_RUNNING, UNIT_INTERRUPTED = "done", "running", "interrupted"
 REFIT_UNIT = "refit"   # runs' best configurations trained again on every search speaker (and the export)
 REFIT_EXPORT = "study"   # the refit unit's trial of the study's best configuration on every speaker
+MEMBER_MARK = "@"        # "tpe-f0@2": the refit of a run's second-best configuration (an ensemble's member)
+
+
+def member_name(unit: str, rank: int) -> str:
+    """The refit job of ``unit``'s ``rank``-th best configuration (rank 1: the unit's own name)."""
+    return unit if rank == 1 else f"{unit}{MEMBER_MARK}{rank}"
 
 
 # The columns a front row carries besides the objectives: the latency on both clocks and its spread.
@@ -319,6 +328,33 @@ class StudyFolder:
             trials = self.trials[self.trials["strategy"].isin(self.strategies)]
         return trials[(trials["status"] == TrialState.TERMINATED.value) & trials[self.metric].notna()]
 
+    def top_trials(self, count: int, strategy: str | None = None, *, unit: str | None = None,
+                   structural: frozenset = frozenset()) -> list[pd.Series]:
+        """An ensemble's members: up to ``count`` of the best trials by ``best_trial``'s rule (the first is
+        it), each the best of its structure (its values of the ``structural`` settings, e.g. the searched
+        choices: head, layer, pooling) while there are other structures; then the next best configurations,
+        each once. Members that differ in a learning rate or a shrinkage alone predict nearly alike, and
+        an average of near-copies is one model (a model-based searcher's best few are often that)."""
+        ended = self.ended_trials(strategy, unit=unit)
+        if ended.empty:
+            return []
+        constraints = self.constraints if measured(ended, self.constraints) else []
+        ranked = [trial for _, trial in rank_with_constraints(ended, self.metric, self.mode, constraints).iterrows()]
+        configs = [self.trial_config(trial) for trial in ranked]
+        chosen, structures, seen = [], set(), set()
+        for structured in (True, False):
+            for trial, config in zip(ranked, configs):
+                key = json.dumps(config, sort_keys=True, default=str)
+                structure = json.dumps({k: v for k, v in config.items() if k in structural}, sort_keys=True,
+                                       default=str)
+                if len(chosen) == count or key in seen or (structured and structure in structures):
+                    continue
+                seen.add(key)
+                structures.add(structure)
+                chosen.append((trial, config))
+        order = {id(trial): i for i, trial in enumerate(ranked)}
+        return [trial for trial, _ in sorted(chosen, key=lambda c: order[id(c[0])])]
+
     def best_trial(self, strategy: str | None = None, *, unit: str | None = None) -> pd.Series | None:
         """The one definition of the best trial, which the study exports and the report names: among
         ``ended_trials``, one that meets every constraint before any that does not, then the best metric;
@@ -332,9 +368,32 @@ class StudyFolder:
 
     def held_out_trial(self, unit: str) -> pd.Series | None:
         """The trial whose test metric is a run's held-out figure: the refit of its best configuration when
-        the study made one (its trials trained on inner folds), else its best trial."""
+        the study made one (its trials trained on inner folds), else its best trial. With an ensemble
+        (``evaluation.ensemble`` > 1), that refit's row with the ensemble's test metrics (``ensemble_of``:
+        its members' refit trials); ``single_held_out_trial`` keeps the best configuration's own."""
+        single = self.single_held_out_trial(unit)
+        ensemble = (self.meta.get("ensembles") or {}).get(unit)
+        if single is None or not ensemble:
+            return single
+        metrics = {k: v for k, v in ensemble.items() if k.startswith("test_")}
+        return pd.concat([single.drop(labels=[k for k in metrics if k in single.index]),
+                          pd.Series({**metrics, "ensemble_of": " ".join(ensemble["members"])})])
+
+    def single_held_out_trial(self, unit: str) -> pd.Series | None:
+        """``held_out_trial`` of the run's best configuration alone (an ensemble's first member)."""
         refit = self.refit_of(unit)
         return refit if refit is not None else self.best_trial(unit=unit)
+
+    def refit_members(self, unit: str) -> pd.DataFrame:
+        """The ended refits of ``unit``'s best configurations (``member_name``), best first."""
+        trials = self.trials
+        if "refit_of" not in trials:
+            return trials.iloc[0:0]
+        refit = trials[(trials["unit"] == REFIT_UNIT) & (trials["status"] == TrialState.TERMINATED.value)]
+        names = refit["refit_of"].astype(str)
+        rank = names.map(lambda n: 1 if n == unit else (int(n.rsplit(MEMBER_MARK, 1)[1])
+                                                        if n.startswith(unit + MEMBER_MARK) else 0))
+        return refit[rank > 0].assign(member_rank=rank[rank > 0]).sort_values("member_rank", kind="mergesort")
 
     def feasible_trials(self, strategy: str | None = None) -> pd.DataFrame:
         """The ended search trials (of ``strategy``, or of every strategy) that have every front objective

@@ -145,6 +145,10 @@ class TunedModel:
     encoder: SpeechEncoder
     head: nn.Module     # an EmotionHead (pooled statistics), or an AttentiveHead (frames)
     norm: dict = field(default_factory=dict)   # the training clips' feature statistics ("mean", "std")
+    frozen: bool = False   # its encoder is the spec's own weights (none trained, none injected)
+    # pooled features by (id(wave), pooling), shared by an ensemble's frozen members of one encoder: one
+    # encode a clip for all of them (training.ensemble.EnsembleModel fills and clears it)
+    shared_embeddings: dict | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -191,10 +195,16 @@ class TunedModel:
         averaged_from = self.meta.get("average_frames_from")
         if averaged_from is not None:
             return self.pooled_with_averaged_frames(wave, int(averaged_from), pooling)
+        shared = self.shared_embeddings if not self.reads_frames else None
+        if shared is not None and (id(wave), pooling) in shared:
+            return shared[(id(wave), pooling)]
         states, mask = self.hidden_states(wave)
         if self.reads_frames:
             return self.frames(states, mask)
-        return pool_states(states, mask, pooling)
+        pooled = pool_states(states, mask, pooling)
+        if shared is not None:
+            shared[(id(wave), pooling)] = pooled
+        return pooled
 
     def pooled_with_averaged_frames(self, wave: np.ndarray, boundary: int, pooling: str) -> torch.Tensor:
         """``embed`` of a model whose trained layers (those above hidden state ``boundary``) read that state's
@@ -292,11 +302,19 @@ class TunedModel:
         return result
 
 
-def load_model(folder: str | Path, encoder_loader: Callable[[str], SpeechEncoder] | None = None) -> TunedModel:
+def load_model(folder: str | Path, encoder_loader: Callable[[str], SpeechEncoder] | None = None):
     """The tuned model in ``folder``; a ModelFolderError naming the file for anything that does not fit.
     ``encoder_loader`` (default ``load_encoder``) gives a fresh encoder of a spec, e.g. a copy of one a
-    process keeps loaded; it is truncated here when the folder says so."""
+    process keeps loaded; it is truncated here when the folder says so. An ensemble's folder
+    (``ensemble.json``) gives a ``training.ensemble.EnsembleModel`` of its members, each loaded so."""
+    from .ensemble import EnsembleError, is_ensemble, load_ensemble
+
     folder = Path(folder)
+    if is_ensemble(folder):
+        try:
+            return load_ensemble(folder, lambda member: load_model(member, encoder_loader))
+        except EnsembleError as err:
+            raise ModelFolderError(str(err)) from None
     meta = read_meta(folder)
     weights_path = folder / WEIGHTS_FILE
     weights = read_weights(weights_path)
@@ -321,7 +339,8 @@ def load_model(folder: str | Path, encoder_loader: Callable[[str], SpeechEncoder
     encoder.eval()
     if meta.get("settings", {}).get("normalize", "none") != "none" and set(weights["norm"]) != {"mean", "std"}:
         raise ModelFolderError(f"{weights_path}: a model with normalised features needs norm.mean and norm.std")
-    return TunedModel(meta=meta, encoder=encoder, head=head, norm=weights["norm"])
+    return TunedModel(meta=meta, encoder=encoder, head=head, norm=weights["norm"],
+                      frozen=not weights["encoder"] and not meta.get("peft"))
 
 
 def read_meta(folder: Path) -> dict:

@@ -133,6 +133,9 @@ class TrialResult:
     state: dict = field(repr=False)          # best epoch's head + trained encoder weights
     settings: dict = field(default_factory=dict)
     test_predictions: np.ndarray | None = field(default=None, repr=False)
+    # (test clips, classes) softmax probabilities of the kept model, and the clips' rows of the trial's data
+    test_probabilities: np.ndarray | None = field(default=None, repr=False)
+    test_rows: np.ndarray | None = field(default=None, repr=False)
     num_states: int = 0
     hidden_size: int = 0
     val_metrics: dict = field(default_factory=dict)    # every validation metric at the best epoch
@@ -651,11 +654,14 @@ class FineTuner:
             p.data.copy_(kept["encoder"][name])
         encoder_live = kept["encoder_trained"] or state.live_from_start
         test_idx = self.data.parts["test"]
-        test_metrics, test_conf, preds = {}, None, None
+        test_metrics, test_conf, preds, probabilities = {}, None, None, None
         if len(test_idx):
             t0 = time.perf_counter()
             out = self._outputs(state.model, test_idx, state.boundary if encoder_live else None)
             test_metrics, test_conf, preds = self.targets.test_scores(test_idx, out)
+            if self.targets.n_classes:
+                logits = torch.from_numpy(out[:, :self.targets.n_classes]).double()
+                probabilities = torch.softmax(logits, dim=1).numpy()
             self.seconds["train"] += time.perf_counter() - t0
         n_train = sum(p.numel() for p in head.parameters() if p.requires_grad) + sum(
             p.numel() for p in state.trained.values())
@@ -672,7 +678,8 @@ class FineTuner:
                            cache=cache_stats, trainable_params=n_train, total_params=n_total,
                            state={"head": kept["head"], "encoder": encoder_state if changed else {},
                                   "norm": self.norm.tensors() if self.norm is not None else {}},
-                           settings=self.s.to_dict(), test_predictions=preds, num_states=state.num_states,
+                           settings=self.s.to_dict(), test_predictions=preds, test_probabilities=probabilities,
+                           test_rows=np.asarray(test_idx), num_states=state.num_states,
                            hidden_size=state.hidden_size,
                            val_metrics=dict(best["metrics"]), test_metrics=test_metrics)
 

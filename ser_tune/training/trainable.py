@@ -23,6 +23,7 @@ import torch
 from ..data import SAMPLE_RATE, AudioStore
 from ..encoders import SpeechEncoder, load_encoder
 from .crossval import FoldedRun
+from .ensemble import save_test_probabilities
 from .export import to_jsonable
 from .finetune import STATE_FILE, FineTuner, TrialData
 from .latency import LatencyCheck, deployment_costs
@@ -162,7 +163,12 @@ def run_refit(config: dict, context: StudyContext, trial_id: str) -> dict:
         tuner.save_state(state, state_dir)
     result = tuner.finish(state)
     tuner.export(result, state_dir / "model", source=context.model_source(job["assignment"]))
-    return {**log.last(), **result.test_metrics, **tuner.timing(), "model_dir": str(state_dir / "model"),
+    kept = {}
+    if result.test_probabilities is not None:   # what an ensemble of refits averages (training.ensemble)
+        kept["test_probabilities"] = str(save_test_probabilities(
+            state_dir, result.test_probabilities, data.y[result.test_rows],
+            [data.paths[i] for i in result.test_rows]))
+    return {**log.last(), **result.test_metrics, **tuner.timing(), "model_dir": str(state_dir / "model"), **kept,
             "best_epoch": result.best_epoch, "trainable_params": result.trainable_params,
             "total_params": result.total_params, "refit_of": config["refit_of"],
             "refit_trial": job["trial_id"], "refit_unit": job["unit"],

@@ -328,3 +328,17 @@ def test_storage_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
     assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {storage}/t-"), run.stderr[-2000:]
     assert errors[0].endswith(": Read-only file system")
+
+
+def test_a_trial_s_reports_survive_a_result_line_cut_off_by_a_kill(tmp_path):
+    """Ray reads result.json whole and gives no rows when one line is cut off (the driver killed while it
+    wrote the final row): the trial's complete rows are still its reports."""
+    from ser_tune.study.driver import trial_reports
+
+    rows = [{"round": r, "test_bca": 0.5 + r / 10, "timestamp": 100 + r} for r in (1, 2, 3)]
+    (tmp_path / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"round": 3, "do')
+    result = SimpleNamespace(metrics={"round": 3, "test_bca": 0.8}, path=str(tmp_path),
+                             metrics_dataframe=pd.DataFrame())
+    assert trial_reports(result) == rows
+    # nothing reported: nothing read
+    assert trial_reports(SimpleNamespace(metrics={}, path=str(tmp_path), metrics_dataframe=None)) == []

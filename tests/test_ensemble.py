@@ -128,6 +128,13 @@ def test_a_nested_study_with_an_ensemble_scores_exports_and_predicts_it(tmp_path
     assert len(calls) == len(waves)
     for mine, theirs in zip(together, rows):
         assert mine["probabilities"] == pytest.approx(theirs["probabilities"], abs=1e-6)
+    # BENCHMARKS' cost of predicting with it, beside its best member (bench/ensemble_latency.py)
+    bench = subprocess.run([sys.executable, "bench/ensemble_latency.py", str(best), "--clips", "3", "--repeats", "1",
+                            "--out", str(tmp_path / "latency.json")], cwd=REPO, text=True, capture_output=True,
+                           timeout=300)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    figures = json.loads((tmp_path / "latency.json").read_text())["figures"]
+    assert figures["members"] == 3 and figures["encoders"] == 1 and figures["clips"] == 3 and figures["ratio"] > 0
     for i, row in enumerate(rows):
         expected = {label: np.mean([a[i]["probabilities"][label] for a in alone]) for label in row["probabilities"]}
         assert row["probabilities"] == pytest.approx(expected, abs=1e-6)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from ..training.trainable import TRIAL_COMPLETE as FINAL_KEY
-from ..training.trainable import read_reports
+from ..training.trainable import read_json_lines, read_reports
 from . import lost_state, warm
 from .folder import (EPOCHS_FILE, TRIALS_FILE, UNIT_DONE, UNIT_INTERRUPTED, UNIT_RUNNING, StudyFolder,
                      active_seconds)
@@ -338,19 +338,8 @@ def trial_reports(result) -> list[dict]:
     if (frame is None or frame.empty) and result.metrics and result.path:
         # Ray reads a trial's result.json whole and gives nothing when one line fails: a driver killed while
         # it wrote a row (the final "done" one, after the trial's last report) leaves that line cut off.
-        return ray_result_rows(Path(result.path) / "result.json")
+        return read_json_lines(Path(result.path) / "result.json")
     return frame.to_dict("records") if frame is not None else []
-
-
-def ray_result_rows(path: Path) -> list[dict]:
-    """The rows of a trial's Ray result.json (JSON lines), leaving out a line cut off by a kill."""
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 # Ray's own bookkeeping in every result: not a trial's metric

@@ -335,15 +335,11 @@ class StudyFolder:
         choices: head, layer, pooling) while there are other structures; then the next best configurations,
         each once. Members that differ in a learning rate or a shrinkage alone predict nearly alike, and
         an average of near-copies is one model (a model-based searcher's best few are often that)."""
-        ended = self.ended_trials(strategy, unit=unit)
-        if ended.empty:
-            return []
-        constraints = self.constraints if measured(ended, self.constraints) else []
-        ranked = [trial for _, trial in rank_with_constraints(ended, self.metric, self.mode, constraints).iterrows()]
+        ranked = [trial for _, trial in self.ranked_trials(strategy, unit=unit).iterrows()]
         configs = [self.trial_config(trial) for trial in ranked]
-        chosen, structures, seen = [], set(), set()
+        chosen, structures, seen = set(), set(), set()   # chosen: positions in ``ranked``
         for structured in (True, False):
-            for trial, config in zip(ranked, configs):
+            for i, config in enumerate(configs):
                 key = json.dumps(config, sort_keys=True, default=str)
                 structure = json.dumps({k: v for k, v in config.items() if k in structural}, sort_keys=True,
                                        default=str)
@@ -351,20 +347,24 @@ class StudyFolder:
                     continue
                 seen.add(key)
                 structures.add(structure)
-                chosen.append((trial, config))
-        order = {id(trial): i for i, trial in enumerate(ranked)}
-        return [trial for trial, _ in sorted(chosen, key=lambda c: order[id(c[0])])]
+                chosen.add(i)
+        return [ranked[i] for i in sorted(chosen)]
 
     def best_trial(self, strategy: str | None = None, *, unit: str | None = None) -> pd.Series | None:
         """The one definition of the best trial, which the study exports and the report names: among
         ``ended_trials``, one that meets every constraint before any that does not, then the best metric;
         ties: the earliest. A constraint on a column no trial reported (e.g. val_ccc in a categorical
         study) is left out."""
+        ranked = self.ranked_trials(strategy, unit=unit)
+        return None if ranked.empty else ranked.iloc[0]
+
+    def ranked_trials(self, strategy: str | None = None, *, unit: str | None = None) -> pd.DataFrame:
+        """``ended_trials`` best first by ``best_trial``'s rule."""
         ended = self.ended_trials(strategy, unit=unit)
         if ended.empty:
-            return None
+            return ended
         constraints = self.constraints if measured(ended, self.constraints) else []
-        return rank_with_constraints(ended, self.metric, self.mode, constraints).iloc[0]
+        return rank_with_constraints(ended, self.metric, self.mode, constraints)
 
     def held_out_trial(self, unit: str) -> pd.Series | None:
         """The trial whose test metric is a run's held-out figure: the refit of its best configuration when

@@ -21,11 +21,12 @@ with trained encoder layers encodes for itself).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .metrics import bca, confusion
+from .metrics import bca, class_probabilities_of, confusion
 
 TEST_PROBABILITIES = "test_probabilities.npz"
 ENSEMBLE_FILE = "ensemble.json"
@@ -78,8 +79,6 @@ def ensemble_scores(paths) -> dict:
 def save_ensemble(folder: str | Path, members: list[Path], info: dict) -> Path:
     """An ensemble model folder: each member model folder copied to ``members/<rank>/`` and
     ``ensemble.json`` (format, member folders in rank order, ``info``: e.g. their trials)."""
-    import shutil
-
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
     names = []
@@ -128,9 +127,7 @@ class EnsembleModel:
         total = 0.0
         try:
             for member in self.members:
-                logits = member.outputs(waves, speakers)[:, : member.n_classes]
-                odds = np.exp(logits - logits.max(1, keepdims=True))
-                total = total + odds / odds.sum(1, keepdims=True)
+                total = total + class_probabilities_of(member.outputs(waves, speakers)[:, : member.n_classes])
         finally:
             for embeddings in self.shared:   # keyed by the waves' ids: valid for this call only
                 embeddings.clear()

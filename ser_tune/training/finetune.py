@@ -39,6 +39,7 @@ from ..encoders.precision import compute, resolve as resolve_precision
 from .augment import augment_frames, mixup_pairs
 from .export import cut_at_read_layer, save_model
 from .head import AttentiveHead, frame_moments, load_fitted, make_head, pool_states, stack_statistics
+from .metrics import class_probabilities_of
 from .normalize import FeatureNorm
 from .peft import PeftPlan, apply_peft, check_peft_settings, start_from
 from .settings import FITTED_HEADS, TrialSettings
@@ -133,9 +134,8 @@ class TrialResult:
     state: dict = field(repr=False)          # best epoch's head + trained encoder weights
     settings: dict = field(default_factory=dict)
     test_predictions: np.ndarray | None = field(default=None, repr=False)
-    # (test clips, classes) softmax probabilities of the kept model, and the clips' rows of the trial's data
+    # (test clips, classes) softmax probabilities of the kept model, in the order of data.parts["test"]
     test_probabilities: np.ndarray | None = field(default=None, repr=False)
-    test_rows: np.ndarray | None = field(default=None, repr=False)
     num_states: int = 0
     hidden_size: int = 0
     val_metrics: dict = field(default_factory=dict)    # every validation metric at the best epoch
@@ -660,8 +660,7 @@ class FineTuner:
             out = self._outputs(state.model, test_idx, state.boundary if encoder_live else None)
             test_metrics, test_conf, preds = self.targets.test_scores(test_idx, out)
             if self.targets.n_classes:
-                logits = torch.from_numpy(out[:, :self.targets.n_classes]).double()
-                probabilities = torch.softmax(logits, dim=1).numpy()
+                probabilities = class_probabilities_of(out[:, :self.targets.n_classes])
             self.seconds["train"] += time.perf_counter() - t0
         n_train = sum(p.numel() for p in head.parameters() if p.requires_grad) + sum(
             p.numel() for p in state.trained.values())
@@ -679,7 +678,7 @@ class FineTuner:
                            state={"head": kept["head"], "encoder": encoder_state if changed else {},
                                   "norm": self.norm.tensors() if self.norm is not None else {}},
                            settings=self.s.to_dict(), test_predictions=preds, test_probabilities=probabilities,
-                           test_rows=np.asarray(test_idx), num_states=state.num_states,
+                           num_states=state.num_states,
                            hidden_size=state.hidden_size,
                            val_metrics=dict(best["metrics"]), test_metrics=test_metrics)
 
@@ -729,7 +728,7 @@ class FineTuner:
                 params[name].data.copy_(value)
         out = self._outputs(TrialModel(head, encoder, feats), idx, boundary)
         n_classes = self.targets.n_classes
-        return torch.softmax(torch.from_numpy(out[:, :n_classes]).double(), dim=1).numpy()
+        return class_probabilities_of(out[:, :n_classes])
 
     def _averaged_from(self, encoder_layers: int | None) -> int | None:
         """The hidden state whose frames the exported model averages in time before the layers above it (the

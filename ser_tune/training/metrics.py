@@ -20,6 +20,13 @@ def bca(y_true, y_pred) -> float:
     return float(np.mean(recalls))
 
 
+def class_probabilities_of(scores) -> np.ndarray:
+    """Row-wise softmax, in float64, of class scores (N, classes): what a model's class scores say."""
+    scores = np.asarray(scores, dtype=np.float64)
+    odds = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return odds / odds.sum(axis=1, keepdims=True)
+
+
 def confusion(y_true, y_pred, num_classes: int) -> list[list[int]]:
     """Counts of (true class, predicted class) over the classes 0..num_classes-1; other labels are left out."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64).ravel(), np.asarray(y_pred, dtype=np.int64).ravel()

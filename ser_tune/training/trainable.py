@@ -165,9 +165,9 @@ def run_refit(config: dict, context: StudyContext, trial_id: str) -> dict:
     tuner.export(result, state_dir / "model", source=context.model_source(job["assignment"]))
     kept = {}
     if result.test_probabilities is not None:   # what an ensemble of refits averages (training.ensemble)
+        test = data.parts["test"]
         kept["test_probabilities"] = str(save_test_probabilities(
-            state_dir, result.test_probabilities, data.y[result.test_rows],
-            [data.paths[i] for i in result.test_rows]))
+            state_dir, result.test_probabilities, data.y[test], [data.paths[i] for i in test]))
     return {**log.last(), **result.test_metrics, **tuner.timing(), "model_dir": str(state_dir / "model"), **kept,
             "best_epoch": result.best_epoch, "trainable_params": result.trainable_params,
             "total_params": result.total_params, "refit_of": config["refit_of"],
@@ -266,17 +266,23 @@ class ReportLog:
 
 def read_reports(path: str | Path) -> list[dict]:
     """The rows of a report log, one per epoch, the last row kept where an epoch repeats (a resume)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
     by_epoch: dict = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:   # a line cut off by a kill
-            continue
+    for row in read_json_lines(path):
         by_epoch[row.get("epoch")] = row
     return list(by_epoch.values())
+
+
+def read_json_lines(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file (a report log, Ray's result.json), leaving out a line cut off by a
+    kill; none when there is no file."""
+    path = Path(path)
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def _node_name() -> str:

@@ -6,7 +6,7 @@
 first ``--clips`` of the study's corpus (model.json's source), predicted together (``predict_many``, as
 ``python -m ser_tune.predict`` does), alternately by the ensemble and by its first member alone, each
 ``--repeats`` times; the figures are the median seconds per second of audio and their ratio, and how many
-distinct encoders the ensemble runs a clip through (members on one frozen encoder cut share one).
+distinct encoders the ensemble runs a clip through (frozen members of one encoder share the deepest's).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     print_table([{"model": name, "ms per s of audio": f"{1000 * v:.1f}"}
                  for name, v in figures["seconds_per_audio_second"].items()], ["model", "ms per s of audio"])
     print(f"ensemble / best member: {figures['ratio']:.2f}x ({figures['members']} members, "
-          f"{figures['encoders']} encoder cuts, {figures['clips']} clips, {figures['threads']} thread(s))")
+          f"{figures['encoders']} encoder(s) run, {figures['clips']} clips, {figures['threads']} thread(s))")
     record.finish(figures, args.out)
 
 

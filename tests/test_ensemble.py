@@ -161,3 +161,38 @@ def test_members_are_the_best_of_each_structure_before_near_copies(tmp_path):
     assert ids(folder.top_trials(6, unit="tpe-f0", structural=structural)) == ["t0", "t1", "t2", "t3", "t4"]
     # without structural settings: the best configurations in rank order
     assert ids(folder.top_trials(3, unit="tpe-f0")) == ["t0", "t1", "t2"]
+
+
+def test_members_cut_at_different_layers_share_one_encode_of_each_clip(tmp_path, feature_cache_root):
+    """Frozen members reading layer 1, layer 2 (mean + std) and every layer run the deepest encoder once a
+    clip and predict exactly what each predicts alone on its own cut encoder."""
+    from ser_tune.data import generate_synthetic, load_corpus, speaker_split
+    from ser_tune.training.ensemble import save_ensemble
+    from ser_tune.training.export import load_model
+    from ser_tune.training.finetune import FineTuner, TrialData
+    from ser_tune.training.settings import TrialSettings
+
+    root = generate_synthetic(tmp_path / "corpus", seed=1, n_speakers=4, clips_per_cell=1, duration_range=(0.5, 0.6))
+    table = load_corpus("synthetic", root).table
+    data = TrialData.from_table(table, speaker_split(table, val_speakers=1, test_speakers=1, seed=0).assignment)
+    folders = []
+    for i, (layer, pooling, normalize) in enumerate([(1, "mean", "none"), (2, "meanstd", "speaker"),
+                                                     ("all", "mean", "none")]):
+        settings = TrialSettings(head="logreg", unfreeze="none", max_length=1.0, layer=layer, pooling=pooling,
+                                 normalize=normalize)
+        tuner = FineTuner(settings, data, encoder_spec="tiny-whisper", cache_root=feature_cache_root)
+        folders.append(tuner.export(tuner.run(), tmp_path / f"member{i}"))
+    alone = [load_model(f) for f in folders]
+    assert [m.encoder.num_layers for m in alone] == [1, 2, 3]   # three cuts of one spec
+    ensemble = load_model(save_ensemble(tmp_path / "ensemble", folders, {}))
+    assert len({id(m.encoder) for m in ensemble.members}) == 1
+    assert ensemble.members[0].encoder.num_layers == 3
+    calls = []
+    ensemble.members[0].encoder.register_forward_hook(lambda *_: calls.append(1))
+    waves = [data.audio.get(data.paths[i]) for i in range(4)]
+    speakers = [str(s) for s in table["speaker"][:4]]
+    together = ensemble.probabilities(waves, speakers)
+    assert len(calls) == len(waves)
+    expected = np.mean([np.stack([[p for p in r["probabilities"].values()] for r in m.predict_many(waves, speakers)])
+                        for m in alone], 0)
+    np.testing.assert_allclose(together, expected, atol=1e-6)

@@ -7,8 +7,8 @@ search's models, Caruana et al. 2004; auto-sklearn's and AutoGluon's final model
 test probabilities (:data:`TEST_PROBABILITIES`, :func:`save_test_probabilities`); :func:`ensemble_scores`
 averages them. The exported ensemble is a folder of member model folders and ``ensemble.json``
 (:func:`save_ensemble`); ``training.export.load_model`` reads it as an :class:`EnsembleModel`, which
-predicts as a tuned model does (members on one frozen encoder share its encode of each clip; a member
-with trained encoder layers encodes for itself).
+predicts as a tuned model does (frozen members of one encoder share one encode of each clip, whatever
+layer each is cut at; a member with trained encoder layers encodes for itself).
 
     >>> import numpy as np, tempfile, pathlib
     >>> folder = pathlib.Path(tempfile.mkdtemp())
@@ -152,22 +152,25 @@ class EnsembleModel:
 
 
 def share_encodes(members: list) -> list[dict]:
-    """Members whose encoders are the same frozen weights (one spec, cut at one layer, one precision and
-    clip length) share one encoder and its pooled features of each clip: the ensemble encodes a clip once
-    for them, not once each. Returns the shared feature stores."""
+    """Members that read pooled statistics of the same frozen weights (one spec, precision, clip length)
+    share one encode of each clip, whatever layer each is cut at: the deepest member's encoder runs once
+    and every member reads its own first hidden states (a cut encoder's states are the full one's first
+    states, ``SpeechEncoder.truncate``). Returns the shared feature stores."""
     groups: dict[tuple, list] = {}
     for member in members:
-        if getattr(member, "frozen", False):
-            key = (member.meta["encoder"], member.meta.get("encoder_layers"), member.precision, member.max_length,
-                   member.sample_rate)
+        if getattr(member, "frozen", False) and not member.reads_frames \
+                and member.meta.get("average_frames_from") is None:
+            key = (member.meta["encoder"], member.precision, member.max_length, member.sample_rate)
             groups.setdefault(key, []).append(member)
     stores = []
     for group in groups.values():
         if len(group) < 2:
             continue
+        deepest = max(group, key=lambda m: m.encoder.num_layers).encoder
         store: dict = {}
         for member in group:
-            member.encoder = group[0].encoder
+            member.shared_states = member.encoder.num_layers + 1
+            member.encoder = deepest
             member.shared_embeddings = store
         stores.append(store)
     return stores

@@ -146,9 +146,11 @@ class TunedModel:
     head: nn.Module     # an EmotionHead (pooled statistics), or an AttentiveHead (frames)
     norm: dict = field(default_factory=dict)   # the training clips' feature statistics ("mean", "std")
     frozen: bool = False   # its encoder is the spec's own weights (none trained, none injected)
-    # pooled features by (id(wave), pooling), shared by an ensemble's frozen members of one encoder: one
-    # encode a clip for all of them (training.ensemble.EnsembleModel fills and clears it)
+    # every hidden state's mean and std of a clip by id(wave), shared by an ensemble's frozen members of one
+    # encoder spec: one encode of a clip for all of them, by the deepest member's encoder, each member
+    # reading its own first ``shared_states`` states (training.ensemble.EnsembleModel fills and clears it)
     shared_embeddings: dict | None = None
+    shared_states: int | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -195,16 +197,23 @@ class TunedModel:
         averaged_from = self.meta.get("average_frames_from")
         if averaged_from is not None:
             return self.pooled_with_averaged_frames(wave, int(averaged_from), pooling)
-        shared = self.shared_embeddings if not self.reads_frames else None
-        if shared is not None and (id(wave), pooling) in shared:
-            return shared[(id(wave), pooling)]
+        if self.shared_embeddings is not None and not self.reads_frames:
+            return self.shared_statistics(wave, pooling)
         states, mask = self.hidden_states(wave)
         if self.reads_frames:
             return self.frames(states, mask)
-        pooled = pool_states(states, mask, pooling)
-        if shared is not None:
-            shared[(id(wave), pooling)] = pooled
-        return pooled
+        return pool_states(states, mask, pooling)
+
+    def shared_statistics(self, wave: np.ndarray, pooling: str) -> torch.Tensor:
+        """``embed`` from the ensemble's shared store: every state's mean and std of ``wave``, encoded once
+        by the deepest member's encoder; a cut encoder's states equal the full one's first states
+        (``SpeechEncoder.truncate``), so this member reads the first ``shared_states``."""
+        store = self.shared_embeddings
+        if id(wave) not in store:
+            states, mask = self.hidden_states(wave)
+            store[id(wave)] = pool_states(states, mask, "meanstd")
+        stats = store[id(wave)][:, : self.shared_states]
+        return stats[..., : stats.shape[-1] // 2] if pooling == "mean" else stats
 
     def pooled_with_averaged_frames(self, wave: np.ndarray, boundary: int, pooling: str) -> torch.Tensor:
         """``embed`` of a model whose trained layers (those above hidden state ``boundary``) read that state's

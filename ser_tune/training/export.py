@@ -34,6 +34,7 @@ from ..encoders.base import average_in_time
 from ..encoders.cache import layer_frames_of
 from ..encoders.precision import compute, for_model
 from .head import AttentiveHead, make_head, pool_states
+from .metrics import class_probabilities_of
 from .normalize import FeatureNorm
 from .settings import SettingsError, TrialSettings
 
@@ -285,7 +286,7 @@ class TunedModel:
     def predict_proba(self, wave: np.ndarray) -> np.ndarray:
         if not self.n_classes:
             raise ModelFolderError("this model predicts dimensions only, not emotion categories")
-        return torch.softmax(torch.from_numpy(self.outputs([wave])[:, : self.n_classes]), -1)[0].numpy()
+        return class_probabilities_of(self.outputs([wave])[:, : self.n_classes])[0]
 
     @torch.no_grad()
     def predict(self, wave: np.ndarray) -> dict:
@@ -300,8 +301,7 @@ class TunedModel:
     def describe_output(self, out: np.ndarray) -> dict:
         result: dict = {}
         if self.n_classes:
-            probs = np.exp(out[: self.n_classes] - out[: self.n_classes].max())
-            probs /= probs.sum()
+            probs = class_probabilities_of(out[None, : self.n_classes])[0]
             result["emotion"] = self.labels[int(probs.argmax())]
             result["probabilities"] = {label: float(p) for label, p in zip(self.labels, probs)}
         if self.dimensions:

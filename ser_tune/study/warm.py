@@ -20,6 +20,7 @@ import functools
 import importlib
 import os
 import signal
+import sys
 import threading
 from typing import Any, Callable
 
@@ -52,6 +53,7 @@ def trainable(body: Callable[[dict, Any, str], dict], context: Any) -> Callable[
     target = f"{body.__module__}:{body.__qualname__}" if importable else body
 
     def thin(config: dict, context_ref: list) -> None:   # pickled by value, with the body's name
+        exit_quietly_from_finalizers()
         tune.report(run_in_worker(target, config, context_ref[0]))
 
     thin.__name__ = body.__name__
@@ -65,6 +67,7 @@ def in_actor(body: Callable[[dict, Any, str], dict]) -> Callable[[dict, Any], No
     def run(config: dict, context: Any) -> None:
         from ray import tune
 
+        exit_quietly_from_finalizers()
         tune.report(body(config, context, tune.get_context().get_trial_id()))
 
     run.__name__ = body.__name__
@@ -170,3 +173,23 @@ def run_body(body: str | Callable, config: dict, context: Any, trial_id: str) ->
         module, _, function = body.partition(":")
         body = getattr(importlib.import_module(module), function)
     return body(config, context, trial_id)
+
+
+def exit_quietly_from_finalizers() -> None:
+    """In a trial actor: a SystemExit raised inside a finalizer ends the process at once and quietly. Ray ends
+    a Tuner's actors with SIGTERM, whose handler raises SystemExit wherever the main thread is; raised in a
+    finalizer (a weakref callback), Python cannot propagate it and prints it as "Exception ignored ...
+    Traceback" on the study's terminal (seen at the end of a unit), and the process goes on. The trainable
+    runs off the main thread, where no signal handler can be set, but the hook for such exceptions
+    (``sys.unraisablehook``) can be set from any thread; anything else still goes to the previous hook."""
+    if getattr(sys.unraisablehook, "exits_on_system_exit", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, SystemExit):
+            os._exit(0)
+        previous(unraisable)
+
+    hook.exits_on_system_exit = True
+    sys.unraisablehook = hook
